@@ -1,0 +1,43 @@
+"""Token-budgeted batching of LLM and embedding inference, under asyncio and trio."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._dynamic import DynamicBatcher as DynamicBatcher
+from ._exceptions import BatcherClosedError as BatcherClosedError
+from ._exceptions import RecordCancelledError as RecordCancelledError
+from ._future import BatchFuture as BatchFuture
+from ._protocols import CostEstimator as CostEstimator
+from ._protocols import CostEstimatorFn as CostEstimatorFn
+from ._protocols import CostModel as CostModel
+from ._protocols import InferenceFn as InferenceFn
+from ._protocols import ProcessFn as ProcessFn
+from ._protocols import TokenEstimator as TokenEstimator
+from ._protocols import TokenEstimatorFn as TokenEstimatorFn
+from ._stats import BatchStats as BatchStats
+from ._token import Prompt as Prompt
+from ._token import TokenBatcher as TokenBatcher
+
+try:
+    __version__ = version("batcher")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = (
+    "BatchFuture",
+    "BatchStats",
+    "BatcherClosedError",
+    "CostEstimator",
+    "CostEstimatorFn",
+    "CostModel",
+    "DynamicBatcher",
+    "InferenceFn",
+    "ProcessFn",
+    "Prompt",
+    "RecordCancelledError",
+    "TokenBatcher",
+    "TokenEstimator",
+    "TokenEstimatorFn",
+    "__version__",
+)

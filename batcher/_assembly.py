@@ -1,0 +1,229 @@
+"""Which queued records form the next batch.
+
+Plain synchronous code with no awaits, so the rule can be tested without an event
+loop. The aggregator adds records as they arrive, asks :meth:`full` whether a batch
+could grow no further, and calls :meth:`take` when it closes one.
+
+Every batch obeys the budget: its cost (by the cost model) never exceeds
+``target_cost``, except a batch of one record whose own cost is over the target,
+which runs alone. No batch holds more than ``max_batch_size`` records.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+from ._protocols import CostModel
+
+__all__ = ("Assembly", "FifoAssembly", "GroupedAssembly", "batch_cost", "make_assembly")
+
+T = TypeVar("T", bound=Hashable)
+
+
+def batch_cost(costs: list[int], cost_model: CostModel) -> int:
+    """Return what a batch of records with these costs costs under ``cost_model``."""
+    if not costs:
+        return 0
+    if cost_model == "padded":
+        return len(costs) * max(costs)
+    return sum(costs)
+
+
+class _Budget:
+    """The budget rule for one growing batch: can a record of this cost join it?"""
+
+    __slots__ = ("count", "max_size", "padded", "peak", "target", "total")
+
+    def __init__(self, target: int, max_size: int, padded: bool) -> None:
+        self.target = target
+        self.max_size = max_size
+        self.padded = padded
+        self.count = self.total = self.peak = 0
+
+    def reset(self) -> None:
+        self.count = self.total = self.peak = 0
+
+    def fits(self, cost: int) -> bool:
+        count = self.count
+        if count == 0:
+            return True  # a record always fits an empty batch, even an oversized one
+        if count >= self.max_size:
+            return False
+        if self.padded:
+            return (count + 1) * max(self.peak, cost) <= self.target
+        return self.total + cost <= self.target
+
+    def add(self, cost: int) -> None:
+        self.count += 1
+        self.total += cost
+        if cost > self.peak:
+            self.peak = cost
+
+    def exhausted(self) -> bool:
+        """Whether no record of positive cost could join any more."""
+        if self.count >= self.max_size:
+            return True
+        if self.padded:
+            return (self.count + 1) * max(self.peak, 1) > self.target
+        return self.total >= self.target
+
+    def cost(self) -> int:
+        return self.count * self.peak if self.padded else self.total
+
+
+class FifoAssembly(Generic[T]):
+    """Batches in arrival order: the longest prefix of the queue that fits.
+
+    A record that does not fit waits at the head of the queue for the next batch.
+    The open batch (the prefix) is kept up to date as records arrive, so
+    :meth:`full` is O(1) and :meth:`take` costs O(batch).
+    """
+
+    __slots__ = ("_budget", "_costs", "_full", "_items")
+
+    def __init__(self, *, target_cost: int, max_batch_size: int, cost_model: CostModel = "sum") -> None:
+        self._items: deque[T] = deque()
+        self._costs: deque[int] = deque()
+        self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded")
+        self._full = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: T, cost: int) -> None:
+        """Queue ``item``, whose cost is ``cost``."""
+        self._items.append(item)
+        self._costs.append(cost)
+        if not self._full:
+            self._grow(cost)
+
+    def full(self) -> bool:
+        """Whether the next batch can grow no further, whatever arrives."""
+        return self._full
+
+    def take(self) -> tuple[list[T], int]:
+        """Remove and return the next batch (possibly not full) and its cost."""
+        budget = self._budget
+        count, cost = budget.count, budget.cost()
+        items, costs = self._items, self._costs
+        batch = [items.popleft() for _ in range(count)]
+        for _ in range(count):
+            costs.popleft()
+        budget.reset()
+        self._full = False
+        for queued_cost in costs:
+            self._grow(queued_cost)
+            if self._full:
+                break
+        return batch, cost
+
+    def _grow(self, cost: int) -> None:
+        budget = self._budget
+        if not budget.fits(cost):
+            self._full = True
+            return
+        budget.add(cost)
+        if budget.exhausted():
+            self._full = True
+
+
+class GroupedAssembly(Generic[T]):
+    """Batches of records of similar cost, built around the oldest queued record.
+
+    The next batch always holds the oldest queued record, so none starves: a record
+    waits at most for the batches of the records queued before it. Around it, the
+    batch takes the queued records whose costs are closest to its cost, while the
+    budget allows. Queued records are kept sorted by cost (binary search insert), so
+    a batch costs O(batch + log n) plus one slice deletion; no sort per batch.
+
+    :meth:`full` reports whether ``window`` records are queued: grouping chooses
+    better from a deeper pool, so batches are closed early only when it is deep.
+    """
+
+    __slots__ = ("_arrivals", "_budget", "_costs", "_items", "_taken", "_window")
+
+    def __init__(self, *, target_cost: int, max_batch_size: int, cost_model: CostModel = "sum", window: int) -> None:
+        self._costs: list[int] = []  # sorted; equal costs keep arrival order
+        self._items: list[T] = []  # parallel to _costs
+        self._arrivals: deque[tuple[T, int]] = deque()  # arrival order, with taken ones lazily skipped
+        self._taken: set[T] = set()  # taken out of arrival order, still in _arrivals
+        self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded")
+        self._window = window
+
+    def __len__(self) -> int:
+        return len(self._costs)
+
+    def add(self, item: T, cost: int) -> None:
+        """Queue ``item``, whose cost is ``cost``."""
+        index = bisect_right(self._costs, cost)
+        self._costs.insert(index, cost)
+        self._items.insert(index, item)
+        self._arrivals.append((item, cost))
+
+    def full(self) -> bool:
+        """Whether the pool is as deep as the grouping window."""
+        return len(self._costs) >= self._window
+
+    def take(self) -> tuple[list[T], int]:
+        """Remove and return the next batch (possibly not full) and its cost."""
+        if not self._costs:
+            return [], 0
+        arrivals, taken = self._arrivals, self._taken
+        oldest, cost = arrivals.popleft()
+        while oldest in taken:
+            taken.discard(oldest)
+            oldest, cost = arrivals.popleft()
+        costs = self._costs
+        # Equal costs sit in arrival order, so the oldest record is the first of its run.
+        low = bisect_left(costs, cost)
+        high = low + 1
+        budget = self._budget
+        budget.reset()
+        budget.add(cost)
+        left_open, right_open = low > 0, high < len(costs)
+        while left_open or right_open:
+            go_left = left_open and (not right_open or cost - costs[low - 1] <= costs[high] - cost)
+            candidate = costs[low - 1] if go_left else costs[high]
+            if not budget.fits(candidate):
+                # Further out on this side the costs only move further away.
+                if go_left:
+                    left_open = False
+                else:
+                    right_open = False
+                continue
+            budget.add(candidate)
+            if go_left:
+                low -= 1
+                left_open = low > 0
+            else:
+                high += 1
+                right_open = high < len(costs)
+        batch = self._items[low:high]
+        del self._items[low:high]
+        del costs[low:high]
+        for item in batch:
+            if item is not oldest:
+                taken.add(item)
+        return batch, budget.cost()
+
+
+Assembly = FifoAssembly[T] | GroupedAssembly[T]
+
+
+def make_assembly(
+    *,
+    target_cost: int,
+    max_batch_size: int,
+    cost_model: CostModel,
+    group_by_cost: bool,
+    window: int,
+) -> FifoAssembly[T] | GroupedAssembly[T]:
+    """Return the assembly rule for these settings."""
+    if group_by_cost:
+        return GroupedAssembly(
+            target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model, window=window
+        )
+    return FifoAssembly(target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model)

@@ -1,0 +1,16 @@
+"""The library's own exceptions."""
+
+from __future__ import annotations
+
+__all__ = ("BatcherClosedError", "RecordCancelledError")
+
+
+class BatcherClosedError(RuntimeError):
+    """Raised by a future whose record could not be processed because the batcher
+    closed abnormally (an exception or cancellation ended it)."""
+
+
+class RecordCancelledError(Exception):
+    """Raised when awaiting a future whose record was withdrawn, by
+    :meth:`BatchFuture.cancel` or by a cancelled :meth:`DynamicBatcher.call`,
+    before it reached the process function."""

@@ -1,0 +1,127 @@
+"""The future a caller gets back from ``submit``."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, Generic, cast
+
+import anyio
+
+from ._exceptions import RecordCancelledError
+from ._protocols import ResultT
+from ._stats import Counters
+
+__all__ = ("BatchFuture",)
+
+# The life of a future: queued, then taken into a batch, then ended one way.
+PENDING = 0
+DISPATCHED = 1
+RESULT = 2
+ERROR = 3
+CANCELLED = 4
+
+
+class BatchFuture(Generic[ResultT]):
+    """The eventual result of one submitted record.
+
+    ``await future`` returns the record's result, or raises the very exception the
+    process function raised (or returned in the record's slot). It behaves like
+    :class:`asyncio.Future` where callers notice: :meth:`done`, :meth:`result`,
+    :meth:`exception`, :meth:`cancel`, :meth:`cancelled`, and it can be awaited by
+    any number of tasks, under asyncio or trio, or passed to ``asyncio.gather``.
+
+    Cancelling a task that awaits the future does not withdraw the record; use
+    :meth:`cancel`, or :meth:`DynamicBatcher.call` which does it for you.
+    """
+
+    # One of these exists per queued record: keep it small. The event is created
+    # only when someone waits on a future that is not done yet.
+    __slots__ = ("_cost", "_counters", "_event", "_record", "_state", "_value")
+
+    def __init__(self, record: Any, cost: int, counters: Counters) -> None:
+        self._record = record
+        self._cost = cost
+        self._counters = counters
+        self._state = PENDING
+        self._value: Any = None
+        self._event: anyio.Event | None = None
+
+    def __repr__(self) -> str:
+        state = ("pending", "dispatched", "result", "error", "cancelled")[self._state]
+        return f"<BatchFuture {state}>"
+
+    def done(self) -> bool:
+        """Return whether the future has ended (result, exception or cancelled)."""
+        return self._state >= RESULT
+
+    def cancelled(self) -> bool:
+        """Return whether the record was withdrawn before dispatch."""
+        return self._state == CANCELLED
+
+    def cancel(self) -> bool:
+        """Withdraw the record if it has not been dispatched yet.
+
+        A withdrawn record never reaches the process function, and awaiting its
+        future raises :exc:`RecordCancelledError`.
+
+        :return: ``True`` if the record was withdrawn, ``False`` if it was already
+            dispatched or the future had already ended
+        """
+        if self._state != PENDING:
+            return False
+        self._counters.cancelled += 1
+        self._finish(CANCELLED, None)
+        return True
+
+    def result(self) -> ResultT:
+        """Return the result, or raise the record's exception.
+
+        :raises RecordCancelledError: if the record was withdrawn
+        :raises RuntimeError: if the future has not ended yet
+        """
+        state = self._state
+        if state == RESULT:
+            return cast(ResultT, self._value)
+        if state == ERROR:
+            raise self._value
+        if state == CANCELLED:
+            raise RecordCancelledError("the record was withdrawn before dispatch")
+        raise RuntimeError("result is not ready; await the future first")
+
+    def exception(self) -> BaseException | None:
+        """Return the record's exception, or ``None`` if it ended with a result.
+
+        :raises RecordCancelledError: if the record was withdrawn
+        :raises RuntimeError: if the future has not ended yet
+        """
+        state = self._state
+        if state == RESULT:
+            return None
+        if state == ERROR:
+            return cast(BaseException, self._value)
+        if state == CANCELLED:
+            raise RecordCancelledError("the record was withdrawn before dispatch")
+        raise RuntimeError("exception is not ready; await the future first")
+
+    async def wait(self) -> ResultT:
+        """Wait for the future to end; the same as ``await future``."""
+        return await self
+
+    def __await__(self) -> Generator[Any, Any, ResultT]:
+        if self._state < RESULT:
+            event = self._event
+            if event is None:
+                event = self._event = anyio.Event()
+            yield from event.wait().__await__()
+        return self.result()
+
+    def _finish(self, state: int, value: Any) -> None:
+        # Ends the future exactly once; later calls are ignored.
+        if self._state >= RESULT:
+            return
+        self._state = state
+        self._value = value
+        self._record = None  # the record is no longer needed: let it go
+        event = self._event
+        if event is not None:
+            event.set()

@@ -1,0 +1,126 @@
+"""Token estimators backed by Hugging Face tokenizers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ("hf_token_estimator",)
+
+
+def hf_token_estimator(
+    tokenizer: object,
+    *,
+    cache_size: int = 8192,
+    max_length: int | None = None,
+) -> Callable[[object], int]:
+    """Make a token estimator that counts tokens with a Hugging Face tokenizer.
+
+    The returned function takes a record that is a :class:`str` or has a ``text``
+    attribute holding a :class:`str` (such as :class:`~batcher.Prompt`) and returns the
+    number of tokens the tokenizer produces for that text, special tokens (``[CLS]``,
+    ``[SEP]``, BOS/EOS) included. Pass it as ``token_estimator`` to
+    :class:`~batcher.TokenBatcher`.
+
+    Two tokenizer shapes are accepted, recognised by their methods rather than by
+    their types, so neither ``tokenizers`` nor ``transformers`` is imported here:
+
+    * a :class:`tokenizers.Tokenizer`, whose ``encode(text)`` returns an encoding with
+      ``ids`` and ``attention_mask``. Padding configured on the tokenizer (many
+      ``tokenizer.json`` files pad every text to a fixed length) is not counted;
+      truncation configured on it is respected.
+    * a ``transformers`` tokenizer, whose ``encode(text)`` returns a list of ids, or
+      any callable whose result maps ``"input_ids"`` to the ids.
+
+    Results are memoised per text in a least-recently-used cache, so pricing a text
+    that was seen recently costs a dictionary lookup instead of a tokenizer run. The
+    tokenizer is called from whichever thread calls the estimator: the event loop
+    thread, for :meth:`~batcher.TokenBatcher.submit`. A tokenizer run blocks the event
+    loop for roughly 70-80 microseconds for a 30-token text on a CPU core; a cache hit
+    costs about 0.1 microseconds.
+
+    :param tokenizer: a :class:`tokenizers.Tokenizer` or a ``transformers`` tokenizer
+    :param cache_size: how many distinct texts to remember; ``0`` disables the cache
+    :param max_length: if given, cap every count at this many tokens, matching a model
+        that truncates its input to ``max_length``
+    :return: a function from a record to its token count
+    :raises TypeError: if ``tokenizer`` has neither API, or ``cache_size`` or
+        ``max_length`` is not an :class:`int`
+    :raises ValueError: if ``cache_size`` is negative or ``max_length`` is below 1
+
+    The returned function raises :exc:`TypeError` for a record that is neither a
+    :class:`str` nor has a :class:`str` ``text`` attribute.
+
+    Example::
+
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file("tokenizer.json")
+        batcher = TokenBatcher(embed, token_estimator=hf_token_estimator(tokenizer))
+    """
+    _check_int("cache_size", cache_size)
+    if cache_size < 0:
+        raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+    if max_length is not None:
+        _check_int("max_length", max_length)
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+
+    count: Callable[[str], int] = _token_counter(tokenizer)
+    if max_length is not None:
+        count = _capped(count, max_length)
+    if cache_size:
+        count = functools.lru_cache(maxsize=cache_size)(count)
+
+    def estimate(record: object) -> int:
+        if isinstance(record, str):
+            return count(record)
+        text = getattr(record, "text", None)
+        if isinstance(text, str):
+            return count(text)
+        raise TypeError(f"record must be a str or have a str 'text' attribute, got {type(record).__name__}")
+
+    return estimate
+
+
+def _check_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+
+
+def _capped(count: Callable[[str], int], limit: int) -> Callable[[str], int]:
+    def count_capped(text: str) -> int:
+        return min(count(text), limit)
+
+    return count_capped
+
+
+def _token_counter(tokenizer: object) -> Callable[[str], int]:
+    encode: Any = getattr(tokenizer, "encode", None)
+    if callable(encode):
+
+        def count_encoded(text: str) -> int:
+            encoded = encode(text)
+            # A tokenizers.Encoding: ids may be padded to a fixed length, the
+            # attention mask marks the real tokens.
+            mask = getattr(encoded, "attention_mask", None)
+            if mask is not None:
+                return int(sum(mask))
+            ids = getattr(encoded, "ids", encoded)
+            return len(ids)
+
+        return count_encoded
+
+    if callable(tokenizer):
+        call: Any = tokenizer
+
+        def count_called(text: str) -> int:
+            return len(call(text)["input_ids"])
+
+        return count_called
+
+    raise TypeError(
+        "tokenizer must be a tokenizers.Tokenizer or a transformers tokenizer "
+        f"(an object with an encode() method), got {type(tokenizer).__name__}"
+    )

@@ -1,0 +1,79 @@
+"""Counters kept while a batcher runs, and the snapshot users read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ("BatchStats",)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """A snapshot of a batcher's counters; later work does not change it.
+
+    Counts accumulate over the batcher's whole life, across restarts.
+    ``total_completed`` counts futures that ended with a result or an exception
+    (``total_failed`` of them with an exception); ``total_cancelled`` counts
+    records withdrawn before dispatch. Once a batcher has stopped,
+    ``total_submitted == total_completed + total_cancelled``.
+    """
+
+    total_submitted: int = 0
+    total_completed: int = 0
+    total_failed: int = 0
+    total_cancelled: int = 0
+    total_batches: int = 0
+    total_batch_cost: int = 0
+    avg_batch_size: float = 0.0
+    avg_batch_cost: float = 0.0
+    busy_time_s: float = 0.0
+    idle_time_s: float = 0.0
+
+    @property
+    def utilization(self) -> float:
+        """Fraction of worker time spent in the process function: busy / (busy + idle),
+        0.0 before any time was measured."""
+        total = self.busy_time_s + self.idle_time_s
+        return self.busy_time_s / total if total > 0 else 0.0
+
+
+class Counters:
+    """The live, mutable counters behind :class:`BatchStats`."""
+
+    __slots__ = (
+        "batch_cost",
+        "batches",
+        "busy",
+        "cancelled",
+        "completed",
+        "dispatched",
+        "failed",
+        "idle",
+        "submitted",
+    )
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.dispatched = 0
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.batches = 0
+        self.batch_cost = 0
+        self.busy = 0.0
+        self.idle = 0.0
+
+    def snapshot(self) -> BatchStats:
+        batches = self.batches
+        return BatchStats(
+            total_submitted=self.submitted,
+            total_completed=self.completed,
+            total_failed=self.failed,
+            total_cancelled=self.cancelled,
+            total_batches=batches,
+            total_batch_cost=self.batch_cost,
+            avg_batch_size=self.dispatched / batches if batches else 0.0,
+            avg_batch_cost=self.batch_cost / batches if batches else 0.0,
+            busy_time_s=self.busy,
+            idle_time_s=self.idle,
+        )

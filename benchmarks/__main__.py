@@ -1,0 +1,176 @@
+"""``python -m benchmarks``: run the workloads and print the report.
+
+    python -m benchmarks                 # A-E, full sizes, 3 repetitions
+    python -m benchmarks --quick         # tiny sizes, 1 repetition, for CI
+    python -m benchmarks --only A,C --reps 5
+    python -m benchmarks --with-model    # A-E and F (real embedding model)
+
+Progress goes to stderr, the report to stdout. The exit status is 1 if any
+result was wrong or any run failed, 2 on bad arguments, else 0; the
+PASS/FAIL lines of the targets do not change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import traceback
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from benchmarks import llm_sim, report
+from benchmarks.runner import Results, run_all
+from benchmarks.systems import ALL_SYSTEMS, discover
+from benchmarks.workloads import DEFAULT_KEYS, FULL, QUICK, WORKLOADS, Sizes
+
+MODEL_KEY = "F"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    keys = _selected(args)
+    sizes = QUICK if args.quick else FULL
+    reps = args.reps if args.reps is not None else (1 if args.quick else 3)
+    systems, messages = discover(args.systems.split(","))
+    workloads = [WORKLOADS[key] for key in keys if key in WORKLOADS]
+
+    _print_header(args.quick, reps, sizes, keys, messages)
+    results = run_all(workloads, systems, sizes, reps, double=args.quick)
+    print(report.table(results, workloads, systems))
+    verdicts = report.targets(results, keys)
+    if verdicts:
+        print("\nTargets (batcher = batcher/asyncio unless named)")
+        print("\n".join(verdict.line() for verdict in verdicts))
+    failures = results.failures
+    if MODEL_KEY in keys:
+        failures += _run_model_workload(args.quick)
+    return _finish(results, failures)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, 1 repetition: checks correctness",
+    )
+    parser.add_argument(
+        "--only", help="comma-separated workloads, e.g. A,B (F is the real-model one)"
+    )
+    parser.add_argument(
+        "--reps", type=int, help="repetitions per system (default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--with-model", action="store_true", help="also run F, the real embedding model"
+    )
+    parser.add_argument(
+        "--systems",
+        default=",".join(ALL_SYSTEMS),
+        help=f"comma-separated columns to run (default {','.join(ALL_SYSTEMS)})",
+    )
+    args = parser.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps must be >= 1")
+    unknown = set(args.systems.split(",")) - set(ALL_SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    if args.only:
+        unknown = {key.strip().upper() for key in args.only.split(",")} - {
+            *WORKLOADS,
+            MODEL_KEY,
+        }
+        if unknown:
+            parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _selected(args: argparse.Namespace) -> list[str]:
+    if args.only:
+        wanted = {key.strip().upper() for key in args.only.split(",")}
+        return [key for key in (*DEFAULT_KEYS, MODEL_KEY) if key in wanted]
+    return [*DEFAULT_KEYS, MODEL_KEY] if args.with_model else list(DEFAULT_KEYS)
+
+
+def _print_header(
+    quick: bool, reps: int, sizes: Sizes, keys: Sequence[str], messages: Sequence[str]
+) -> None:
+    mode = "quick (checks correctness; too small to judge speed)" if quick else "full"
+    print(f"batcher benchmarks: {mode}, {reps} repetition(s), medians")
+    print(f"python {platform.python_version()}, {_versions()}, {os.cpu_count()} cpus")
+    print(f"platform {platform.platform()}")
+    for line in [*messages, *_size_lines(sizes, keys)]:
+        print(f"  {line}")
+    print()
+
+
+def _size_lines(sizes: Sizes, keys: Sequence[str]) -> list[str]:
+    lines = []
+    if "A" in keys:
+        budget = f"{sizes.closed_budget_s:g} s"
+        lines.append(
+            f"A: {sizes.closed_records:,} records or {budget}, whichever first"
+        )
+    if "B" in keys:
+        lines.append(f"B: {sizes.open_records:,} records")
+    if "C" in keys:
+        budget = f"{sizes.lone_budget_s:g} s"
+        lines.append(
+            f"C: {sizes.lone_requests:,} requests or {budget}, whichever first"
+        )
+    if "D" in keys:
+        plan = llm_sim.schedule(sizes.llm_duration_s)
+        lines += [
+            f"D: {len(plan.offsets_s):,} arrivals in {sizes.llm_duration_s:g} s"
+            f" at {plan.rate_per_s:,.0f}/s = {llm_sim.LOAD:.0%} of saturation,",
+            f"   {plan.saturated_per_s:,.0f}/s computed from the cost model"
+            f" (mean cost {plan.mean_cost:.1f} tokens)",
+        ]
+    if "E" in keys:
+        queue = f"max_queue_size={sizes.memory_queue_size:,}"
+        lines.append(f"E: {sizes.memory_records:,} records queued, {queue}")
+    return lines
+
+
+def _versions() -> str:
+    parts = []
+    for package in ("anyio", "trio"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} missing")
+    return ", ".join(parts)
+
+
+def _run_model_workload(quick: bool) -> list[str]:
+    """Hook for workload F, a real embedding model: benchmarks/bench_embed.py."""
+    print(f"\n{MODEL_KEY}  real embedding model")
+    try:
+        from benchmarks import bench_embed
+    except ImportError as exc:
+        hint = "pip install -e '.[examples]'"
+        print(f"    skipped: F needs the examples extra ({hint}): {exc}")
+        return []
+    try:
+        rows = bench_embed.run(quick=quick)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return [f"{MODEL_KEY}: {type(exc).__name__}: {exc}"]
+    for label, value in rows:
+        print(f"    {label:<28} {value}")
+    return []
+
+
+def _finish(results: Results, failures: Sequence[str]) -> int:
+    if not failures:
+        return 0
+    print("\nFAILED")
+    print("\n".join(f"  {failure}" for failure in failures))
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

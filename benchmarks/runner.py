@@ -1,0 +1,112 @@
+"""Runs the workloads on the systems, alternating systems within each repetition.
+
+For each workload, repetition ``r`` runs every system once in turn (asyncio,
+trio, flyte, floor), then repetition ``r + 1`` does the same, so slow drift
+on a noisy machine hits every column alike. Each run gets a fresh event loop
+(``anyio.run``) after a ``gc.collect()``. The report shows the median of the
+repetitions for every metric.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from benchmarks.systems import System
+from benchmarks.workloads import Outcome, Sizes, Workload
+
+
+@dataclass
+class Cell:
+    """Every repetition of one workload on one system."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def wrong(self) -> int:
+        return sum(outcome.wrong for outcome in self.outcomes)
+
+    def median(self, metric: str) -> float | None:
+        values = [
+            outcome.metrics[metric]
+            for outcome in self.outcomes
+            if metric in outcome.metrics
+        ]
+        return statistics.median(values) if values else None
+
+
+@dataclass
+class Results:
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+
+    def cell(self, workload: str, system: str) -> Cell:
+        return self.cells.setdefault((workload, system), Cell())
+
+    def median(self, workload: str, system: str, metric: str) -> float | None:
+        cell = self.cells.get((workload, system))
+        return cell.median(metric) if cell else None
+
+    @property
+    def failures(self) -> list[str]:
+        lines = []
+        for (workload, system), cell in self.cells.items():
+            if cell.wrong:
+                lines.append(f"{workload} on {system}: {cell.wrong} wrong results")
+            lines += [f"{workload} on {system}: {error}" for error in cell.errors]
+        return lines
+
+
+def run_all(
+    workloads: Sequence[Workload],
+    systems: Sequence[System],
+    sizes: Sizes,
+    reps: int,
+    *,
+    double: bool,
+) -> Results:
+    results = Results()
+    for workload in workloads:
+        for rep in range(1, reps + 1):
+            for system in systems:
+                _progress(f"{workload.key} rep {rep}/{reps} {system.name} ...")
+                cell = results.cell(workload.key, system.name)
+                try:
+                    outcome = run_once(workload, system, sizes, double=double)
+                except Exception as exc:
+                    traceback.print_exc(file=sys.stderr)
+                    cell.errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                cell.outcomes.append(outcome)
+                _progress(f"    {_summary(outcome)}")
+    return results
+
+
+def run_once(
+    workload: Workload, system: System, sizes: Sizes, *, double: bool
+) -> Outcome:
+    """One run in a fresh event loop, failed if it outlasts ``sizes.run_limit_s``."""
+
+    async def limited() -> Outcome:
+        with anyio.fail_after(sizes.run_limit_s):
+            return await workload.run(system, sizes, double)
+
+    gc.collect()
+    return anyio.run(limited, backend=system.backend)
+
+
+def _summary(outcome: Outcome) -> str:
+    parts = [f"{name}={value:,.3f}" for name, value in outcome.metrics.items()]
+    if outcome.wrong:
+        parts.append(f"WRONG={outcome.wrong}")
+    return " ".join(parts)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

