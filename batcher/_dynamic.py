@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._assembly import FifoAssembly, GroupedAssembly, make_assembly
+from ._assembly import FifoAssembly, GroupedAssembly, batch_cost, make_assembly
 from ._exceptions import BatcherClosedError
 from ._future import DISPATCHED, ERROR, PENDING, RESULT, BatchFuture
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
@@ -480,24 +480,15 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     async def _dispatch(
         self, taken: tuple[list[BatchFuture[Any]], int], batches: MemoryObjectSendStream[list[BatchFuture[Any]]]
     ) -> None:
-        batch, cost = taken
-        live = [future for future in batch if future._state == PENDING]
-        if not live:
-            return
-        for future in live:
-            future._state = DISPATCHED
-        counters = self._counters
-        counters.batches += 1
-        counters.dispatched += len(live)
-        counters.batch_cost += cost
+        batch = taken[0]
         self._demand -= 1
         try:
             try:
-                batches.send_nowait(live)
+                batches.send_nowait(batch)
             except anyio.WouldBlock:
-                await batches.send(live)
+                await batches.send(batch)
         except BaseException:
-            self._fail(live, BatcherClosedError("the batcher closed before this record was processed"))
+            self._fail(batch, BatcherClosedError("the batcher closed before this record was processed"))
             raise
 
     # ---------------------------------------------------------------- worker
@@ -540,8 +531,24 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass  # the aggregator has records to pull, or input has ended: it is awake
 
-    async def _run(self, batch: list[BatchFuture[Any]]) -> None:
-        records = [future._record for future in batch]
+    async def _run(self, closed_batch: list[BatchFuture[Any]]) -> None:
+        # Records withdrawn while their batch waited for this worker are left out;
+        # from here on the others can no longer be withdrawn.
+        batch: list[BatchFuture[Any]] = []
+        records: list[Any] = []
+        costs: list[int] = []
+        for future in closed_batch:
+            if future._state == PENDING:
+                future._state = DISPATCHED
+                batch.append(future)
+                records.append(future._record)
+                costs.append(future._cost)
+        if not batch:
+            return
+        counters = self._counters
+        counters.batches += 1
+        counters.dispatched += len(batch)
+        counters.batch_cost += batch_cost(costs, self._cost_model)
         try:
             if self._process_timeout is None:
                 results = await self._call(records)

@@ -1,0 +1,117 @@
+"""The pure batch-assembly rule, without an event loop."""
+
+import pytest
+
+from batcher._assembly import FifoAssembly, GroupedAssembly, batch_cost
+
+
+def drain(assembly: FifoAssembly[int] | GroupedAssembly[int]) -> list[list[int]]:
+    batches = []
+    while assembly:
+        batches.append(assembly.take()[0])
+    return batches
+
+
+class TestFifo:
+    def test_budget_closes_batch_and_keeps_order(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(target_cost=10, max_batch_size=100)
+        for item, cost in enumerate([4, 4, 4, 4]):
+            assembly.add(item, cost)
+        assert assembly.full()
+        assert assembly.take() == ([0, 1], 8)
+        assert not assembly.full()  # 2 and 3 cost 8: a record of 2 could still join
+        assert assembly.take() == ([2, 3], 8)
+        assert not assembly
+
+    def test_record_that_does_not_fit_waits_at_head(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(target_cost=10, max_batch_size=100)
+        assembly.add(0, 6)
+        assembly.add(1, 6)
+        assembly.add(2, 1)  # would fit after 0, but FIFO: 1 blocks the batch
+        assert assembly.take() == ([0], 6)
+        assert assembly.take() == ([1, 2], 7)
+
+    def test_oversized_record_runs_alone(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(target_cost=10, max_batch_size=100)
+        assembly.add(0, 50)
+        assert assembly.full()
+        assembly.add(1, 1)
+        assert drain(assembly) == [[0], [1]]
+
+    def test_max_batch_size(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(target_cost=1000, max_batch_size=3)
+        for item in range(7):
+            assembly.add(item, 1)
+        assert drain(assembly) == [[0, 1, 2], [3, 4, 5], [6]]
+
+    def test_partial_batch_is_not_full(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(target_cost=10, max_batch_size=5)
+        assembly.add(0, 3)
+        assert not assembly.full()
+        assert assembly.take() == ([0], 3)
+
+    def test_padded_cost_model(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(target_cost=20, max_batch_size=100, cost_model="padded")
+        for item, cost in enumerate([2, 2, 9, 3]):
+            assembly.add(item, cost)
+        # [2, 2, 9] pads to 3 * 9 = 27 > 20, so 9 starts the next batch.
+        assert assembly.take() == ([0, 1], 4)
+        assert assembly.take() == ([2, 3], 18)
+
+    def test_zero_cost_records(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(target_cost=1, max_batch_size=4)
+        for item in range(6):
+            assembly.add(item, 0)
+        assert drain(assembly) == [[0, 1, 2, 3], [4, 5]]
+
+
+class TestGrouped:
+    def test_groups_similar_costs_around_oldest(self) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(
+            target_cost=310, max_batch_size=3, cost_model="padded", window=100
+        )
+        costs = [10, 100, 11, 99, 12, 101]
+        for item, cost in enumerate(costs):
+            assembly.add(item, cost)
+        first, cost = assembly.take()
+        assert sorted(first) == [0, 2, 4]
+        assert cost == 3 * 12
+        second, cost = assembly.take()
+        assert sorted(second) == [1, 3, 5]
+        assert cost == 3 * 101
+
+    def test_oldest_always_in_next_batch(self) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(target_cost=10, max_batch_size=2, window=100)
+        assembly.add(0, 10)
+        for item in range(1, 10):
+            assembly.add(item, 1)
+        assert assembly.take()[0] == [0]  # nothing fits beside it, but it goes first
+
+    def test_full_means_window_reached(self) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(target_cost=10, max_batch_size=2, window=3)
+        for item in range(3):
+            assert not assembly.full()
+            assembly.add(item, 1)
+        assert assembly.full()
+
+    def test_equal_costs_keep_arrival_order(self) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(target_cost=100, max_batch_size=2, window=100)
+        for item in range(6):
+            assembly.add(item, 5)
+        assert [sorted(batch) for batch in drain(assembly)] == [[0, 1], [2, 3], [4, 5]]
+
+    def test_sum_budget(self) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(target_cost=10, max_batch_size=10, window=100)
+        for item, cost in enumerate([5, 5, 5, 1]):
+            assembly.add(item, cost)
+        batch, cost = assembly.take()
+        assert cost <= 10
+        assert 0 in batch
+
+
+@pytest.mark.parametrize(
+    ("costs", "model", "expected"),
+    [([], "sum", 0), ([1, 2, 3], "sum", 6), ([1, 2, 3], "padded", 9), ([7], "padded", 7)],
+)
+def test_batch_cost(costs: list[int], model: str, expected: int) -> None:
+    assert batch_cost(costs, model) == expected  # type: ignore[arg-type]

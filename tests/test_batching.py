@@ -1,0 +1,265 @@
+"""The batching rules, end to end through the loops, under asyncio and trio."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+from batcher import BatchFuture, DynamicBatcher
+
+from .helpers import Recorder
+
+
+async def first_batch_in_flight(batcher: DynamicBatcher[Any, Any], recorder: Recorder) -> BatchFuture[Any]:
+    """Submit a record and wait until the worker is busy with it."""
+    future = await batcher.submit("first", estimated_cost=1)
+    await recorder.entered.wait()
+    return future
+
+
+class TestBudget:
+    async def test_strict_budget_and_fifo(self) -> None:
+        recorder = Recorder(hold=True)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(recorder, target_batch_cost=10) as batcher:
+                await first_batch_in_flight(batcher, recorder)
+                costs = [4, 4, 4, 9, 1, 20, 3]
+                futures = [await batcher.submit(i, estimated_cost=c) for i, c in enumerate(costs)]
+                recorder.release()
+                results = [await future for future in futures]
+        assert results == [("done", i) for i in range(len(costs))]
+        assert recorder.batches[1:] == [[0, 1], [2], [3, 4], [5], [6]]
+        for batch in recorder.batches[1:]:
+            assert len(batch) == 1 or sum(costs[i] for i in batch) <= 10
+
+    async def test_max_batch_size(self) -> None:
+        recorder = Recorder(hold=True)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(recorder, max_batch_size=3) as batcher:
+                await first_batch_in_flight(batcher, recorder)
+                await batcher.submit_batch(range(7))
+                recorder.release()
+        assert recorder.batches[1:] == [[0, 1, 2], [3, 4, 5], [6]]
+
+    async def test_padded_cost_model_in_batcher(self) -> None:
+        recorder = Recorder(hold=True)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(recorder, target_batch_cost=20, cost_model="padded") as batcher:
+                await first_batch_in_flight(batcher, recorder)
+                await batcher.submit_batch(range(4), estimated_cost=[2, 2, 9, 3])
+                recorder.release()
+        assert recorder.batches[1:] == [[0, 1], [2, 3]]
+        assert batcher.stats.total_batch_cost == 1 + 4 + 18
+
+    async def test_group_by_cost_in_batcher(self) -> None:
+        recorder = Recorder(hold=True)
+        costs = [10, 100, 11, 99, 12, 101]
+        with anyio.fail_after(5):
+            async with DynamicBatcher(
+                recorder, target_batch_cost=310, max_batch_size=3, cost_model="padded", group_by_cost=True
+            ) as batcher:
+                await first_batch_in_flight(batcher, recorder)
+                await batcher.submit_batch(range(6), estimated_cost=costs)
+                recorder.release()
+        assert sorted(map(sorted, recorder.batches[1:])) == [[0, 2, 4], [1, 3, 5]]
+
+
+class TestWhenBatchesClose:
+    async def test_batch_grows_while_worker_busy(self) -> None:
+        recorder = Recorder(hold=True)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(recorder) as batcher:
+                await first_batch_in_flight(batcher, recorder)
+                for i in range(5):
+                    await batcher.submit(i)
+                    await anyio.wait_all_tasks_blocked()
+                recorder.release()
+        assert recorder.batches[1:] == [[0, 1, 2, 3, 4]]
+
+    async def test_lone_request_does_not_wait_for_timeout(self) -> None:
+        recorder = Recorder()
+        async with DynamicBatcher(recorder, batch_timeout_s=60) as batcher:
+            with anyio.fail_after(5):
+                assert await batcher.call("x") == ("done", "x")
+
+    async def test_runnable_producers_join_the_eager_batch(self) -> None:
+        recorder = Recorder()
+        async with DynamicBatcher(recorder, batch_timeout_s=60) as batcher:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    for i in range(10):
+                        tg.start_soon(batcher.call, i)
+        assert [sorted(batch) for batch in recorder.batches] == [list(range(10))]  # trio may reorder tasks
+
+    async def test_without_eager_dispatch_window_applies(self) -> None:
+        recorder = Recorder()
+        async with DynamicBatcher(recorder, eager_dispatch=False, batch_timeout_s=0.2) as batcher:
+            with anyio.fail_after(5):
+                started = anyio.current_time()
+                await batcher.call("x")
+                assert anyio.current_time() - started >= 0.15
+
+    async def test_without_eager_dispatch_full_batch_goes_at_once(self) -> None:
+        recorder = Recorder()
+        async with DynamicBatcher(recorder, eager_dispatch=False, batch_timeout_s=60, max_batch_size=4) as batcher:
+            with anyio.fail_after(5):
+                futures = await batcher.submit_batch(range(4))
+                for future in futures:
+                    await future
+
+    async def test_min_batch_size_waits_at_most_the_timeout(self) -> None:
+        recorder = Recorder()
+        async with DynamicBatcher(recorder, min_batch_size=3, batch_timeout_s=0.1) as batcher:
+            with anyio.fail_after(5):
+                started = anyio.current_time()
+                await batcher.call("alone")
+                assert anyio.current_time() - started >= 0.05
+                futures = await batcher.submit_batch(range(3))
+                for future in futures:
+                    await future
+        assert recorder.batches == [["alone"], [0, 1, 2]]
+
+    async def test_min_batch_size_flushed_at_shutdown(self) -> None:
+        recorder = Recorder()
+        with anyio.fail_after(5):
+            async with DynamicBatcher(recorder, min_batch_size=5, batch_timeout_s=3600) as batcher:
+                future = await batcher.submit("x")
+        assert future.result() == ("done", "x")
+
+
+class TestConcurrency:
+    async def test_max_concurrent_batches_run_together(self) -> None:
+        both_running = anyio.Event()
+        running = 0
+
+        async def fn(batch: list[int]) -> list[int]:
+            nonlocal running
+            running += 1
+            if running == 2:
+                both_running.set()
+            await both_running.wait()
+            return batch
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn, max_batch_size=1, max_concurrent_batches=2) as batcher:
+                futures = await batcher.submit_batch([1, 2])
+                assert [await f for f in futures] == [1, 2]
+
+    @pytest.mark.parametrize("prefetch", [0, 1])
+    async def test_closed_batch_waiting_for_worker_can_be_withdrawn(self, prefetch: int) -> None:
+        recorder = Recorder(hold=True)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(recorder, max_batch_size=1, prefetch_batches=prefetch) as batcher:
+                await first_batch_in_flight(batcher, recorder)
+                second = await batcher.submit("second")
+                third = await batcher.submit("third")
+                await anyio.wait_all_tasks_blocked()
+                assert second.cancel()
+                assert third.cancel()
+                recorder.release()
+        assert recorder.records == ["first"]
+
+    async def test_sync_process_fn_runs_in_a_thread(self) -> None:
+        release = threading.Event()
+        threads: list[threading.Thread] = []
+
+        def fn(batch: list[int]) -> list[int]:
+            threads.append(threading.current_thread())
+            assert release.wait(5)
+            return [x + 1 for x in batch]
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                future = await batcher.submit(1)
+                while not threads:  # the loop keeps running while the model call blocks
+                    await anyio.sleep(0.001)
+                release.set()
+                assert await future == 2
+        assert threads[0] is not threading.main_thread()
+
+
+class TestResults:
+    async def test_wrong_length_fails_the_batch(self) -> None:
+        async def fn(batch: list[int]) -> list[int]:
+            return batch[:-1]
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                futures = await batcher.submit_batch([1, 2, 3])
+        for future in futures:
+            with pytest.raises(ValueError, match="returned 2 results for a batch of 3"):
+                await future
+
+    async def test_exception_fails_batch_and_batcher_goes_on(self) -> None:
+        error = RuntimeError("model exploded")
+        calls = 0
+
+        async def fn(batch: list[int]) -> list[int]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise error
+            return batch
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                failing = await batcher.submit(1)
+                with pytest.raises(RuntimeError) as info:
+                    await failing
+                assert info.value is error  # the very exception, not a wrapper
+                assert await batcher.call(2) == 2
+        assert batcher.stats.total_failed == 1
+
+    async def test_exception_in_slot_fails_only_that_record(self) -> None:
+        async def fn(batch: list[int]) -> list[Any]:
+            return [ValueError(f"bad {x}") if x == 2 else x for x in batch]
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                futures = await batcher.submit_batch([1, 2, 3])
+        assert futures[0].result() == 1
+        with pytest.raises(ValueError, match="bad 2"):
+            futures[1].result()
+        assert futures[2].result() == 3
+
+    async def test_process_fn_returning_non_list(self) -> None:
+        async def fn(batch: list[int]) -> Any:
+            return 42
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                future = await batcher.submit(1)
+        with pytest.raises(TypeError, match="must return a list, got int"):
+            future.result()
+
+
+class TestBackpressure:
+    async def test_submit_waits_while_queue_full(self) -> None:
+        recorder = Recorder(hold=True)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(recorder, max_queue_size=2, max_batch_size=1, prefetch_batches=0) as batcher:
+                await first_batch_in_flight(batcher, recorder)
+                accepted = 0
+                with pytest.raises(anyio.WouldBlock):
+                    while True:
+                        batcher.submit_nowait(accepted)
+                        accepted += 1
+                        await anyio.wait_all_tasks_blocked()
+                # The stream holds max_queue_size; the aggregator holds one more batch.
+                assert accepted == 2 + 1
+                waiter_done = anyio.Event()
+
+                async def blocked_submit() -> None:
+                    await batcher.submit("late")
+                    waiter_done.set()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(blocked_submit)
+                    await anyio.wait_all_tasks_blocked()
+                    assert not waiter_done.is_set()
+                    recorder.release()
+                    await waiter_done.wait()
+        assert recorder.records == ["first", 0, 1, 2, "late"]
