@@ -1,8 +1,6 @@
 """Token-budgeted batching of LLM and embedding inference, under asyncio and trio."""
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from ._dynamic import DynamicBatcher as DynamicBatcher
 from ._exceptions import BatcherClosedError as BatcherClosedError
@@ -20,8 +18,8 @@ from ._token import Prompt as Prompt
 from ._token import TokenBatcher as TokenBatcher
 
 try:
-    __version__ = version("batcher")
-except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = _metadata.version("batcher")
+except _metadata.PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
 __all__ = (

@@ -1,0 +1,216 @@
+"""Bad input gets a clear error naming the parameter, and changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from batcher import DynamicBatcher, Prompt, TokenBatcher
+
+
+async def echo(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+class TestConstructor:
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "match"),
+        [
+            ({"max_batch_size": 0}, ValueError, "max_batch_size must be >= 1"),
+            ({"min_batch_size": 0}, ValueError, "min_batch_size must be >= 1"),
+            ({"min_batch_size": 5, "max_batch_size": 4}, ValueError, "min_batch_size must be <= max_batch_size"),
+            ({"target_batch_cost": 0}, ValueError, "target_batch_cost must be >= 1"),
+            ({"target_batch_cost": 1.5}, TypeError, "target_batch_cost must be an int, got float"),
+            ({"batch_timeout_s": -1}, ValueError, "batch_timeout_s must be finite and >= 0"),
+            ({"batch_timeout_s": float("inf")}, ValueError, "batch_timeout_s must be finite"),
+            ({"batch_timeout_s": float("nan")}, ValueError, "batch_timeout_s must be finite"),
+            ({"batch_timeout_s": "1"}, TypeError, "batch_timeout_s must be a number, got str"),
+            ({"max_queue_size": 0}, ValueError, "max_queue_size must be >= 1"),
+            ({"prefetch_batches": -1}, ValueError, "prefetch_batches must be >= 0"),
+            ({"max_concurrent_batches": 0}, ValueError, "max_concurrent_batches must be >= 1"),
+            ({"default_cost": -1}, ValueError, "default_cost must be >= 0"),
+            ({"max_batch_size": True}, TypeError, "max_batch_size must be an int, got bool"),
+            ({"cost_model": "max"}, ValueError, "cost_model must be 'sum' or 'padded'"),
+            ({"process_timeout_s": 0}, ValueError, "process_timeout_s must be > 0"),
+            ({"cost_estimator": 3}, TypeError, "cost_estimator must be callable"),
+        ],
+    )
+    def test_bad_settings(self, kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+        with pytest.raises(error, match=match):
+            DynamicBatcher(echo, **kwargs)
+
+    def test_process_fn_not_callable(self) -> None:
+        with pytest.raises(TypeError, match="process_fn must be callable, got int"):
+            DynamicBatcher(42)  # type: ignore[arg-type]
+
+    def test_token_batcher_needs_a_function(self) -> None:
+        with pytest.raises(TypeError, match="requires either"):
+            TokenBatcher()
+
+    def test_token_batcher_names_token_parameters(self) -> None:
+        with pytest.raises(ValueError, match="target_batch_tokens must be >= 1"):
+            TokenBatcher(echo, target_batch_tokens=0)
+        with pytest.raises(ValueError, match="default_token_estimate must be >= 0"):
+            TokenBatcher(echo, default_token_estimate=-3)
+        with pytest.raises(TypeError, match="token_estimator must be callable"):
+            TokenBatcher(echo, token_estimator="len")  # type: ignore[arg-type]
+
+
+class TestCosts:
+    @pytest.mark.parametrize(
+        ("cost", "error", "match"),
+        [
+            (1.0, TypeError, "estimated_cost must be an int, got float"),
+            (True, TypeError, "estimated_cost must be an int, got bool"),
+            ("3", TypeError, "estimated_cost must be an int, got str"),
+            (-1, ValueError, "estimated_cost must be >= 0, got -1"),
+        ],
+    )
+    async def test_bad_explicit_cost(self, cost: Any, error: type[Exception], match: str) -> None:
+        async with DynamicBatcher(echo) as batcher:
+            with pytest.raises(error, match=match):
+                await batcher.submit("x", estimated_cost=cost)
+            with pytest.raises(error, match=match):
+                batcher.submit_nowait("x", estimated_cost=cost)
+            assert batcher.stats.total_submitted == 0
+            assert await batcher.call("still works") == "still works"
+
+    async def test_bad_estimator_results(self) -> None:
+        for bad, error in [(None, TypeError), (2.5, TypeError), (-4, ValueError)]:
+            batcher = DynamicBatcher(echo, cost_estimator=lambda record, bad=bad: bad)
+            async with batcher:
+                with pytest.raises(error, match="the cost from cost_estimator must be"):
+                    await batcher.submit("x")
+            assert batcher.stats.total_submitted == 0
+
+    async def test_estimator_exception_comes_out_of_submit(self) -> None:
+        def estimator(record: str) -> int:
+            raise LookupError("no tokenizer")
+
+        async with DynamicBatcher(echo, cost_estimator=estimator) as batcher:
+            with pytest.raises(LookupError, match="no tokenizer"):
+                await batcher.submit("x")
+            assert batcher.stats.total_submitted == 0
+
+    async def test_bad_protocol_cost(self) -> None:
+        @dataclass
+        class Weird:
+            def estimate_cost(self) -> Any:
+                return "lots"
+
+        async with DynamicBatcher(echo) as batcher:
+            with pytest.raises(TypeError, match=r"the cost from Weird.estimate_cost\(\) must be an int, got str"):
+                await batcher.submit(Weird())
+
+    async def test_submit_batch_checks_every_cost_first(self) -> None:
+        recorder_calls: list[list[Any]] = []
+
+        async def fn(batch: list[Any]) -> list[Any]:
+            recorder_calls.append(batch)
+            return batch
+
+        async with DynamicBatcher(fn) as batcher:
+            with pytest.raises(ValueError, match="estimated_cost has 2 items but records has 3"):
+                await batcher.submit_batch(["a", "b", "c"], estimated_cost=[1, 2])
+            with pytest.raises(TypeError, match=r"estimated_cost\[2\] must be an int, got NoneType"):
+                await batcher.submit_batch(["a", "b", "c"], estimated_cost=[1, 2, None])  # type: ignore[list-item]
+            with pytest.raises(ValueError, match=r"estimated_cost\[0\] must be >= 0"):
+                await batcher.submit_batch(["a"], estimated_cost=[-1])
+            with pytest.raises(TypeError, match="estimated_cost must be a sequence of ints"):
+                await batcher.submit_batch(["a"], estimated_cost=5)  # type: ignore[arg-type]
+            assert batcher.stats.total_submitted == 0
+        assert recorder_calls == []
+
+    async def test_token_batcher_bad_tokens(self) -> None:
+        async with TokenBatcher(echo) as batcher:
+            with pytest.raises(TypeError, match="estimated_tokens must be an int, got float"):
+                await batcher.submit("x", estimated_tokens=1.5)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match=r"estimated_tokens\[1\] must be >= 0"):
+                await batcher.submit_batch(["a", "b"], estimated_tokens=[1, -1])
+
+
+class Both:
+    def __init__(self, tokens: int, cost: int) -> None:
+        self.tokens, self.cost = tokens, cost
+
+    def estimate_tokens(self) -> int:
+        return self.tokens
+
+    def estimate_cost(self) -> int:
+        return self.cost
+
+
+class CostOnly:
+    def estimate_cost(self) -> int:
+        return 7
+
+
+class TestCostPrecedence:
+    async def costs_seen(self, batcher: DynamicBatcher[Any, Any], submit: Any) -> int:
+        async with batcher:
+            await submit(batcher)
+        return batcher.stats.total_batch_cost
+
+    async def test_dynamic_batcher_order(self) -> None:
+        def dyn(**kwargs: Any) -> DynamicBatcher[Any, Any]:
+            return DynamicBatcher(echo, default_cost=3, **kwargs)
+
+        async def explicit(b: Any) -> None:
+            await b.call(CostOnly(), estimated_cost=11)
+
+        async def plain(b: Any) -> None:
+            await b.call(CostOnly())
+
+        async def nothing(b: Any) -> None:
+            await b.call("text")
+
+        assert await self.costs_seen(dyn(cost_estimator=lambda r: 5), explicit) == 11
+        assert await self.costs_seen(dyn(cost_estimator=lambda r: 5), plain) == 5
+        assert await self.costs_seen(dyn(), plain) == 7
+        assert await self.costs_seen(dyn(), nothing) == 3
+
+    async def test_token_batcher_order(self) -> None:
+        def tok(**kwargs: Any) -> TokenBatcher[Any, Any]:
+            return TokenBatcher(echo, default_token_estimate=3, **kwargs)
+
+        async def both_explicit(b: Any) -> None:
+            await b.call(Both(1, 2), estimated_tokens=13, estimated_cost=12)
+
+        async def cost_explicit(b: Any) -> None:
+            await b.call(Both(1, 2), estimated_cost=12)
+
+        async def plain(b: Any) -> None:
+            await b.call(Both(1, 2))
+
+        async def cost_only(b: Any) -> None:
+            await b.call(CostOnly())
+
+        async def prompt(b: Any) -> None:
+            await b.call(Prompt("x" * 40))
+
+        assert await self.costs_seen(tok(token_estimator=lambda r: 5), both_explicit) == 13
+        assert await self.costs_seen(tok(token_estimator=lambda r: 5), cost_explicit) == 12
+        assert await self.costs_seen(tok(token_estimator=lambda r: 5), plain) == 5
+        assert await self.costs_seen(tok(cost_estimator=lambda r: 6), plain) == 6
+        assert await self.costs_seen(tok(), plain) == 1
+        assert await self.costs_seen(tok(), cost_only) == 7
+        assert await self.costs_seen(tok(), prompt) == 11
+        assert await self.costs_seen(TokenBatcher(echo, default_cost=4), cost_only) == 7
+
+    def test_prompt_estimate(self) -> None:
+        assert Prompt("").estimate_tokens() == 1
+        assert Prompt("abcdefgh").estimate_tokens() == 3
+
+
+async def test_bad_input_leaves_batcher_working() -> None:
+    with anyio.fail_after(5):
+        async with DynamicBatcher(echo) as batcher:
+            for bad in (-1, 1.0, None):
+                with pytest.raises((TypeError, ValueError)):
+                    await batcher.submit_batch(["a"], estimated_cost=[bad])  # type: ignore[list-item]
+            assert await batcher.call("ok") == "ok"
+    stats = batcher.stats
+    assert (stats.total_submitted, stats.total_completed) == (1, 1)
