@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from time import monotonic, perf_counter
 from types import TracebackType
 from typing import Any, Generic, Self, cast
@@ -136,7 +136,9 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         self._group_by_cost = bool(group_by_cost)
         self._process_timeout = process_timeout_s
         self._counters = Counters()
-        self._method_of: dict[type, str | None] = {}  # record type -> its cost method
+        self._estimator_label = f"the cost from {self._estimator_name}"
+        # record type -> the method that gives its cost, and its name for errors
+        self._method_of: dict[type, tuple[str | None, str]] = {}
         # Set while running:
         self._submit_send: MemoryObjectSendStream[_Submission] | None = None
         self._task_group: TaskGroup | None = None  # ours, when started by start()
@@ -252,6 +254,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         batch_send, batch_receive = anyio.create_memory_object_stream[list[BatchFuture[Any]]](self._prefetch)
         self._submit_send = submit_send
         self._stopped = anyio.Event()
+        self._counters.new_event = _event_factory()
         self._limiter = anyio.CapacityLimiter(self._workers)
         self._demand = 0
         try:
@@ -316,26 +319,33 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         withdrawn and never reaches the process function. This is the per-request
         deadline: ``with anyio.fail_after(1): await batcher.call(x)``.
         """
-        future = await self.submit(record, estimated_cost=estimated_cost)
-        return await _await_or_withdraw(future)
+        # submit() and the wait, inlined: this is the hot path of closed-loop callers.
+        future = self._new_future(record, estimated_cost, self._explicit_name)
+        await self._enqueue(future)
+        try:
+            return await future
+        except BaseException:
+            future.cancel()  # withdraws the record unless it was already dispatched
+            raise
 
-    def _new_future(self, record: Any, cost: int | None, name: str) -> BatchFuture[Any]:
+    def _new_future(self, record: Any, cost: int | None, name: str) -> BatchFuture[ResultT]:
         if cost is None:
             cost, name = self._estimate(record)
         return BatchFuture(record, _check_cost(name, cost), self._counters)
 
     def _estimate(self, record: Any) -> tuple[Any, str]:
         if self._cost_estimator is not None:
-            return self._cost_estimator(record), f"the cost from {self._estimator_name}"
+            return self._cost_estimator(record), self._estimator_label
         kind = type(record)
         try:
-            method = self._method_of[kind]
+            method, label = self._method_of[kind]
         except KeyError:
             method = next((m for m in self._cost_methods if callable(getattr(kind, m, None))), None)
-            self._method_of[kind] = method
+            label = f"the cost from {kind.__name__}.{method}()" if method else self._default_name
+            self._method_of[kind] = method, label
         if method is None:
-            return self._default_cost, self._default_name
-        return getattr(record, method)(), f"the cost from {kind.__name__}.{method}()"
+            return self._default_cost, label
+        return getattr(record, method)(), label
 
     def _enqueue_nowait(self, future: BatchFuture[Any]) -> None:
         send = self._submit_send
@@ -588,13 +598,19 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             return
         failed = 0
         for future, result in zip(batch, results, strict=True):
+            # BatchFuture._finish, inlined: this runs once per record.
             if isinstance(result, Exception):
                 failed += 1
-                future._finish(ERROR, result)
+                future._state = ERROR
             else:
-                future._finish(RESULT, result)
-        self._counters.completed += len(batch)
-        self._counters.failed += failed
+                future._state = RESULT
+            future._value = result
+            future._record = None
+            event = future._event
+            if event is not None:
+                event.set()
+        counters.completed += len(batch)
+        counters.failed += failed
 
     async def _call(self, records: list[Any]) -> Any:
         if self._is_async:
@@ -617,12 +633,19 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         self._counters.failed += ended
 
 
-async def _await_or_withdraw(future: BatchFuture[ResultT]) -> ResultT:
+def _event_factory() -> Callable[[], anyio.Event]:
+    """Return the cheapest way to make an ``anyio.Event`` on the running loop.
+
+    ``anyio.Event()`` looks up the running backend on every call; the concrete
+    class it returns can be called directly, which halves the cost of each waiter.
+    """
+    event_class = type(anyio.Event())
     try:
-        return await future
-    except BaseException:
-        future.cancel()  # a no-op once dispatched
-        raise
+        if isinstance(event_class(), anyio.Event):
+            return event_class
+    except Exception:
+        pass
+    return anyio.Event
 
 
 def _check_cost(name: str, cost: object) -> int:

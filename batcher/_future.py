@@ -111,7 +111,7 @@ class BatchFuture(Generic[ResultT]):
         if self._state < RESULT:
             event = self._event
             if event is None:
-                event = self._event = anyio.Event()
+                event = self._event = self._counters.new_event()
             yield from event.wait().__await__()
         return self.result()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from os import PathLike
 from typing import Any
 
 __all__ = ("hf_token_estimator",)
@@ -45,7 +46,7 @@ def hf_token_estimator(
     :param max_length: if given, cap every count at this many tokens, matching a model
         that truncates its input to ``max_length``
     :return: a function from a record to its token count
-    :raises TypeError: if ``tokenizer`` has neither API, or ``cache_size`` or
+    :raises TypeError: if ``tokenizer`` has neither API or is a name or path, or ``cache_size`` or
         ``max_length`` is not an :class:`int`
     :raises ValueError: if ``cache_size`` is negative or ``max_length`` is below 1
 
@@ -97,6 +98,12 @@ def _capped(count: Callable[[str], int], limit: int) -> Callable[[str], int]:
 
 
 def _token_counter(tokenizer: object) -> Callable[[str], int]:
+    if isinstance(tokenizer, (str, bytes, PathLike)):
+        # str has an encode() method too; a name or a path is a likely slip.
+        raise TypeError(
+            "tokenizer must be a loaded tokenizer, not a name or path; "
+            "load it first, e.g. tokenizers.Tokenizer.from_pretrained(name)"
+        )
     encode: Any = getattr(tokenizer, "encode", None)
     if callable(encode):
 

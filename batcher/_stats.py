@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import anyio
 
 __all__ = ("BatchStats",)
 
@@ -38,7 +41,8 @@ class BatchStats:
 
 
 class Counters:
-    """The live, mutable counters behind :class:`BatchStats`."""
+    """The live, mutable counters behind :class:`BatchStats`, shared by a batcher
+    and its futures; also how those futures make events on the running loop."""
 
     __slots__ = (
         "batch_cost",
@@ -49,10 +53,12 @@ class Counters:
         "dispatched",
         "failed",
         "idle",
+        "new_event",
         "submitted",
     )
 
     def __init__(self) -> None:
+        self.new_event: Callable[[], anyio.Event] = anyio.Event
         self.submitted = 0
         self.dispatched = 0
         self.completed = 0

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._dynamic import DynamicBatcher, _await_or_withdraw
+from ._dynamic import DynamicBatcher
 from ._future import BatchFuture
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
 
@@ -120,8 +120,14 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> ResultT:
         """Submit one record and wait for its result; see :meth:`DynamicBatcher.call`."""
-        future = await self.submit(record, estimated_tokens=estimated_tokens, estimated_cost=estimated_cost)
-        return await _await_or_withdraw(future)
+        cost, name = _explicit(estimated_tokens, estimated_cost)
+        future = self._new_future(record, cost, name)
+        await self._enqueue(future)
+        try:
+            return await future
+        except BaseException:
+            future.cancel()  # withdraws the record unless it was already dispatched
+            raise
 
 
 def _explicit(tokens: int | None, cost: int | None) -> tuple[Any, str]:
