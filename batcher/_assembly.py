@@ -46,21 +46,22 @@ class _Budget:
     def reset(self) -> None:
         self.count = self.total = self.peak = 0
 
-    def fits(self, cost: int) -> bool:
+    def try_add(self, cost: int) -> bool:
+        """Add a record of this cost if it fits; return whether it did."""
         count = self.count
-        if count == 0:
-            return True  # a record always fits an empty batch, even an oversized one
-        if count >= self.max_size:
-            return False
-        if self.padded:
-            return (count + 1) * max(self.peak, cost) <= self.target
-        return self.total + cost <= self.target
-
-    def add(self, cost: int) -> None:
-        self.count += 1
+        if count:  # a record always fits an empty batch, even an oversized one
+            if count >= self.max_size:
+                return False
+            if self.padded:
+                if (count + 1) * max(self.peak, cost) > self.target:
+                    return False
+            elif self.total + cost > self.target:
+                return False
+        self.count = count + 1
         self.total += cost
         if cost > self.peak:
             self.peak = cost
+        return True
 
     def exhausted(self) -> bool:
         """Whether no record of positive cost could join any more."""
@@ -122,11 +123,7 @@ class FifoAssembly(Generic[T]):
 
     def _grow(self, cost: int) -> None:
         budget = self._budget
-        if not budget.fits(cost):
-            self._full = True
-            return
-        budget.add(cost)
-        if budget.exhausted():
+        if not budget.try_add(cost) or budget.exhausted():
             self._full = True
 
 
@@ -182,19 +179,17 @@ class GroupedAssembly(Generic[T]):
         high = low + 1
         budget = self._budget
         budget.reset()
-        budget.add(cost)
+        budget.try_add(cost)
         left_open, right_open = low > 0, high < len(costs)
         while left_open or right_open:
             go_left = left_open and (not right_open or cost - costs[low - 1] <= costs[high] - cost)
-            candidate = costs[low - 1] if go_left else costs[high]
-            if not budget.fits(candidate):
+            if not budget.try_add(costs[low - 1] if go_left else costs[high]):
                 # Further out on this side the costs only move further away.
                 if go_left:
                     left_open = False
                 else:
                     right_open = False
                 continue
-            budget.add(candidate)
             if go_left:
                 low -= 1
                 left_open = low > 0
