@@ -466,6 +466,10 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                             await self._dispatch(assembly.take(), batches)
                             checkpointed = False
                             continue
+                    if delay is None and assembly:
+                        # Every worker is busy: this batch grows until one is free, and
+                        # then goes without the eager checkpoint.
+                        checkpointed = True
                     try:
                         if delay is None:
                             admit(await submissions.receive())
@@ -508,6 +512,8 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     ) -> None:
         """Take batches one at a time, run them, end their futures."""
         counters = self._counters
+        # A batch whose results are in but not yet handed to its futures.
+        finished: tuple[list[BatchFuture[Any]], list[Any]] | None = None
         with batches:
             task_status.started()
             try:
@@ -515,16 +521,31 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                     self._demand += 1
                     if self._demand == 1:
                         self._wake_aggregator()
-                    idle_from = perf_counter()
-                    try:
-                        batch = await batches.receive()
-                    except anyio.EndOfStream:
-                        return
+                    batch = None
+                    if finished is not None:
+                        # Give the aggregator, just woken, a turn to hand over the batch
+                        # that grew while the model ran: the model starts on it before
+                        # the callers of the finished batch resume and compete for the loop.
+                        await checkpoint()
+                        try:
+                            batch = batches.receive_nowait()
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            pass
+                        self._settle(*finished)
+                        finished = None
+                    if batch is None:
+                        idle_from = perf_counter()
+                        try:
+                            batch = await batches.receive()
+                        except anyio.EndOfStream:
+                            return
+                        counters.idle += perf_counter() - idle_from
                     busy_from = perf_counter()
-                    counters.idle += busy_from - idle_from
-                    await self._run(batch)
+                    finished = await self._run(batch)
                     counters.busy += perf_counter() - busy_from
             except BaseException:
+                if finished is not None:
+                    self._settle(*finished)
                 closed = BatcherClosedError("the batcher closed before this record was processed")
                 while True:
                     try:
@@ -541,7 +562,14 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass  # the aggregator has records to pull, or input has ended: it is awake
 
-    async def _run(self, closed_batch: list[BatchFuture[Any]]) -> None:
+    async def _run(
+        self, closed_batch: list[BatchFuture[Any]]
+    ) -> tuple[list[BatchFuture[Any]], list[Any]] | None:
+        """Run one batch through the process function.
+
+        Return the batch and its results for :meth:`_settle`, or ``None`` if the
+        batch has already been failed (or had no record left).
+        """
         # Records withdrawn while their batch waited for this worker are left out;
         # from here on the others can no longer be withdrawn.
         batch: list[BatchFuture[Any]] = []
@@ -554,7 +582,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                 records.append(future._record)
                 costs.append(future._cost)
         if not batch:
-            return
+            return None
         counters = self._counters
         counters.batches += 1
         counters.dispatched += len(batch)
@@ -565,10 +593,16 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             else:
                 with anyio.fail_after(self._process_timeout):
                     results = await self._call(records)
+            if not isinstance(results, list):
+                if isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
+                    raise TypeError(f"process_fn must return a list, got {type(results).__name__}")
+                results = list(results)
+            if len(results) != len(batch):
+                raise ValueError(f"process_fn returned {len(results)} results for a batch of {len(batch)} records")
         except Exception as exc:
-            logger.error("process_fn failed on a batch of %d records", len(batch), exc_info=exc)
+            logger.error("process_fn failed on a batch of %d records: %r", len(batch), exc, exc_info=exc)
             self._fail(batch, exc)
-            return
+            return None
         except BaseException as exc:
             closed = BatcherClosedError("the batcher closed before this record was processed")
             if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -582,20 +616,11 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             self._fatal = exc
             assert self._loops is not None
             self._loops.cancel_scope.cancel()
-            return
-        if not isinstance(results, list):
-            try:
-                results = list(results)
-            except TypeError:
-                not_list = TypeError(f"process_fn must return a list, got {type(results).__name__}")
-                logger.error("%s", not_list)
-                self._fail(batch, not_list)
-                return
-        if len(results) != len(batch):
-            error = ValueError(f"process_fn returned {len(results)} results for a batch of {len(batch)} records")
-            logger.error("%s", error)
-            self._fail(batch, error)
-            return
+            return None
+        return batch, results
+
+    def _settle(self, batch: list[BatchFuture[Any]], results: list[Any]) -> None:
+        """End each future of ``batch`` with its result (an ``Exception`` fails it)."""
         failed = 0
         for future, result in zip(batch, results, strict=True):
             # BatchFuture._finish, inlined: this runs once per record.
@@ -609,15 +634,22 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             event = future._event
             if event is not None:
                 event.set()
+        counters = self._counters
         counters.completed += len(batch)
         counters.failed += failed
 
     async def _call(self, records: list[Any]) -> Any:
         if self._is_async:
             return await cast(Awaitable[Any], self._process_fn(records))
-        result = await anyio.to_thread.run_sync(
-            self._process_fn, records, limiter=self._limiter, abandon_on_cancel=True
-        )
+        limiter = self._limiter
+        assert limiter is not None
+        try:
+            result = await anyio.to_thread.run_sync(self._process_fn, records, limiter=limiter, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            # The abandoned thread runs on, and under trio it keeps its limiter token
+            # until it returns: add one so the next batch is not stuck behind it.
+            limiter.total_tokens += 1
+            raise
         if inspect.isawaitable(result):
             result = await result
         return result
