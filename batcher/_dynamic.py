@@ -288,7 +288,10 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         :raises RuntimeError: if the batcher is not running
         """
         future = self._new_future(record, estimated_cost, self._explicit_name)
-        await self._enqueue(future)
+        try:
+            self._enqueue_nowait(future)
+        except anyio.WouldBlock:
+            await self._enqueue_waiting(future)
         return future
 
     def submit_nowait(self, record: RecordT, *, estimated_cost: int | None = None) -> BatchFuture[ResultT]:
@@ -321,7 +324,10 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         """
         # submit() and the wait, inlined: this is the hot path of closed-loop callers.
         future = self._new_future(record, estimated_cost, self._explicit_name)
-        await self._enqueue(future)
+        try:
+            self._enqueue_nowait(future)
+        except anyio.WouldBlock:
+            await self._enqueue_waiting(future)
         try:
             return await future
         except BaseException:
@@ -357,12 +363,6 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             raise RuntimeError(_NOT_RUNNING) from None
         self._counters.submitted += 1
 
-    async def _enqueue(self, future: BatchFuture[Any]) -> None:
-        try:
-            self._enqueue_nowait(future)
-        except anyio.WouldBlock:
-            await self._enqueue_waiting(future)
-
     async def _enqueue_waiting(self, future: BatchFuture[Any]) -> None:
         send = self._submit_send
         assert send is not None
@@ -397,7 +397,10 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         if self._submit_send is None:
             raise RuntimeError(_NOT_RUNNING)
         for future in futures:
-            await self._enqueue(future)
+            try:
+                self._enqueue_nowait(future)
+            except anyio.WouldBlock:
+                await self._enqueue_waiting(future)
         return futures
 
     # ------------------------------------------------------------ aggregator
@@ -437,11 +440,16 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                     # Take in everything already submitted, up to a full batch.
                     while not ended and not assembly.full():
                         try:
-                            admit(submissions.receive_nowait())
+                            future = submissions.receive_nowait()
                         except anyio.WouldBlock:
                             break
                         except anyio.EndOfStream:
                             ended = True
+                            break
+                        if future is not None and future._state == PENDING:  # admit(), inlined
+                            if not assembly:
+                                opened_at = monotonic()
+                            assembly.add(future, future._cost)
 
                     if assembly.full() or (ended and assembly):
                         await self._dispatch(assembly.take(), batches)
@@ -562,9 +570,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass  # the aggregator has records to pull, or input has ended: it is awake
 
-    async def _run(
-        self, closed_batch: list[BatchFuture[Any]]
-    ) -> tuple[list[BatchFuture[Any]], list[Any]] | None:
+    async def _run(self, closed_batch: list[BatchFuture[Any]]) -> tuple[list[BatchFuture[Any]], list[Any]] | None:
         """Run one batch through the process function.
 
         Return the batch and its results for :meth:`_settle`, or ``None`` if the

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from ._dynamic import DynamicBatcher
 from ._future import BatchFuture
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
@@ -89,7 +91,10 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         """Queue one record and return its future; see :meth:`DynamicBatcher.submit`."""
         cost, name = _explicit(estimated_tokens, estimated_cost)
         future = self._new_future(record, cost, name)
-        await self._enqueue(future)
+        try:
+            self._enqueue_nowait(future)
+        except anyio.WouldBlock:
+            await self._enqueue_waiting(future)
         return future
 
     def submit_nowait(
@@ -122,7 +127,10 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         """Submit one record and wait for its result; see :meth:`DynamicBatcher.call`."""
         cost, name = _explicit(estimated_tokens, estimated_cost)
         future = self._new_future(record, cost, name)
-        await self._enqueue(future)
+        try:
+            self._enqueue_nowait(future)
+        except anyio.WouldBlock:
+            await self._enqueue_waiting(future)
         try:
             return await future
         except BaseException:
