@@ -6,6 +6,7 @@ from ._dynamic import DynamicBatcher as DynamicBatcher
 from ._exceptions import BatcherClosedError as BatcherClosedError
 from ._exceptions import RecordCancelledError as RecordCancelledError
 from ._future import BatchFuture as BatchFuture
+from ._hf import hf_token_estimator as hf_token_estimator
 from ._protocols import CostEstimator as CostEstimator
 from ._protocols import CostEstimatorFn as CostEstimatorFn
 from ._protocols import CostModel as CostModel
@@ -38,4 +39,5 @@ __all__ = (
     "TokenEstimator",
     "TokenEstimatorFn",
     "__version__",
+    "hf_token_estimator",
 )
