@@ -34,20 +34,27 @@ def hf_token_estimator(
     * a ``transformers`` tokenizer, whose ``encode(text)`` returns a list of ids, or
       any callable whose result maps ``"input_ids"`` to the ids.
 
+    Count with the tokenizer the model runs with, configured alike: a
+    ``tokenizer.json`` may truncate to a different length than the model's
+    inference code does (pass ``max_length`` to cap counts where the model truncates).
+    If the inference function tokenizes in a worker thread, give the estimator its own
+    instance: a ``transformers`` tokenizer reconfigures padding and truncation on
+    every call.
+
     Results are memoised per text in a least-recently-used cache, so pricing a text
     that was seen recently costs a dictionary lookup instead of a tokenizer run. The
     tokenizer is called from whichever thread calls the estimator: the event loop
     thread, for :meth:`~batcher.TokenBatcher.submit`. A tokenizer run blocks the event
-    loop for roughly 70-80 microseconds for a 30-token text on a CPU core; a cache hit
-    costs about 0.1 microseconds.
+    loop for some tens of microseconds for a 30-token text; a cache hit costs about a
+    tenth of a microsecond.
 
     :param tokenizer: a :class:`tokenizers.Tokenizer` or a ``transformers`` tokenizer
     :param cache_size: how many distinct texts to remember; ``0`` disables the cache
     :param max_length: if given, cap every count at this many tokens, matching a model
         that truncates its input to ``max_length``
     :return: a function from a record to its token count
-    :raises TypeError: if ``tokenizer`` has neither API or is a name or path, or ``cache_size`` or
-        ``max_length`` is not an :class:`int`
+    :raises TypeError: if ``tokenizer`` has neither API or is a name or a path, or if
+        ``cache_size`` or ``max_length`` is not an :class:`int`
     :raises ValueError: if ``cache_size`` is negative or ``max_length`` is below 1
 
     The returned function raises :exc:`TypeError` for a record that is neither a

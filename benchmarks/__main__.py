@@ -13,6 +13,7 @@ PASS/FAIL lines of the targets do not change it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
@@ -23,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from benchmarks import llm_sim, report
 from benchmarks.runner import Results, run_all
 from benchmarks.systems import ALL_SYSTEMS, discover
-from benchmarks.workloads import DEFAULT_KEYS, FULL, QUICK, WORKLOADS, Sizes
+from benchmarks.workloads import DEFAULT_KEYS, FULL, QUICK, WORKLOADS, Setup, Sizes
 
 MODEL_KEY = "F"
 
@@ -32,13 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     keys = _selected(args)
     sizes = QUICK if args.quick else FULL
+    setup = Setup(sizes, double=args.quick, llm_plan=_llm_plan(sizes, keys))
     reps = args.reps if args.reps is not None else (1 if args.quick else 3)
     systems, messages = discover(args.systems.split(","))
     workloads = [WORKLOADS[key] for key in keys if key in WORKLOADS]
 
-    _print_header(args.quick, reps, sizes, keys, messages)
-    results = run_all(workloads, systems, sizes, reps, double=args.quick)
-    print(report.table(results, workloads, systems))
+    _print_header(args.quick, reps, setup, keys, messages)
+    results = run_all(workloads, systems, setup, reps)
+    if workloads:
+        print(report.table(results, workloads, systems))
     verdicts = report.targets(results, keys)
     if verdicts:
         print("\nTargets (batcher = batcher/asyncio unless named)")
@@ -50,23 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick",
         action="store_true",
         help="tiny sizes, 1 repetition: checks correctness",
     )
-    parser.add_argument(
-        "--only", help="comma-separated workloads, e.g. A,B (F is the real-model one)"
-    )
-    parser.add_argument(
-        "--reps", type=int, help="repetitions per system (default 3, quick 1)"
-    )
-    parser.add_argument(
-        "--with-model", action="store_true", help="also run F, the real embedding model"
-    )
+    parser.add_argument("--only", help="comma-separated workloads, e.g. A,B (F is the real-model one)")
+    parser.add_argument("--reps", type=int, help="repetitions per system (default 3, quick 1)")
+    parser.add_argument("--with-model", action="store_true", help="also run F, the real embedding model")
     parser.add_argument(
         "--systems",
         default=",".join(ALL_SYSTEMS),
@@ -95,44 +90,46 @@ def _selected(args: argparse.Namespace) -> list[str]:
     return [*DEFAULT_KEYS, MODEL_KEY] if args.with_model else list(DEFAULT_KEYS)
 
 
-def _print_header(
-    quick: bool, reps: int, sizes: Sizes, keys: Sequence[str], messages: Sequence[str]
-) -> None:
+def _print_header(quick: bool, reps: int, setup: Setup, keys: Sequence[str], messages: Sequence[str]) -> None:
     mode = "quick (checks correctness; too small to judge speed)" if quick else "full"
     print(f"batcher benchmarks: {mode}, {reps} repetition(s), medians")
     print(f"python {platform.python_version()}, {_versions()}, {os.cpu_count()} cpus")
     print(f"platform {platform.platform()}")
-    for line in [*messages, *_size_lines(sizes, keys)]:
+    for line in [*messages, *_size_lines(setup, keys)]:
         print(f"  {line}")
     print()
 
 
-def _size_lines(sizes: Sizes, keys: Sequence[str]) -> list[str]:
+def _size_lines(setup: Setup, keys: Sequence[str]) -> list[str]:
+    sizes, plan = setup.sizes, setup.llm_plan
     lines = []
     if "A" in keys:
         budget = f"{sizes.closed_budget_s:g} s"
-        lines.append(
-            f"A: {sizes.closed_records:,} records or {budget}, whichever first"
-        )
+        lines.append(f"A: {sizes.closed_records:,} records or {budget}, whichever first")
     if "B" in keys:
         lines.append(f"B: {sizes.open_records:,} records")
     if "C" in keys:
         budget = f"{sizes.lone_budget_s:g} s"
-        lines.append(
-            f"C: {sizes.lone_requests:,} requests or {budget}, whichever first"
-        )
-    if "D" in keys:
-        plan = llm_sim.schedule(sizes.llm_duration_s)
+        lines.append(f"C: {sizes.lone_requests:,} requests or {budget}, whichever first")
+    if plan is not None:
         lines += [
             f"D: {len(plan.offsets_s):,} arrivals in {sizes.llm_duration_s:g} s"
-            f" at {plan.rate_per_s:,.0f}/s = {llm_sim.LOAD:.0%} of saturation,",
-            f"   {plan.saturated_per_s:,.0f}/s computed from the cost model"
-            f" (mean cost {plan.mean_cost:.1f} tokens)",
+            f" at {plan.rate_per_s:,.0f}/s = {llm_sim.LOAD:.0%} of saturation;",
+            f"   saturation {plan.saturated_per_s:,.0f}/s measured (model alone,"
+            f" full batches), {plan.analytic_per_s:,.0f}/s analytic;",
+            f"   mean cost {plan.mean_cost:.1f} tokens",
         ]
     if "E" in keys:
         queue = f"max_queue_size={sizes.memory_queue_size:,}"
         lines.append(f"E: {sizes.memory_records:,} records queued, {queue}")
     return lines
+
+
+def _llm_plan(sizes: Sizes, keys: Sequence[str]) -> llm_sim.Schedule | None:
+    if "D" not in keys:
+        return None
+    batches = sizes.llm_calibration_batches
+    return llm_sim.plan(sizes.llm_duration_s, calibration_batches=batches)
 
 
 def _versions() -> str:
@@ -146,21 +143,26 @@ def _versions() -> str:
 
 
 def _run_model_workload(quick: bool) -> list[str]:
-    """Hook for workload F, a real embedding model: benchmarks/bench_embed.py."""
-    print(f"\n{MODEL_KEY}  real embedding model")
+    """Hook for workload F, a real embedding model, which lives in benchmarks/bench_embed.py.
+
+    Its ``run(quick)`` returns the report text (or ``(label, value)`` rows). A
+    missing model dependency, at import or at run time, skips F with a hint.
+    """
+    print()
     try:
-        from benchmarks import bench_embed
+        report_text = importlib.import_module("benchmarks.bench_embed").run(quick=quick)
     except ImportError as exc:
-        hint = "pip install -e '.[examples]'"
-        print(f"    skipped: F needs the examples extra ({hint}): {exc}")
+        print(f"{MODEL_KEY}  skipped: it needs the examples extra (pip install -e '.[examples]'): {exc}")
         return []
-    try:
-        rows = bench_embed.run(quick=quick)
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         return [f"{MODEL_KEY}: {type(exc).__name__}: {exc}"]
-    for label, value in rows:
-        print(f"    {label:<28} {value}")
+    if isinstance(report_text, str):
+        print(report_text)
+    else:
+        print(f"{MODEL_KEY}  real embedding model")
+        for label, value in report_text:
+            print(f"    {label:<28} {value}")
     return []
 
 

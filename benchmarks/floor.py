@@ -60,14 +60,10 @@ class FloorBatcher(Generic[RecordT, ResultT]):
         if self._consumer is not None:
             await self._consumer
 
-    async def submit(
-        self, record: RecordT, *, estimated_cost: int | None = None
-    ) -> asyncio.Future[ResultT]:
+    async def submit(self, record: RecordT, *, estimated_cost: int | None = None) -> asyncio.Future[ResultT]:
         """Queue one record; the returned future resolves to its result."""
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
-        self._pending.append(
-            (record, 1 if estimated_cost is None else estimated_cost, future)
-        )
+        self._pending.append((record, 1 if estimated_cost is None else estimated_cost, future))
         self._wakeup.set()
         return future
 

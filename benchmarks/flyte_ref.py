@@ -35,14 +35,10 @@ def load() -> FlyteRef:
     """Load flyte's batcher module without importing the ``flyte`` package."""
     spec = importlib.util.find_spec("flyte")
     if spec is None or spec.origin is None:
-        return FlyteRef(
-            None, f"flyte is not installed; skipping its column ({INSTALL_HINT})"
-        )
+        return FlyteRef(None, f"flyte is not installed; skipping its column ({INSTALL_HINT})")
     path = Path(spec.origin).parent / _RELATIVE_PATH
     if not path.is_file():
-        return FlyteRef(
-            None, f"flyte has no {_RELATIVE_PATH}; skipping its column ({INSTALL_HINT})"
-        )
+        return FlyteRef(None, f"flyte has no {_RELATIVE_PATH}; skipping its column ({INSTALL_HINT})")
     version = importlib.metadata.version("flyte")
     return FlyteRef(_exec_file(path), f"flyte {version}: {path}")
 
@@ -51,7 +47,8 @@ def _exec_file(path: Path) -> ModuleType:
     if _MODULE_NAME in sys.modules:
         return sys.modules[_MODULE_NAME]
     spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     # dataclasses resolves string annotations through sys.modules
     sys.modules[_MODULE_NAME] = module

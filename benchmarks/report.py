@@ -32,21 +32,15 @@ class Verdict:
         return f"  {status}  {self.label:<48} {self.value}"
 
 
-def table(
-    results: Results, workloads: Sequence[Workload], systems: Sequence[System]
-) -> str:
+def table(results: Results, workloads: Sequence[Workload], systems: Sequence[System]) -> str:
     names = [system.name for system in systems]
     width = max(16, *(len(name) + 2 for name in names))
-    lines = [
-        f"{'workload / metric':<24}" + "".join(f"{name:>{width}}" for name in names)
-    ]
+    lines = [f"{'workload / metric':<24}" + "".join(f"{name:>{width}}" for name in names)]
     for workload in workloads:
         lines.append(f"{workload.key}  {workload.title}")
         for metric in workload.metrics:
             cells = [_cell(results, workload.key, name, metric) for name in names]
-            lines.append(
-                f"    {metric:<20}" + "".join(f"{cell:>{width}}" for cell in cells)
-            )
+            lines.append(f"    {metric:<20}" + "".join(f"{cell:>{width}}" for cell in cells))
     return "\n".join(lines)
 
 
@@ -109,9 +103,7 @@ def targets(results: Results, workload_keys: Sequence[str]) -> list[Verdict]:
     return [check(results) for check in checks]
 
 
-def _ratio(
-    label: str, workload: str, top: str, bottom: str, *, minimum: float
-) -> Callable[[Results], Verdict]:
+def _ratio(label: str, workload: str, top: str, bottom: str, *, minimum: float) -> Callable[[Results], Verdict]:
     def check(results: Results) -> Verdict:
         ratio = _divide(
             results.median(workload, top, "records/s"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from benchmarks.systems import System
-from benchmarks.workloads import Outcome, Sizes, Workload
+from benchmarks.workloads import Outcome, Setup, Workload
 
 
 @dataclass
@@ -34,11 +34,7 @@ class Cell:
         return sum(outcome.wrong for outcome in self.outcomes)
 
     def median(self, metric: str) -> float | None:
-        values = [
-            outcome.metrics[metric]
-            for outcome in self.outcomes
-            if metric in outcome.metrics
-        ]
+        values = [outcome.metrics[metric] for outcome in self.outcomes if metric in outcome.metrics]
         return statistics.median(values) if values else None
 
 
@@ -63,14 +59,7 @@ class Results:
         return lines
 
 
-def run_all(
-    workloads: Sequence[Workload],
-    systems: Sequence[System],
-    sizes: Sizes,
-    reps: int,
-    *,
-    double: bool,
-) -> Results:
+def run_all(workloads: Sequence[Workload], systems: Sequence[System], setup: Setup, reps: int) -> Results:
     results = Results()
     for workload in workloads:
         for rep in range(1, reps + 1):
@@ -78,7 +67,7 @@ def run_all(
                 _progress(f"{workload.key} rep {rep}/{reps} {system.name} ...")
                 cell = results.cell(workload.key, system.name)
                 try:
-                    outcome = run_once(workload, system, sizes, double=double)
+                    outcome = run_once(workload, system, setup)
                 except Exception as exc:
                     traceback.print_exc(file=sys.stderr)
                     cell.errors.append(f"{type(exc).__name__}: {exc}")
@@ -88,14 +77,12 @@ def run_all(
     return results
 
 
-def run_once(
-    workload: Workload, system: System, sizes: Sizes, *, double: bool
-) -> Outcome:
-    """One run in a fresh event loop, failed if it outlasts ``sizes.run_limit_s``."""
+def run_once(workload: Workload, system: System, setup: Setup) -> Outcome:
+    """One run in a fresh event loop, failed if it outlasts ``run_limit_s``."""
 
     async def limited() -> Outcome:
-        with anyio.fail_after(sizes.run_limit_s):
-            return await workload.run(system, sizes, double)
+        with anyio.fail_after(setup.sizes.run_limit_s):
+            return await workload.run(system, setup)
 
     gc.collect()
     return anyio.run(limited, backend=system.backend)

@@ -38,9 +38,7 @@ FLOOR = "floor"
 class Batcher(Protocol):
     """What the workloads use of a batcher."""
 
-    async def submit(
-        self, record: int, *, estimated_cost: int | None = None
-    ) -> Awaitable[Any]:
+    async def submit(self, record: int, *, estimated_cost: int | None = None) -> Awaitable[Any]:
         """Queue one record; the result is an awaitable future."""
 
     async def submit_batch(
@@ -57,9 +55,7 @@ class Options:
     max_queue_size: int | None = None
 
     def kwargs(self) -> dict[str, int]:
-        return {
-            name: value for name, value in asdict(self).items() if value is not None
-        }
+        return {name: value for name, value in asdict(self).items() if value is not None}
 
 
 Opener = Callable[[ProcessFn, Options], AbstractAsyncContextManager[Batcher]]
@@ -86,11 +82,7 @@ def discover(wanted: Sequence[str]) -> tuple[list[System], list[str]]:
         ref = flyte_ref.load()
         messages.append(ref.message)
         if ref.module is not None:
-            systems.append(
-                System(
-                    FLYTE, "asyncio", _opener(ref.module.DynamicBatcher), asyncio.sleep
-                )
-            )
+            systems.append(System(FLYTE, "asyncio", _opener(ref.module.DynamicBatcher), asyncio.sleep))
     if FLOOR in wanted:
         systems.append(System(FLOOR, "asyncio", _open_floor, asyncio.sleep))
     return systems, messages

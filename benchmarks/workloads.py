@@ -1,6 +1,6 @@
 """Workloads A to E: what each one measures and how.
 
-Each workload is an ``async`` function ``(system, sizes, double) -> Outcome``
+Each workload is an ``async`` function ``(system, setup) -> Outcome``
 run once per repetition inside ``anyio.run`` on the system's backend. Only the
 work under test is timed (``time.perf_counter``); opening and closing the
 batcher is not. Every result is checked against the record it belongs to, and
@@ -16,7 +16,7 @@ mistakes are counted in :attr:`Outcome.wrong`.
 * C, lone request: sequential submit-and-await on an idle batcher, until the
   count or the time budget runs out. p50 and p99 latency.
 * D, simulated LLM (see :mod:`benchmarks.llm_sim`): Poisson arrivals at 80 %
-  of the saturated throughput, each one a task that submits its record with
+  of the model's measured saturated throughput, each one a task that submits its record with
   its token cost and awaits the result; ``target_batch_cost=8192``.
   Throughput (records over the time from the first arrival to the last
   result), p50 and p99 latency measured from each request's scheduled
@@ -56,6 +56,7 @@ class Sizes:
     lone_requests: int
     lone_budget_s: float
     llm_duration_s: float
+    llm_calibration_batches: int
     memory_records: int
     memory_queue_size: int
     run_limit_s: float
@@ -70,6 +71,7 @@ FULL = Sizes(
     lone_requests=1_000,
     lone_budget_s=5.0,
     llm_duration_s=3.0,
+    llm_calibration_batches=100,
     memory_records=100_000,
     memory_queue_size=200_000,
     run_limit_s=120.0,
@@ -82,6 +84,7 @@ QUICK = Sizes(
     lone_requests=50,
     lone_budget_s=1.0,
     llm_duration_s=0.3,
+    llm_calibration_batches=20,
     memory_records=5_000,
     memory_queue_size=200_000,
     run_limit_s=60.0,
@@ -97,7 +100,18 @@ class Outcome:
     """Results that did not match their record."""
 
 
-Run = Callable[[System, Sizes, bool], Awaitable[Outcome]]
+@dataclass(frozen=True)
+class Setup:
+    """What every run of a harness invocation shares."""
+
+    sizes: Sizes
+    double: bool
+    """Quick mode: the model doubles each record, so a misplaced result shows."""
+    llm_plan: llm_sim.Schedule | None
+    """D's arrivals, made once (its calibration needs its own event loop)."""
+
+
+Run = Callable[[System, Setup], Awaitable[Outcome]]
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,8 @@ class Workload:
     run: Run
 
 
-async def closed_loop(system: System, sizes: Sizes, double: bool) -> Outcome:
+async def closed_loop(system: System, setup: Setup) -> Outcome:
+    sizes, double = setup.sizes, setup.double
     model = Echo(double=double)
     records = iter(range(sizes.closed_records))
     outcome = Outcome()
@@ -135,7 +150,8 @@ async def closed_loop(system: System, sizes: Sizes, double: bool) -> Outcome:
     return outcome
 
 
-async def open_loop(system: System, sizes: Sizes, double: bool) -> Outcome:
+async def open_loop(system: System, setup: Setup) -> Outcome:
+    sizes, double = setup.sizes, setup.double
     model = Echo(double=double)
     records = list(range(sizes.open_records))
     async with system.open(model.process, Options()) as batcher:
@@ -143,10 +159,7 @@ async def open_loop(system: System, sizes: Sizes, double: bool) -> Outcome:
         futures = await batcher.submit_batch(records)
         results = [await future for future in futures]
         elapsed = time.perf_counter() - start
-    wrong = sum(
-        result != model.expected(record)
-        for record, result in zip(records, results, strict=True)
-    )
+    wrong = sum(result != model.expected(record) for record, result in zip(records, results, strict=True))
     metrics = {
         "records/s": len(records) / elapsed,
         "avg batch size": model.avg_batch_size,
@@ -154,7 +167,8 @@ async def open_loop(system: System, sizes: Sizes, double: bool) -> Outcome:
     return Outcome(metrics, wrong)
 
 
-async def lone_request(system: System, sizes: Sizes, double: bool) -> Outcome:
+async def lone_request(system: System, setup: Setup) -> Outcome:
+    sizes, double = setup.sizes, setup.double
     model = Echo(double=double)
     latencies: list[float] = []
     outcome = Outcome()
@@ -175,10 +189,12 @@ async def lone_request(system: System, sizes: Sizes, double: bool) -> Outcome:
     return outcome
 
 
-async def simulated_llm(system: System, sizes: Sizes, double: bool) -> Outcome:
-    plan = llm_sim.schedule(sizes.llm_duration_s)
+async def simulated_llm(system: System, setup: Setup) -> Outcome:
+    plan = setup.llm_plan
+    if plan is None:
+        raise RuntimeError("workload D needs setup.llm_plan")
     model = SimulatedLLM(
-        double=double,
+        double=setup.double,
         costs=plan.costs,
         fixed_s=llm_sim.FIXED_S,
         per_token_s=llm_sim.PER_TOKEN_S,
@@ -215,7 +231,8 @@ async def simulated_llm(system: System, sizes: Sizes, double: bool) -> Outcome:
     return outcome
 
 
-async def memory(system: System, sizes: Sizes, double: bool) -> Outcome:
+async def memory(system: System, setup: Setup) -> Outcome:
+    sizes, double = setup.sizes, setup.double
     model = Blocked(double=double)
     count = sizes.memory_records
     # Ints above the small-int cache, made before tracing so they are not counted.
@@ -230,16 +247,11 @@ async def memory(system: System, sizes: Sizes, double: bool) -> Outcome:
             tracemalloc.stop()
         model.gate.set()
         results = [await future for future in futures]
-    wrong = sum(
-        result != model.expected(record)
-        for record, result in zip(records, results, strict=True)
-    )
+    wrong = sum(result != model.expected(record) for record, result in zip(records, results, strict=True))
     return Outcome({"bytes/record": per_record}, wrong)
 
 
-async def _queued_bytes(
-    batcher: Batcher, records: list[int], futures: list[Any]
-) -> float:
+async def _queued_bytes(batcher: Batcher, records: list[int], futures: list[Any]) -> float:
     await anyio.sleep(0.01)
     baseline, _ = tracemalloc.get_traced_memory()
     for index, record in enumerate(records):

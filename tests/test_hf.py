@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -104,8 +106,8 @@ class TestCounting:
         estimate = hf_token_estimator(FakeRawTokenizer())
         with pytest.raises(TypeError, match="record must be a str or have a str 'text'"):
             estimate(42)
-        with pytest.raises(TypeError, match="got TextRecord"):
-            estimate(TextRecord(text=b"bytes"))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="got SimpleNamespace"):
+            estimate(SimpleNamespace(text=b"bytes"))
 
 
 class TestCache:
@@ -138,9 +140,14 @@ class TestCache:
 
 
 class TestValidation:
-    @pytest.mark.parametrize("tokenizer", [object(), "bert-base-uncased", None])
+    @pytest.mark.parametrize("tokenizer", [object(), 3, None])
     def test_tokenizer_without_either_api(self, tokenizer: object) -> None:
-        with pytest.raises(TypeError, match="tokenizer must be a tokenizers.Tokenizer"):
+        with pytest.raises(TypeError, match=r"tokenizer must be a tokenizers\.Tokenizer"):
+            hf_token_estimator(tokenizer)
+
+    @pytest.mark.parametrize("tokenizer", ["bert-base-uncased", b"bert", Path("tokenizer.json")])
+    def test_tokenizer_name_or_path(self, tokenizer: object) -> None:
+        with pytest.raises(TypeError, match="tokenizer must be a loaded tokenizer, not a name or path"):
             hf_token_estimator(tokenizer)
 
     @pytest.mark.parametrize("cache_size", [1.5, "10", True])
@@ -189,6 +196,7 @@ TEXTS = [
 class MiniLM:
     tokenizer: Any
     model: Any
+    pricing_tokenizer: Any  # the estimator's own: the model's is busy in a worker thread
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +213,11 @@ def minilm() -> MiniLM:
 
         transformers_logging.disable_progress_bar()
         path = package.get_model_path()
-        loaded = MiniLM(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval())
+        loaded = MiniLM(
+            AutoTokenizer.from_pretrained(path),
+            AutoModel.from_pretrained(path).eval(),
+            AutoTokenizer.from_pretrained(path),
+        )
     return loaded
 
 
@@ -213,9 +225,7 @@ def embed(minilm: MiniLM, texts: list[str]) -> tuple[Any, Any]:
     """Mean-pooled, L2-normalised embeddings, as the all-MiniLM-L6-v2 model card does."""
     import torch
 
-    encoded = minilm.tokenizer(
-        texts, padding=True, truncation=True, max_length=256, return_tensors="pt"
-    )
+    encoded = minilm.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
     with torch.inference_mode():
         hidden = minilm.model(**encoded).last_hidden_state
     mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -226,13 +236,13 @@ def embed(minilm: MiniLM, texts: list[str]) -> tuple[Any, Any]:
 async def test_real_model_batched_embeddings_match_single(minilm: MiniLM) -> None:
     import torch
 
-    estimate = hf_token_estimator(minilm.tokenizer, max_length=256)
+    estimate = hf_token_estimator(minilm.pricing_tokenizer, max_length=256)
     budget = 160
     batch_shapes: list[tuple[int, int]] = []
 
     def embed_batch(texts: list[str]) -> list[Any]:
         vectors, mask = embed(minilm, texts)
-        batch_shapes.append(tuple(mask.shape))
+        batch_shapes.append((int(mask.shape[0]), int(mask.shape[1])))
         # The estimator prices a text exactly as the model sees it.
         assert [estimate(text) for text in texts] == mask.sum(dim=1).tolist()
         return list(vectors)

