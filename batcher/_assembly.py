@@ -76,7 +76,8 @@ class _Budget:
 
 
 class FifoAssembly(Generic[T]):
-    """Batches in arrival order: the longest prefix of the queue that fits.
+    """Batches in arrival order: the longest prefix of the queue that fits (once a
+    batch's cost reaches the target, even a record of zero cost waits for the next).
 
     A record that does not fit waits at the head of the queue for the next batch.
     The open batch (the prefix) is kept up to date as records arrive, so
@@ -102,7 +103,7 @@ class FifoAssembly(Generic[T]):
             self._grow(cost)
 
     def full(self) -> bool:
-        """Whether the next batch can grow no further, whatever arrives."""
+        """Whether no record of positive cost could join the next batch."""
         return self._full
 
     def take(self) -> tuple[list[T], int]:

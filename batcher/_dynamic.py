@@ -259,12 +259,21 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         self._demand = 0
         try:
             with submit_send, batch_receive:
-                async with anyio.create_task_group() as task_group:
-                    self._loops = task_group
-                    await task_group.start(self._aggregate, submit_receive, batch_send)
-                    for _ in range(self._workers):
-                        await task_group.start(self._work, batch_receive.clone())
-                    task_status.started()
+                try:
+                    async with anyio.create_task_group() as task_group:
+                        self._loops = task_group
+                        await task_group.start(self._aggregate, submit_receive, batch_send)
+                        for _ in range(self._workers):
+                            await task_group.start(self._work, batch_receive.clone())
+                        task_status.started()
+                finally:
+                    # A batch the aggregator closed as the workers were cancelled.
+                    closed = BatcherClosedError("the batcher closed before this record was processed")
+                    while True:
+                        try:
+                            self._fail(batch_receive.receive_nowait(), closed)
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
         finally:
             self._submit_send = None
             stopped, self._stopped = self._stopped, None

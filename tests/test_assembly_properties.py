@@ -1,0 +1,185 @@
+"""Properties of the pure batch-assembly rule, for any costs and any settings.
+
+Records are added and batches taken in a random interleaving, then the rest is
+drained. Whatever the order, every batch obeys the budget and the size limit,
+every record lands in exactly one batch, FIFO keeps arrival order, grouping never
+starves the oldest record, and ``take()`` reports the batch's true cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batcher._assembly import FifoAssembly, GroupedAssembly, batch_cost, make_assembly
+from batcher._protocols import CostModel
+
+MAX_TARGET = 50
+
+
+@dataclass
+class Config:
+    target_cost: int
+    max_batch_size: int
+    cost_model: CostModel
+    group_by_cost: bool
+    window: int
+
+
+configs = st.builds(
+    Config,
+    target_cost=st.integers(1, MAX_TARGET),
+    max_batch_size=st.integers(1, 12),
+    cost_model=st.sampled_from(["sum", "padded"]),
+    group_by_cost=st.booleans(),
+    window=st.integers(1, 30),
+)
+# Mostly within the target, some far over it, plenty of zeros and ties.
+costs = st.lists(st.one_of(st.integers(0, MAX_TARGET), st.integers(MAX_TARGET + 1, 3 * MAX_TARGET)), max_size=80)
+# True: add the next record; False: take a batch (when something is queued).
+schedules = st.lists(st.booleans(), max_size=200)
+
+
+@dataclass
+class Taken:
+    batch: list[int]
+    cost: int
+    queued_before: list[int]  # what was queued, in arrival order, just before the take
+
+
+def run(config: Config, record_costs: list[int], schedule: list[bool]) -> list[Taken]:
+    """Interleave adds and takes as ``schedule`` says, then drain; record every take."""
+    assembly: FifoAssembly[int] | GroupedAssembly[int] = make_assembly(
+        target_cost=config.target_cost,
+        max_batch_size=config.max_batch_size,
+        cost_model=config.cost_model,
+        group_by_cost=config.group_by_cost,
+        window=config.window,
+    )
+    queued: list[int] = []  # arrival order
+    taken: list[Taken] = []
+    arrivals = iter(enumerate(record_costs))
+
+    def take() -> None:
+        batch, cost = assembly.take()
+        taken.append(Taken(batch, cost, list(queued)))
+        for item in batch:
+            queued.remove(item)
+
+    def check_len() -> None:
+        assert len(assembly) == len(queued)
+        assert bool(assembly) == bool(queued)
+
+    for add in schedule:
+        if add:
+            arrival = next(arrivals, None)
+            if arrival is None:
+                continue
+            assembly.add(*arrival)
+            queued.append(arrival[0])
+        elif queued:
+            take()
+        check_len()
+    for item, cost in arrivals:
+        assembly.add(item, cost)
+        queued.append(item)
+    check_len()
+    while queued:
+        take()
+        check_len()
+    assert assembly.take() == ([], 0)  # an empty assembly gives an empty batch
+    return taken
+
+
+class TestEveryAssembly:
+    """Promise 4, for both rules: budget, size, exactly once, honest cost."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(config=configs, record_costs=costs, schedule=schedules)
+    def test_batches_obey_the_budget_and_size(
+        self, config: Config, record_costs: list[int], schedule: list[bool]
+    ) -> None:
+        for taken in run(config, record_costs, schedule):
+            assert 1 <= len(taken.batch) <= config.max_batch_size
+            cost = batch_cost([record_costs[i] for i in taken.batch], config.cost_model)
+            assert taken.cost == cost
+            if len(taken.batch) > 1:
+                assert cost <= config.target_cost
+
+    @settings(max_examples=400, deadline=None)
+    @given(config=configs, record_costs=costs, schedule=schedules)
+    def test_every_record_lands_in_exactly_one_batch(
+        self, config: Config, record_costs: list[int], schedule: list[bool]
+    ) -> None:
+        placed = [item for taken in run(config, record_costs, schedule) for item in taken.batch]
+        assert sorted(placed) == list(range(len(record_costs)))
+
+
+class TestFifoAssembly:
+    """Promise 4 for FifoAssembly: batches are the queue, cut in arrival order."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(config=configs, record_costs=costs, schedule=schedules)
+    def test_batches_concatenate_to_arrival_order(
+        self, config: Config, record_costs: list[int], schedule: list[bool]
+    ) -> None:
+        config.group_by_cost = False
+        taken = run(config, record_costs, schedule)
+        assert [item for t in taken for item in t.batch] == list(range(len(record_costs)))
+        for t in taken:
+            assert t.batch == t.queued_before[: len(t.batch)]
+
+    @settings(max_examples=400, deadline=None)
+    @given(config=configs, record_costs=costs, schedule=schedules)
+    def test_each_batch_is_the_longest_prefix_that_fits(
+        self, config: Config, record_costs: list[int], schedule: list[bool]
+    ) -> None:
+        """The record after the batch would break the budget or the size limit
+        (checked for records of positive cost: a free record may wait a batch)."""
+        config.group_by_cost = False
+        for t in run(config, record_costs, schedule):
+            rest = t.queued_before[len(t.batch) :]
+            if not rest or record_costs[rest[0]] == 0:
+                continue
+            grown = [record_costs[i] for i in [*t.batch, rest[0]]]
+            assert len(grown) > config.max_batch_size or batch_cost(grown, config.cost_model) > config.target_cost
+
+    @settings(max_examples=200, deadline=None)
+    @given(config=configs, record_costs=costs)
+    def test_not_full_means_the_whole_queue_is_the_next_batch(self, config: Config, record_costs: list[int]) -> None:
+        """``full()`` stays false only while every queued record fits one batch, and
+        adding a record never makes a full assembly not full."""
+        for n in range(len(record_costs) + 1):
+            assembly: FifoAssembly[int] = FifoAssembly(
+                target_cost=config.target_cost, max_batch_size=config.max_batch_size, cost_model=config.cost_model
+            )
+            was_full = False
+            for item in range(n):
+                assembly.add(item, record_costs[item])
+                assert assembly.full() or not was_full
+                was_full = assembly.full()
+            if not assembly.full():
+                assert assembly.take()[0] == list(range(n))
+
+
+class TestGroupedAssembly:
+    """Promise 4 for GroupedAssembly: the oldest queued record never starves."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(config=configs, record_costs=costs, schedule=schedules)
+    def test_oldest_queued_record_is_in_the_next_batch(
+        self, config: Config, record_costs: list[int], schedule: list[bool]
+    ) -> None:
+        config.group_by_cost = True
+        for t in run(config, record_costs, schedule):
+            assert t.queued_before[0] in t.batch
+
+    @settings(max_examples=200, deadline=None)
+    @given(window=st.integers(1, 30), record_costs=costs)
+    def test_full_when_the_pool_is_as_deep_as_the_window(self, window: int, record_costs: list[int]) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(target_cost=10, max_batch_size=4, window=window)
+        for item, cost in enumerate(record_costs):
+            assembly.add(item, cost)
+            assert assembly.full() == (len(assembly) >= window)

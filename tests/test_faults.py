@@ -1,0 +1,617 @@
+"""No future is ever lost: cancellation, abnormal exits, process-function failures.
+
+Every test here ends each future it got exactly once, on asyncio and on trio, and
+is bounded by ``anyio.fail_after`` so a lost future fails the test instead of
+hanging it. Ordering is synchronised on ``anyio.Event`` and
+``anyio.wait_all_tasks_blocked``, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from batcher import BatcherClosedError, BatchFuture, DynamicBatcher, RecordCancelledError
+
+
+class Gate:
+    """An async process function that records every record it sees and parks each
+    batch until :meth:`release`, so a test can keep a worker busy."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+        self.entered = anyio.Event()
+        self._released = anyio.Event()
+
+    async def __call__(self, batch: list[Any]) -> list[Any]:
+        self.seen.extend(batch)
+        self.entered.set()
+        await self._released.wait()
+        return [("ok", record) for record in batch]
+
+    def release(self) -> None:
+        self._released.set()
+
+
+class Spinner:
+    """An async process function that never returns, yet passes a checkpoint on
+    every turn, so it stays ahead of woken tasks in the ready queue."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+
+    async def __call__(self, batch: list[Any]) -> list[Any]:
+        self.entered.set()
+        while True:
+            await anyio.lowlevel.checkpoint()
+
+
+class Fatal(BaseException):
+    """A BaseException that is neither cancellation nor KeyboardInterrupt."""
+
+
+def assert_closed(futures: list[BatchFuture[Any]]) -> None:
+    for future in futures:
+        assert future.done()
+        assert isinstance(future.exception(), BatcherClosedError)
+
+
+def assert_balanced(batcher: DynamicBatcher[Any, Any]) -> None:
+    stats = batcher.stats
+    assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+
+class TestCancelQueued:
+    """Promise 1: a record withdrawn before dispatch never reaches the process function."""
+
+    async def test_cancel_withdraws_a_queued_record(self) -> None:
+        gate = Gate()
+        with anyio.fail_after(5):
+            async with DynamicBatcher(gate, max_batch_size=1) as batcher:
+                first = await batcher.submit("first")
+                await gate.entered.wait()
+                queued = await batcher.submit("queued")
+                assert queued.cancel()
+                assert queued.cancelled()
+                assert queued.done()
+                gate.release()
+                assert await first == ("ok", "first")
+                with pytest.raises(RecordCancelledError):
+                    await queued
+        assert gate.seen == ["first"]
+        assert issubclass(RecordCancelledError, Exception)
+        assert batcher.stats.total_cancelled == 1
+        assert_balanced(batcher)
+
+    async def test_cancel_after_dispatch_returns_false_and_delivers(self) -> None:
+        gate = Gate()
+        with anyio.fail_after(5):
+            async with DynamicBatcher(gate) as batcher:
+                future = await batcher.submit("x")
+                await gate.entered.wait()
+                assert not future.cancel()
+                assert not future.cancelled()
+                gate.release()
+                assert await future == ("ok", "x")
+        assert batcher.stats.total_cancelled == 0
+
+    async def test_cancel_withdraws_a_record_of_a_prefetched_batch(self) -> None:
+        """A batch waiting in the batch stream for a busy worker is not dispatched
+        yet: its records can still be withdrawn, and the rest of it still runs."""
+        gate = Gate()
+        with anyio.fail_after(5):
+            async with DynamicBatcher(gate, max_batch_size=2, prefetch_batches=1) as batcher:
+                first = await batcher.submit("first")
+                await gate.entered.wait()
+                kept, withdrawn = await batcher.submit_batch(["kept", "withdrawn"])
+                await anyio.wait_all_tasks_blocked()  # the aggregator has sent the batch on
+                assert withdrawn.cancel()
+                gate.release()
+                assert await first == ("ok", "first")
+                assert await kept == ("ok", "kept")
+                with pytest.raises(RecordCancelledError):
+                    await withdrawn
+        assert gate.seen == ["first", "kept"]
+        stats = batcher.stats
+        assert (stats.total_batches, stats.total_cancelled) == (2, 1)
+        assert_balanced(batcher)
+
+    @pytest.mark.parametrize("how", ["move_on_after", "fail_after", "task_group"])
+    async def test_cancelled_call_withdraws_the_record(self, how: str) -> None:
+        gate = Gate()
+        with anyio.fail_after(5):
+            async with DynamicBatcher(gate, max_batch_size=1) as batcher:
+                first = await batcher.submit("first")
+                await gate.entered.wait()
+                if how == "move_on_after":
+                    with anyio.move_on_after(0.01) as scope:
+                        await batcher.call("withdrawn")
+                    assert scope.cancelled_caught
+                elif how == "fail_after":
+                    with pytest.raises(TimeoutError), anyio.fail_after(0.01):
+                        await batcher.call("withdrawn")
+                else:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(batcher.call, "withdrawn")
+                        await anyio.wait_all_tasks_blocked()
+                        tg.cancel_scope.cancel()
+                gate.release()
+                assert await first == ("ok", "first")
+        assert gate.seen == ["first"]
+        assert batcher.stats.total_cancelled == 1
+        assert_balanced(batcher)
+
+    async def test_cancelled_call_after_dispatch_is_still_processed(self) -> None:
+        gate = Gate()
+        with anyio.fail_after(5):
+            async with DynamicBatcher(gate) as batcher:
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(batcher.call, "x")
+                        await gate.entered.wait()
+                        scope.cancel()
+                gate.release()
+        assert gate.seen == ["x"]
+        stats = batcher.stats
+        assert (stats.total_completed, stats.total_cancelled) == (1, 0)
+
+    async def test_submit_cancelled_while_waiting_for_room_is_withdrawn(self) -> None:
+        """Backpressure: a producer cancelled while ``submit`` waits has its record withdrawn."""
+        gate = Gate()
+        with anyio.fail_after(5):
+            async with DynamicBatcher(gate, max_batch_size=1, prefetch_batches=0, max_queue_size=1) as batcher:
+                first = await batcher.submit("first")  # in flight
+                await gate.entered.wait()
+                held = await batcher.submit("held")  # in the aggregator's hands
+                await anyio.wait_all_tasks_blocked()
+                queued = await batcher.submit("queued")  # fills the submission stream
+                with anyio.move_on_after(0.01) as scope:
+                    await batcher.submit("withdrawn")
+                assert scope.cancelled_caught
+                gate.release()
+                assert [await f for f in (first, held, queued)] == [("ok", r) for r in ("first", "held", "queued")]
+        assert "withdrawn" not in gate.seen
+        assert batcher.stats.total_cancelled == 1
+        assert_balanced(batcher)
+
+
+class TestAbnormalExit:
+    """Promise 2: however the batcher ends, every unresolved future fails promptly."""
+
+    async def _fill(self, batcher: DynamicBatcher[Any, Any], gate: Gate) -> list[BatchFuture[Any]]:
+        """Submit records until every place a record can wait is full: in flight,
+        prefetched, in the aggregator's hands and in the submission stream."""
+        futures = [await batcher.submit(0)]
+        await gate.entered.wait()
+        while True:
+            try:
+                futures.append(batcher.submit_nowait(len(futures)))
+            except anyio.WouldBlock:
+                await anyio.wait_all_tasks_blocked()  # let the aggregator take what it can
+                try:
+                    futures.append(batcher.submit_nowait(len(futures)))
+                except anyio.WouldBlock:
+                    return futures
+
+    def _batcher(self, gate: Gate, **kwargs: Any) -> DynamicBatcher[Any, Any]:
+        settings: dict[str, Any] = {"max_batch_size": 2, "prefetch_batches": 1, "max_queue_size": 4}
+        return DynamicBatcher(gate, **(settings | kwargs))
+
+    @pytest.mark.parametrize("group_by_cost", [False, True])
+    async def test_body_exception_propagates_unwrapped(self, group_by_cost: bool) -> None:
+        gate = Gate()
+        batcher = self._batcher(gate, group_by_cost=group_by_cost)
+        error = ValueError("from the body")
+        futures: list[BatchFuture[Any]] = []
+
+        async def body() -> None:
+            async with batcher:
+                futures.extend(await self._fill(batcher, gate))
+                raise error
+
+        with anyio.fail_after(5), pytest.raises(ValueError, match="from the body") as info:
+            await body()
+        assert info.value is error  # the very exception, not an ExceptionGroup
+        assert len(futures) >= 8
+        assert_closed(futures)
+        assert not batcher.is_running
+        assert_balanced(batcher)
+
+    async def test_enclosing_cancel_scope_fails_pending_futures(self) -> None:
+        gate = Gate()
+        futures: list[BatchFuture[Any]] = []
+        with anyio.fail_after(5):
+            with anyio.CancelScope() as scope:
+                async with self._batcher(gate) as batcher:
+                    futures = await self._fill(batcher, gate)
+                    scope.cancel()
+                    await futures[-1]
+            assert scope.cancelled_caught
+        assert_closed(futures)
+        assert_balanced(batcher)
+
+    async def test_deadline_while_awaiting_a_future(self) -> None:
+        gate = Gate()
+        futures: list[BatchFuture[Any]] = []
+        with anyio.fail_after(5):
+            with anyio.move_on_after(0.05) as scope:
+                async with self._batcher(gate, max_concurrent_batches=2) as batcher:
+                    futures = await self._fill(batcher, gate)
+                    await futures[0]
+            assert scope.cancelled_caught
+        assert_closed(futures)
+        assert_balanced(batcher)
+
+    async def test_cancel_while_a_producer_waits_for_room(self) -> None:
+        """A producer blocked in ``submit`` gets a failed future or a RuntimeError."""
+        gate = Gate()
+        futures: list[BatchFuture[Any]] = []
+        refused: list[RuntimeError] = []
+
+        async def produce(batcher: DynamicBatcher[Any, Any]) -> None:
+            try:
+                futures.append(await batcher.submit("late"))
+            except RuntimeError as exc:
+                refused.append(exc)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as scope:
+                    async with self._batcher(gate) as batcher:
+                        futures.extend(await self._fill(batcher, gate))
+                        filled = len(futures)
+                        tg.start_soon(produce, batcher)
+                        await anyio.wait_all_tasks_blocked()
+                        scope.cancel()
+        assert len(futures) + len(refused) == filled + 1
+        assert all("not running" in str(exc) for exc in refused)
+        assert_closed(futures)
+        assert_balanced(batcher)
+
+    async def test_batch_handed_over_while_the_workers_exit_is_failed(self) -> None:
+        """Cancelled just as the aggregator, already woken with a record, closes a
+        full batch: if the workers have drained the batch stream and left first, that
+        batch must still fail, not sit unread in the prefetch buffer.
+
+        Under asyncio the order is deterministic (the spinning worker is ahead of the
+        aggregator in the ready queue); trio picks it half the time, hence the rounds.
+        """
+        for _ in range(20):
+            spin = Spinner()
+            batcher = DynamicBatcher(spin, max_batch_size=1, prefetch_batches=1)
+            with anyio.fail_after(5), anyio.CancelScope() as scope:
+                async with batcher:
+                    running = await batcher.submit("running")
+                    await spin.entered.wait()
+                    for _ in range(3):  # the aggregator settles into waiting for input
+                        await anyio.lowlevel.checkpoint()
+                    late = batcher.submit_nowait("late")  # handed straight to the aggregator
+                    scope.cancel()
+                    await anyio.lowlevel.checkpoint()
+            assert_closed([running])
+            assert late.done(), "a future was lost"
+            assert_closed([late])
+            assert_balanced(batcher)
+
+    @pytest.mark.parametrize("workers", [1, 3])
+    @pytest.mark.parametrize("exc_type", [SystemExit, Fatal])
+    async def test_process_fn_base_exception_closes_the_batcher(
+        self, exc_type: type[BaseException], workers: int
+    ) -> None:
+        """The batch that raised, the batches running beside it and every queued
+        record fail with BatcherClosedError; the exception leaves ``async with``."""
+        fatal = exc_type("fatal")
+        gate = Gate()
+        never = anyio.Event()
+
+        async def fn(batch: list[Any]) -> list[Any]:
+            await gate(batch)
+            if 0 in batch:
+                raise fatal
+            await never.wait()
+            raise AssertionError("a batch outlived the fatal one")  # pragma: no cover
+
+        batcher = DynamicBatcher(fn, max_batch_size=2, prefetch_batches=1, max_concurrent_batches=workers)
+        futures: list[BatchFuture[Any]] = []
+
+        async def body() -> None:
+            async with batcher:
+                futures.extend([await batcher.submit(i) for i in range(12)])
+                await gate.entered.wait()
+                await anyio.wait_all_tasks_blocked()  # every worker holds a batch
+                gate.release()
+                for future in futures:
+                    with pytest.raises(BatcherClosedError):
+                        await future
+
+        with anyio.fail_after(5), pytest.raises(exc_type) as info:
+            await body()
+        assert info.value is fatal
+        assert_closed(futures)
+        closed = futures[0].exception()
+        assert isinstance(closed, BatcherClosedError)
+        assert closed.__cause__ is fatal
+        assert sorted(gate.seen) == list(range(2 * workers))  # nothing ran after the fatal batch
+        assert_balanced(batcher)
+
+    async def test_sync_process_fn_base_exception_raises_from_stop(self) -> None:
+        fatal = Fatal("from a worker thread")
+
+        def fn(batch: list[int]) -> list[int]:
+            if 3 in batch:
+                raise fatal
+            return batch
+
+        batcher = DynamicBatcher(fn, max_batch_size=1)
+        with anyio.fail_after(5):
+            await batcher.start()
+            futures = await batcher.submit_batch(range(6))
+            with pytest.raises(BatcherClosedError):
+                await futures[3]
+            with pytest.raises(Fatal) as info:
+                await batcher.stop()
+        assert info.value is fatal
+        assert [f.result() for f in futures[:3]] == [0, 1, 2]
+        assert_closed(futures[3:])
+        assert not batcher.is_running
+        assert_balanced(batcher)
+
+    async def test_process_timeout_fails_the_batch_and_goes_on(self) -> None:
+        calls = 0
+        never = anyio.Event()
+
+        async def fn(batch: list[int]) -> list[int]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await never.wait()
+            return batch
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn, max_batch_size=1, process_timeout_s=0.05) as batcher:
+                slow = await batcher.submit(0)
+                fast = await batcher.submit(1)
+                with pytest.raises(TimeoutError):
+                    await slow
+                assert await fast == 1
+                assert await batcher.call(2) == 2
+        stats = batcher.stats
+        assert (stats.total_completed, stats.total_failed) == (3, 1)
+
+    async def test_process_timeout_with_a_sync_process_fn(self) -> None:
+        unblock = threading.Event()
+
+        def fn(batch: list[int]) -> list[int]:
+            if 0 in batch:
+                unblock.wait(5)
+            return batch
+
+        try:
+            with anyio.fail_after(5):
+                async with DynamicBatcher(fn, max_batch_size=1, process_timeout_s=0.05) as batcher:
+                    slow = await batcher.submit(0)
+                    with pytest.raises(TimeoutError):
+                        await slow
+                    assert await batcher.call(1) == 1
+        finally:
+            unblock.set()
+
+    async def test_sync_process_fn_waited_longer_than_timeout_is_not_counted_twice(self) -> None:
+        """A timed-out sync batch keeps running in its thread; its late return must
+        not end its futures a second time."""
+        unblock = threading.Event()
+
+        def fn(batch: list[int]) -> list[int]:
+            if 0 in batch:
+                unblock.wait(5)
+                time.sleep(0.01)
+            return batch
+
+        try:
+            with anyio.fail_after(5):
+                async with DynamicBatcher(fn, max_batch_size=1, process_timeout_s=0.05) as batcher:
+                    slow = await batcher.submit(0)
+                    with pytest.raises(TimeoutError):
+                        await slow
+                    unblock.set()
+                    assert await batcher.call(1) == 1
+        finally:
+            unblock.set()
+        assert isinstance(slow.exception(), TimeoutError)
+        stats = batcher.stats
+        assert (stats.total_submitted, stats.total_completed, stats.total_failed) == (2, 2, 1)
+
+    @pytest.mark.parametrize("method", ["submit", "submit_nowait", "submit_batch", "call"])
+    async def test_submit_racing_stop_is_processed_or_refused(self, method: str) -> None:
+        """Producers keep submitting while ``stop()`` runs: each record is processed
+        or its submit raises RuntimeError; no future is left unresolved."""
+        seen: list[int] = []
+
+        async def fn(batch: list[int]) -> list[tuple[str, int]]:
+            seen.extend(batch)
+            await anyio.lowlevel.checkpoint()
+            return [("ok", r) for r in batch]
+
+        batcher = DynamicBatcher(fn, max_batch_size=4, max_queue_size=8)
+        futures: dict[int, BatchFuture[Any]] = {}
+        called: dict[int, Any] = {}
+        refused: list[RuntimeError] = []
+        running = anyio.Event()
+
+        async def produce(worker: int) -> None:
+            for i in range(worker * 1000, worker * 1000 + 1000):
+                try:
+                    if method == "submit":
+                        futures[i] = await batcher.submit(i)
+                    elif method == "submit_nowait":
+                        try:
+                            futures[i] = batcher.submit_nowait(i)
+                        except anyio.WouldBlock:
+                            futures[i] = await batcher.submit(i)
+                    elif method == "submit_batch":
+                        [futures[i]] = await batcher.submit_batch([i])
+                    else:
+                        called[i] = await batcher.call(i)
+                except RuntimeError as exc:
+                    refused.append(exc)
+                    return
+                running.set()
+                await anyio.lowlevel.checkpoint()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await batcher.start()
+                for worker in range(10):
+                    tg.start_soon(produce, worker)
+                await running.wait()
+                await batcher.stop()
+        assert refused
+        assert all("not running" in str(exc) for exc in refused)
+        for i, future in futures.items():
+            assert future.result() == ("ok", i)
+        for i, result in called.items():
+            assert result == ("ok", i)
+        assert sorted(seen) == sorted([*futures, *called])
+        assert_balanced(batcher)
+
+
+class TestServe:
+    """Promise 2 under ``serve()``: the caller's task group owns the loops."""
+
+    async def test_cancelling_the_task_group_fails_pending_futures(self) -> None:
+        gate = Gate()
+        batcher = DynamicBatcher(gate, max_batch_size=2, prefetch_batches=1)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                await tg.start(batcher.serve)
+                futures = [await batcher.submit(i) for i in range(8)]
+                await gate.entered.wait()
+                tg.cancel_scope.cancel()
+        assert_closed(futures)
+        assert not batcher.is_running
+        assert_balanced(batcher)
+
+    async def test_stop_drains_under_serve(self) -> None:
+        gate = Gate()
+        gate.release()
+        batcher = DynamicBatcher(gate, max_batch_size=2)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                await tg.start(batcher.serve)
+                futures = await batcher.submit_batch(range(8))
+                await batcher.stop()
+                assert not batcher.is_running
+        assert [f.result() for f in futures] == [("ok", i) for i in range(8)]
+
+
+class TestLogging:
+    """Promise 3: failures are logged on the "batcher" logger with the batch size
+    and the exception."""
+
+    @pytest.fixture(autouse=True)
+    def _capture(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.ERROR, logger="batcher")
+
+    def _only_record(self, caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+        records = [r for r in caplog.records if r.name == "batcher"]
+        assert len(records) == 1
+        assert records[0].levelno == logging.ERROR
+        return records[0]
+
+    async def test_exception_is_logged_with_size_and_traceback(self, caplog: pytest.LogCaptureFixture) -> None:
+        error = KeyError("model exploded")
+
+        async def fn(batch: list[int]) -> list[int]:
+            raise error
+
+        async with DynamicBatcher(fn) as batcher:
+            futures = await batcher.submit_batch(range(3))
+        assert all(f.exception() is error for f in futures)
+        record = self._only_record(caplog)
+        assert "3" in record.getMessage()
+        assert record.exc_info is not None
+        assert record.exc_info[1] is error
+
+    async def test_timeout_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
+        async def fn(batch: list[int]) -> list[int]:
+            await anyio.sleep_forever()
+            raise AssertionError  # pragma: no cover
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn, process_timeout_s=0.05) as batcher:
+                futures = await batcher.submit_batch(range(3))
+        assert all(isinstance(f.exception(), TimeoutError) for f in futures)
+        record = self._only_record(caplog)
+        assert "3" in record.getMessage()
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], TimeoutError)
+
+    async def test_wrong_length_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
+        async def fn(batch: list[int]) -> list[int]:
+            return batch[:-1]
+
+        async with DynamicBatcher(fn) as batcher:
+            futures = await batcher.submit_batch(range(3))
+        assert all(isinstance(f.exception(), ValueError) for f in futures)
+        message = self._only_record(caplog).getMessage()
+        assert "batch of 3" in message
+        assert "returned 2 results" in message
+
+    async def test_not_a_list_is_logged_with_the_batch_size(self, caplog: pytest.LogCaptureFixture) -> None:
+        async def fn(batch: list[int]) -> int:
+            return 42
+
+        async with DynamicBatcher(fn) as batcher:  # type: ignore[arg-type]
+            futures = await batcher.submit_batch(range(3))
+        assert all(isinstance(f.exception(), TypeError) for f in futures)
+        message = self._only_record(caplog).getMessage()
+        assert "must return a list" in message
+        assert "3" in message  # the batch size, as for every other failure
+
+    async def test_base_exception_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
+        fatal = Fatal("fatal")
+
+        async def fn(batch: list[int]) -> list[int]:
+            raise fatal
+
+        with pytest.raises(Fatal):
+            async with DynamicBatcher(fn) as batcher:
+                await batcher.submit_batch(range(3))
+        message = self._only_record(caplog).getMessage()
+        assert "3" in message
+        assert "fatal" in message
+
+
+class TestResultIterables:
+    """A process function may return any iterable; if reading it fails, the batch
+    fails like any other process-function error and the batcher goes on."""
+
+    async def test_iterable_that_raises_while_read_fails_only_its_batch(self) -> None:
+        error = ValueError("broken result stream")
+
+        def results(batch: list[int]) -> Iterator[int]:
+            yield batch[0]
+            raise error
+
+        async def fn(batch: list[int]) -> Iterator[int]:
+            if 0 in batch:
+                return results(batch)
+            return iter(batch)
+
+        futures: list[BatchFuture[Any]] = []
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn, max_batch_size=2) as batcher:  # type: ignore[arg-type]
+                futures = await batcher.submit_batch(range(4))
+                with pytest.raises(ValueError, match="broken result stream"):
+                    await futures[0]
+                assert await futures[2] == 2
+                assert await batcher.call(7) == 7
+        assert futures[1].exception() is error
+        assert [f.result() for f in futures[2:]] == [2, 3]
+        assert_balanced(batcher)
