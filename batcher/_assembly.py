@@ -35,16 +35,18 @@ def batch_cost(costs: list[int], cost_model: CostModel) -> int:
 class _Budget:
     """The budget rule for one growing batch: can a record of this cost join it?"""
 
-    __slots__ = ("count", "max_size", "padded", "peak", "target", "total")
+    __slots__ = ("count", "exhausted", "max_size", "padded", "peak", "target", "total")
 
     def __init__(self, target: int, max_size: int, padded: bool) -> None:
         self.target = target
         self.max_size = max_size
         self.padded = padded
-        self.count = self.total = self.peak = 0
+        self.reset()
 
     def reset(self) -> None:
         self.count = self.total = self.peak = 0
+        #: Whether no record of positive cost could join any more.
+        self.exhausted = False
 
     def try_add(self, cost: int) -> bool:
         """Add a record of this cost if it fits; return whether it did."""
@@ -57,19 +59,17 @@ class _Budget:
                     return False
             elif self.total + cost > self.target:
                 return False
-        self.count = count + 1
-        self.total += cost
+        count = self.count = count + 1
+        total = self.total = self.total + cost
         if cost > self.peak:
             self.peak = cost
+        if count >= self.max_size:
+            self.exhausted = True
+        elif self.padded:
+            self.exhausted = (count + 1) * max(self.peak, 1) > self.target
+        else:
+            self.exhausted = total >= self.target
         return True
-
-    def exhausted(self) -> bool:
-        """Whether no record of positive cost could join any more."""
-        if self.count >= self.max_size:
-            return True
-        if self.padded:
-            return (self.count + 1) * max(self.peak, 1) > self.target
-        return self.total >= self.target
 
     def cost(self) -> int:
         return self.count * self.peak if self.padded else self.total
@@ -100,7 +100,9 @@ class FifoAssembly(Generic[T]):
         self._items.append(item)
         self._costs.append(cost)
         if not self._full:
-            self._grow(cost)
+            budget = self._budget
+            if not budget.try_add(cost) or budget.exhausted:
+                self._full = True
 
     def full(self) -> bool:
         """Whether no record of positive cost could join the next batch."""
@@ -117,15 +119,10 @@ class FifoAssembly(Generic[T]):
         budget.reset()
         self._full = False
         for queued_cost in costs:
-            self._grow(queued_cost)
-            if self._full:
+            if not budget.try_add(queued_cost) or budget.exhausted:
+                self._full = True
                 break
         return batch, cost
-
-    def _grow(self, cost: int) -> None:
-        budget = self._budget
-        if not budget.try_add(cost) or budget.exhausted():
-            self._full = True
 
 
 class GroupedAssembly(Generic[T]):

@@ -587,21 +587,16 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         """
         # Records withdrawn while their batch waited for this worker are left out;
         # from here on the others can no longer be withdrawn.
-        batch: list[BatchFuture[Any]] = []
-        records: list[Any] = []
-        costs: list[int] = []
-        for future in closed_batch:
-            if future._state == PENDING:
-                future._state = DISPATCHED
-                batch.append(future)
-                records.append(future._record)
-                costs.append(future._cost)
+        batch = [future for future in closed_batch if future._state == PENDING]
         if not batch:
             return None
+        for future in batch:
+            future._state = DISPATCHED
+        records = [future._record for future in batch]
         counters = self._counters
         counters.batches += 1
         counters.dispatched += len(batch)
-        counters.batch_cost += batch_cost(costs, self._cost_model)
+        counters.batch_cost += batch_cost([future._cost for future in batch], self._cost_model)
         try:
             if self._process_timeout is None:
                 results = await self._call(records)
