@@ -317,9 +317,10 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     ) -> list[BatchFuture[ResultT]]:
         """Queue many records; return their futures in the same order.
 
-        Every cost is checked before any record is queued. If the batcher stops
-        while this call waits for room, it raises and the records queued so far
-        are processed as usual.
+        Every cost is checked before any record is queued. Waits for room as
+        :meth:`submit` does; if the call is cancelled, or the batcher stops, while it
+        waits, it raises and withdraws the records it had queued (those a worker has
+        not taken yet).
         """
         return await self._submit_many(records, estimated_cost, self._explicit_name)
 
@@ -391,6 +392,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         self, records: Iterable[RecordT], costs: Sequence[int] | None, name: str
     ) -> list[BatchFuture[ResultT]]:
         records = list(records)
+        counters = self._counters
         if costs is None:
             futures = [self._new_future(record, None, name) for record in records]
         else:
@@ -398,18 +400,25 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                 raise TypeError(f"{name} must be a sequence of ints or None, got {type(costs).__name__}")
             if len(costs) != len(records):
                 raise ValueError(f"{name} has {len(costs)} items but records has {len(records)}")
-            counters = self._counters
-            futures = [
-                BatchFuture(record, _check_cost(f"{name}[{i}]", cost), counters)
-                for i, (record, cost) in enumerate(zip(records, costs, strict=True))
-            ]
+            for index, cost in enumerate(costs):
+                if type(cost) is not int or cost < 0:
+                    _check_cost(f"{name}[{index}]", cost)  # raises, naming the item
+            futures = [BatchFuture(record, cost, counters) for record, cost in zip(records, costs, strict=True)]
         if self._submit_send is None:
             raise RuntimeError(_NOT_RUNNING)
-        for future in futures:
-            try:
-                self._enqueue_nowait(future)
-            except anyio.WouldBlock:
-                await self._enqueue_waiting(future)
+        queued = 0
+        try:
+            for future in futures:
+                try:
+                    self._enqueue_nowait(future)
+                except anyio.WouldBlock:
+                    await self._enqueue_waiting(future)
+                queued += 1
+        except BaseException:
+            # The caller gets no futures back: withdraw what this call had queued.
+            for future in futures[:queued]:
+                future.cancel()
+            raise
         return futures
 
     # ------------------------------------------------------------ aggregator

@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     keys = _selected(args)
     sizes = QUICK if args.quick else FULL
-    setup = Setup(sizes, double=args.quick, llm_plan=_llm_plan(sizes, keys))
+    setup = Setup(sizes, double=args.quick, llm_plan=_llm_plan(sizes, keys, args.load))
     reps = args.reps if args.reps is not None else (1 if args.quick else 3)
     systems, messages = discover(args.systems.split(","))
     workloads = [WORKLOADS[key] for key in keys if key in WORKLOADS]
@@ -63,6 +63,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions per system (default 3, quick 1)")
     parser.add_argument("--with-model", action="store_true", help="also run F, the real embedding model")
     parser.add_argument(
+        "--load",
+        type=float,
+        default=llm_sim.LOAD,
+        help=f"D's offered load as a fraction of saturation (default {llm_sim.LOAD})",
+    )
+    parser.add_argument(
         "--systems",
         default=",".join(ALL_SYSTEMS),
         help=f"comma-separated columns to run (default {','.join(ALL_SYSTEMS)})",
@@ -70,6 +76,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be >= 1")
+    if not 0 < args.load <= 1:
+        parser.error("--load must be in (0, 1]")
     unknown = set(args.systems.split(",")) - set(ALL_SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
@@ -114,7 +122,7 @@ def _size_lines(setup: Setup, keys: Sequence[str]) -> list[str]:
     if plan is not None:
         lines += [
             f"D: {len(plan.offsets_s):,} arrivals in {sizes.llm_duration_s:g} s"
-            f" at {plan.rate_per_s:,.0f}/s = {llm_sim.LOAD:.0%} of saturation;",
+            f" at {plan.rate_per_s:,.0f}/s = {plan.rate_per_s / plan.saturated_per_s:.0%} of saturation;",
             f"   saturation {plan.saturated_per_s:,.0f}/s measured (model alone,"
             f" full batches), {plan.analytic_per_s:,.0f}/s analytic;",
             f"   mean cost {plan.mean_cost:.1f} tokens",
@@ -125,11 +133,11 @@ def _size_lines(setup: Setup, keys: Sequence[str]) -> list[str]:
     return lines
 
 
-def _llm_plan(sizes: Sizes, keys: Sequence[str]) -> llm_sim.Schedule | None:
+def _llm_plan(sizes: Sizes, keys: Sequence[str], load: float) -> llm_sim.Schedule | None:
     if "D" not in keys:
         return None
     batches = sizes.llm_calibration_batches
-    return llm_sim.plan(sizes.llm_duration_s, calibration_batches=batches)
+    return llm_sim.plan(sizes.llm_duration_s, calibration_batches=batches, load=load)
 
 
 def _versions() -> str:

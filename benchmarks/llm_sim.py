@@ -68,12 +68,13 @@ def analytic_throughput(mean_cost: float) -> float:
     return records_per_batch / batch_seconds(records_per_batch * mean_cost)
 
 
-def plan(duration_s: float, *, calibration_batches: int) -> Schedule:
-    """The arrivals of one D run lasting ``duration_s``; every system gets the same."""
+def plan(duration_s: float, *, calibration_batches: int, load: float = LOAD) -> Schedule:
+    """The arrivals of one D run lasting ``duration_s`` at ``load`` (a fraction of the
+    measured saturation); every system gets the same."""
     costs = cost_sample()
     mean_cost = sum(costs) / len(costs)
     saturated = measure_throughput(calibration_batches)
-    rate = LOAD * saturated
+    rate = load * saturated
     offsets = _poisson_offsets(random.Random(SEED + 1), rate, duration_s)
     if len(offsets) > len(costs):
         raise ValueError(f"duration_s too long for {_COST_SAMPLE} drawn costs")

@@ -293,7 +293,7 @@ WORKLOADS = {
         ),
         Workload(
             "D",
-            "simulated LLM: Poisson arrivals at 80 % of saturation, 8,192-token target",
+            "simulated LLM: Poisson arrivals (80 % of saturation unless --load), 8,192-token target",
             (
                 "offered rec/s",
                 "throughput rec/s",

@@ -180,6 +180,26 @@ class TestCancelQueued:
         assert batcher.stats.total_cancelled == 1
         assert_balanced(batcher)
 
+    async def test_submit_batch_cancelled_while_waiting_withdraws_what_it_queued(self) -> None:
+        """The caller of a cancelled ``submit_batch`` gets no futures back, so the
+        records it had already queued are withdrawn too."""
+        gate = Gate()
+        with anyio.fail_after(5):
+            async with DynamicBatcher(gate, max_batch_size=1, prefetch_batches=0, max_queue_size=2) as batcher:
+                first = await batcher.submit("first")  # in flight
+                await gate.entered.wait()
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(batcher.submit_batch, [f"r{i}" for i in range(10)])
+                        await anyio.wait_all_tasks_blocked()  # submit_batch waits for room
+                        scope.cancel()
+                gate.release()
+                assert await first == ("ok", "first")
+        assert gate.seen == ["first"]
+        stats = batcher.stats
+        assert stats.total_cancelled == stats.total_submitted - 1
+        assert_balanced(batcher)
+
 
 class TestAbnormalExit:
     """Promise 2: however the batcher ends, every unresolved future fails promptly."""
