@@ -1,8 +1,9 @@
-"""Which queued records form the next batch.
+"""Which queued records form the next batch, and when it closes.
 
-Plain synchronous code with no awaits, so the rule can be tested without an event
-loop. The aggregator adds records as they arrive, asks :meth:`full` whether a batch
-could grow no further, and calls :meth:`take` when it closes one.
+Plain synchronous code with no awaits, so the rules can be tested without an event
+loop. The aggregator adds records as they arrive, asks :func:`close_delay` (which
+asks the assembly's ``full()``) how long the next batch may still wait, and calls
+``take()`` when it closes one.
 
 Every batch obeys the budget: its cost (by the cost model) never exceeds
 ``target_cost``, except a batch of one record whose own cost is over the target,
@@ -18,7 +19,7 @@ from typing import Generic, TypeVar
 
 from ._protocols import CostModel
 
-__all__ = ("Assembly", "FifoAssembly", "GroupedAssembly", "batch_cost", "make_assembly")
+__all__ = ("Assembly", "FifoAssembly", "GroupedAssembly", "batch_cost", "close_delay", "make_assembly")
 
 T = TypeVar("T", bound=Hashable)
 
@@ -220,3 +221,36 @@ def make_assembly(
             target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model, window=window
         )
     return FifoAssembly(target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model)
+
+
+def close_delay(
+    *,
+    queued: int,
+    full: bool,
+    ended: bool,
+    worker_free: bool,
+    eager: bool,
+    min_batch_size: int,
+    waited_s: float,
+    batch_timeout_s: float,
+) -> float | None:
+    """How long the next batch may still wait for records before it closes.
+
+    ``0.0`` means close it now; a positive number, wait at most that long; ``None``,
+    wait with no deadline (for a record, or for a worker to become free).
+
+    - A full batch closes at once (it may then wait in the batch stream), and so
+      does everything at the end of input.
+    - Late binding: a batch that is not full closes only when a worker is free;
+      until then it keeps growing.
+    - With ``eager`` a free worker takes what is queued at once, if at least
+      ``min_batch_size`` records are; otherwise the batch waits up to
+      ``batch_timeout_s`` after its first record arrived (``waited_s`` ago).
+    """
+    if queued and (full or ended):
+        return 0.0
+    if not queued or not worker_free:
+        return None
+    if eager and queued >= min_batch_size:
+        return 0.0
+    return max(0.0, batch_timeout_s - waited_s)

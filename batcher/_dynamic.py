@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._assembly import FifoAssembly, GroupedAssembly, batch_cost, make_assembly
+from ._assembly import FifoAssembly, GroupedAssembly, batch_cost, close_delay, make_assembly
 from ._exceptions import BatcherClosedError
 from ._future import DISPATCHED, ERROR, PENDING, RESULT, BatchFuture
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
@@ -469,29 +469,27 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                                 opened_at = monotonic()
                             assembly.add(future, future._cost)
 
-                    if assembly.full() or (ended and assembly):
+                    delay = close_delay(
+                        queued=len(assembly),
+                        full=assembly.full(),
+                        ended=ended,
+                        worker_free=self._demand > 0,
+                        eager=eager,
+                        min_batch_size=min_size,
+                        waited_s=monotonic() - opened_at,
+                        batch_timeout_s=timeout,
+                    )
+                    if delay == 0:
+                        if eager and not checkpointed and not (ended or assembly.full()):
+                            # Let producers that are already runnable add theirs first.
+                            checkpointed = True
+                            await checkpoint()
+                            continue
                         await self._dispatch(assembly.take(), batches)
                         checkpointed = False
                         continue
                     if ended:
                         return
-                    # A batch that is not full closes only when a worker is free for it;
-                    # while every worker is busy it keeps growing (a freed worker wakes us).
-                    delay = None
-                    if assembly and self._demand > 0:
-                        if eager and len(assembly) >= min_size:
-                            if not checkpointed:
-                                # Let producers that are already runnable add theirs first.
-                                checkpointed = True
-                                await checkpoint()
-                                continue
-                            delay = 0.0
-                        else:
-                            delay = opened_at + timeout - monotonic()
-                        if delay <= 0:
-                            await self._dispatch(assembly.take(), batches)
-                            checkpointed = False
-                            continue
                     if delay is None and assembly:
                         # Every worker is busy: this batch grows until one is free, and
                         # then goes without the eager checkpoint.

@@ -2,7 +2,7 @@
 
 import pytest
 
-from batcher._assembly import FifoAssembly, GroupedAssembly, batch_cost
+from batcher._assembly import FifoAssembly, GroupedAssembly, batch_cost, close_delay
 
 
 def drain(assembly: FifoAssembly[int] | GroupedAssembly[int]) -> list[list[int]]:
@@ -115,3 +115,46 @@ class TestGrouped:
 )
 def test_batch_cost(costs: list[int], model: str, expected: int) -> None:
     assert batch_cost(costs, model) == expected  # type: ignore[arg-type]
+
+
+class TestCloseDelay:
+    """When the next batch closes: plain rules, no event loop."""
+
+    def delay(self, **overrides: object) -> float | None:
+        settings: dict[str, object] = {
+            "queued": 3,
+            "full": False,
+            "ended": False,
+            "worker_free": True,
+            "eager": True,
+            "min_batch_size": 1,
+            "waited_s": 0.0,
+            "batch_timeout_s": 0.05,
+        }
+        settings.update(overrides)
+        return close_delay(**settings)  # type: ignore[arg-type]
+
+    def test_eager_with_free_worker_closes_now(self) -> None:
+        assert self.delay() == 0.0
+
+    def test_busy_workers_let_the_batch_grow(self) -> None:
+        assert self.delay(worker_free=False) is None
+
+    def test_full_batch_closes_even_while_workers_are_busy(self) -> None:
+        assert self.delay(worker_free=False, full=True) == 0.0
+
+    def test_end_of_input_flushes(self) -> None:
+        assert self.delay(worker_free=False, ended=True, min_batch_size=10) == 0.0
+
+    def test_nothing_queued_waits_without_deadline(self) -> None:
+        assert self.delay(queued=0) is None
+        assert self.delay(queued=0, ended=True) is None
+
+    def test_min_batch_size_waits_at_most_the_timeout(self) -> None:
+        assert self.delay(min_batch_size=5, waited_s=0.01) == pytest.approx(0.04)
+        assert self.delay(min_batch_size=5, waited_s=0.2) == 0.0
+        assert self.delay(min_batch_size=3) == 0.0
+
+    def test_without_eager_the_window_applies(self) -> None:
+        assert self.delay(eager=False, waited_s=0.03) == pytest.approx(0.02)
+        assert self.delay(eager=False, waited_s=0.06) == 0.0
