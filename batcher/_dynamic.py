@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from time import monotonic, perf_counter
 from types import TracebackType
 from typing import Any, Generic, Self, cast
@@ -24,9 +23,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._assembly import FifoAssembly, GroupedAssembly, batch_cost, close_delay, make_assembly
 from ._exceptions import BatcherClosedError
-from ._future import DISPATCHED, ERROR, PENDING, RESULT, BatchFuture
+from ._future import DISPATCHED, ERROR, PENDING, RESULT, BatchFuture, event_factory
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
 from ._stats import BatchStats, Counters
+from ._validate import check_int, check_seconds
 
 __all__ = ("DynamicBatcher",)
 
@@ -37,14 +37,6 @@ _NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
 # What the submission stream carries: a record's future, or None, which a worker
 # sends to wake the aggregator when it becomes free.
 _Submission = BatchFuture[Any] | None
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if type(value) is not int:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _is_async(fn: object) -> bool:
@@ -112,20 +104,20 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             raise TypeError(f"process_fn must be callable, got {type(process_fn).__name__}")
         if cost_estimator is not None and not callable(cost_estimator):
             raise TypeError(f"{self._estimator_name} must be callable or None, got {type(cost_estimator).__name__}")
-        self._target = _check_int(self._target_name, target_batch_cost, 1)
-        self._max_batch_size = _check_int("max_batch_size", max_batch_size, 1)
-        self._min_batch_size = _check_int("min_batch_size", min_batch_size, 1)
+        self._target = check_int(self._target_name, target_batch_cost, 1)
+        self._max_batch_size = check_int("max_batch_size", max_batch_size, 1)
+        self._min_batch_size = check_int("min_batch_size", min_batch_size, 1)
         if min_batch_size > max_batch_size:
             raise ValueError(f"min_batch_size must be <= max_batch_size, got {min_batch_size} > {max_batch_size}")
-        self._timeout = _check_seconds("batch_timeout_s", batch_timeout_s)
-        self._max_queue_size = _check_int("max_queue_size", max_queue_size, 1)
-        self._prefetch = _check_int("prefetch_batches", prefetch_batches, 0)
-        self._default_cost = _check_int(self._default_name, default_cost, 0)
-        self._workers = _check_int("max_concurrent_batches", max_concurrent_batches, 1)
+        self._timeout = check_seconds("batch_timeout_s", batch_timeout_s)
+        self._max_queue_size = check_int("max_queue_size", max_queue_size, 1)
+        self._prefetch = check_int("prefetch_batches", prefetch_batches, 0)
+        self._default_cost = check_int(self._default_name, default_cost, 0)
+        self._workers = check_int("max_concurrent_batches", max_concurrent_batches, 1)
         if cost_model not in ("sum", "padded"):
             raise ValueError(f"cost_model must be 'sum' or 'padded', got {cost_model!r}")
         if process_timeout_s is not None:
-            _check_seconds("process_timeout_s", process_timeout_s)
+            check_seconds("process_timeout_s", process_timeout_s)
             if process_timeout_s == 0:
                 raise ValueError("process_timeout_s must be > 0 or None, got 0")
         self._process_fn = process_fn
@@ -254,7 +246,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         batch_send, batch_receive = anyio.create_memory_object_stream[list[BatchFuture[Any]]](self._prefetch)
         self._submit_send = submit_send
         self._stopped = anyio.Event()
-        self._counters.new_event = _event_factory()
+        self._counters.new_event = event_factory()
         self._limiter = anyio.CapacityLimiter(self._workers)
         self._demand = 0
         try:
@@ -347,7 +339,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     def _new_future(self, record: Any, cost: int | None, name: str) -> BatchFuture[ResultT]:
         if cost is None:
             cost, name = self._estimate(record)
-        return BatchFuture(record, _check_cost(name, cost), self._counters)
+        return BatchFuture(record, check_int(name, cost, 0), self._counters)
 
     def _estimate(self, record: Any) -> tuple[Any, str]:
         if self._cost_estimator is not None:
@@ -402,7 +394,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                 raise ValueError(f"{name} has {len(costs)} items but records has {len(records)}")
             for index, cost in enumerate(costs):
                 if type(cost) is not int or cost < 0:
-                    _check_cost(f"{name}[{index}]", cost)  # raises, naming the item
+                    check_int(f"{name}[{index}]", cost, 0)  # raises, naming the item
             futures = [BatchFuture(record, cost, counters) for record, cost in zip(records, costs, strict=True)]
         if self._submit_send is None:
             raise RuntimeError(_NOT_RUNNING)
@@ -680,34 +672,3 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                 future._finish(ERROR, exc)
         self._counters.completed += ended
         self._counters.failed += ended
-
-
-def _event_factory() -> Callable[[], anyio.Event]:
-    """Return the cheapest way to make an ``anyio.Event`` on the running loop.
-
-    ``anyio.Event()`` looks up the running backend on every call; the concrete
-    class it returns can be called directly, which halves the cost of each waiter.
-    """
-    event_class = type(anyio.Event())
-    try:
-        if isinstance(event_class(), anyio.Event):
-            return event_class
-    except Exception:
-        pass
-    return anyio.Event
-
-
-def _check_cost(name: str, cost: object) -> int:
-    if type(cost) is not int:
-        raise TypeError(f"{name} must be an int, got {type(cost).__name__}")
-    if cost < 0:
-        raise ValueError(f"{name} must be >= 0, got {cost}")
-    return cost
-
-
-def _check_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return float(value)

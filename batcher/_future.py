@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, Generic, cast
 
 import anyio
@@ -11,7 +11,7 @@ from ._exceptions import RecordCancelledError
 from ._protocols import ResultT
 from ._stats import Counters
 
-__all__ = ("BatchFuture",)
+__all__ = ("BatchFuture", "event_factory")
 
 # The life of a future: queued, then taken into a batch, then ended one way.
 PENDING = 0
@@ -125,3 +125,18 @@ class BatchFuture(Generic[ResultT]):
         event = self._event
         if event is not None:
             event.set()
+
+
+def event_factory() -> Callable[[], anyio.Event]:
+    """Return the cheapest way to make an ``anyio.Event`` on the running loop.
+
+    ``anyio.Event()`` looks up the running backend on every call; the concrete
+    class it returns can be called directly, which halves the cost of each waiter.
+    """
+    event_class = type(anyio.Event())
+    try:
+        if isinstance(event_class(), anyio.Event):
+            return event_class
+    except Exception:
+        pass
+    return anyio.Event

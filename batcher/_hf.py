@@ -7,6 +7,8 @@ from collections.abc import Callable
 from os import PathLike
 from typing import Any
 
+from ._validate import check_int
+
 __all__ = ("hf_token_estimator",)
 
 
@@ -67,13 +69,9 @@ def hf_token_estimator(
         tokenizer = Tokenizer.from_file("tokenizer.json")
         batcher = TokenBatcher(embed, token_estimator=hf_token_estimator(tokenizer))
     """
-    _check_int("cache_size", cache_size)
-    if cache_size < 0:
-        raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+    check_int("cache_size", cache_size, 0)
     if max_length is not None:
-        _check_int("max_length", max_length)
-        if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        check_int("max_length", max_length, 1)
 
     count: Callable[[str], int] = _token_counter(tokenizer)
     if max_length is not None:
@@ -90,11 +88,6 @@ def hf_token_estimator(
         raise TypeError(f"record must be a str or have a str 'text' attribute, got {type(record).__name__}")
 
     return estimate
-
-
-def _check_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
 
 
 def _capped(count: Callable[[str], int], limit: int) -> Callable[[str], int]:
