@@ -288,12 +288,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         :raises ValueError: if the cost is negative
         :raises RuntimeError: if the batcher is not running
         """
-        future = self._new_future(record, estimated_cost, self._explicit_name)
-        try:
-            self._enqueue_nowait(future)
-        except anyio.WouldBlock:
-            await self._enqueue_waiting(future)
-        return future
+        return await self._enqueue(self._new_future(record, estimated_cost, self._explicit_name))
 
     def submit_nowait(self, record: RecordT, *, estimated_cost: int | None = None) -> BatchFuture[ResultT]:
         """Like :meth:`submit`, without waiting.
@@ -324,17 +319,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         withdrawn and never reaches the process function. This is the per-request
         deadline: ``with anyio.fail_after(1): await batcher.call(x)``.
         """
-        # submit() and the wait, inlined: this is the hot path of closed-loop callers.
-        future = self._new_future(record, estimated_cost, self._explicit_name)
-        try:
-            self._enqueue_nowait(future)
-        except anyio.WouldBlock:
-            await self._enqueue_waiting(future)
-        try:
-            return await future
-        except BaseException:
-            future.cancel()  # withdraws the record unless it was already dispatched
-            raise
+        return await self._call(self._new_future(record, estimated_cost, self._explicit_name))
 
     def _new_future(self, record: Any, cost: int | None, name: str) -> BatchFuture[ResultT]:
         if cost is None:
@@ -354,6 +339,25 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         if method is None:
             return self._default_cost, label
         return getattr(record, method)(), label
+
+    async def _enqueue(self, future: BatchFuture[ResultT]) -> BatchFuture[ResultT]:
+        try:
+            self._enqueue_nowait(future)
+        except anyio.WouldBlock:
+            await self._enqueue_waiting(future)
+        return future
+
+    async def _call(self, future: BatchFuture[ResultT]) -> ResultT:
+        # _enqueue() inlined: this is the hot path of closed-loop callers.
+        try:
+            self._enqueue_nowait(future)
+        except anyio.WouldBlock:
+            await self._enqueue_waiting(future)
+        try:
+            return await future
+        except BaseException:
+            future.cancel()  # withdraws the record unless it was already dispatched
+            raise
 
     def _enqueue_nowait(self, future: BatchFuture[Any]) -> None:
         send = self._submit_send
@@ -401,10 +405,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         queued = 0
         try:
             for future in futures:
-                try:
-                    self._enqueue_nowait(future)
-                except anyio.WouldBlock:
-                    await self._enqueue_waiting(future)
+                await self._enqueue(future)
                 queued += 1
         except BaseException:
             # The caller gets no futures back: withdraw what this call had queued.
@@ -598,10 +599,10 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         counters.batch_cost += batch_cost([future._cost for future in batch], self._cost_model)
         try:
             if self._process_timeout is None:
-                results = await self._call(records)
+                results = await self._invoke(records)
             else:
                 with anyio.fail_after(self._process_timeout):
-                    results = await self._call(records)
+                    results = await self._invoke(records)
             if not isinstance(results, list):
                 if isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
                     raise TypeError(f"process_fn must return a list, got {type(results).__name__}")
@@ -647,7 +648,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         counters.completed += len(batch)
         counters.failed += failed
 
-    async def _call(self, records: list[Any]) -> Any:
+    async def _invoke(self, records: list[Any]) -> Any:
         if self._is_async:
             return await cast(Awaitable[Any], self._process_fn(records))
         limiter = self._limiter

@@ -6,8 +6,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-
 from ._dynamic import DynamicBatcher
 from ._future import BatchFuture
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
@@ -89,13 +87,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> BatchFuture[ResultT]:
         """Queue one record and return its future; see :meth:`DynamicBatcher.submit`."""
-        cost, name = _explicit(estimated_tokens, estimated_cost)
-        future = self._new_future(record, cost, name)
-        try:
-            self._enqueue_nowait(future)
-        except anyio.WouldBlock:
-            await self._enqueue_waiting(future)
-        return future
+        return await self._enqueue(self._new_future(record, *_explicit(estimated_tokens, estimated_cost)))
 
     def submit_nowait(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
@@ -104,8 +96,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
 
         :raises anyio.WouldBlock: if the submission stream is full
         """
-        cost, name = _explicit(estimated_tokens, estimated_cost)
-        future = self._new_future(record, cost, name)
+        future = self._new_future(record, *_explicit(estimated_tokens, estimated_cost))
         self._enqueue_nowait(future)
         return future
 
@@ -125,17 +116,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> ResultT:
         """Submit one record and wait for its result; see :meth:`DynamicBatcher.call`."""
-        cost, name = _explicit(estimated_tokens, estimated_cost)
-        future = self._new_future(record, cost, name)
-        try:
-            self._enqueue_nowait(future)
-        except anyio.WouldBlock:
-            await self._enqueue_waiting(future)
-        try:
-            return await future
-        except BaseException:
-            future.cancel()  # withdraws the record unless it was already dispatched
-            raise
+        return await self._call(self._new_future(record, *_explicit(estimated_tokens, estimated_cost)))
 
 
 def _explicit(tokens: int | None, cost: int | None) -> tuple[Any, str]:

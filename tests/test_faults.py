@@ -258,11 +258,14 @@ class TestAbnormalExit:
 
     async def test_deadline_while_awaiting_a_future(self) -> None:
         gate = Gate()
+        batcher = self._batcher(gate, max_concurrent_batches=2)
         futures: list[BatchFuture[Any]] = []
         with anyio.fail_after(5):
-            with anyio.move_on_after(0.05) as scope:
-                async with self._batcher(gate, max_concurrent_batches=2) as batcher:
+            with anyio.CancelScope() as scope:
+                async with batcher:
                     futures = await self._fill(batcher, gate)
+                    # The deadline starts once everything is queued, however slow the machine.
+                    scope.deadline = anyio.current_time() + 0.05
                     await futures[0]
             assert scope.cancelled_caught
         assert_closed(futures)
