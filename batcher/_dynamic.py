@@ -288,7 +288,13 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         :raises ValueError: if the cost is negative
         :raises RuntimeError: if the batcher is not running
         """
-        return await self._enqueue(self._new_future(record, estimated_cost, self._explicit_name))
+        future = self._new_future(record, estimated_cost, self._explicit_name)
+        # _enqueue() inlined: this is the hot path of producers.
+        try:
+            self._enqueue_nowait(future)
+        except anyio.WouldBlock:
+            await self._enqueue_waiting(future)
+        return future
 
     def submit_nowait(self, record: RecordT, *, estimated_cost: int | None = None) -> BatchFuture[ResultT]:
         """Like :meth:`submit`, without waiting.
@@ -324,7 +330,9 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     def _new_future(self, record: Any, cost: int | None, name: str) -> BatchFuture[ResultT]:
         if cost is None:
             cost, name = self._estimate(record)
-        return BatchFuture(record, check_int(name, cost, 0), self._counters)
+        if type(cost) is not int or cost < 0:
+            check_int(name, cost, 0)  # raises, naming where the cost came from
+        return BatchFuture(record, cost, self._counters)
 
     def _estimate(self, record: Any) -> tuple[Any, str]:
         if self._cost_estimator is not None:
