@@ -79,6 +79,8 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     #: Names used in error messages; TokenBatcher speaks of tokens.
     _explicit_name = "estimated_cost"
     _estimator_name = "cost_estimator"
+    _target_name = "target_batch_cost"
+    _default_name = "default_cost"
     #: Methods a record may have to give its own cost, in order of precedence.
     _cost_methods: tuple[str, ...] = ("estimate_cost",)
 
@@ -134,15 +136,12 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         # Set while running:
         self._submit_send: MemoryObjectSendStream[_Submission] | None = None
         self._task_group: TaskGroup | None = None  # ours, when started by start()
-        self._stopped: anyio.Event | None = None  # set when serve() has finished
+        self._stopped: anyio.Event | None = None  # while running; set once the loops have ended
         self._limiter: anyio.CapacityLimiter | None = None
         self._loops: TaskGroup | None = None  # the task group running the loops
         self._fatal: BaseException | None = None
         # Free workers minus batches already sent to them and not yet received.
         self._demand = 0
-
-    _target_name = "target_batch_cost"
-    _default_name = "default_cost"
 
     # ------------------------------------------------------------------ state
 
