@@ -214,7 +214,7 @@ def make_assembly(
     cost_model: CostModel,
     group_by_cost: bool,
     window: int,
-) -> FifoAssembly[T] | GroupedAssembly[T]:
+) -> Assembly[T]:
     """Return the assembly rule for these settings."""
     if group_by_cost:
         return GroupedAssembly(

@@ -21,7 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._assembly import FifoAssembly, GroupedAssembly, batch_cost, close_delay, make_assembly
+from ._assembly import Assembly, batch_cost, close_delay, make_assembly
 from ._exceptions import BatcherClosedError
 from ._future import DISPATCHED, ERROR, PENDING, RESULT, BatchFuture, event_factory
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
@@ -37,6 +37,10 @@ _NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
 # What the submission stream carries: a record's future, or None, which a worker
 # sends to wake the aggregator when it becomes free.
 _Submission = BatchFuture[Any] | None
+
+
+def _closed() -> BatcherClosedError:
+    return BatcherClosedError("the batcher closed before this record was processed")
 
 
 def _is_async(fn: object) -> bool:
@@ -259,7 +263,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                         task_status.started()
                 finally:
                     # A batch the aggregator closed as the workers were cancelled.
-                    closed = BatcherClosedError("the batcher closed before this record was processed")
+                    closed = _closed()
                     while True:
                         try:
                             self._fail(batch_receive.receive_nowait(), closed)
@@ -432,7 +436,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     ) -> None:
         """Pull submitted records into the assembly; close a batch when it is full,
         or when a worker is free for it; at end of input, flush everything."""
-        assembly: FifoAssembly[BatchFuture[Any]] | GroupedAssembly[BatchFuture[Any]] = make_assembly(
+        assembly: Assembly[BatchFuture[Any]] = make_assembly(
             target_cost=self._target,
             max_batch_size=self._max_batch_size,
             cost_model=self._cost_model,
@@ -485,7 +489,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                             checkpointed = True
                             await checkpoint()
                             continue
-                        await self._dispatch(assembly.take(), batches)
+                        await self._dispatch(assembly.take()[0], batches)
                         checkpointed = False
                         continue
                     if ended:
@@ -503,7 +507,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                     except anyio.EndOfStream:
                         ended = True
             except BaseException:
-                closed = BatcherClosedError("the batcher closed before this record was processed")
+                closed = _closed()
                 while assembly:
                     self._fail(assembly.take()[0], closed)
                 while True:
@@ -516,9 +520,9 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                 raise
 
     async def _dispatch(
-        self, taken: tuple[list[BatchFuture[Any]], int], batches: MemoryObjectSendStream[list[BatchFuture[Any]]]
+        self, batch: list[BatchFuture[Any]], batches: MemoryObjectSendStream[list[BatchFuture[Any]]]
     ) -> None:
-        batch = taken[0]
+        """Send a closed batch to the workers (its cost is counted when one takes it)."""
         self._demand -= 1
         try:
             try:
@@ -526,7 +530,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             except anyio.WouldBlock:
                 await batches.send(batch)
         except BaseException:
-            self._fail(batch, BatcherClosedError("the batcher closed before this record was processed"))
+            self._fail(batch, _closed())
             raise
 
     # ---------------------------------------------------------------- worker
@@ -570,7 +574,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             except BaseException:
                 if finished is not None:
                     self._settle(*finished)
-                closed = BatcherClosedError("the batcher closed before this record was processed")
+                closed = _closed()
                 while True:
                     try:
                         self._fail(batches.receive_nowait(), closed)
@@ -621,7 +625,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             self._fail(batch, exc)
             return None
         except BaseException as exc:
-            closed = BatcherClosedError("the batcher closed before this record was processed")
+            closed = _closed()
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 self._fail(batch, closed)
                 raise
