@@ -1,9 +1,9 @@
 """Which queued records form the next batch, and when it closes.
 
 Plain synchronous code with no awaits, so the rules can be tested without an event
-loop. The aggregator adds records as they arrive, asks :func:`close_delay` (which
-asks the assembly's ``full()``) how long the next batch may still wait, and calls
-``take()`` when it closes one.
+loop. The aggregator adds records as they arrive, asks :func:`next_step` (given,
+among others, the assembly's ``full()``) what to do next, and calls ``take()``
+when it closes a batch.
 
 Every batch obeys the budget: its cost (by the cost model) never exceeds
 ``target_cost``, except a batch of one record whose own cost is over the target,
@@ -15,11 +15,12 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from enum import Enum
+from typing import Generic, NamedTuple, TypeVar
 
 from ._protocols import CostModel
 
-__all__ = ("Assembly", "FifoAssembly", "GroupedAssembly", "batch_cost", "close_delay", "make_assembly")
+__all__ = ("Action", "Assembly", "FifoAssembly", "GroupedAssembly", "Step", "batch_cost", "make_assembly", "next_step")
 
 T = TypeVar("T", bound=Hashable)
 
@@ -167,11 +168,28 @@ class GroupedAssembly(Generic[T]):
         """Remove and return the next batch (possibly not full) and its cost."""
         if not self._costs:
             return [], 0
+        oldest, cost = self._pop_oldest()
+        low, high = self._grow_around(cost)
+        batch = self._items[low:high]
+        del self._items[low:high]
+        del self._costs[low:high]
+        taken = self._taken
+        for item in batch:
+            if item is not oldest:
+                taken.add(item)
+        return batch, self._budget.cost()
+
+    def _pop_oldest(self) -> tuple[T, int]:
         arrivals, taken = self._arrivals, self._taken
         oldest, cost = arrivals.popleft()
         while oldest in taken:
             taken.discard(oldest)
             oldest, cost = arrivals.popleft()
+        return oldest, cost
+
+    def _grow_around(self, cost: int) -> tuple[int, int]:
+        """Fill the budget around the oldest record, of cost ``cost``, from its
+        nearest neighbours in cost; return the batch's slice ``[low:high]``."""
         costs = self._costs
         # Equal costs sit in arrival order, so the oldest record is the first of its run.
         low = bisect_left(costs, cost)
@@ -184,24 +202,14 @@ class GroupedAssembly(Generic[T]):
             go_left = left_open and (not right_open or cost - costs[low - 1] <= costs[high] - cost)
             if not budget.try_add(costs[low - 1] if go_left else costs[high]):
                 # Further out on this side the costs only move further away.
-                if go_left:
-                    left_open = False
-                else:
-                    right_open = False
-                continue
-            if go_left:
+                left_open, right_open = left_open and not go_left, right_open and go_left
+            elif go_left:
                 low -= 1
                 left_open = low > 0
             else:
                 high += 1
                 right_open = high < len(costs)
-        batch = self._items[low:high]
-        del self._items[low:high]
-        del costs[low:high]
-        for item in batch:
-            if item is not oldest:
-                taken.add(item)
-        return batch, budget.cost()
+        return low, high
 
 
 Assembly = FifoAssembly[T] | GroupedAssembly[T]
@@ -223,7 +231,27 @@ def make_assembly(
     return FifoAssembly(target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model)
 
 
-def close_delay(
+class Action(Enum):
+    """What the aggregator does next (see :func:`next_step`)."""
+
+    CLOSE = "close"  #: close the next batch now and send it to the workers
+    YIELD = "yield"  #: let runnable producers add their records first, then decide again
+    WAIT = "wait"  #: wait for a record, at most ``Step.delay`` seconds (``None``: no deadline)
+    FINISH = "finish"  #: input has ended and nothing is queued: the aggregator is done
+
+
+class Step(NamedTuple):
+    action: Action
+    delay: float | None = None
+
+
+CLOSE = Step(Action.CLOSE)
+YIELD = Step(Action.YIELD)
+FINISH = Step(Action.FINISH)
+WAIT_FOREVER = Step(Action.WAIT)
+
+
+def next_step(
     *,
     queued: int,
     full: bool,
@@ -233,24 +261,37 @@ def close_delay(
     min_batch_size: int,
     waited_s: float,
     batch_timeout_s: float,
-) -> float | None:
-    """How long the next batch may still wait for records before it closes.
-
-    ``0.0`` means close it now; a positive number, wait at most that long; ``None``,
-    wait with no deadline (for a record, or for a worker to become free).
+    yielded: bool,
+    waited_for_worker: bool,
+) -> Step:
+    """Decide what the aggregator does next with the ``queued`` records.
 
     - A full batch closes at once (it may then wait in the batch stream), and so
       does everything at the end of input.
     - Late binding: a batch that is not full closes only when a worker is free;
-      until then it keeps growing.
-    - With ``eager`` a free worker takes what is queued at once, if at least
+      until then it keeps growing (``WAIT`` with no deadline).
+    - With ``eager`` a free worker takes what is queued, if at least
       ``min_batch_size`` records are; otherwise the batch waits up to
       ``batch_timeout_s`` after its first record arrived (``waited_s`` ago).
+    - Before an eager close the aggregator yields once, so that producers that
+      are already runnable add theirs to the batch, unless it has ``yielded``
+      for this batch already or the batch ``waited_for_worker``: it grew while
+      every worker was busy, and the freed worker should not wait any longer.
     """
-    if queued and (full or ended):
-        return 0.0
-    if not queued or not worker_free:
-        return None
-    if eager and queued >= min_batch_size:
-        return 0.0
-    return max(0.0, batch_timeout_s - waited_s)
+    if not queued:
+        return FINISH if ended else WAIT_FOREVER
+    if full or ended:
+        return CLOSE
+    if not worker_free:
+        return WAIT_FOREVER
+    if not eager:
+        return _unless_waiting(batch_timeout_s - waited_s, CLOSE)
+    close = CLOSE if yielded or waited_for_worker else YIELD
+    if queued >= min_batch_size:
+        return close
+    return _unless_waiting(batch_timeout_s - waited_s, close)
+
+
+def _unless_waiting(remaining_s: float, step: Step) -> Step:
+    # The batch waits out the rest of its timeout for more records, then ``step``.
+    return Step(Action.WAIT, remaining_s) if remaining_s > 0 else step

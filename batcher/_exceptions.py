@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ("BatcherClosedError", "RecordCancelledError")
+__all__ = ("BatcherClosedError", "RecordCancelledError", "closed_error")
 
 
 class BatcherClosedError(RuntimeError):
@@ -14,3 +14,8 @@ class RecordCancelledError(Exception):
     """Raised when awaiting a future whose record was withdrawn, by
     :meth:`BatchFuture.cancel` or by a cancelled :meth:`DynamicBatcher.call`,
     before it reached the process function."""
+
+
+def closed_error() -> BatcherClosedError:
+    """The error that ends a future whose record the batcher could not process."""
+    return BatcherClosedError("the batcher closed before this record was processed")

@@ -1,24 +1,40 @@
-"""The future a caller gets back from ``submit``."""
+"""The future a caller gets back from ``submit``, and every change of its state.
+
+A future is ``PENDING`` while its record is queued, ``DISPATCHED`` once a worker
+has taken its batch, then ends exactly once: ``RESULT``, ``ERROR`` or
+``CANCELLED``. The loops end futures only through the functions at the bottom of
+this module (:func:`dispatch`, :func:`settle`, :func:`fail`, :func:`fail_queued`);
+no other module writes a future's private attributes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from enum import IntEnum
 from typing import Any, Generic, cast
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._exceptions import RecordCancelledError
 from ._protocols import ResultT
 from ._stats import Counters
 
-__all__ = ("BatchFuture", "event_factory")
+__all__ = ("BatchFuture", "State", "dispatch", "event_factory", "fail", "fail_queued", "settle")
 
-# The life of a future: queued, then taken into a batch, then ended one way.
-PENDING = 0
-DISPATCHED = 1
-RESULT = 2
-ERROR = 3
-CANCELLED = 4
+
+class State(IntEnum):
+    """Where a future is in its life; the last three are ends."""
+
+    PENDING = 0
+    DISPATCHED = 1
+    RESULT = 2
+    ERROR = 3
+    CANCELLED = 4
+
+
+# Module-level names for the states: the loops compare them once per record.
+PENDING, DISPATCHED, RESULT, ERROR, CANCELLED = State
 
 
 class BatchFuture(Generic[ResultT]):
@@ -47,8 +63,7 @@ class BatchFuture(Generic[ResultT]):
         self._event: anyio.Event | None = None
 
     def __repr__(self) -> str:
-        state = ("pending", "dispatched", "result", "error", "cancelled")[self._state]
-        return f"<BatchFuture {state}>"
+        return f"<BatchFuture {self._state.name.lower()}>"
 
     def done(self) -> bool:
         """Return whether the future has ended (result, exception or cancelled)."""
@@ -115,7 +130,7 @@ class BatchFuture(Generic[ResultT]):
             yield from event.wait().__await__()
         return self.result()
 
-    def _finish(self, state: int, value: Any) -> None:
+    def _finish(self, state: State, value: Any) -> None:
         # Ends the future exactly once; later calls are ignored.
         if self._state >= RESULT:
             return
@@ -140,3 +155,57 @@ def event_factory() -> Callable[[], anyio.Event]:
     except Exception:
         pass
     return anyio.Event
+
+
+# ------------------------------------------------ the loops' transitions
+
+
+def dispatch(batch: Sequence[BatchFuture[Any]]) -> list[BatchFuture[Any]]:
+    """Mark the still-pending futures of a closed batch dispatched and return them.
+
+    Records withdrawn while their batch waited for a worker are left out; from
+    here on the others can no longer be withdrawn.
+    """
+    taken = [future for future in batch if future._state == PENDING]
+    for future in taken:
+        future._state = DISPATCHED
+    return taken
+
+
+def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: Counters) -> None:
+    """End each future of a dispatched batch with its result; an ``Exception``
+    in a slot fails that future alone."""
+    failed = 0
+    for future, result in zip(batch, results, strict=True):
+        if isinstance(result, Exception):
+            failed += 1
+            future._finish(ERROR, result)
+        else:
+            future._finish(RESULT, result)
+    counters.completed += len(batch)
+    counters.failed += failed
+
+
+def fail(batch: Sequence[BatchFuture[Any]], exc: BaseException, counters: Counters) -> None:
+    """End every unfinished future of ``batch`` with ``exc``."""
+    ended = 0
+    for future in batch:
+        if future._state < RESULT:
+            ended += 1
+            future._finish(ERROR, exc)
+    counters.completed += ended
+    counters.failed += ended
+
+
+def fail_queued(stream: MemoryObjectReceiveStream[Any], exc: BaseException, counters: Counters) -> None:
+    """Fail every future still queued in ``stream`` (single futures or batches of
+    them; anything else, such as a wake-up, is dropped) without waiting."""
+    while True:
+        try:
+            item = stream.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return
+        if isinstance(item, BatchFuture):
+            fail((item,), exc, counters)
+        elif isinstance(item, list):
+            fail(item, exc, counters)

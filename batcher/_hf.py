@@ -7,7 +7,7 @@ from collections.abc import Callable
 from os import PathLike
 from typing import Any
 
-from ._validate import check_int
+from ._settings import check_int
 
 __all__ = ("hf_token_estimator",)
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from ._dynamic import DynamicBatcher
 from ._future import BatchFuture
+from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
+from ._settings import Settings, check_callable
 
 __all__ = ("Prompt", "TokenBatcher")
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 @dataclass(slots=True)
@@ -34,9 +39,6 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
     ``record.estimate_tokens()``, ``record.estimate_cost()``, the default.
     """
 
-    _explicit_name = "estimated_tokens"
-    _cost_methods = ("estimate_tokens", "estimate_cost")
-
     def __init__(
         self,
         inference_fn: ProcessFn[RecordT, ResultT] | None = None,
@@ -59,35 +61,44 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         group_by_cost: bool = False,
         process_timeout_s: float | None = None,
     ) -> None:
-        fn = inference_fn if inference_fn is not None else process_fn
+        fn_name, fn = either("inference_fn", inference_fn, "process_fn", process_fn)
         if fn is None:
             raise TypeError("TokenBatcher requires either inference_fn or process_fn")
-        # Error messages name the parameter the caller actually used.
-        self._estimator_name = "token_estimator" if token_estimator is not None else "cost_estimator"
-        self._target_name = "target_batch_tokens" if target_batch_tokens is not None else "target_batch_cost"
-        self._default_name = "default_token_estimate" if default_token_estimate is not None else "default_cost"
-        super().__init__(
-            fn,
-            cost_estimator=token_estimator if token_estimator is not None else cost_estimator,
-            target_batch_cost=target_batch_tokens if target_batch_tokens is not None else target_batch_cost,
-            max_batch_size=max_batch_size,
-            min_batch_size=min_batch_size,
-            batch_timeout_s=batch_timeout_s,
-            max_queue_size=max_queue_size,
-            prefetch_batches=prefetch_batches,
-            default_cost=default_token_estimate if default_token_estimate is not None else default_cost,
-            eager_dispatch=eager_dispatch,
-            max_concurrent_batches=max_concurrent_batches,
-            cost_model=cost_model,
-            group_by_cost=group_by_cost,
-            process_timeout_s=process_timeout_s,
+        estimator_name, estimator = either("token_estimator", token_estimator, "cost_estimator", cost_estimator)
+        default_name, default = either("default_token_estimate", default_token_estimate, "default_cost", default_cost)
+        target_name, target = either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost)
+        # DynamicBatcher.__init__ would name costs; build the same parts in tokens.
+        self._setup(
+            check_callable(fn_name, fn),
+            Pricing(
+                estimator,
+                default,
+                estimator_name=estimator_name,
+                default_name=default_name,
+                methods=("estimate_tokens", "estimate_cost"),
+            ),
+            Settings(
+                target_batch_cost=target,
+                target_name=target_name,
+                max_batch_size=max_batch_size,
+                min_batch_size=min_batch_size,
+                batch_timeout_s=batch_timeout_s,
+                max_queue_size=max_queue_size,
+                prefetch_batches=prefetch_batches,
+                eager_dispatch=eager_dispatch,
+                max_concurrent_batches=max_concurrent_batches,
+                cost_model=cost_model,
+                group_by_cost=group_by_cost,
+                process_timeout_s=process_timeout_s,
+            ),
         )
 
     async def submit(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> BatchFuture[ResultT]:
         """Queue one record and return its future; see :meth:`DynamicBatcher.submit`."""
-        return await self._enqueue(self._new_future(record, *_explicit(estimated_tokens, estimated_cost)))
+        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
+        return await self._enqueue(self._new_future(record, cost, name))
 
     def submit_nowait(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
@@ -96,9 +107,8 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
 
         :raises anyio.WouldBlock: if the submission stream is full
         """
-        future = self._new_future(record, *_explicit(estimated_tokens, estimated_cost))
-        self._enqueue_nowait(future)
-        return future
+        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
+        return self._enqueue_nowait(self._new_future(record, cost, name))
 
     async def submit_batch(
         self,
@@ -108,18 +118,20 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         estimated_cost: Sequence[int] | None = None,
     ) -> list[BatchFuture[ResultT]]:
         """Queue many records; see :meth:`DynamicBatcher.submit_batch`."""
-        if estimated_tokens is not None:
-            return await self._submit_many(records, estimated_tokens, "estimated_tokens")
-        return await self._submit_many(records, estimated_cost, "estimated_cost")
+        name, costs = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
+        return await self._submit_all(records, costs, name)
 
     async def call(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> ResultT:
         """Submit one record and wait for its result; see :meth:`DynamicBatcher.call`."""
-        return await self._call(self._new_future(record, *_explicit(estimated_tokens, estimated_cost)))
+        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
+        return await self._call(self._new_future(record, cost, name))
 
 
-def _explicit(tokens: int | None, cost: int | None) -> tuple[Any, str]:
-    if tokens is not None:
-        return tokens, "estimated_tokens"
-    return cost, "estimated_cost"
+def either(name: str, value: T | None, fallback_name: str, fallback: U) -> tuple[str, T | U]:
+    """TokenBatcher's rule for a pair of synonyms: the token-named argument if it
+    was given, else the cost-named one; with the name that error messages use."""
+    if value is not None:
+        return name, value
+    return fallback_name, fallback

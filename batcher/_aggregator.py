@@ -1,0 +1,146 @@
+"""The aggregator: the loop between the submission stream and the batch stream.
+
+It pulls submitted futures into the assembly (``_assembly.py``), asks the pure
+rule :func:`~batcher._assembly.next_step` what to do, and does it: close a batch
+and send it to the workers, yield once, wait for a record, or finish.
+"""
+
+from __future__ import annotations
+
+from time import monotonic
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.lowlevel import checkpoint
+
+from ._assembly import CLOSE, FINISH, YIELD, Assembly, Step, make_assembly, next_step
+from ._exceptions import closed_error
+from ._future import PENDING, BatchFuture, fail, fail_queued
+from ._run import WAKE_UP, Run, Submission
+from ._settings import Settings
+from ._stats import Counters
+
+__all__ = ("Aggregator",)
+
+
+class Aggregator:
+    """Forms one run's batches; :meth:`run` is the loop."""
+
+    __slots__ = (
+        "_assembly",
+        "_counters",
+        "_ended",
+        "_opened_at",
+        "_run",
+        "_settings",
+        "_waited_for_worker",
+        "_yielded",
+    )
+
+    def __init__(self, run: Run, settings: Settings, counters: Counters) -> None:
+        self._run = run
+        self._settings = settings
+        self._counters = counters
+        self._assembly: Assembly[BatchFuture[Any]] = make_assembly(
+            target_cost=settings.target_batch_cost,
+            max_batch_size=settings.max_batch_size,
+            cost_model=settings.cost_model,
+            group_by_cost=settings.group_by_cost,
+            window=settings.grouping_window,
+        )
+        self._opened_at = 0.0  # when the oldest queued record arrived (monotonic clock)
+        self._ended = False  # the submission stream has ended: no record will come
+        self._yielded = False  # the next batch has had its eager checkpoint
+        self._waited_for_worker = False  # the next batch grew while every worker was busy
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        """Close batches as :func:`next_step` says until input ends and all is sent.
+
+        If cancelled, fail every future it holds or that is still queued."""
+        with self._run.submit_receive, self._run.batch_send:
+            task_status.started()
+            try:
+                while True:
+                    self._pull_queued()
+                    step = self._next_step()
+                    if step is CLOSE:
+                        await self._close_batch()
+                    elif step is YIELD:
+                        self._yielded = True
+                        await checkpoint()  # producers that are runnable add theirs first
+                    elif step is FINISH:
+                        return
+                    else:
+                        await self._wait_for_record(step.delay)
+            except BaseException:
+                self._fail_all()
+                raise
+
+    def _next_step(self) -> Step:
+        assembly, settings = self._assembly, self._settings
+        return next_step(
+            queued=len(assembly),
+            full=assembly.full(),
+            ended=self._ended,
+            worker_free=self._run.worker_free,
+            eager=settings.eager_dispatch,
+            min_batch_size=settings.min_batch_size,
+            waited_s=monotonic() - self._opened_at,
+            batch_timeout_s=settings.batch_timeout_s,
+            yielded=self._yielded,
+            waited_for_worker=self._waited_for_worker,
+        )
+
+    def _pull_queued(self, item: Submission = WAKE_UP) -> None:
+        """Admit ``item``, then what is already submitted, until the next batch is full.
+
+        A withdrawn record, or the wake-up, is dropped."""
+        assembly, receive = self._assembly, self._run.submit_receive
+        while True:
+            if item is not WAKE_UP and item._state == PENDING:
+                if not assembly:
+                    self._opened_at = monotonic()
+                assembly.add(item, item._cost)
+            if self._ended or assembly.full():
+                return
+            try:
+                item = receive.receive_nowait()
+            except anyio.WouldBlock:
+                return
+            except anyio.EndOfStream:
+                self._ended = True
+                return
+
+    async def _wait_for_record(self, delay: float | None) -> None:
+        if delay is None and self._assembly:
+            self._waited_for_worker = True  # only a busy worker holds a queued batch back
+        receive = self._run.submit_receive
+        try:
+            if delay is None:
+                self._pull_queued(await receive.receive())
+            else:
+                with anyio.move_on_after(delay):
+                    self._pull_queued(await receive.receive())
+        except anyio.EndOfStream:
+            self._ended = True
+
+    async def _close_batch(self) -> None:
+        batch = self._assembly.take()[0]
+        self._yielded = self._waited_for_worker = False
+        self._run.batch_sent()
+        send = self._run.batch_send
+        try:
+            try:
+                send.send_nowait(batch)
+            except anyio.WouldBlock:
+                await send.send(batch)  # every prefetch slot is taken: wait for a worker
+        except BaseException:
+            fail(batch, closed_error(), self._counters)
+            raise
+
+    def _fail_all(self) -> None:
+        error = closed_error()
+        while self._assembly:
+            fail(self._assembly.take()[0], error, self._counters)
+        fail_queued(self._run.submit_receive, error, self._counters)

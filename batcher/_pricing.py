@@ -1,0 +1,87 @@
+"""What a record costs: the explicit cost, the estimator, the record's own method,
+or the default, with the names that error messages use for each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ._protocols import CostEstimatorFn
+from ._settings import check_int
+
+__all__ = ("Pricing",)
+
+
+class Pricing:
+    """Prices records for one batcher.
+
+    :param estimator: ``record -> int``, or ``None``
+    :param default: the cost of a record that nothing else prices
+    :param estimator_name: the estimator's parameter name, for error messages
+    :param default_name: the default's parameter name, for error messages
+    :param methods: methods a record may have to give its own cost, in order of
+        precedence
+    """
+
+    __slots__ = ("_default", "_default_name", "_estimator", "_estimator_label", "_method_of", "_methods")
+
+    def __init__(
+        self,
+        estimator: CostEstimatorFn[Any] | None,
+        default: int,
+        *,
+        estimator_name: str,
+        default_name: str,
+        methods: tuple[str, ...],
+    ) -> None:
+        if estimator is not None and not callable(estimator):
+            raise TypeError(f"{estimator_name} must be callable or None, got {type(estimator).__name__}")
+        self._estimator = estimator
+        self._estimator_label = f"the cost from {estimator_name}"
+        self._default = check_int(default_name, default, 0)
+        self._default_name = default_name
+        self._methods = methods
+        # record type -> the method that gives its cost (or None), and its name for errors
+        self._method_of: dict[type, tuple[str | None, str]] = {}
+
+    def price(self, record: Any, cost: Any, name: str) -> int:
+        """Return the record's cost: ``cost`` if given (``name`` is its parameter),
+        else the estimator's, the record method's or the default.
+
+        :raises TypeError: if the cost is not an ``int``
+        :raises ValueError: if the cost is negative
+        """
+        if cost is None:
+            cost, name = self._estimate(record)
+        if type(cost) is not int or cost < 0:
+            check_int(name, cost, 0)  # raises, naming where the cost came from
+        return cost  # type: ignore[no-any-return]
+
+    def price_all(self, records: list[Any], costs: Sequence[int] | None, name: str) -> list[int]:
+        """Return the cost of each record: from ``costs`` (the parameter ``name``),
+        one per record, or else as :meth:`price` finds it. Checks every cost
+        before returning any."""
+        if costs is None:
+            return [self.price(record, None, name) for record in records]
+        if isinstance(costs, (str, bytes)) or not isinstance(costs, Sequence):
+            raise TypeError(f"{name} must be a sequence of ints or None, got {type(costs).__name__}")
+        if len(costs) != len(records):
+            raise ValueError(f"{name} has {len(costs)} items but records has {len(records)}")
+        for index, cost in enumerate(costs):
+            if type(cost) is not int or cost < 0:
+                check_int(f"{name}[{index}]", cost, 0)  # raises, naming the item
+        return list(costs)
+
+    def _estimate(self, record: Any) -> tuple[Any, str]:
+        if self._estimator is not None:
+            return self._estimator(record), self._estimator_label
+        kind = type(record)
+        try:
+            method, label = self._method_of[kind]
+        except KeyError:
+            method = next((m for m in self._methods if callable(getattr(kind, m, None))), None)
+            label = f"the cost from {kind.__name__}.{method}()" if method else self._default_name
+            self._method_of[kind] = method, label
+        if method is None:
+            return self._default, label
+        return getattr(record, method)(), label

@@ -1,0 +1,82 @@
+"""A batcher's settings, checked once: a clear error naming the parameter,
+before anything changes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ._protocols import CostModel
+
+__all__ = ("Settings", "check_callable", "check_int", "check_seconds")
+
+F = TypeVar("F")
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return float(value)
+
+
+def check_callable(name: str, value: F) -> F:
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How a batcher forms and runs batches (see :class:`DynamicBatcher` for each).
+
+    ``target_name`` is the name error messages give ``target_batch_cost``
+    (``TokenBatcher`` may call it ``target_batch_tokens``).
+    """
+
+    target_batch_cost: int
+    max_batch_size: int
+    min_batch_size: int
+    batch_timeout_s: float
+    max_queue_size: int
+    prefetch_batches: int
+    eager_dispatch: bool
+    max_concurrent_batches: int
+    cost_model: CostModel
+    group_by_cost: bool
+    process_timeout_s: float | None
+    target_name: str = "target_batch_cost"
+
+    def __post_init__(self) -> None:
+        check_int(self.target_name, self.target_batch_cost, 1)
+        check_int("max_batch_size", self.max_batch_size, 1)
+        check_int("min_batch_size", self.min_batch_size, 1)
+        if self.min_batch_size > self.max_batch_size:
+            raise ValueError(
+                f"min_batch_size must be <= max_batch_size, got {self.min_batch_size} > {self.max_batch_size}"
+            )
+        check_seconds("batch_timeout_s", self.batch_timeout_s)
+        check_int("max_queue_size", self.max_queue_size, 1)
+        check_int("prefetch_batches", self.prefetch_batches, 0)
+        check_int("max_concurrent_batches", self.max_concurrent_batches, 1)
+        if self.cost_model not in ("sum", "padded"):
+            raise ValueError(f"cost_model must be 'sum' or 'padded', got {self.cost_model!r}")
+        if self.process_timeout_s is not None:
+            check_seconds("process_timeout_s", self.process_timeout_s)
+            if self.process_timeout_s == 0:
+                raise ValueError("process_timeout_s must be > 0 or None, got 0")
+
+    @property
+    def grouping_window(self) -> int:
+        """How deep the grouping pool gets before a batch closes without a free worker."""
+        return max(self.max_queue_size, self.max_batch_size)
