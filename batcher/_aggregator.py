@@ -97,12 +97,13 @@ class Aggregator:
 
         A withdrawn record, or the wake-up, is dropped."""
         assembly, receive = self._assembly, self._run.submit_receive
+        full = assembly.full()
         while True:
             if item is not WAKE_UP and item._state == PENDING:
                 if not assembly:
                     self._opened_at = monotonic()
-                assembly.add(item, item._cost)
-            if self._ended or assembly.full():
+                full = assembly.add(item, item._cost)
+            if full or self._ended:
                 return
             try:
                 item = receive.receive_nowait()

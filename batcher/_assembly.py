@@ -97,14 +97,15 @@ class FifoAssembly(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, item: T, cost: int) -> None:
-        """Queue ``item``, whose cost is ``cost``."""
+    def add(self, item: T, cost: int) -> bool:
+        """Queue ``item``, whose cost is ``cost``; return :meth:`full`."""
         self._items.append(item)
         self._costs.append(cost)
         if not self._full:
             budget = self._budget
             if not budget.try_add(cost) or budget.exhausted:
                 self._full = True
+        return self._full
 
     def full(self) -> bool:
         """Whether no record of positive cost could join the next batch."""
@@ -153,12 +154,14 @@ class GroupedAssembly(Generic[T]):
     def __len__(self) -> int:
         return len(self._costs)
 
-    def add(self, item: T, cost: int) -> None:
-        """Queue ``item``, whose cost is ``cost``."""
-        index = bisect_right(self._costs, cost)
-        self._costs.insert(index, cost)
+    def add(self, item: T, cost: int) -> bool:
+        """Queue ``item``, whose cost is ``cost``; return :meth:`full`."""
+        costs = self._costs
+        index = bisect_right(costs, cost)
+        costs.insert(index, cost)
         self._items.insert(index, item)
         self._arrivals.append((item, cost))
+        return len(costs) >= self._window
 
     def full(self) -> bool:
         """Whether the pool is as deep as the grouping window."""

@@ -257,14 +257,20 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         :raises ValueError: if the cost is negative
         :raises RuntimeError: if the batcher is not running
         """
-        return await self._enqueue(self._new_future(record, estimated_cost, "estimated_cost"))
+        future = self._new_future(record, estimated_cost, "estimated_cost")
+        if not self._try_enqueue(future):
+            await self._enqueue_waiting(future)
+        return future
 
     def submit_nowait(self, record: RecordT, *, estimated_cost: int | None = None) -> BatchFuture[ResultT]:
         """Like :meth:`submit`, without waiting.
 
         :raises anyio.WouldBlock: if the submission stream is full
         """
-        return self._enqueue_nowait(self._new_future(record, estimated_cost, "estimated_cost"))
+        future = self._new_future(record, estimated_cost, "estimated_cost")
+        if not self._try_enqueue(future):
+            raise anyio.WouldBlock
+        return future
 
     async def submit_batch(
         self, records: Iterable[RecordT], *, estimated_cost: Sequence[int] | None = None
@@ -292,20 +298,36 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         return BatchFuture(record, self._pricing.price(record, cost, name), self._counters)
 
     async def _call(self, future: BatchFuture[ResultT]) -> ResultT:
-        await self._enqueue(future)
+        if not self._try_enqueue(future):
+            await self._enqueue_waiting(future)
         try:
             return await future
         except BaseException:
             future.cancel()  # withdraws the record unless it was already dispatched
             raise
 
-    async def _enqueue(self, future: BatchFuture[ResultT]) -> BatchFuture[ResultT]:
-        try:
-            return self._enqueue_nowait(future)
-        except anyio.WouldBlock:
-            pass
+    def _try_enqueue(self, future: BatchFuture[Any]) -> bool:
+        """Send ``future`` into the submission stream if it has room; return whether it did.
+
+        :raises RuntimeError: if the batcher is not running
+        """
         run = self._run
-        assert run is not None  # _enqueue_nowait raises otherwise
+        if run is None:
+            raise RuntimeError(_NOT_RUNNING)
+        try:
+            run.submit_send.send_nowait(future)
+        except anyio.WouldBlock:
+            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise RuntimeError(_NOT_RUNNING) from None
+        self._counters.submitted += 1
+        return True
+
+    async def _enqueue_waiting(self, future: BatchFuture[Any]) -> None:
+        """Wait for room in the submission stream, then send ``future``."""
+        run = self._run
+        if run is None:
+            raise RuntimeError(_NOT_RUNNING)
         try:
             await run.submit_send.send(future)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -317,34 +339,25 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             future.cancel()
             raise
         self._counters.submitted += 1
-        return future
-
-    def _enqueue_nowait(self, future: BatchFuture[ResultT]) -> BatchFuture[ResultT]:
-        run = self._run
-        if run is None:
-            raise RuntimeError(_NOT_RUNNING)
-        try:
-            run.submit_send.send_nowait(future)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise RuntimeError(_NOT_RUNNING) from None
-        self._counters.submitted += 1
-        return future
 
     async def _submit_all(
         self, records: Iterable[RecordT], costs: Sequence[int] | None, name: str
     ) -> list[BatchFuture[ResultT]]:
         records = list(records)
-        costs = self._pricing.price_all(records, costs, name)
+        counters = self._counters
+        futures: list[BatchFuture[ResultT]]
+        if costs is None:
+            futures = [self._new_future(record, None, name) for record in records]
+        else:
+            checked = self._pricing.check_all(costs, len(records), name)
+            futures = [BatchFuture(record, cost, counters) for record, cost in zip(records, checked, strict=True)]
         if self._run is None:
             raise RuntimeError(_NOT_RUNNING)
-        counters = self._counters
-        futures: list[BatchFuture[ResultT]] = [
-            BatchFuture(record, cost, counters) for record, cost in zip(records, costs, strict=True)
-        ]
         queued = 0
         try:
             for future in futures:
-                await self._enqueue(future)
+                if not self._try_enqueue(future):
+                    await self._enqueue_waiting(future)
                 queued += 1
         except BaseException:
             # The caller gets no futures back: withdraw what this call had queued.

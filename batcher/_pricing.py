@@ -52,36 +52,31 @@ class Pricing:
         :raises ValueError: if the cost is negative
         """
         if cost is None:
-            cost, name = self._estimate(record)
+            if self._estimator is not None:
+                cost, name = self._estimator(record), self._estimator_label
+            else:
+                kind = type(record)
+                method, name = self._method_of.get(kind) or self._learn(kind)
+                cost = self._default if method is None else getattr(record, method)()
         if type(cost) is not int or cost < 0:
             check_int(name, cost, 0)  # raises, naming where the cost came from
         return cost  # type: ignore[no-any-return]
 
-    def price_all(self, records: list[Any], costs: Sequence[int] | None, name: str) -> list[int]:
-        """Return the cost of each record: from ``costs`` (the parameter ``name``),
-        one per record, or else as :meth:`price` finds it. Checks every cost
-        before returning any."""
-        if costs is None:
-            return [self.price(record, None, name) for record in records]
+    def check_all(self, costs: object, count: int, name: str) -> list[int]:
+        """Return ``costs``, the explicit costs of ``count`` records given as the
+        parameter ``name``, as a list, once every one is checked."""
         if isinstance(costs, (str, bytes)) or not isinstance(costs, Sequence):
             raise TypeError(f"{name} must be a sequence of ints or None, got {type(costs).__name__}")
-        if len(costs) != len(records):
-            raise ValueError(f"{name} has {len(costs)} items but records has {len(records)}")
+        if len(costs) != count:
+            raise ValueError(f"{name} has {len(costs)} items but records has {count}")
         for index, cost in enumerate(costs):
             if type(cost) is not int or cost < 0:
                 check_int(f"{name}[{index}]", cost, 0)  # raises, naming the item
         return list(costs)
 
-    def _estimate(self, record: Any) -> tuple[Any, str]:
-        if self._estimator is not None:
-            return self._estimator(record), self._estimator_label
-        kind = type(record)
-        try:
-            method, label = self._method_of[kind]
-        except KeyError:
-            method = next((m for m in self._methods if callable(getattr(kind, m, None))), None)
-            label = f"the cost from {kind.__name__}.{method}()" if method else self._default_name
-            self._method_of[kind] = method, label
-        if method is None:
-            return self._default, label
-        return getattr(record, method)(), label
+    def _learn(self, kind: type) -> tuple[str | None, str]:
+        # Which method prices records of this type, and its name for errors; once per type.
+        method = next((m for m in self._methods if callable(getattr(kind, m, None))), None)
+        label = f"the cost from {kind.__name__}.{method}()" if method else self._default_name
+        self._method_of[kind] = method, label
+        return method, label

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import anyio
+
 from ._dynamic import DynamicBatcher
 from ._future import BatchFuture
 from ._pricing import Pricing
@@ -98,7 +100,10 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
     ) -> BatchFuture[ResultT]:
         """Queue one record and return its future; see :meth:`DynamicBatcher.submit`."""
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
-        return await self._enqueue(self._new_future(record, cost, name))
+        future = self._new_future(record, cost, name)
+        if not self._try_enqueue(future):
+            await self._enqueue_waiting(future)
+        return future
 
     def submit_nowait(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
@@ -108,7 +113,10 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         :raises anyio.WouldBlock: if the submission stream is full
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
-        return self._enqueue_nowait(self._new_future(record, cost, name))
+        future = self._new_future(record, cost, name)
+        if not self._try_enqueue(future):
+            raise anyio.WouldBlock
+        return future
 
     async def submit_batch(
         self,
