@@ -7,8 +7,9 @@ and send it to the workers, yield once, wait for a record, or finish.
 
 from __future__ import annotations
 
+from enum import Enum
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import anyio
 from anyio.abc import TaskStatus
@@ -17,11 +18,24 @@ from anyio.lowlevel import checkpoint
 from ._assembly import CLOSE, FINISH, YIELD, Assembly, Step, make_assembly, next_step
 from ._exceptions import closed_error
 from ._future import PENDING, BatchFuture, fail, fail_queued
-from ._run import WAKE_UP, Run, Submission
-from ._settings import Settings
 from ._stats import Counters
 
-__all__ = ("Aggregator",)
+if TYPE_CHECKING:
+    from ._run import Run
+
+__all__ = ("WAKE_UP", "Aggregator", "Submission")
+
+
+class _WakeUp(Enum):
+    WAKE_UP = "wake up"
+
+
+#: The message a worker that has just become free sends into the submission
+#: stream, so that the aggregator, asleep until a record arrives, looks again.
+WAKE_UP: Final = _WakeUp.WAKE_UP
+
+#: What the submission stream carries: a record's future, or the wake-up.
+Submission: TypeAlias = "BatchFuture[Any] | Literal[_WakeUp.WAKE_UP]"
 
 
 class Aggregator:
@@ -38,9 +52,9 @@ class Aggregator:
         "_yielded",
     )
 
-    def __init__(self, run: Run, settings: Settings, counters: Counters) -> None:
+    def __init__(self, run: Run, counters: Counters) -> None:
         self._run = run
-        self._settings = settings
+        self._settings = settings = run.settings
         self._counters = counters
         self._assembly: Assembly[BatchFuture[Any]] = make_assembly(
             target_cost=settings.target_batch_cost,

@@ -18,15 +18,13 @@ from typing import Any, Generic, Self
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._aggregator import Aggregator
-from ._exceptions import closed_error
-from ._future import BatchFuture, event_factory, fail_queued
+from ._future import BatchFuture, event_factory
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
 from ._run import Run
 from ._settings import Settings, check_callable
 from ._stats import BatchStats, Counters
-from ._worker import Model, Worker
+from ._worker import Model
 
 __all__ = ("DynamicBatcher",)
 
@@ -85,13 +83,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     ) -> None:
         self._setup(
             check_callable("process_fn", process_fn),
-            Pricing(
-                cost_estimator,
-                default_cost,
-                estimator_name="cost_estimator",
-                default_name="default_cost",
-                methods=("estimate_cost",),
-            ),
+            Pricing(("cost_estimator", cost_estimator), ("default_cost", default_cost), ("estimate_cost",)),
             Settings(
                 target_batch_cost=target_batch_cost,
                 max_batch_size=max_batch_size,
@@ -119,7 +111,12 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
 
     @property
     def is_running(self) -> bool:
-        """Whether the aggregation and processing loops are active."""
+        """Whether the batcher has started and not yet stopped.
+
+        It turns true in :meth:`start` (or :meth:`serve`) and false once the
+        loops have ended and, after :meth:`start`, :meth:`stop` has been called:
+        a batcher whose process function raised a fatal exception stays running
+        until :meth:`stop` re-raises it."""
         return self._run is not None
 
     @property
@@ -212,17 +209,9 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         run.stopped.set()
 
     async def _serve(self, run: Run, *, task_status: TaskStatus[None]) -> None:
-        settings = self._settings
         try:
-            with run.scope:
-                async with anyio.create_task_group() as loops:
-                    await loops.start(Aggregator(run, settings, self._counters).run)
-                    for _ in range(settings.max_concurrent_batches):
-                        await loops.start(Worker(run, self._model, self._counters, settings.cost_model).run)
-                    task_status.started()
+            await run.serve(self._model, self._counters, task_status=task_status)
         finally:
-            # A batch the aggregator closed as the workers were cancelled.
-            fail_queued(run.batch_receive, closed_error(), self._counters)
             self._end(run)
 
     async def _close(self, *, abort: bool) -> None:

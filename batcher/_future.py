@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from enum import IntEnum
-from typing import Any, Generic, cast
+from typing import Any, Generic, TypeAlias, cast
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -20,7 +20,7 @@ from ._exceptions import RecordCancelledError
 from ._protocols import ResultT
 from ._stats import Counters
 
-__all__ = ("BatchFuture", "State", "dispatch", "event_factory", "fail", "fail_queued", "settle")
+__all__ = ("Batch", "BatchFuture", "State", "dispatch", "event_factory", "fail", "fail_queued", "settle")
 
 
 class State(IntEnum):
@@ -140,6 +140,10 @@ class BatchFuture(Generic[ResultT]):
         event = self._event
         if event is not None:
             event.set()
+
+
+#: A closed batch, as the batch stream carries it.
+Batch: TypeAlias = "list[BatchFuture[Any]]"
 
 
 def event_factory() -> Callable[[], anyio.Event]:

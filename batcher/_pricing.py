@@ -15,10 +15,10 @@ __all__ = ("Pricing",)
 class Pricing:
     """Prices records for one batcher.
 
-    :param estimator: ``record -> int``, or ``None``
-    :param default: the cost of a record that nothing else prices
-    :param estimator_name: the estimator's parameter name, for error messages
-    :param default_name: the default's parameter name, for error messages
+    :param estimator: the estimator's parameter name, and the estimator
+        (``record -> int``) or ``None``
+    :param default: the default's parameter name, and the cost of a record that
+        nothing else prices
     :param methods: methods a record may have to give its own cost, in order of
         precedence
     """
@@ -26,20 +26,15 @@ class Pricing:
     __slots__ = ("_default", "_default_name", "_estimator", "_estimator_label", "_method_of", "_methods")
 
     def __init__(
-        self,
-        estimator: CostEstimatorFn[Any] | None,
-        default: int,
-        *,
-        estimator_name: str,
-        default_name: str,
-        methods: tuple[str, ...],
+        self, estimator: tuple[str, CostEstimatorFn[Any] | None], default: tuple[str, int], methods: tuple[str, ...]
     ) -> None:
-        if estimator is not None and not callable(estimator):
-            raise TypeError(f"{estimator_name} must be callable or None, got {type(estimator).__name__}")
-        self._estimator = estimator
+        estimator_name, function = estimator
+        if function is not None and not callable(function):
+            raise TypeError(f"{estimator_name} must be callable or None, got {type(function).__name__}")
+        self._estimator = function
         self._estimator_label = f"the cost from {estimator_name}"
-        self._default = check_int(default_name, default, 0)
-        self._default_name = default_name
+        self._default_name, default_cost = default
+        self._default = check_int(self._default_name, default_cost, 0)
         self._methods = methods
         # record type -> the method that gives its cost (or None), and its name for errors
         self._method_of: dict[type, tuple[str | None, str]] = {}

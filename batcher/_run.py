@@ -1,32 +1,21 @@
-"""The state of one run of a batcher's loops, from ``start()`` (or ``serve()``)
-until the loops have ended: the two streams, the thread limiter, the loops'
-cancel scope, the free-worker count and the fatal exception, if any."""
+"""One run of a batcher's loops, from ``start()`` (or ``serve()``) until they
+have ended: the loops themselves (the aggregator and the workers, children of
+one task group) and their shared state: the two streams, the thread limiter,
+the loops' cancel scope, the free-worker count and the fatal exception, if any."""
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Any, Final, Literal, TypeAlias
-
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
-from ._future import BatchFuture
+from ._aggregator import WAKE_UP, Aggregator, Submission
+from ._exceptions import closed_error
+from ._future import Batch, fail_queued
 from ._settings import Settings
+from ._stats import Counters
+from ._worker import Model, Worker
 
-__all__ = ("WAKE_UP", "Run", "Submission")
-
-
-class _WakeUp(Enum):
-    WAKE_UP = "wake up"
-
-
-#: The message a worker that has just become free sends into the submission
-#: stream, so that the aggregator, asleep until a record arrives, looks again.
-WAKE_UP: Final = _WakeUp.WAKE_UP
-
-#: What the submission stream carries: a record's future, or the wake-up.
-Submission: TypeAlias = BatchFuture[Any] | Literal[_WakeUp.WAKE_UP]
-Batch: TypeAlias = list[BatchFuture[Any]]
+__all__ = ("Run",)
 
 
 class Run:
@@ -44,12 +33,14 @@ class Run:
         "limiter",
         "owner",
         "scope",
+        "settings",
         "stopped",
         "submit_receive",
         "submit_send",
     )
 
     def __init__(self, settings: Settings, owner: TaskGroup | None) -> None:
+        self.settings = settings
         self.submit_send, self.submit_receive = anyio.create_memory_object_stream[Submission](settings.max_queue_size)
         self.batch_send, self.batch_receive = anyio.create_memory_object_stream[Batch](settings.prefetch_batches)
         #: Set once the loops have ended and every future they held has ended.
@@ -65,6 +56,21 @@ class Run:
         self.fatal: BaseException | None = None
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
+
+    async def serve(self, model: Model, counters: Counters, *, task_status: TaskStatus[None]) -> None:
+        """Run the aggregator and the workers until input has ended and every batch
+        has run, or until cancelled; then fail what is left and close the streams."""
+        try:
+            with self.scope:
+                async with anyio.create_task_group() as loops:
+                    await loops.start(Aggregator(self, counters).run)
+                    for _ in range(self.settings.max_concurrent_batches):
+                        await loops.start(Worker(self, model, counters).run)
+                    task_status.started()
+        finally:
+            # A batch the aggregator closed as the workers were cancelled.
+            fail_queued(self.batch_receive, closed_error(), counters)
+            self.close_streams()
 
     def close_streams(self) -> None:
         """Close every stream end the run made (each loop closes its own as well)."""

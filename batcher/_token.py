@@ -66,18 +66,14 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         fn_name, fn = either("inference_fn", inference_fn, "process_fn", process_fn)
         if fn is None:
             raise TypeError("TokenBatcher requires either inference_fn or process_fn")
-        estimator_name, estimator = either("token_estimator", token_estimator, "cost_estimator", cost_estimator)
-        default_name, default = either("default_token_estimate", default_token_estimate, "default_cost", default_cost)
         target_name, target = either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost)
         # DynamicBatcher.__init__ would name costs; build the same parts in tokens.
         self._setup(
             check_callable(fn_name, fn),
             Pricing(
-                estimator,
-                default,
-                estimator_name=estimator_name,
-                default_name=default_name,
-                methods=("estimate_tokens", "estimate_cost"),
+                either("token_estimator", token_estimator, "cost_estimator", cost_estimator),
+                either("default_token_estimate", default_token_estimate, "default_cost", default_cost),
+                ("estimate_tokens", "estimate_cost"),
             ),
             Settings(
                 target_batch_cost=target,

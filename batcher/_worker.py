@@ -7,7 +7,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Iterable
 from time import perf_counter
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -15,10 +15,12 @@ from anyio.lowlevel import checkpoint
 
 from ._assembly import batch_cost
 from ._exceptions import closed_error
-from ._future import BatchFuture, dispatch, fail, fail_queued, settle
-from ._protocols import CostModel, ProcessFn
-from ._run import Batch, Run
+from ._future import Batch, BatchFuture, dispatch, fail, fail_queued, settle
+from ._protocols import ProcessFn
 from ._stats import Counters
+
+if TYPE_CHECKING:
+    from ._run import Run
 
 __all__ = ("Model", "Worker")
 
@@ -84,11 +86,11 @@ class Worker:
 
     __slots__ = ("_batches", "_cost_model", "_counters", "_model", "_run")
 
-    def __init__(self, run: Run, model: Model, counters: Counters, cost_model: CostModel) -> None:
+    def __init__(self, run: Run, model: Model, counters: Counters) -> None:
         self._run = run
         self._model = model
         self._counters = counters
-        self._cost_model = cost_model
+        self._cost_model = run.settings.cost_model
         self._batches = run.batch_receive.clone()
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
