@@ -11,7 +11,7 @@ import trio
 
 from batcher import BatchStats, DynamicBatcher, TokenBatcher
 
-from .helpers import Recorder
+from .helpers import blocked_batcher
 
 
 async def double(batch: list[int]) -> list[int]:
@@ -85,16 +85,11 @@ class TestStartStop:
 
 class TestObservability:
     async def test_repr(self) -> None:
-        recorder = Recorder(hold=True)
-        batcher = DynamicBatcher(recorder)
-        assert repr(batcher) == "<DynamicBatcher stopped submitted=0 completed=0>"
-        with anyio.fail_after(5):
-            async with batcher:
-                await batcher.submit(1)
-                await recorder.entered.wait()
-                await batcher.submit(2)
-                assert repr(batcher) == "<DynamicBatcher running queued=1 in_flight=1>"
-                recorder.release()
+        assert repr(DynamicBatcher(double)) == "<DynamicBatcher stopped submitted=0 completed=0>"
+        async with blocked_batcher() as (batcher, _, _):
+            await batcher.submit(2)
+            assert repr(batcher) == "<DynamicBatcher running queued=1 in_flight=1>"
+        assert repr(batcher) == "<DynamicBatcher stopped submitted=2 completed=2>"
 
     async def test_stats_snapshot_does_not_change(self) -> None:
         async with DynamicBatcher(double, batch_timeout_s=0) as batcher:
