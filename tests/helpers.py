@@ -11,6 +11,9 @@ import anyio
 
 from batcher import BatchFuture, DynamicBatcher
 
+# What submit and its twins raise once the batcher has stopped.
+NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
+
 
 class Recorder:
     """An async process function that records each batch and answers ``("done", record)``

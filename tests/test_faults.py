@@ -18,7 +18,7 @@ import pytest
 
 from batcher import BatcherClosedError, BatchFuture, DynamicBatcher, RecordCancelledError
 
-from .helpers import Recorder, blocked_batcher
+from .helpers import NOT_RUNNING, Recorder, blocked_batcher
 
 
 class Spinner:
@@ -155,7 +155,8 @@ class TestCancelQueued:
             assert await first == ("done", "first")
         assert model.records == ["first"]
         stats = batcher.stats
-        assert stats.total_cancelled == stats.total_submitted - 1
+        # r0 in the aggregator's hands, r1 and r2 in the stream, r3 waiting for room
+        assert (stats.total_submitted, stats.total_cancelled) == (1 + 4, 4)
         assert_balanced(batcher)
 
 
@@ -194,7 +195,9 @@ class TestAbnormalExit:
         with pytest.raises(ValueError, match="from the body") as info:
             await body()
         assert info.value is error  # the very exception, not an ExceptionGroup
-        assert len(futures) >= 8
+        # "first" in flight, a prefetched batch of 2, the aggregator's batch of 2 (when
+        # grouping, a pool of max(max_queue_size, max_batch_size)), the stream's 4.
+        assert len(futures) == 1 + 2 + (4 if group_by_cost else 2) + 4
         assert_closed(futures)
         [batcher] = opened
         assert not batcher.is_running
@@ -242,7 +245,7 @@ class TestAbnormalExit:
                         await anyio.wait_all_tasks_blocked()
                         scope.cancel()
         assert len(futures) + len(refused) == filled + 1
-        assert all("not running" in str(exc) for exc in refused)
+        assert [str(exc) for exc in refused] == [NOT_RUNNING] * len(refused)
         assert_closed(futures)
         assert_balanced(batcher)
 
@@ -430,7 +433,7 @@ class TestAbnormalExit:
                 await running.wait()
                 await batcher.stop()
         assert refused
-        assert all("not running" in str(exc) for exc in refused)
+        assert [str(exc) for exc in refused] == [NOT_RUNNING] * len(refused)
         for i, future in futures.items():
             assert future.result() == ("ok", i)
         for i, result in called.items():
@@ -490,7 +493,7 @@ class TestLogging:
             futures = await batcher.submit_batch(range(3))
         assert all(f.exception() is error for f in futures)
         record = self._only_record(caplog)
-        assert "3" in record.getMessage()
+        assert record.getMessage() == "process_fn failed on a batch of 3 records: KeyError('model exploded')"
         assert record.exc_info is not None
         assert record.exc_info[1] is error
 
@@ -504,7 +507,7 @@ class TestLogging:
                 futures = await batcher.submit_batch(range(3))
         assert all(isinstance(f.exception(), TimeoutError) for f in futures)
         record = self._only_record(caplog)
-        assert "3" in record.getMessage()
+        assert record.getMessage() == "process_fn failed on a batch of 3 records: TimeoutError()"
         assert record.exc_info is not None
         assert isinstance(record.exc_info[1], TimeoutError)
 
@@ -515,9 +518,10 @@ class TestLogging:
         async with DynamicBatcher(fn) as batcher:
             futures = await batcher.submit_batch(range(3))
         assert all(isinstance(f.exception(), ValueError) for f in futures)
-        message = self._only_record(caplog).getMessage()
-        assert "batch of 3" in message
-        assert "returned 2 results" in message
+        assert self._only_record(caplog).getMessage() == (
+            "process_fn failed on a batch of 3 records: "
+            "ValueError('process_fn returned 2 results for a batch of 3 records')"
+        )
 
     async def test_not_a_list_is_logged_with_the_batch_size(self, caplog: pytest.LogCaptureFixture) -> None:
         async def fn(batch: list[int]) -> int:
@@ -526,9 +530,9 @@ class TestLogging:
         async with DynamicBatcher(fn) as batcher:  # type: ignore[arg-type]
             futures = await batcher.submit_batch(range(3))
         assert all(isinstance(f.exception(), TypeError) for f in futures)
-        message = self._only_record(caplog).getMessage()
-        assert "must return a list" in message
-        assert "3" in message  # the batch size, as for every other failure
+        assert self._only_record(caplog).getMessage() == (
+            "process_fn failed on a batch of 3 records: TypeError('process_fn must return a list, got int')"
+        )
 
     async def test_base_exception_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
         fatal = Fatal("fatal")
@@ -540,8 +544,7 @@ class TestLogging:
             async with DynamicBatcher(fn) as batcher:
                 await batcher.submit_batch(range(3))
         message = self._only_record(caplog).getMessage()
-        assert "3" in message
-        assert "fatal" in message
+        assert message == "process_fn raised Fatal('fatal') on a batch of 3 records; closing"
 
 
 class TestResultIterables:

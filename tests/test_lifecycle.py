@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import anyio
@@ -69,7 +70,10 @@ class TestStartStop:
         assert batcher.stats.total_submitted == 0
 
     async def test_stop_when_not_running_is_a_no_op(self) -> None:
-        await DynamicBatcher(double).stop()
+        batcher = DynamicBatcher(double)
+        await batcher.stop()
+        assert not batcher.is_running
+        assert batcher.stats == BatchStats()
 
     async def test_serve_in_callers_task_group(self) -> None:
         batcher = DynamicBatcher(double)
@@ -100,9 +104,23 @@ class TestObservability:
         assert after.total_batches == 1
         assert after.avg_batch_size == 1.0
         assert after.avg_batch_cost == 1.0
-        assert 0.0 <= after.utilization <= 1.0
+        assert after.busy_time_s > 0
+        assert after.idle_time_s > 0
+        assert after.utilization == after.busy_time_s / (after.busy_time_s + after.idle_time_s)
         with pytest.raises(AttributeError):
             after.total_batches = 5  # type: ignore[misc]
+
+    async def test_utilization_is_the_busy_share_of_measured_time(self) -> None:
+        async with blocked_batcher() as (batcher, model, _):
+            held_from = time.perf_counter()  # the worker is busy from before this moment...
+            await anyio.wait_all_tasks_blocked()
+            held_for = time.perf_counter() - held_from
+            model.release()  # ...until after this one
+        stats = batcher.stats
+        assert stats.busy_time_s >= held_for > 0
+        assert stats.idle_time_s > 0  # the worker waited for the first batch
+        assert stats.utilization == stats.busy_time_s / (stats.busy_time_s + stats.idle_time_s)
+        assert 0 < stats.utilization < 1
 
     def test_utilization(self) -> None:
         assert BatchStats().utilization == 0.0

@@ -206,11 +206,16 @@ class TestCostPrecedence:
 
 
 async def test_bad_input_leaves_batcher_working() -> None:
+    bad_costs: list[tuple[Any, type[Exception], str]] = [
+        (-1, ValueError, r"estimated_cost\[0\] must be >= 0, got -1"),
+        (1.0, TypeError, r"estimated_cost\[0\] must be an int, got float"),
+        (None, TypeError, r"estimated_cost\[0\] must be an int, got NoneType"),
+    ]
     with anyio.fail_after(5):
         async with DynamicBatcher(echo) as batcher:
-            for bad in (-1, 1.0, None):
-                with pytest.raises((TypeError, ValueError)):
-                    await batcher.submit_batch(["a"], estimated_cost=[bad])  # type: ignore[list-item]
+            for bad, error, match in bad_costs:
+                with pytest.raises(error, match=match):
+                    await batcher.submit_batch(["a"], estimated_cost=[bad])
             assert await batcher.call("ok") == "ok"
     stats = batcher.stats
     assert (stats.total_submitted, stats.total_completed) == (1, 1)
