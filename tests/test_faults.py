@@ -527,7 +527,8 @@ class TestLogging:
         async def fn(batch: list[int]) -> int:
             return 42
 
-        async with DynamicBatcher(fn) as batcher:  # type: ignore[arg-type]
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(fn)  # type: ignore[arg-type]
+        async with batcher:
             futures = await batcher.submit_batch(range(3))
         assert all(isinstance(f.exception(), TypeError) for f in futures)
         assert self._only_record(caplog).getMessage() == (
@@ -563,9 +564,9 @@ class TestResultIterables:
                 return results(batch)
             return iter(batch)
 
-        futures: list[BatchFuture[Any]] = []
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(fn, max_batch_size=2)  # type: ignore[arg-type]
         with anyio.fail_after(5):
-            async with DynamicBatcher(fn, max_batch_size=2) as batcher:  # type: ignore[arg-type]
+            async with batcher:
                 futures = await batcher.submit_batch(range(4))
                 with pytest.raises(ValueError, match="broken result stream"):
                     await futures[0]

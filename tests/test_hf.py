@@ -211,7 +211,7 @@ def minilm() -> MiniLM:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         path = package.get_model_path()
         loaded = MiniLM(
             AutoTokenizer.from_pretrained(path),

@@ -78,13 +78,20 @@ class TestCosts:
             assert batcher.stats.total_submitted == 0
             assert await batcher.call("still works") == "still works"
 
-    async def test_bad_estimator_results(self) -> None:
-        for bad, error in [(None, TypeError), (2.5, TypeError), (-4, ValueError)]:
-            batcher = DynamicBatcher(echo, cost_estimator=lambda record, bad=bad: bad)
-            async with batcher:
-                with pytest.raises(error, match="the cost from cost_estimator must be"):
-                    await batcher.submit("x")
-            assert batcher.stats.total_submitted == 0
+    @pytest.mark.parametrize(
+        ("bad", "error", "match"),
+        [
+            (None, TypeError, "the cost from cost_estimator must be an int, got NoneType"),
+            (2.5, TypeError, "the cost from cost_estimator must be an int, got float"),
+            (-4, ValueError, "the cost from cost_estimator must be >= 0, got -4"),
+        ],
+    )
+    async def test_bad_estimator_results(self, bad: Any, error: type[Exception], match: str) -> None:
+        batcher = DynamicBatcher(echo, cost_estimator=lambda record: bad)
+        async with batcher:
+            with pytest.raises(error, match=match):
+                await batcher.submit("x")
+        assert batcher.stats.total_submitted == 0
 
     async def test_estimator_exception_comes_out_of_submit(self) -> None:
         def estimator(record: str) -> int:
