@@ -489,8 +489,9 @@ class TestLogging:
         async def fn(batch: list[int]) -> list[int]:
             raise error
 
-        async with DynamicBatcher(fn) as batcher:
-            futures = await batcher.submit_batch(range(3))
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                futures = await batcher.submit_batch(range(3))
         assert all(f.exception() is error for f in futures)
         record = self._only_record(caplog)
         assert record.getMessage() == "process_fn failed on a batch of 3 records: KeyError('model exploded')"
@@ -515,8 +516,9 @@ class TestLogging:
         async def fn(batch: list[int]) -> list[int]:
             return batch[:-1]
 
-        async with DynamicBatcher(fn) as batcher:
-            futures = await batcher.submit_batch(range(3))
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                futures = await batcher.submit_batch(range(3))
         assert all(isinstance(f.exception(), ValueError) for f in futures)
         assert self._only_record(caplog).getMessage() == (
             "process_fn failed on a batch of 3 records: "
@@ -528,8 +530,9 @@ class TestLogging:
             return 42
 
         batcher: DynamicBatcher[int, int] = DynamicBatcher(fn)  # type: ignore[arg-type]
-        async with batcher:
-            futures = await batcher.submit_batch(range(3))
+        with anyio.fail_after(5):
+            async with batcher:
+                futures = await batcher.submit_batch(range(3))
         assert all(isinstance(f.exception(), TypeError) for f in futures)
         assert self._only_record(caplog).getMessage() == (
             "process_fn failed on a batch of 3 records: TypeError('process_fn must return a list, got int')"
@@ -541,7 +544,7 @@ class TestLogging:
         async def fn(batch: list[int]) -> list[int]:
             raise fatal
 
-        with pytest.raises(Fatal):
+        with anyio.fail_after(5), pytest.raises(Fatal):
             async with DynamicBatcher(fn) as batcher:
                 await batcher.submit_batch(range(3))
         message = self._only_record(caplog).getMessage()

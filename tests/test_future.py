@@ -51,10 +51,11 @@ async def test_exception_is_the_same_object() -> None:
     async def fn(batch: list[str]) -> list[str]:
         raise error
 
-    async with DynamicBatcher(fn) as batcher:
-        future = await batcher.submit("x")
-        with pytest.raises(KeyError) as info:
-            await future
+    with anyio.fail_after(5):
+        async with DynamicBatcher(fn) as batcher:
+            future = await batcher.submit("x")
+            with pytest.raises(KeyError) as info:
+                await future
     assert info.value is error
     assert future.exception() is error
 

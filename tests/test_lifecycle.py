@@ -34,8 +34,9 @@ class TestAsyncWith:
 
     async def test_async_with_returns_the_batcher(self) -> None:
         batcher = TokenBatcher(double)
-        async with batcher as entered:
-            assert entered is batcher
+        with anyio.fail_after(5):
+            async with batcher as entered:
+                assert entered is batcher
 
 
 class TestStartStop:
@@ -50,10 +51,11 @@ class TestStartStop:
         assert batcher.stats.total_completed == 2
 
     async def test_start_while_running(self) -> None:
-        async with DynamicBatcher(double) as batcher:
-            with pytest.raises(RuntimeError, match="already running"):
-                await batcher.start()
-            assert await batcher.call(1) == 2
+        with anyio.fail_after(5):
+            async with DynamicBatcher(double) as batcher:
+                with pytest.raises(RuntimeError, match="already running"):
+                    await batcher.start()
+                assert await batcher.call(1) == 2
 
     async def test_submit_before_start_and_after_stop(self) -> None:
         batcher = DynamicBatcher(double)
@@ -61,8 +63,9 @@ class TestStartStop:
             await batcher.submit(1)
         with pytest.raises(RuntimeError, match="not running"):
             batcher.submit_nowait(1)
-        async with batcher:
-            pass
+        with anyio.fail_after(5):
+            async with batcher:
+                pass
         with pytest.raises(RuntimeError, match="not running"):
             await batcher.submit(1)
         with pytest.raises(RuntimeError, match="not running"):
@@ -96,9 +99,10 @@ class TestObservability:
         assert repr(batcher) == "<DynamicBatcher stopped submitted=2 completed=2>"
 
     async def test_stats_snapshot_does_not_change(self) -> None:
-        async with DynamicBatcher(double, batch_timeout_s=0) as batcher:
-            before = batcher.stats
-            await batcher.call(1)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(double, batch_timeout_s=0) as batcher:
+                before = batcher.stats
+                await batcher.call(1)
         assert before == BatchStats()
         after = batcher.stats
         assert after.total_batches == 1
@@ -129,9 +133,10 @@ class TestObservability:
 
 def run_under(runner: Any) -> list[int]:
     async def main() -> list[int]:
-        async with TokenBatcher(double) as batcher:
-            futures = [await batcher.submit(i) for i in range(10)]
-            return [await f for f in futures]
+        with anyio.fail_after(5):
+            async with TokenBatcher(double) as batcher:
+                futures = [await batcher.submit(i) for i in range(10)]
+                return [await f for f in futures]
 
     return list(runner(main))
 
@@ -146,8 +151,9 @@ def test_plain_trio_run() -> None:
 
 def test_asyncio_gather_of_futures() -> None:
     async def main() -> list[int]:
-        async with DynamicBatcher(double) as batcher:
-            futures = await batcher.submit_batch(range(5))
-            return await asyncio.gather(*futures)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(double) as batcher:
+                futures = await batcher.submit_batch(range(5))
+                return await asyncio.gather(*futures)
 
     assert asyncio.run(main()) == [0, 2, 4, 6, 8]
