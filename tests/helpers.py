@@ -1,33 +1,69 @@
-"""Process functions that record what they saw and can hold a batch in flight."""
+"""A process function that records what it saw and can hold a batch in flight, and a
+batcher whose model is blocked on its first batch."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, NamedTuple
 
 import anyio
 
+from batcher import BatchFuture, DynamicBatcher
+
+# What submit and its twins raise once the batcher has stopped.
+NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
+
 
 class Recorder:
-    """An async process function that records each batch and, while ``hold`` is set,
-    parks inside the call until :meth:`release`, so tests can keep a worker busy."""
+    """An async process function that records each batch and answers ``("done", record)``
+    for each record. While ``hold`` is set, each call parks inside the model until
+    :meth:`release` (which lets every held and later batch through), so a test can keep
+    a worker busy."""
 
     def __init__(self, *, hold: bool = False) -> None:
         self.batches: list[list[Any]] = []
         self.hold = hold
         self.entered = anyio.Event()
-        self._gate = anyio.Event()
+        self._released = anyio.Event()
 
     async def __call__(self, batch: list[Any]) -> list[Any]:
         self.batches.append(list(batch))
         self.entered.set()
         if self.hold:
-            await self._gate.wait()
+            await self._released.wait()
         return [("done", record) for record in batch]
 
     def release(self) -> None:
         self.hold = False
-        self._gate.set()
+        self._released.set()
 
     @property
     def records(self) -> list[Any]:
+        """Every record the model saw, in the order it saw them."""
         return [record for batch in self.batches for record in batch]
+
+
+class Blocked(NamedTuple):
+    batcher: DynamicBatcher[Any, Any]
+    model: Recorder
+    first: BatchFuture[Any]  # the record "first", of cost 1, which the model holds
+
+
+@asynccontextmanager
+async def blocked_batcher(**settings: Any) -> AsyncIterator[Blocked]:
+    """Run ``DynamicBatcher(model, **settings)`` with a held :class:`Recorder` as its
+    model, and enter the block once the model has entered its first batch (the record
+    ``"first"``), so the worker is busy. Leaving the block normally releases the model
+    and drains the batcher; leaving it with an exception does not release it. The
+    whole block is bounded by ``anyio.fail_after(5)``.
+
+    ``async with blocked_batcher(max_batch_size=1) as (batcher, model, first): ...``
+    """
+    model = Recorder(hold=True)
+    with anyio.fail_after(5):
+        async with DynamicBatcher(model, **settings) as batcher:
+            first = await batcher.submit("first", estimated_cost=1)
+            await model.entered.wait()
+            yield Blocked(batcher, model, first)
+            model.release()

@@ -211,7 +211,7 @@ def minilm() -> MiniLM:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         path = package.get_model_path()
         loaded = MiniLM(
             AutoTokenizer.from_pretrained(path),
@@ -260,10 +260,11 @@ async def test_real_model_batched_embeddings_match_single(minilm: MiniLM) -> Non
     async def produce(index: int) -> None:
         results[index] = await batcher.call(TEXTS[index])
 
-    async with batcher:
-        async with anyio.create_task_group() as tg:
-            for index in range(len(TEXTS)):
-                tg.start_soon(produce, index)
+    with anyio.fail_after(60):  # a dozen short texts: well under a second on a CPU
+        async with batcher:
+            async with anyio.create_task_group() as tg:
+                for index in range(len(TEXTS)):
+                    tg.start_soon(produce, index)
 
     alone = torch.stack([embed(minilm, [text])[0][0] for text in TEXTS])
     batched = torch.stack([results[index] for index in range(len(TEXTS))])

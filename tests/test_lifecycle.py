@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import anyio
@@ -11,7 +12,7 @@ import trio
 
 from batcher import BatchStats, DynamicBatcher, TokenBatcher
 
-from .helpers import Recorder
+from .helpers import blocked_batcher
 
 
 async def double(batch: list[int]) -> list[int]:
@@ -33,8 +34,9 @@ class TestAsyncWith:
 
     async def test_async_with_returns_the_batcher(self) -> None:
         batcher = TokenBatcher(double)
-        async with batcher as entered:
-            assert entered is batcher
+        with anyio.fail_after(5):
+            async with batcher as entered:
+                assert entered is batcher
 
 
 class TestStartStop:
@@ -49,10 +51,11 @@ class TestStartStop:
         assert batcher.stats.total_completed == 2
 
     async def test_start_while_running(self) -> None:
-        async with DynamicBatcher(double) as batcher:
-            with pytest.raises(RuntimeError, match="already running"):
-                await batcher.start()
-            assert await batcher.call(1) == 2
+        with anyio.fail_after(5):
+            async with DynamicBatcher(double) as batcher:
+                with pytest.raises(RuntimeError, match="already running"):
+                    await batcher.start()
+                assert await batcher.call(1) == 2
 
     async def test_submit_before_start_and_after_stop(self) -> None:
         batcher = DynamicBatcher(double)
@@ -60,8 +63,9 @@ class TestStartStop:
             await batcher.submit(1)
         with pytest.raises(RuntimeError, match="not running"):
             batcher.submit_nowait(1)
-        async with batcher:
-            pass
+        with anyio.fail_after(5):
+            async with batcher:
+                pass
         with pytest.raises(RuntimeError, match="not running"):
             await batcher.submit(1)
         with pytest.raises(RuntimeError, match="not running"):
@@ -69,7 +73,10 @@ class TestStartStop:
         assert batcher.stats.total_submitted == 0
 
     async def test_stop_when_not_running_is_a_no_op(self) -> None:
-        await DynamicBatcher(double).stop()
+        batcher = DynamicBatcher(double)
+        await batcher.stop()
+        assert not batcher.is_running
+        assert batcher.stats == BatchStats()
 
     async def test_serve_in_callers_task_group(self) -> None:
         batcher = DynamicBatcher(double)
@@ -85,29 +92,39 @@ class TestStartStop:
 
 class TestObservability:
     async def test_repr(self) -> None:
-        recorder = Recorder(hold=True)
-        batcher = DynamicBatcher(recorder)
-        assert repr(batcher) == "<DynamicBatcher stopped submitted=0 completed=0>"
-        with anyio.fail_after(5):
-            async with batcher:
-                await batcher.submit(1)
-                await recorder.entered.wait()
-                await batcher.submit(2)
-                assert repr(batcher) == "<DynamicBatcher running queued=1 in_flight=1>"
-                recorder.release()
+        assert repr(DynamicBatcher(double)) == "<DynamicBatcher stopped submitted=0 completed=0>"
+        async with blocked_batcher() as (batcher, _, _):
+            await batcher.submit(2)
+            assert repr(batcher) == "<DynamicBatcher running queued=1 in_flight=1>"
+        assert repr(batcher) == "<DynamicBatcher stopped submitted=2 completed=2>"
 
     async def test_stats_snapshot_does_not_change(self) -> None:
-        async with DynamicBatcher(double, batch_timeout_s=0) as batcher:
-            before = batcher.stats
-            await batcher.call(1)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(double, batch_timeout_s=0) as batcher:
+                before = batcher.stats
+                await batcher.call(1)
         assert before == BatchStats()
         after = batcher.stats
         assert after.total_batches == 1
         assert after.avg_batch_size == 1.0
         assert after.avg_batch_cost == 1.0
-        assert 0.0 <= after.utilization <= 1.0
+        assert after.busy_time_s > 0
+        assert after.idle_time_s > 0
+        assert after.utilization == after.busy_time_s / (after.busy_time_s + after.idle_time_s)
         with pytest.raises(AttributeError):
             after.total_batches = 5  # type: ignore[misc]
+
+    async def test_utilization_is_the_busy_share_of_measured_time(self) -> None:
+        async with blocked_batcher() as (batcher, model, _):
+            held_from = time.perf_counter()  # the worker is busy from before this moment...
+            await anyio.wait_all_tasks_blocked()
+            held_for = time.perf_counter() - held_from
+            model.release()  # ...until after this one
+        stats = batcher.stats
+        assert stats.busy_time_s >= held_for > 0
+        assert stats.idle_time_s > 0  # the worker waited for the first batch
+        assert stats.utilization == stats.busy_time_s / (stats.busy_time_s + stats.idle_time_s)
+        assert 0 < stats.utilization < 1
 
     def test_utilization(self) -> None:
         assert BatchStats().utilization == 0.0
@@ -116,9 +133,10 @@ class TestObservability:
 
 def run_under(runner: Any) -> list[int]:
     async def main() -> list[int]:
-        async with TokenBatcher(double) as batcher:
-            futures = [await batcher.submit(i) for i in range(10)]
-            return [await f for f in futures]
+        with anyio.fail_after(5):
+            async with TokenBatcher(double) as batcher:
+                futures = [await batcher.submit(i) for i in range(10)]
+                return [await f for f in futures]
 
     return list(runner(main))
 
@@ -133,8 +151,9 @@ def test_plain_trio_run() -> None:
 
 def test_asyncio_gather_of_futures() -> None:
     async def main() -> list[int]:
-        async with DynamicBatcher(double) as batcher:
-            futures = await batcher.submit_batch(range(5))
-            return await asyncio.gather(*futures)
+        with anyio.fail_after(5):
+            async with DynamicBatcher(double) as batcher:
+                futures = await batcher.submit_batch(range(5))
+                return await asyncio.gather(*futures)
 
     assert asyncio.run(main()) == [0, 2, 4, 6, 8]

@@ -1,5 +1,7 @@
 """The public namespace."""
 
+from importlib import metadata
+
 import batcher
 
 
@@ -11,7 +13,7 @@ def test_every_public_name_is_exported() -> None:
 
 
 def test_version_comes_from_metadata() -> None:
-    assert batcher.__version__ != "0+unknown"
+    assert batcher.__version__ == metadata.version("batcher")
 
 
 def test_closed_error_is_a_runtime_error() -> None:

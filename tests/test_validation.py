@@ -70,30 +70,40 @@ class TestCosts:
         ],
     )
     async def test_bad_explicit_cost(self, cost: Any, error: type[Exception], match: str) -> None:
-        async with DynamicBatcher(echo) as batcher:
-            with pytest.raises(error, match=match):
-                await batcher.submit("x", estimated_cost=cost)
-            with pytest.raises(error, match=match):
-                batcher.submit_nowait("x", estimated_cost=cost)
-            assert batcher.stats.total_submitted == 0
-            assert await batcher.call("still works") == "still works"
+        with anyio.fail_after(5):
+            async with DynamicBatcher(echo) as batcher:
+                with pytest.raises(error, match=match):
+                    await batcher.submit("x", estimated_cost=cost)
+                with pytest.raises(error, match=match):
+                    batcher.submit_nowait("x", estimated_cost=cost)
+                assert batcher.stats.total_submitted == 0
+                assert await batcher.call("still works") == "still works"
 
-    async def test_bad_estimator_results(self) -> None:
-        for bad, error in [(None, TypeError), (2.5, TypeError), (-4, ValueError)]:
-            batcher = DynamicBatcher(echo, cost_estimator=lambda record, bad=bad: bad)
+    @pytest.mark.parametrize(
+        ("bad", "error", "match"),
+        [
+            (None, TypeError, "the cost from cost_estimator must be an int, got NoneType"),
+            (2.5, TypeError, "the cost from cost_estimator must be an int, got float"),
+            (-4, ValueError, "the cost from cost_estimator must be >= 0, got -4"),
+        ],
+    )
+    async def test_bad_estimator_results(self, bad: Any, error: type[Exception], match: str) -> None:
+        batcher = DynamicBatcher(echo, cost_estimator=lambda record: bad)
+        with anyio.fail_after(5):
             async with batcher:
-                with pytest.raises(error, match="the cost from cost_estimator must be"):
+                with pytest.raises(error, match=match):
                     await batcher.submit("x")
-            assert batcher.stats.total_submitted == 0
+        assert batcher.stats.total_submitted == 0
 
     async def test_estimator_exception_comes_out_of_submit(self) -> None:
         def estimator(record: str) -> int:
             raise LookupError("no tokenizer")
 
-        async with DynamicBatcher(echo, cost_estimator=estimator) as batcher:
-            with pytest.raises(LookupError, match="no tokenizer"):
-                await batcher.submit("x")
-            assert batcher.stats.total_submitted == 0
+        with anyio.fail_after(5):
+            async with DynamicBatcher(echo, cost_estimator=estimator) as batcher:
+                with pytest.raises(LookupError, match="no tokenizer"):
+                    await batcher.submit("x")
+                assert batcher.stats.total_submitted == 0
 
     async def test_bad_protocol_cost(self) -> None:
         @dataclass
@@ -101,9 +111,10 @@ class TestCosts:
             def estimate_cost(self) -> Any:
                 return "lots"
 
-        async with DynamicBatcher(echo) as batcher:
-            with pytest.raises(TypeError, match=r"the cost from Weird.estimate_cost\(\) must be an int, got str"):
-                await batcher.submit(Weird())
+        with anyio.fail_after(5):
+            async with DynamicBatcher(echo) as batcher:
+                with pytest.raises(TypeError, match=r"the cost from Weird.estimate_cost\(\) must be an int, got str"):
+                    await batcher.submit(Weird())
 
     async def test_submit_batch_checks_every_cost_first(self) -> None:
         recorder_calls: list[list[Any]] = []
@@ -112,24 +123,26 @@ class TestCosts:
             recorder_calls.append(batch)
             return batch
 
-        async with DynamicBatcher(fn) as batcher:
-            with pytest.raises(ValueError, match="estimated_cost has 2 items but records has 3"):
-                await batcher.submit_batch(["a", "b", "c"], estimated_cost=[1, 2])
-            with pytest.raises(TypeError, match=r"estimated_cost\[2\] must be an int, got NoneType"):
-                await batcher.submit_batch(["a", "b", "c"], estimated_cost=[1, 2, None])  # type: ignore[list-item]
-            with pytest.raises(ValueError, match=r"estimated_cost\[0\] must be >= 0"):
-                await batcher.submit_batch(["a"], estimated_cost=[-1])
-            with pytest.raises(TypeError, match="estimated_cost must be a sequence of ints"):
-                await batcher.submit_batch(["a"], estimated_cost=5)  # type: ignore[arg-type]
-            assert batcher.stats.total_submitted == 0
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                with pytest.raises(ValueError, match="estimated_cost has 2 items but records has 3"):
+                    await batcher.submit_batch(["a", "b", "c"], estimated_cost=[1, 2])
+                with pytest.raises(TypeError, match=r"estimated_cost\[2\] must be an int, got NoneType"):
+                    await batcher.submit_batch(["a", "b", "c"], estimated_cost=[1, 2, None])  # type: ignore[list-item]
+                with pytest.raises(ValueError, match=r"estimated_cost\[0\] must be >= 0"):
+                    await batcher.submit_batch(["a"], estimated_cost=[-1])
+                with pytest.raises(TypeError, match="estimated_cost must be a sequence of ints"):
+                    await batcher.submit_batch(["a"], estimated_cost=5)  # type: ignore[arg-type]
+                assert batcher.stats.total_submitted == 0
         assert recorder_calls == []
 
     async def test_token_batcher_bad_tokens(self) -> None:
-        async with TokenBatcher(echo) as batcher:
-            with pytest.raises(TypeError, match="estimated_tokens must be an int, got float"):
-                await batcher.submit("x", estimated_tokens=1.5)  # type: ignore[arg-type]
-            with pytest.raises(ValueError, match=r"estimated_tokens\[1\] must be >= 0"):
-                await batcher.submit_batch(["a", "b"], estimated_tokens=[1, -1])
+        with anyio.fail_after(5):
+            async with TokenBatcher(echo) as batcher:
+                with pytest.raises(TypeError, match="estimated_tokens must be an int, got float"):
+                    await batcher.submit("x", estimated_tokens=1.5)  # type: ignore[arg-type]
+                with pytest.raises(ValueError, match=r"estimated_tokens\[1\] must be >= 0"):
+                    await batcher.submit_batch(["a", "b"], estimated_tokens=[1, -1])
 
 
 class Both:
@@ -150,8 +163,9 @@ class CostOnly:
 
 class TestCostPrecedence:
     async def costs_seen(self, batcher: DynamicBatcher[Any, Any], submit: Any) -> int:
-        async with batcher:
-            await submit(batcher)
+        with anyio.fail_after(5):
+            async with batcher:
+                await submit(batcher)
         return batcher.stats.total_batch_cost
 
     async def test_dynamic_batcher_order(self) -> None:
@@ -206,11 +220,16 @@ class TestCostPrecedence:
 
 
 async def test_bad_input_leaves_batcher_working() -> None:
+    bad_costs: list[tuple[Any, type[Exception], str]] = [
+        (-1, ValueError, r"estimated_cost\[0\] must be >= 0, got -1"),
+        (1.0, TypeError, r"estimated_cost\[0\] must be an int, got float"),
+        (None, TypeError, r"estimated_cost\[0\] must be an int, got NoneType"),
+    ]
     with anyio.fail_after(5):
         async with DynamicBatcher(echo) as batcher:
-            for bad in (-1, 1.0, None):
-                with pytest.raises((TypeError, ValueError)):
-                    await batcher.submit_batch(["a"], estimated_cost=[bad])  # type: ignore[list-item]
+            for bad, error, match in bad_costs:
+                with pytest.raises(error, match=match):
+                    await batcher.submit_batch(["a"], estimated_cost=[bad])
             assert await batcher.call("ok") == "ok"
     stats = batcher.stats
     assert (stats.total_submitted, stats.total_completed) == (1, 1)
