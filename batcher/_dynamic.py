@@ -19,12 +19,12 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._future import BatchFuture, event_factory
+from ._model import Model
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
 from ._run import Run
 from ._settings import Settings, check_callable
 from ._stats import BatchStats, Counters
-from ._worker import Model
 
 __all__ = ("DynamicBatcher",)
 

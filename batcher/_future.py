@@ -10,6 +10,7 @@ no other module writes a future's private attributes.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
+from contextvars import ContextVar
 from enum import IntEnum
 from typing import Any, Generic, TypeAlias, cast
 
@@ -20,7 +21,7 @@ from ._exceptions import RecordCancelledError
 from ._protocols import ResultT
 from ._stats import Counters
 
-__all__ = ("Batch", "BatchFuture", "State", "dispatch", "event_factory", "fail", "fail_queued", "settle")
+__all__ = ("WORKER_OF", "Batch", "BatchFuture", "State", "dispatch", "event_factory", "fail", "fail_queued", "settle")
 
 
 class State(IntEnum):
@@ -35,6 +36,10 @@ class State(IntEnum):
 
 # Module-level names for the states: the loops compare them once per record.
 PENDING, DISPATCHED, RESULT, ERROR, CANCELLED = State
+
+#: In a worker's task, and in the tasks the process function starts from it: the
+#: counters of that worker's batcher (they identify the batcher to its futures).
+WORKER_OF: ContextVar[Counters | None] = ContextVar("batcher_worker_of", default=None)
 
 
 class BatchFuture(Generic[ResultT]):

@@ -11,9 +11,10 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._aggregator import WAKE_UP, Aggregator, Submission
 from ._exceptions import closed_error
 from ._future import Batch, fail_queued
+from ._model import Model
 from ._settings import Settings
 from ._stats import Counters
-from ._worker import Model, Worker
+from ._worker import Worker
 
 __all__ = ("Run",)
 
@@ -43,10 +44,10 @@ class Run:
         self.settings = settings
         self.submit_send, self.submit_receive = anyio.create_memory_object_stream[Submission](settings.max_queue_size)
         self.batch_send, self.batch_receive = anyio.create_memory_object_stream[Batch](settings.prefetch_batches)
+        #: Threads for a plain process function without a time limit, one per concurrent batch.
+        self.limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
         #: Set once the loops have ended and every future they held has ended.
         self.stopped = anyio.Event()
-        #: Threads for a plain (sync) process function: one per concurrent batch.
-        self.limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
         #: Encloses the loops; cancelled to end them at once.
         self.scope = anyio.CancelScope()
         #: The task group ``start()`` opened to run the loops in (``None`` under ``serve()``).

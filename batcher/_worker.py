@@ -1,13 +1,12 @@
 """The workers: each takes closed batches from the batch stream, one at a time,
-runs them through the model and ends their futures."""
+runs them through the model (``_model.py``) and ends their futures."""
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Awaitable, Iterable
+import math
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -15,14 +14,14 @@ from anyio.lowlevel import checkpoint
 
 from ._assembly import batch_cost
 from ._exceptions import closed_error
-from ._future import Batch, BatchFuture, dispatch, fail, fail_queued, settle
-from ._protocols import ProcessFn
+from ._future import WORKER_OF, Batch, BatchFuture, dispatch, fail, fail_queued, settle
+from ._model import Model, ModelThread
 from ._stats import Counters
 
 if TYPE_CHECKING:
     from ._run import Run
 
-__all__ = ("Model", "Worker")
+__all__ = ("Worker",)
 
 logger = logging.getLogger("batcher")
 
@@ -30,61 +29,10 @@ logger = logging.getLogger("batcher")
 _Finished = tuple[list[BatchFuture[Any]], list[Any]]
 
 
-def _is_async(fn: object) -> bool:
-    call = type(fn).__call__ if not inspect.isroutine(fn) else None  # an object with async __call__
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
-
-
-class Model:
-    """The process function, called the way its kind needs: ``async def`` on the
-    event loop, a plain function in a worker thread; within the time limit."""
-
-    __slots__ = ("_fn", "_is_async", "_timeout")
-
-    def __init__(self, process_fn: ProcessFn[Any, Any], timeout_s: float | None) -> None:
-        self._fn = process_fn
-        self._is_async = _is_async(process_fn)
-        self._timeout = timeout_s
-
-    async def __call__(self, records: list[Any], limiter: anyio.CapacityLimiter) -> list[Any]:
-        """Return one result per record, in order.
-
-        :raises TimeoutError: if the call outlasts the time limit
-        :raises TypeError: if the results are not a list or iterable of them
-        :raises ValueError: if there are not as many results as records
-        """
-        if self._timeout is None:
-            results = await self._invoke(records, limiter)
-        else:
-            with anyio.fail_after(self._timeout):
-                results = await self._invoke(records, limiter)
-        if not isinstance(results, list):
-            if isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
-                raise TypeError(f"process_fn must return a list, got {type(results).__name__}")
-            results = list(results)
-        if len(results) != len(records):
-            raise ValueError(f"process_fn returned {len(results)} results for a batch of {len(records)} records")
-        return results
-
-    async def _invoke(self, records: list[Any], limiter: anyio.CapacityLimiter) -> Any:
-        if self._is_async:
-            return await cast(Awaitable[Any], self._fn(records))
-        try:
-            result = await anyio.to_thread.run_sync(self._fn, records, limiter=limiter, abandon_on_cancel=True)
-        except anyio.get_cancelled_exc_class():
-            # The abandoned thread runs on, and under trio it keeps its limiter token
-            # until it returns: add one so the next batch is not stuck behind it.
-            limiter.total_tokens += 1
-            raise
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-
 class Worker:
     """One of a run's workers; :meth:`run` is its loop."""
 
-    __slots__ = ("_batches", "_cost_model", "_counters", "_model", "_run")
+    __slots__ = ("_batches", "_cost_model", "_counters", "_model", "_run", "_thread")
 
     def __init__(self, run: Run, model: Model, counters: Counters) -> None:
         self._run = run
@@ -92,37 +40,47 @@ class Worker:
         self._counters = counters
         self._cost_model = run.settings.cost_model
         self._batches = run.batch_receive.clone()
+        self._thread = ModelThread()  # for a plain process function; started on first use
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         """Take batches until the batch stream ends. If cancelled, end the futures
         of the batch it finished and fail those of the batches still queued."""
-        counters, batches = self._counters, self._batches
-        finished: _Finished | None = None  # results in, not yet handed to the futures
-        with batches:
+        # The process function, and any task it starts, can tell it runs in this
+        # batcher's worker (see DynamicBatcher.stop and BatchFuture.__await__).
+        WORKER_OF.set(self._counters)
+        with self._batches:
             task_status.started()
             try:
-                while True:
-                    self._run.worker_ready()
-                    batch = None
-                    if finished is not None:
-                        batch = await self._handover()
-                        settle(*finished, counters)
-                        finished = None
-                    if batch is None:
-                        idle_from = perf_counter()
-                        try:
-                            batch = await batches.receive()
-                        except anyio.EndOfStream:
-                            return
-                        counters.idle += perf_counter() - idle_from
-                    busy_from = perf_counter()
-                    finished = await self._process(batch)
-                    counters.busy += perf_counter() - busy_from
-            except BaseException:
+                await self._take_batches()
+            finally:
+                self._thread.close()
+
+    async def _take_batches(self) -> None:
+        counters, batches = self._counters, self._batches
+        finished: _Finished | None = None  # results in, not yet handed to the futures
+        try:
+            while True:
+                self._run.worker_ready()
+                batch = None
                 if finished is not None:
+                    batch = await self._handover()
                     settle(*finished, counters)
-                fail_queued(batches, closed_error(), counters)
-                raise
+                    finished = None
+                if batch is None:
+                    idle_from = perf_counter()
+                    try:
+                        batch = await batches.receive()
+                    except anyio.EndOfStream:
+                        return
+                    counters.idle += perf_counter() - idle_from
+                busy_from = perf_counter()
+                finished = await self._process(batch)
+                counters.busy += perf_counter() - busy_from
+        except BaseException:
+            if finished is not None:
+                settle(*finished, counters)
+            fail_queued(batches, closed_error(), counters)
+            raise
 
     async def _handover(self) -> Batch | None:
         """Give the aggregator, just woken, a turn to hand over the batch that grew
@@ -145,18 +103,24 @@ class Worker:
         counters.dispatched += len(batch)
         counters.batch_cost += batch_cost([future._cost for future in batch], self._cost_model)
         try:
-            results = await self._model([future._record for future in batch], self._run.limiter)
+            results = await self._model([future._record for future in batch], self._thread, self._run.limiter)
         except Exception as exc:
-            logger.error("process_fn failed on a batch of %d records: %r", len(batch), exc, exc_info=exc)
-            fail(batch, exc, counters)
+            self._fail_batch(batch, exc)
             return None
         except BaseException as exc:
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                self._end_run(batch, exc)
+            elif anyio.current_effective_deadline() == -math.inf:  # the batcher is being cancelled
                 fail(batch, closed_error(), counters)
                 raise
-            self._end_run(batch, exc)
+            else:
+                self._fail_batch(batch, _stray(exc))
             return None
         return batch, results
+
+    def _fail_batch(self, batch: Batch, exc: Exception) -> None:
+        logger.error("process_fn failed on a batch of %d records: %r", len(batch), exc, exc_info=exc)
+        fail(batch, exc, self._counters)
 
     def _end_run(self, batch: Batch, exc: BaseException) -> None:
         """A ``BaseException`` other than cancellation (``KeyboardInterrupt``,
@@ -168,3 +132,14 @@ class Worker:
         closed.__cause__ = exc
         fail(batch, closed, self._counters)
         self._run.end_fatally(exc)
+
+
+def _stray(exc: BaseException) -> RuntimeError:
+    # A cancellation exception that no cancellation of the batcher caused: say so
+    # and keep the original as the cause.
+    error = RuntimeError(
+        f"process_fn raised {type(exc).__name__} although the batcher was not cancelled "
+        "(did it await a task that someone else cancelled?)"
+    )
+    error.__cause__ = exc
+    return error

@@ -1,0 +1,171 @@
+"""Calling the process function: an ``async def`` on the event loop, a plain
+function in a daemon thread; within the time limit; its results checked."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import threading
+from collections.abc import Callable, Iterable, Mapping, Set
+from queue import SimpleQueue
+from typing import Any
+
+import anyio
+from anyio.lowlevel import current_token
+
+from ._protocols import ProcessFn
+
+__all__ = ("Model", "ModelThread")
+
+
+def _is_async(fn: object) -> bool:
+    call = type(fn).__call__ if not inspect.isroutine(fn) else None  # an object with async __call__
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def as_results(results: Any) -> list[Any]:
+    """Return the results as a list, read in full (a generator or ``map`` is run here).
+
+    :raises TypeError: for a result that cannot be matched to records in order:
+        not iterable, a ``str``/``bytes``, or unordered (a mapping, a set)
+    """
+    if type(results) is list:
+        return results
+    if isinstance(results, (Mapping, Set)):
+        kind = "mapping" if isinstance(results, Mapping) else "set"
+        raise TypeError(
+            f"process_fn must return a list, got {type(results).__name__} "
+            f"(a {kind} has no order to match results to records)"
+        )
+    if isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
+        raise TypeError(f"process_fn must return a list, got {type(results).__name__}")
+    return list(results)
+
+
+class _Pending:
+    """An awaitable a plain process function returned, carried back from its thread
+    unopened (trio refuses a coroutine as a thread's result)."""
+
+    __slots__ = ("awaitable",)
+
+    def __init__(self, awaitable: Any) -> None:
+        self.awaitable = awaitable
+
+
+class Model:
+    """The process function, called the way its kind needs, within the time limit.
+
+    A plain function runs in a worker thread (an AnyIO worker thread, or with a
+    time limit the worker's daemon :class:`ModelThread`), where its results are
+    also read in full; if it returns an awaitable (a lambda around an
+    ``async def``, say), that is awaited on the event loop.
+    """
+
+    __slots__ = ("_fn", "_is_async", "_timeout")
+
+    def __init__(self, process_fn: ProcessFn[Any, Any], timeout_s: float | None) -> None:
+        self._fn = process_fn
+        self._is_async = _is_async(process_fn)
+        self._timeout = timeout_s
+
+    async def __call__(self, records: list[Any], thread: ModelThread, limiter: anyio.CapacityLimiter) -> list[Any]:
+        """Return one result per record, in order.
+
+        :raises TimeoutError: if the call outlasts the time limit
+        :raises TypeError: if the results are not a list or an ordered iterable
+        :raises ValueError: if there are not as many results as records
+        """
+        if self._timeout is None:
+            results = await self._invoke(records, thread, limiter)
+        else:
+            with anyio.fail_after(self._timeout):
+                results = await self._invoke(records, thread, limiter)
+        if len(results) != len(records):
+            raise ValueError(f"process_fn returned {len(results)} results for a batch of {len(records)} records")
+        return results
+
+    async def _invoke(self, records: list[Any], thread: ModelThread, limiter: anyio.CapacityLimiter) -> list[Any]:
+        if self._is_async:
+            return as_results(await self._fn(records))  # type: ignore[misc]
+        if self._timeout is None:
+            # An AnyIO worker thread, where the function may call anyio.from_thread.
+            results = await anyio.to_thread.run_sync(
+                self._call_in_thread, records, limiter=limiter, abandon_on_cancel=True
+            )
+        else:
+            # With a time limit, a call may be abandoned while it is stuck: a daemon
+            # thread of the worker's own keeps that from holding the program at exit.
+            results = await thread.run(self._call_in_thread, records)
+        if isinstance(results, _Pending):
+            return as_results(await results.awaitable)
+        return results
+
+    def _call_in_thread(self, records: list[Any]) -> list[Any] | _Pending:
+        results = self._fn(records)
+        if inspect.isawaitable(results):
+            return _Pending(results)
+        return as_results(results)
+
+
+class ModelThread:
+    """A worker's own daemon thread for a plain process function with a time limit,
+    started on first use.
+
+    Calls run one at a time. A call that is cancelled (at its time limit, or as the
+    batcher stops) is abandoned: its thread finishes it and exits, and the next
+    call gets a new thread. Daemon threads let the program exit even while an
+    abandoned call is stuck (in a C extension, say).
+    """
+
+    __slots__ = ("_jobs",)
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[Callable[[], object] | None] | None = None
+
+    async def run(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
+        """Run ``fn(records)`` in the thread, in a copy of the caller's context.
+
+        It is not an AnyIO worker thread: ``anyio.from_thread`` calls in it need
+        their ``token``."""
+        done = anyio.Event()
+        outcome: list[Any] = []
+        token = current_token()
+        context = contextvars.copy_context()
+
+        def job() -> None:
+            try:
+                outcome.append((True, context.run(fn, records)))
+            except BaseException as exc:  # handed to the event loop, which raises it
+                outcome.append((False, exc))
+            try:
+                anyio.from_thread.run_sync(done.set, token=token)
+            except anyio.RunFinishedError:
+                pass  # the event loop has ended: nobody waits for this result
+
+        self._queue().put(job)
+        try:
+            await done.wait()
+        except BaseException:
+            self.close()  # abandoned: the thread exits once the call returns
+            raise
+        succeeded, value = outcome[0]
+        if not succeeded:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Let the thread exit after the call it is running, if any."""
+        jobs, self._jobs = self._jobs, None
+        if jobs is not None:
+            jobs.put(None)
+
+    def _queue(self) -> SimpleQueue[Callable[[], object] | None]:
+        if self._jobs is None:
+            self._jobs = SimpleQueue()
+            threading.Thread(target=_serve, args=(self._jobs,), name="batcher process_fn", daemon=True).start()
+        return self._jobs
+
+
+def _serve(jobs: SimpleQueue[Callable[[], object] | None]) -> None:
+    while (job := jobs.get()) is not None:
+        job()
