@@ -11,24 +11,24 @@ process function and ends its futures.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
+from threading import get_ident
 from types import TracebackType
 from typing import Any, Generic, Self
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._future import BatchFuture, event_factory
+from ._future import WORKER_OF, BatchFuture, event_factory
 from ._model import Model
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
-from ._run import Run
+from ._run import NOT_RUNNING, OTHER_THREAD, Run
 from ._settings import Settings, check_callable
 from ._stats import BatchStats, Counters
 
 __all__ = ("DynamicBatcher",)
-
-_NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
 
 
 class DynamicBatcher(Generic[RecordT, ResultT]):
@@ -155,17 +155,11 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
 
         :raises RuntimeError: if the batcher is already running
         """
-        task_group = anyio.create_task_group()
-        run = self._begin(owner=task_group)
-        await task_group.__aenter__()
+        run = self._begin(owner=anyio.create_task_group())
         try:
-            await task_group.start(self._serve, run)
-        except BaseException as exc:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
-            run.owner = None
-            self._end(run)
-            raise
+            await run.start(self._serve)
+        finally:
+            self._forget(run)  # if it could not start
 
     async def stop(self) -> None:
         """Stop accepting records, process every record already submitted, and
@@ -197,40 +191,38 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         if self._run is not None:
             raise RuntimeError("batcher is already running; stop() it before starting it again")
         self._counters.new_event = event_factory()
+        self._counters.sole_worker = self._settings.max_concurrent_batches == 1
         self._run = Run(self._settings, owner)
         return self._run
 
-    def _end(self, run: Run) -> None:
-        # The loops have ended, or never started: wake stop(), and forget the run
-        # unless the task group start() opened for it is still to be exited.
-        run.close_streams()
-        if self._run is run and run.owner is None:
+    def __del__(self) -> None:
+        if getattr(self, "_run", None) is not None:
+            warnings.warn(
+                f"{self!r} was garbage-collected without being stopped; use 'async with batcher:' or stop()",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+
+    def _forget(self, run: Run) -> None:
+        # Once its loops have ended, and the task group start() opened for them has
+        # been exited, a run is over: the batcher keeps no reference to it.
+        if self._run is run and run.owner is None and run.stopped.is_set():
             self._run = None
-        run.stopped.set()
 
     async def _serve(self, run: Run, *, task_status: TaskStatus[None]) -> None:
         try:
             await run.serve(self._model, self._counters, task_status=task_status)
         finally:
-            self._end(run)
+            self._forget(run)
 
     async def _close(self, *, abort: bool) -> None:
         run = self._run
-        if run is None:
-            return
-        run.submit_send.close()  # end of input: the aggregator drains, flushes and finishes
-        owner, run.owner = run.owner, None
-        if owner is None:  # running under serve() in the caller's task group
-            await run.stopped.wait()
-            return
-        if abort:
-            owner.cancel_scope.cancel()
-        try:
-            await owner.__aexit__(None, None, None)
-        finally:
-            self._end(run)
-        if run.fatal is not None:
-            raise run.fatal
+        if run is not None:
+            try:
+                await run.close(abort=abort, in_worker=WORKER_OF.get() is self._counters)
+            finally:
+                self._forget(run)
 
     # ---------------------------------------------------------------- submit
 
@@ -301,14 +293,14 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         :raises RuntimeError: if the batcher is not running
         """
         run = self._run
-        if run is None:
-            raise RuntimeError(_NOT_RUNNING)
+        if run is None or run.thread != get_ident():
+            raise RuntimeError(NOT_RUNNING if run is None else OTHER_THREAD)
         try:
             run.submit_send.send_nowait(future)
         except anyio.WouldBlock:
             return False
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise RuntimeError(_NOT_RUNNING) from None
+            raise RuntimeError(NOT_RUNNING) from None
         self._counters.submitted += 1
         return True
 
@@ -316,11 +308,11 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         """Wait for room in the submission stream, then send ``future``."""
         run = self._run
         if run is None:
-            raise RuntimeError(_NOT_RUNNING)
+            raise RuntimeError(NOT_RUNNING)
         try:
             await run.submit_send.send(future)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise RuntimeError(_NOT_RUNNING) from None
+            raise RuntimeError(NOT_RUNNING) from None
         except BaseException:
             # Cancelled while waiting for room. The record may or may not have made
             # it into the stream; either way it is withdrawn and counted as such.
@@ -341,7 +333,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             checked = self._pricing.check_all(costs, len(records), name)
             futures = [BatchFuture(record, cost, counters) for record, cost in zip(records, checked, strict=True)]
         if self._run is None:
-            raise RuntimeError(_NOT_RUNNING)
+            raise RuntimeError(NOT_RUNNING)
         queued = 0
         try:
             for future in futures:

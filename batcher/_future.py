@@ -103,7 +103,10 @@ class BatchFuture(Generic[ResultT]):
         if state == RESULT:
             return cast(ResultT, self._value)
         if state == ERROR:
-            raise self._value
+            # As asyncio.Future does: raise with the traceback saved when the future
+            # failed, so re-raising does not grow it or keep earlier callers' frames.
+            exc, traceback = self._value
+            raise exc.with_traceback(traceback)
         if state == CANCELLED:
             raise RecordCancelledError("the record was withdrawn before dispatch")
         raise RuntimeError("result is not ready; await the future first")
@@ -118,7 +121,7 @@ class BatchFuture(Generic[ResultT]):
         if state == RESULT:
             return None
         if state == ERROR:
-            return cast(BaseException, self._value)
+            return cast(BaseException, self._value[0])
         if state == CANCELLED:
             raise RecordCancelledError("the record was withdrawn before dispatch")
         raise RuntimeError("exception is not ready; await the future first")
@@ -129,6 +132,11 @@ class BatchFuture(Generic[ResultT]):
 
     def __await__(self) -> Generator[Any, Any, ResultT]:
         if self._state < RESULT:
+            if WORKER_OF.get() is self._counters and self._counters.sole_worker:
+                raise RuntimeError(
+                    "process_fn awaited a result of its own batcher, which would wait for itself: "
+                    "with max_concurrent_batches=1 the batch it waits for cannot run"
+                )
             event = self._event
             if event is None:
                 event = self._event = self._counters.new_event()
@@ -136,11 +144,12 @@ class BatchFuture(Generic[ResultT]):
         return self.result()
 
     def _finish(self, state: State, value: Any) -> None:
-        # Ends the future exactly once; later calls are ignored.
+        # Ends the future exactly once; later calls are ignored. An exception is
+        # kept with its traceback as it is now (see result()).
         if self._state >= RESULT:
             return
         self._state = state
-        self._value = value
+        self._value = (value, value.__traceback__) if state == ERROR else value
         self._record = None  # the record is no longer needed: let it go
         event = self._event
         if event is not None:

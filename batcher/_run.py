@@ -5,6 +5,10 @@ the loops' cancel scope, the free-worker count and the fatal exception, if any."
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -16,7 +20,17 @@ from ._settings import Settings
 from ._stats import Counters
 from ._worker import Worker
 
-__all__ = ("Run",)
+__all__ = ("NOT_RUNNING", "OTHER_THREAD", "Run")
+
+NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
+OTHER_THREAD = (
+    "batcher was called from a thread other than its event loop's; from another thread, go through "
+    "anyio.from_thread.run(batcher.call, record, token=...) with the token of the loop that started it"
+)
+OTHER_TASK = (
+    "stop() must be called by the task that called start() (as 'async with batcher:' does); "
+    "to stop a batcher from any task, run it with serve() in a task group"
+)
 
 
 class Run:
@@ -33,15 +47,21 @@ class Run:
         "fatal",
         "limiter",
         "owner",
+        "owner_task",
         "scope",
         "settings",
         "stopped",
         "submit_receive",
         "submit_send",
+        "thread",
     )
 
     def __init__(self, settings: Settings, owner: TaskGroup | None) -> None:
         self.settings = settings
+        #: The thread of the event loop the run belongs to.
+        self.thread = threading.get_ident()
+        #: The task that called ``start()``, which alone can exit ``owner``.
+        self.owner_task = anyio.get_current_task().id if owner is not None else None
         self.submit_send, self.submit_receive = anyio.create_memory_object_stream[Submission](settings.max_queue_size)
         self.batch_send, self.batch_receive = anyio.create_memory_object_stream[Batch](settings.prefetch_batches)
         #: Threads for a plain process function without a time limit, one per concurrent batch.
@@ -58,6 +78,21 @@ class Run:
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
 
+    async def start(self, serve: Callable[..., Coroutine[Any, Any, None]]) -> None:
+        """Enter the owner task group (``start()``'s) and start ``serve(self)`` in it."""
+        owner = self.owner
+        assert owner is not None
+        await owner.__aenter__()
+        try:
+            await owner.start(serve, self)
+        except BaseException as exc:
+            owner.cancel_scope.cancel()
+            await owner.__aexit__(type(exc), exc, exc.__traceback__)
+            self.owner = None
+            self.close_streams()
+            self.stopped.set()
+            raise
+
     async def serve(self, model: Model, counters: Counters, *, task_status: TaskStatus[None]) -> None:
         """Run the aggregator and the workers until input has ended and every batch
         has run, or until cancelled; then fail what is left and close the streams."""
@@ -72,6 +107,34 @@ class Run:
             # A batch the aggregator closed as the workers were cancelled.
             fail_queued(self.batch_receive, closed_error(), counters)
             self.close_streams()
+            self.stopped.set()
+
+    async def close(self, *, abort: bool, in_worker: bool) -> None:
+        """End the input, then wait until every record submitted has been processed
+        and the loops have ended; with ``abort``, cancel them instead.
+
+        From inside the process function (``in_worker``), only end the input: the
+        loops cannot end while the call waits for them. After ``start()``, exit
+        its task group, which only the task that called ``start()`` can do, and
+        re-raise the fatal exception, if any.
+        """
+        if self.thread != threading.get_ident():
+            raise RuntimeError(OTHER_THREAD)
+        owner = self.owner
+        if in_worker or owner is None:
+            self.submit_send.close()  # end of input: the aggregator drains, flushes and finishes
+            if not in_worker:
+                await self.stopped.wait()
+            return
+        if anyio.get_current_task().id != self.owner_task:
+            raise RuntimeError(OTHER_TASK)
+        self.owner = None
+        self.submit_send.close()
+        if abort:
+            owner.cancel_scope.cancel()
+        await owner.__aexit__(None, None, None)
+        if self.fatal is not None:
+            raise self.fatal
 
     def close_streams(self) -> None:
         """Close every stream end the run made (each loop closes its own as well)."""

@@ -42,7 +42,8 @@ class BatchStats:
 
 class Counters:
     """The live, mutable counters behind :class:`BatchStats`, shared by a batcher
-    and its futures; also how those futures make events on the running loop."""
+    and its futures; also what those futures need to know of the running batcher:
+    how to make an event on its loop, and whether it has one worker."""
 
     __slots__ = (
         "batch_cost",
@@ -54,11 +55,15 @@ class Counters:
         "failed",
         "idle",
         "new_event",
+        "sole_worker",
         "submitted",
     )
 
     def __init__(self) -> None:
         self.new_event: Callable[[], anyio.Event] = anyio.Event
+        #: Whether the batcher runs one batch at a time (then its process function
+        #: must not wait for its own results).
+        self.sole_worker = True
         self.submitted = 0
         self.dispatched = 0
         self.completed = 0
