@@ -1,5 +1,6 @@
 """Token-budgeted batching of LLM and embedding inference, under asyncio and trio."""
 
+import logging as _logging
 from importlib import metadata as _metadata
 
 from ._dynamic import DynamicBatcher as DynamicBatcher
@@ -17,6 +18,10 @@ from ._protocols import TokenEstimatorFn as TokenEstimatorFn
 from ._stats import BatchStats as BatchStats
 from ._token import Prompt as Prompt
 from ._token import TokenBatcher as TokenBatcher
+
+# Failures are logged on the "batcher" logger; they reach stderr only where the
+# application configured logging.
+_logging.getLogger("batcher").addHandler(_logging.NullHandler())
 
 try:
     __version__ = _metadata.version("batcher")

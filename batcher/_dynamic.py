@@ -12,10 +12,10 @@ process function and ends its futures.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 from threading import get_ident
 from types import TracebackType
-from typing import Any, Generic, Self
+from typing import Any, Generic, Self, SupportsIndex
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -60,7 +60,9 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     :param group_by_cost: build each batch around the oldest queued record from the
         queued records of the most similar cost, instead of in arrival order.
     :param process_timeout_s: a batch whose process function runs longer fails with
-        :exc:`TimeoutError`; ``None`` for no limit.
+        :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs in a
+        daemon thread of the worker's own (not an AnyIO worker thread), so a call
+        stuck past the limit does not keep the program from exiting.
     """
 
     def __init__(
@@ -128,9 +130,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         c = self._counters
         if not self.is_running:
             return f"<{type(self).__name__} stopped submitted={c.submitted} completed={c.completed}>"
-        queued = c.submitted - c.cancelled - c.dispatched
-        in_flight = c.dispatched - c.completed
-        return f"<{type(self).__name__} running queued={max(queued, 0)} in_flight={max(in_flight, 0)}>"
+        return f"<{type(self).__name__} running queued={c.queued} in_flight={c.in_flight}>"
 
     # -------------------------------------------------------------- lifecycle
 
@@ -165,6 +165,13 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         """Stop accepting records, process every record already submitted, and
         stop the loops. Does nothing if the batcher is not running.
 
+        Called from inside the process function, it only begins the graceful stop
+        and returns at once (waiting there would wait for itself); the task that
+        started the batcher still ends it with :meth:`stop` or ``async with``.
+
+        :raises RuntimeError: if the batcher was started with :meth:`start` by
+            another task (only that task can stop it; use :meth:`serve` to stop
+            from any task), or from a thread other than its event loop's
         :raises BaseException: the exception, other than cancellation, that a
             process function raised outside :exc:`Exception` (such as
             :exc:`KeyboardInterrupt`), which ended the batcher
@@ -234,9 +241,11 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         stream is full (backpressure); a caller cancelled while waiting has its
         record withdrawn.
 
-        :raises TypeError: if the cost is not an ``int``
+        :raises TypeError: if the cost is not an integer (an ``int``, or anything
+            with ``__index__`` such as ``numpy.int64``; not a ``bool``)
         :raises ValueError: if the cost is negative
-        :raises RuntimeError: if the batcher is not running
+        :raises RuntimeError: if the batcher is not running, or is called from a
+            thread other than its event loop's
         """
         future = self._new_future(record, estimated_cost, "estimated_cost")
         if not self._try_enqueue(future):
@@ -254,14 +263,15 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         return future
 
     async def submit_batch(
-        self, records: Iterable[RecordT], *, estimated_cost: Sequence[int] | None = None
+        self, records: Iterable[RecordT], *, estimated_cost: Collection[SupportsIndex] | None = None
     ) -> list[BatchFuture[ResultT]]:
         """Queue many records; return their futures in the same order.
 
         Every cost is checked before any record is queued. Waits for room as
         :meth:`submit` does; if the call is cancelled, or the batcher stops, while it
         waits, it raises and withdraws the records it had queued (those a worker has
-        not taken yet).
+        not taken yet). ``estimated_cost`` may be any sized iterable of integers,
+        such as a numpy array.
         """
         return await self._submit_all(records, estimated_cost, "estimated_cost")
 
@@ -272,6 +282,10 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         cancelled task group) before the record is dispatched, the record is
         withdrawn and never reaches the process function. This is the per-request
         deadline: ``with anyio.fail_after(1): await batcher.call(x)``.
+
+        :raises RuntimeError: as :meth:`submit`, and when awaited from inside the
+            batcher's own process function while ``max_concurrent_batches`` is 1
+            (the batch would wait for itself)
         """
         return await self._call(self._new_future(record, estimated_cost, "estimated_cost"))
 
@@ -322,7 +336,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         self._counters.submitted += 1
 
     async def _submit_all(
-        self, records: Iterable[RecordT], costs: Sequence[int] | None, name: str
+        self, records: Iterable[RecordT], costs: Collection[SupportsIndex] | None, name: str
     ) -> list[BatchFuture[ResultT]]:
         records = list(records)
         counters = self._counters

@@ -3,13 +3,33 @@ or the default, with the names that error messages use for each."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import logging
+import operator
+from collections.abc import Callable, Iterable, Mapping, Set, Sized
+from typing import Any, SupportsIndex
 
 from ._protocols import CostEstimatorFn
 from ._settings import check_int
 
-__all__ = ("Pricing",)
+__all__ = ("Pricing", "check_cost")
+
+logger = logging.getLogger("batcher")
+
+
+def check_cost(name: str, cost: object) -> int:
+    """Return ``cost`` as a plain ``int``: an ``int``, or an integer in all but type
+    (anything with ``__index__``, such as ``numpy.int64``), but not a ``bool``.
+
+    :raises TypeError: if ``cost`` is not an integer
+    :raises ValueError: if ``cost`` is negative
+    """
+    if type(cost) is not int:
+        if isinstance(cost, bool) or not isinstance(cost, SupportsIndex):
+            raise TypeError(f"{name} must be an int, got {type(cost).__name__}")
+        cost = operator.index(cost)
+    if cost < 0:
+        raise ValueError(f"{name} must be >= 0, got {cost}")
+    return cost
 
 
 class Pricing:
@@ -21,23 +41,45 @@ class Pricing:
         nothing else prices
     :param methods: methods a record may have to give its own cost, in order of
         precedence
+    :param by_type: how to price records of a type that has none of ``methods``
+        (``TokenBatcher`` counts a ``str``'s tokens)
+    :param warn_default: log a warning, once per record type, for a type that
+        falls back to the default
     """
 
-    __slots__ = ("_default", "_default_name", "_estimator", "_estimator_label", "_method_of", "_methods")
+    __slots__ = (
+        "_by_type",
+        "_default",
+        "_default_name",
+        "_estimator",
+        "_estimator_label",
+        "_estimator_name",
+        "_method_of",
+        "_methods",
+        "_warn_default",
+    )
 
     def __init__(
-        self, estimator: tuple[str, CostEstimatorFn[Any] | None], default: tuple[str, int], methods: tuple[str, ...]
+        self,
+        estimator: tuple[str, CostEstimatorFn[Any] | None],
+        default: tuple[str, int],
+        methods: tuple[str, ...],
+        *,
+        by_type: Mapping[type, Callable[[Any], int]] | None = None,
+        warn_default: bool = False,
     ) -> None:
-        estimator_name, function = estimator
+        self._estimator_name, function = estimator
         if function is not None and not callable(function):
-            raise TypeError(f"{estimator_name} must be callable or None, got {type(function).__name__}")
+            raise TypeError(f"{self._estimator_name} must be callable or None, got {type(function).__name__}")
         self._estimator = function
-        self._estimator_label = f"the cost from {estimator_name}"
+        self._estimator_label = f"the cost from {self._estimator_name}"
         self._default_name, default_cost = default
         self._default = check_int(self._default_name, default_cost, 0)
         self._methods = methods
-        # record type -> the method that gives its cost (or None), and its name for errors
-        self._method_of: dict[type, tuple[str | None, str]] = {}
+        self._by_type = dict(by_type or {})
+        self._warn_default = warn_default
+        # record type -> what gives its cost (None: the default), and its name for errors
+        self._method_of: dict[type, tuple[Callable[[Any], Any] | None, str]] = {}
 
     def price(self, record: Any, cost: Any, name: str) -> int:
         """Return the record's cost: ``cost`` if given (``name`` is its parameter),
@@ -52,26 +94,45 @@ class Pricing:
             else:
                 kind = type(record)
                 method, name = self._method_of.get(kind) or self._learn(kind)
-                cost = self._default if method is None else getattr(record, method)()
+                cost = self._default if method is None else method(record)
         if type(cost) is not int or cost < 0:
-            check_int(name, cost, 0)  # raises, naming where the cost came from
+            cost = check_cost(name, cost)  # converts an integer in all but type, or raises
         return cost  # type: ignore[no-any-return]
 
     def check_all(self, costs: object, count: int, name: str) -> list[int]:
         """Return ``costs``, the explicit costs of ``count`` records given as the
-        parameter ``name``, as a list, once every one is checked."""
-        if isinstance(costs, (str, bytes)) or not isinstance(costs, Sequence):
+        parameter ``name`` (a sequence, or any sized iterable such as a numpy
+        array), as a list of plain ``int``, once every one is checked."""
+        if isinstance(costs, (str, bytes, Mapping, Set)) or not (
+            isinstance(costs, Sized) and isinstance(costs, Iterable)
+        ):
             raise TypeError(f"{name} must be a sequence of ints or None, got {type(costs).__name__}")
         if len(costs) != count:
             raise ValueError(f"{name} has {len(costs)} items but records has {count}")
-        for index, cost in enumerate(costs):
-            if type(cost) is not int or cost < 0:
-                check_int(f"{name}[{index}]", cost, 0)  # raises, naming the item
-        return list(costs)
+        return [
+            cost if type(cost) is int and cost >= 0 else check_cost(f"{name}[{index}]", cost)
+            for index, cost in enumerate(costs)
+        ]
 
-    def _learn(self, kind: type) -> tuple[str | None, str]:
-        # Which method prices records of this type, and its name for errors; once per type.
+    def _learn(self, kind: type) -> tuple[Callable[[Any], Any] | None, str]:
+        # What prices records of this type, and its name for errors; once per type.
+        entry: tuple[Callable[[Any], Any] | None, str]
         method = next((m for m in self._methods if callable(getattr(kind, m, None))), None)
-        label = f"the cost from {kind.__name__}.{method}()" if method else self._default_name
-        self._method_of[kind] = method, label
-        return method, label
+        fallback = next((fn for base, fn in self._by_type.items() if issubclass(kind, base)), None)
+        if method is not None:
+            entry = operator.methodcaller(method), f"the cost from {kind.__name__}.{method}()"
+        elif fallback is not None:
+            entry = fallback, f"the cost of a {kind.__name__}"
+        else:
+            entry = None, self._default_name
+            if self._warn_default:
+                logger.warning(
+                    "%s records have no cost of their own (no %s, no %s method); each counts as %s=%d",
+                    kind.__name__,
+                    self._estimator_name,
+                    " or ".join(f"{m}()" for m in self._methods),
+                    self._default_name,
+                    self._default,
+                )
+        self._method_of[kind] = entry
+        return entry

@@ -74,6 +74,16 @@ class Counters:
         self.busy = 0.0
         self.idle = 0.0
 
+    @property
+    def queued(self) -> int:
+        """Records submitted and neither withdrawn nor taken by a worker yet."""
+        return max(self.submitted - self.cancelled - self.dispatched, 0)
+
+    @property
+    def in_flight(self) -> int:
+        """Records taken by a worker whose futures have not ended yet."""
+        return max(self.dispatched - self.completed, 0)
+
     def snapshot(self) -> BatchStats:
         batches = self.batches
         return BatchStats(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import SupportsIndex, TypeVar
 
 import anyio
 
@@ -27,18 +27,64 @@ class Prompt:
     text: str
 
     def estimate_tokens(self) -> int:
-        return len(self.text) // 4 + 1
+        return text_tokens(self.text)
+
+
+def text_tokens(text: str) -> int:
+    """About how many tokens a text has: 4 characters a token (how ``TokenBatcher``
+    prices a ``str`` record and a :class:`Prompt`)."""
+    return len(text) // 4 + 1
 
 
 class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
-    """A :class:`DynamicBatcher` whose costs are tokens.
+    """A :class:`DynamicBatcher` whose costs are tokens: collects records (prompts,
+    texts) submitted by many tasks into token-budgeted batches and runs each batch
+    through one inference function. Works under asyncio and trio.
 
-    Token names map onto the base parameters: ``inference_fn`` (or else
-    ``process_fn``), ``token_estimator`` (or else ``cost_estimator``),
-    ``target_batch_tokens`` (over ``target_batch_cost``), ``default_token_estimate``
-    (over ``default_cost``). A record's tokens are, first that applies: explicit
-    ``estimated_tokens``, explicit ``estimated_cost``, the estimator function,
-    ``record.estimate_tokens()``, ``record.estimate_cost()``, the default.
+    A record's tokens are, first that applies: ``estimated_tokens`` (or
+    ``estimated_cost``) given to ``submit``, the token estimator,
+    ``record.estimate_tokens()``, ``record.estimate_cost()``, for a ``str`` its
+    length / 4 + 1 (as :class:`Prompt`), else ``default_token_estimate`` (a
+    warning is logged once per record type that falls back to it).
+
+    :param inference_fn: takes ``list[record]``, returns one result per record in
+        the same order (an ``Exception`` in a slot fails that record alone).
+        ``async def`` runs on the event loop; a plain function runs in a worker
+        thread, and if it returns an awaitable, that is awaited on the loop.
+    :param process_fn: the same as ``inference_fn`` (flyte's name); give one.
+    :param token_estimator: ``record -> int`` tokens, used when ``submit`` gets no
+        explicit count. ``cost_estimator`` is the same.
+    :param cost_estimator: see ``token_estimator``.
+    :param target_batch_tokens: a batch's tokens (by ``cost_model``) never exceed
+        this, except a batch of one record that alone has more.
+        ``target_batch_cost`` (default 32,000) is the same.
+    :param target_batch_cost: see ``target_batch_tokens``.
+    :param default_token_estimate: the tokens of a record nothing else prices.
+        ``default_cost`` (default 1) is the same.
+    :param default_cost: see ``default_token_estimate``.
+    :param max_batch_size: most records in one batch.
+    :param min_batch_size: a smaller batch waits for more records, but no longer
+        than ``batch_timeout_s`` after its first record arrived.
+    :param batch_timeout_s: how long a batch may wait to fill (see ``eager_dispatch``).
+    :param max_queue_size: capacity of the submission stream; ``submit`` waits
+        while it is full. The aggregator holds the batch it is building on top of
+        this (with ``group_by_cost``, a pool of up to ``max(max_queue_size,
+        max_batch_size)``).
+    :param prefetch_batches: how many full batches may wait for a busy worker.
+    :param eager_dispatch: when a worker is free, send the queued records at once
+        (after one scheduling checkpoint). When false, wait up to
+        ``batch_timeout_s`` from the first record for the batch to fill.
+    :param max_concurrent_batches: how many batches run at once.
+    :param cost_model: ``"sum"`` (a batch has the sum of its records' tokens) or
+        ``"padded"`` (``len(batch) * max(tokens)``, as a padded model computes).
+    :param group_by_cost: build each batch around the oldest queued record from the
+        queued records of the most similar length, instead of in arrival order.
+    :param process_timeout_s: a batch whose inference function runs longer fails
+        with :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs
+        in a daemon thread of the worker's own (not an AnyIO worker thread), so a
+        call stuck past the limit does not keep the program from exiting.
+    :raises TypeError: for a setting of the wrong type, naming it
+    :raises ValueError: for a setting out of range, naming it
     """
 
     def __init__(
@@ -74,6 +120,8 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
                 either("token_estimator", token_estimator, "cost_estimator", cost_estimator),
                 either("default_token_estimate", default_token_estimate, "default_cost", default_cost),
                 ("estimate_tokens", "estimate_cost"),
+                by_type={str: text_tokens},
+                warn_default=True,
             ),
             Settings(
                 target_batch_cost=target,
@@ -94,7 +142,18 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
     async def submit(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> BatchFuture[ResultT]:
-        """Queue one record and return its future; see :meth:`DynamicBatcher.submit`."""
+        """Queue one record and return its future.
+
+        The record's tokens are ``estimated_tokens``, else ``estimated_cost``, else
+        priced as the class describes. Waits while the submission stream is full
+        (backpressure); a caller cancelled while waiting has its record withdrawn.
+
+        :raises TypeError: if the token count is not an integer (an ``int``, or
+            anything with ``__index__`` such as ``numpy.int64``; not a ``bool``)
+        :raises ValueError: if the token count is negative
+        :raises RuntimeError: if the batcher is not running, or is called from a
+            thread other than its event loop's
+        """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
         future = self._new_future(record, cost, name)
         if not self._try_enqueue(future):
@@ -104,9 +163,14 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
     def submit_nowait(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> BatchFuture[ResultT]:
-        """Like :meth:`submit`, without waiting.
+        """Queue one record and return its future, without waiting; otherwise as
+        :meth:`submit`.
 
         :raises anyio.WouldBlock: if the submission stream is full
+        :raises TypeError: if the token count is not an integer
+        :raises ValueError: if the token count is negative
+        :raises RuntimeError: if the batcher is not running, or is called from a
+            thread other than its event loop's
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
         future = self._new_future(record, cost, name)
@@ -118,17 +182,49 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         self,
         records: Iterable[RecordT],
         *,
-        estimated_tokens: Sequence[int] | None = None,
-        estimated_cost: Sequence[int] | None = None,
+        estimated_tokens: Collection[SupportsIndex] | None = None,
+        estimated_cost: Collection[SupportsIndex] | None = None,
     ) -> list[BatchFuture[ResultT]]:
-        """Queue many records; see :meth:`DynamicBatcher.submit_batch`."""
+        """Queue many records; return their futures in the same order.
+
+        ``estimated_tokens`` (or ``estimated_cost``) gives one token count per
+        record: a sequence, or any sized iterable such as a numpy array. Every
+        count is checked before any record is queued. Waits for room as
+        :meth:`submit` does; if the call is cancelled, or the batcher stops, while
+        it waits, it raises and withdraws the records it had queued (those a
+        worker has not taken yet).
+
+        :raises TypeError: if the counts are not a sized iterable, or one is not an
+            integer (the message names its index)
+        :raises ValueError: if there are not as many counts as records, or one is
+            negative
+        :raises RuntimeError: if the batcher is not running, or is called from a
+            thread other than its event loop's
+        """
         name, costs = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
         return await self._submit_all(records, costs, name)
 
     async def call(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> ResultT:
-        """Submit one record and wait for its result; see :meth:`DynamicBatcher.call`."""
+        """Submit one record and wait for its result.
+
+        If the caller is cancelled (``anyio.fail_after``, ``move_on_after``, a
+        cancelled task group) before the record is dispatched, the record is
+        withdrawn and never reaches the inference function. This is the
+        per-request deadline: ``with anyio.fail_after(1): await batcher.call(x)``.
+        Once dispatched, the record's batch runs to its end, and the caller's
+        deadline only stops the waiting.
+
+        :return: the record's result
+        :raises Exception: the exception the inference function raised for the
+            record's batch, or returned in the record's slot
+        :raises BatcherClosedError: if the batcher closed abnormally before the
+            record was processed
+        :raises RuntimeError: if the batcher is not running, or is called from a
+            thread other than its event loop's, or from inside its own inference
+            function while ``max_concurrent_batches`` is 1 (it would wait for itself)
+        """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
         return await self._call(self._new_future(record, cost, name))
 
