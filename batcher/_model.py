@@ -34,8 +34,7 @@ def as_results(results: Any) -> list[Any]:
     if isinstance(results, (Mapping, Set)):
         kind = "mapping" if isinstance(results, Mapping) else "set"
         raise TypeError(
-            f"process_fn must return a list, got {type(results).__name__} "
-            f"(a {kind} has no order to match results to records)"
+            f"process_fn must return a list, got {type(results).__name__} (a {kind} has no order to match records)"
         )
     if isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
         raise TypeError(f"process_fn must return a list, got {type(results).__name__}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 __all__ = (
@@ -25,11 +25,13 @@ ResultT = TypeVar("ResultT")
 CostModel: TypeAlias = Literal["sum", "padded"]
 
 #: Takes the records of one batch, returns one result per record in the same order
-#: (an ``Exception`` instance in a slot fails only that record). ``async def`` runs
-#: on the event loop; a plain function runs in a worker thread.
+#: (an ``Exception`` instance in a slot fails only that record): a list, or any
+#: ordered iterable (a generator is read where the function ran). ``async def``
+#: runs on the event loop; a plain function runs in a worker thread, and if it
+#: returns an awaitable, that is awaited on the event loop.
 ProcessFn: TypeAlias = Callable[
     [list[RecordT]],
-    Awaitable[Sequence[ResultT | Exception]] | Sequence[ResultT | Exception],
+    Awaitable[Iterable[ResultT | Exception]] | Iterable[ResultT | Exception],
 ]
 InferenceFn: TypeAlias = ProcessFn[RecordT, ResultT]
 

@@ -567,7 +567,7 @@ class TestResultIterables:
                 return results(batch)
             return iter(batch)
 
-        batcher: DynamicBatcher[int, int] = DynamicBatcher(fn, max_batch_size=2)  # type: ignore[arg-type]
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(fn, max_batch_size=2)
         with anyio.fail_after(5):
             async with batcher:
                 futures = await batcher.submit_batch(range(4))
