@@ -163,8 +163,9 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
     def submit_nowait(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> BatchFuture[ResultT]:
-        """Queue one record and return its future, without waiting; otherwise as
-        :meth:`submit`.
+        """Queue one record and return its future, without waiting. Its tokens are
+        ``estimated_tokens``, else ``estimated_cost``, else priced as the class
+        describes.
 
         :raises anyio.WouldBlock: if the submission stream is full
         :raises TypeError: if the token count is not an integer
@@ -207,7 +208,9 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
     async def call(
         self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
     ) -> ResultT:
-        """Submit one record and wait for its result.
+        """Submit one record and wait for its result. Its tokens are
+        ``estimated_tokens``, else ``estimated_cost``, else priced as the class
+        describes.
 
         If the caller is cancelled (``anyio.fail_after``, ``move_on_after``, a
         cancelled task group) before the record is dispatched, the record is
@@ -231,7 +234,8 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
 
 def either(name: str, value: T | None, fallback_name: str, fallback: U) -> tuple[str, T | U]:
     """TokenBatcher's rule for a pair of synonyms: the token-named argument if it
-    was given, else the cost-named one; with the name that error messages use."""
+    was given, else the cost-named one, with the name that messages use (the
+    token name when neither was given)."""
     if value is not None:
         return name, value
-    return fallback_name, fallback
+    return (name if fallback is None else fallback_name), fallback

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import traceback
+import weakref
+
 import anyio
 import pytest
 
@@ -84,3 +88,87 @@ async def test_cancel_queued_record() -> None:
 
 def test_record_cancelled_error_is_not_a_cancellation() -> None:
     assert issubclass(RecordCancelledError, Exception)
+
+
+class Marker:
+    """A local of a caller's frame, to see whether the frame is still alive."""
+
+
+class TestReRaising:
+    CALLERS = 300
+
+    async def test_re_raising_a_shared_exception_is_bounded_and_keeps_no_caller_frames(self) -> None:
+        error = ValueError("one exception for the whole batch")
+
+        async def fn(batch: list[int]) -> list[int]:
+            raise error
+
+        depths: list[int] = []
+        same: list[bool] = []
+        markers: list[weakref.ref[Marker]] = []
+
+        async def caller(future: BatchFuture[int]) -> None:
+            marker = Marker()
+            markers.append(weakref.ref(marker))
+            try:
+                await future
+            except ValueError as exc:
+                same.append(exc is error)  # the very object the model raised
+                depths.append(len(traceback.extract_tb(exc.__traceback__)))
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn, max_batch_size=self.CALLERS) as batcher:
+                futures = await batcher.submit_batch(range(self.CALLERS))
+                for future in futures:
+                    await caller(future)
+        assert same == [True] * self.CALLERS
+        assert max(depths) == min(depths)  # every re-raise starts from the saved traceback
+        gc.collect()
+        assert sum(marker() is not None for marker in markers) <= 1  # at most the last caller's frame
+
+    async def test_returned_exception_is_raised_without_a_traceback_of_its_own(self) -> None:
+        error = KeyError("returned, not raised")
+
+        async def fn(batch: list[int]) -> list[object]:
+            return [error for _ in batch]
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                futures = await batcher.submit_batch(range(3))
+                for future in futures:
+                    with pytest.raises(KeyError) as info:
+                        await future
+                    assert info.value is error
+                    assert future.exception() is error
+
+
+class TestAwaitingItsOwnBatcher:
+    async def test_with_one_worker_the_model_gets_a_clear_error(self) -> None:
+        batcher: DynamicBatcher[str, str]
+
+        async def fn(batch: list[str]) -> list[str]:
+            if "outer" in batch:
+                return [await batcher.call("inner")]
+            return batch
+
+        batcher = DynamicBatcher(fn)
+        with anyio.fail_after(5):
+            async with batcher:
+                with pytest.raises(RuntimeError, match="process_fn awaited a result of its own batcher"):
+                    await batcher.call("outer")
+                assert await batcher.call("after") == "after"
+        stats = batcher.stats
+        assert (stats.total_failed, stats.total_cancelled) == (1, 1)  # "inner" was withdrawn
+
+    async def test_with_more_workers_it_may_proceed(self) -> None:
+        batcher: DynamicBatcher[str, str]
+
+        async def fn(batch: list[str]) -> list[str]:
+            if "outer" in batch:
+                return [await batcher.call("inner") + "+outer"]
+            return batch
+
+        batcher = DynamicBatcher(fn, max_concurrent_batches=2)
+        with anyio.fail_after(5):
+            async with batcher:
+                assert await batcher.call("outer") == "inner+outer"

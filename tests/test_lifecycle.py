@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
+import sys
 import time
+import warnings
 from typing import Any
 
 import anyio
@@ -157,3 +161,154 @@ def test_asyncio_gather_of_futures() -> None:
                 return await asyncio.gather(*futures)
 
     assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+
+
+class TestStopFromInsideTheModel:
+    """stop() called by the process function begins the graceful stop and returns."""
+
+    @staticmethod
+    def stopping_model(batcher_of: list[DynamicBatcher[int, int]], returned: list[bool]) -> Any:
+        async def fn(batch: list[int]) -> list[int]:
+            if 0 in batch:
+                await batcher_of[0].stop()
+                returned.append(True)
+            return [x * 2 for x in batch]
+
+        return fn
+
+    async def test_under_async_with(self) -> None:
+        box: list[DynamicBatcher[int, int]] = []
+        returned: list[bool] = []
+        batcher = DynamicBatcher(self.stopping_model(box, returned), max_batch_size=1)
+        box.append(batcher)
+        with anyio.fail_after(5):
+            async with batcher:
+                futures = await batcher.submit_batch([0, 1, 2])
+                assert [await f for f in futures] == [0, 2, 4]  # what was submitted is processed
+                with pytest.raises(RuntimeError, match="not running"):
+                    await batcher.submit(3)  # input has ended
+        assert returned == [True]
+        assert not batcher.is_running
+
+    async def test_under_serve(self) -> None:
+        box: list[DynamicBatcher[int, int]] = []
+        returned: list[bool] = []
+        batcher = DynamicBatcher(self.stopping_model(box, returned), max_batch_size=1)
+        box.append(batcher)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                await tg.start(batcher.serve)
+                futures = await batcher.submit_batch([0, 1])
+            # serve() returned by itself: the model's stop() ended the input
+        assert [f.result() for f in futures] == [0, 2]
+        assert returned == [True]
+        assert not batcher.is_running
+
+
+class TestWhoMayStartAndStop:
+    async def test_two_tasks_starting_at_once_one_wins_one_is_refused(self) -> None:
+        batcher = DynamicBatcher(double)
+        outcomes: list[str] = []
+        checked: list[bool] = []
+        both_checked, both_tried, finish = anyio.Event(), anyio.Event(), anyio.Event()
+
+        async def lazy_start() -> None:
+            # The lazy-start pattern, with both tasks past the check before either starts.
+            checked.append(not batcher.is_running)
+            if len(checked) == 2:
+                both_checked.set()
+            await both_checked.wait()
+            try:
+                await batcher.start()
+            except RuntimeError as exc:
+                outcomes.append(str(exc))
+            else:
+                outcomes.append("started")
+            if len(outcomes) == 2:
+                both_tried.set()
+            if outcomes[-1] == "started":
+                await finish.wait()
+                assert await batcher.call(2) == 4
+                await batcher.stop()
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lazy_start)
+                tg.start_soon(lazy_start)
+                await both_tried.wait()
+                finish.set()
+        assert checked == [True, True]
+        assert sorted(outcomes) == [
+            "batcher is already running; stop() it before starting it again",
+            "started",
+        ]
+        assert not batcher.is_running
+
+    async def test_stop_from_another_task_names_the_rule(self) -> None:
+        batcher = DynamicBatcher(double)
+        errors: list[str] = []
+
+        async def stop_it() -> None:
+            try:
+                await batcher.stop()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+        with anyio.fail_after(5):
+            async with batcher:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stop_it)
+                assert batcher.is_running  # nothing changed
+                assert await batcher.call(1) == 2
+        assert errors == [
+            "stop() must be called by the task that called start() (as 'async with batcher:' does); "
+            "to stop a batcher from any task, run it with serve() in a task group"
+        ]
+        assert not batcher.is_running
+
+
+NEVER_STOPPED = """
+import gc, warnings, anyio
+from batcher import DynamicBatcher
+
+async def echo(batch):
+    return batch
+
+batcher = DynamicBatcher(echo)
+
+async def main():
+    await batcher.start()  # and never stopped
+    assert await batcher.call(1) == 1
+
+try:
+    anyio.run(main, backend={backend!r})
+except Exception:
+    pass  # trio refuses (RuntimeError, or TrioInternalError) a task group left open; the batcher still runs
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    del batcher
+    gc.collect()
+print([(w.category.__name__, str(w.message)) for w in caught])
+"""
+
+
+def test_a_batcher_collected_while_running_warns(anyio_backend: str) -> None:
+    script = NEVER_STOPPED.format(backend=anyio_backend)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "[('ResourceWarning', \"<DynamicBatcher running queued=0 in_flight=0> was garbage-collected "
+        "without being stopped; use 'async with batcher:' or stop()\")]\n"
+    )
+
+
+async def test_a_stopped_batcher_does_not_warn() -> None:
+    batcher = DynamicBatcher(double)
+    with anyio.fail_after(5):
+        async with batcher:
+            assert await batcher.call(1) == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del batcher
+        gc.collect()
+    assert caught == []

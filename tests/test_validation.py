@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,3 +234,112 @@ async def test_bad_input_leaves_batcher_working() -> None:
             assert await batcher.call("ok") == "ok"
     stats = batcher.stats
     assert (stats.total_submitted, stats.total_completed) == (1, 1)
+
+
+class Index:
+    """An integer in all but type."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+class TestIntegerCosts:
+    """Costs that are integers in all but type count as plain ints; bool does not."""
+
+    async def total_cost(self, batcher: DynamicBatcher[Any, Any], submit: Any) -> int:
+        with anyio.fail_after(5):
+            async with batcher:
+                await submit(batcher)
+        total = batcher.stats.total_batch_cost
+        assert type(total) is int
+        return total
+
+    async def test_explicit_costs_with_index(self) -> None:
+        numpy = pytest.importorskip("numpy")
+
+        async def submit(b: DynamicBatcher[Any, Any]) -> None:
+            await b.call("a", estimated_cost=numpy.int64(5))
+            await b.call("b", estimated_cost=Index(7))  # type: ignore[arg-type]
+            b.submit_nowait("c", estimated_cost=numpy.uint8(3))
+            await b.call("d", estimated_cost=numpy.int32(0))
+
+        assert await self.total_cost(DynamicBatcher(echo), submit) == 15
+
+    async def test_submit_batch_takes_an_array_of_costs(self) -> None:
+        numpy = pytest.importorskip("numpy")
+
+        async def submit(b: TokenBatcher[Any, Any]) -> None:
+            futures = await b.submit_batch(["a", "b", "c"], estimated_tokens=numpy.array([4, 5, 6]))
+            assert [await f for f in futures] == ["a", "b", "c"]
+
+        assert await self.total_cost(TokenBatcher(echo, max_batch_size=1), submit) == 15
+
+    async def test_estimator_returning_a_numpy_integer(self) -> None:
+        numpy = pytest.importorskip("numpy")
+
+        async def submit(b: DynamicBatcher[Any, Any]) -> None:
+            await b.call("abcd")
+
+        batcher = DynamicBatcher(echo, cost_estimator=lambda record: numpy.int64(len(record)))
+        assert await self.total_cost(batcher, submit) == 4
+
+    async def test_not_integers_are_still_refused_naming_where_they_came_from(self) -> None:
+        numpy = pytest.importorskip("numpy")
+        with anyio.fail_after(5):
+            async with DynamicBatcher(echo, cost_estimator=lambda record: numpy.float64(2)) as batcher:
+                with pytest.raises(TypeError, match=r"^the cost from cost_estimator must be an int, got float64$"):
+                    await batcher.submit("x")
+                with pytest.raises(TypeError, match=r"^estimated_cost must be an int, got bool$"):
+                    await batcher.submit("x", estimated_cost=numpy.bool_(True))
+                with pytest.raises(TypeError, match=r"^estimated_cost must be an int, got bool$"):
+                    await batcher.submit("x", estimated_cost=True)
+                with pytest.raises(ValueError, match=r"^estimated_cost\[1\] must be >= 0, got -2$"):
+                    await batcher.submit_batch(["x", "y"], estimated_cost=numpy.array([1, -2]))
+                with pytest.raises(TypeError, match=r"^estimated_cost\[0\] must be an int, got float64$"):
+                    await batcher.submit_batch(["x"], estimated_cost=numpy.array([1.0]))
+                with pytest.raises(TypeError, match=r"^estimated_cost must be a sequence of ints or None, got dict$"):
+                    await batcher.submit_batch(["x"], estimated_cost={0: 1})
+                assert batcher.stats.total_submitted == 0
+
+
+class TestTokenBatcherPricing:
+    async def test_a_str_is_priced_by_its_text(self) -> None:
+        batcher = TokenBatcher(echo)
+        with anyio.fail_after(5):
+            async with batcher:
+                assert await batcher.call("x" * 40) == "x" * 40
+        assert batcher.stats.total_batch_cost == Prompt("x" * 40).estimate_tokens() == 11
+
+    async def test_falling_back_to_the_default_warns_once_per_type(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.WARNING, logger="batcher")
+
+        class Unpriced:
+            pass
+
+        batcher = TokenBatcher(echo, default_token_estimate=2)
+        with anyio.fail_after(5):
+            async with batcher:
+                await batcher.submit_batch([1, 2, 3])
+                await batcher.submit_batch([Unpriced(), Unpriced()])
+                await batcher.submit_batch(["priced", Prompt("priced")])
+        messages = [r.getMessage() for r in caplog.records if r.name == "batcher"]
+        assert messages == [
+            f"{kind} records have no cost of their own (no token_estimator, no estimate_tokens() or "
+            "estimate_cost() method); each counts as default_token_estimate=2"
+            for kind in ("int", "Unpriced")
+        ]
+        assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "batcher")
+
+    async def test_dynamic_batcher_counts_records_by_default_without_warning(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="batcher")
+        batcher = DynamicBatcher(echo)
+        with anyio.fail_after(5):
+            async with batcher:
+                await batcher.submit_batch([1, 2, 3])
+        assert batcher.stats.total_batch_cost == 3
+        assert [r for r in caplog.records if r.name == "batcher"] == []

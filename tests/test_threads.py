@@ -1,0 +1,87 @@
+"""Use from other threads and other event loops: refused at once with a clear
+error, and the batcher keeps working for its own loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+import trio
+
+from batcher import DynamicBatcher, TokenBatcher
+
+from .helpers import Recorder
+
+OTHER_THREAD = (
+    "batcher was called from a thread other than its event loop's; from another thread, go through "
+    "anyio.from_thread.run(batcher.call, record, token=...) with the token of the loop that started it"
+)
+
+
+async def double(batch: list[int]) -> list[int]:
+    return [x * 2 for x in batch]
+
+
+def refusal(attempt: Callable[[], Any]) -> str:
+    """Run ``attempt`` (in the calling thread) and return the RuntimeError it raised."""
+    with pytest.raises(RuntimeError) as info:
+        attempt()
+    return str(info.value)
+
+
+def in_asyncio(coroutine_function: Callable[[], Any]) -> Callable[[], Any]:
+    return lambda: asyncio.run(coroutine_function())
+
+
+def in_trio(coroutine_function: Callable[[], Any]) -> Callable[[], Any]:
+    return lambda: trio.run(coroutine_function)
+
+
+@pytest.mark.parametrize("kind", [DynamicBatcher, TokenBatcher])
+class TestFromAnotherThread:
+    async def test_every_entry_point_is_refused_at_once(self, kind: Any) -> None:
+        batcher = kind(double)
+        with anyio.fail_after(10):
+            async with batcher:
+                entry_points: list[Callable[[], Any]] = [
+                    lambda: batcher.submit_nowait(1),
+                    in_asyncio(lambda: batcher.submit(1)),
+                    in_trio(lambda: batcher.submit(1)),
+                    in_asyncio(lambda: batcher.call(1)),
+                    in_trio(lambda: batcher.call(1)),
+                    in_asyncio(lambda: batcher.submit_batch([1, 2])),
+                    in_trio(lambda: batcher.submit_batch([1, 2])),
+                    in_asyncio(batcher.stop),
+                    in_trio(batcher.stop),
+                ]
+                for attempt in entry_points:
+                    assert await anyio.to_thread.run_sync(refusal, attempt) == OTHER_THREAD
+                started_elsewhere = await anyio.to_thread.run_sync(refusal, in_asyncio(batcher.start))
+                assert started_elsewhere == "batcher is already running; stop() it before starting it again"
+                # Nothing reached the batcher, and it works for its own loop.
+                assert batcher.stats.total_submitted == 0
+                assert await batcher.call(21) == 42
+        assert batcher.stats.total_completed == 1
+
+    async def test_the_thread_safe_way_in_works(self, kind: Any) -> None:
+        batcher = kind(double)
+        token = anyio.lowlevel.current_token()
+        with anyio.fail_after(10):
+            async with batcher:
+                result = await anyio.to_thread.run_sync(lambda: anyio.from_thread.run(batcher.call, 5, token=token))
+        assert result == 10
+
+
+async def test_a_plain_thread_cannot_steal_the_wake_up() -> None:
+    """A worker's wake-up stays in the stream for the aggregator: a foreign
+    submit_nowait is refused before it touches the stream."""
+    model = Recorder()
+    with anyio.fail_after(10):
+        async with DynamicBatcher(model) as batcher:
+            assert await batcher.call(1) == ("done", 1)
+            assert await anyio.to_thread.run_sync(refusal, lambda: batcher.submit_nowait(2)) == OTHER_THREAD
+            assert await batcher.call(3) == ("done", 3)
+    assert model.records == [1, 3]
