@@ -111,11 +111,11 @@ class Aggregator:
 
         A withdrawn record, or the wake-up, is dropped."""
         assembly, receive = self._assembly, self._run.submit_receive
-        full = assembly.full()
+        full, empty = assembly.full(), not assembly
         while True:
             if item is not WAKE_UP and item._state == PENDING:
-                if not assembly:
-                    self._opened_at = monotonic()
+                if empty:
+                    self._opened_at, empty = monotonic(), False
                 full = assembly.add(item, item._cost)
             if full or self._ended:
                 return

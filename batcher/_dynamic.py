@@ -198,7 +198,6 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         if self._run is not None:
             raise RuntimeError("batcher is already running; stop() it before starting it again")
         self._counters.new_event = event_factory()
-        self._counters.sole_worker = self._settings.max_concurrent_batches == 1
         self._run = Run(self._settings, owner)
         return self._run
 

@@ -132,7 +132,7 @@ class BatchFuture(Generic[ResultT]):
 
     def __await__(self) -> Generator[Any, Any, ResultT]:
         if self._state < RESULT:
-            if WORKER_OF.get() is self._counters and self._counters.sole_worker:
+            if self._counters.sole_worker_in_model and WORKER_OF.get() is self._counters:
                 raise RuntimeError(
                     "process_fn awaited a result of its own batcher, which would wait for itself: "
                     "with max_concurrent_batches=1 the batch it waits for cannot run"
@@ -141,15 +141,17 @@ class BatchFuture(Generic[ResultT]):
             if event is None:
                 event = self._event = self._counters.new_event()
             yield from event.wait().__await__()
-        return self.result()
+        if self._state == RESULT:
+            return cast(ResultT, self._value)
+        return self.result()  # raises
 
     def _finish(self, state: State, value: Any) -> None:
-        # Ends the future exactly once; later calls are ignored. An exception is
-        # kept with its traceback as it is now (see result()).
+        # Ends the future exactly once; later calls are ignored. ERROR's value is
+        # the exception and its traceback as it was when the future failed.
         if self._state >= RESULT:
             return
         self._state = state
-        self._value = (value, value.__traceback__) if state == ERROR else value
+        self._value = value
         self._record = None  # the record is no longer needed: let it go
         event = self._event
         if event is not None:
@@ -195,11 +197,18 @@ def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: 
     in a slot fails that future alone."""
     failed = 0
     for future, result in zip(batch, results, strict=True):
+        # _finish() for a dispatched future, written out: this runs once per record,
+        # and the call cost 2-3 % of throughput (BENCHMARKS.md, "Against an earlier
+        # revision").
         if isinstance(result, Exception):
             failed += 1
-            future._finish(ERROR, result)
+            future._state, future._value = ERROR, (result, result.__traceback__)
         else:
-            future._finish(RESULT, result)
+            future._state, future._value = RESULT, result
+        future._record = None
+        event = future._event
+        if event is not None:
+            event.set()
     counters.completed += len(batch)
     counters.failed += failed
 
@@ -207,10 +216,11 @@ def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: 
 def fail(batch: Sequence[BatchFuture[Any]], exc: BaseException, counters: Counters) -> None:
     """End every unfinished future of ``batch`` with ``exc``."""
     ended = 0
+    error = (exc, exc.__traceback__)
     for future in batch:
         if future._state < RESULT:
             ended += 1
-            future._finish(ERROR, exc)
+            future._finish(ERROR, error)
     counters.completed += ended
     counters.failed += ended
 

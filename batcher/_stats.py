@@ -43,7 +43,7 @@ class BatchStats:
 class Counters:
     """The live, mutable counters behind :class:`BatchStats`, shared by a batcher
     and its futures; also what those futures need to know of the running batcher:
-    how to make an event on its loop, and whether it has one worker."""
+    how to make an event on its loop, and whether its only worker is busy."""
 
     __slots__ = (
         "batch_cost",
@@ -55,15 +55,15 @@ class Counters:
         "failed",
         "idle",
         "new_event",
-        "sole_worker",
+        "sole_worker_in_model",
         "submitted",
     )
 
     def __init__(self) -> None:
         self.new_event: Callable[[], anyio.Event] = anyio.Event
-        #: Whether the batcher runs one batch at a time (then its process function
-        #: must not wait for its own results).
-        self.sole_worker = True
+        #: Whether the batcher's only worker is inside the process function (which
+        #: then must not wait for its own results).
+        self.sole_worker_in_model = False
         self.submitted = 0
         self.dispatched = 0
         self.completed = 0

@@ -32,13 +32,14 @@ _Finished = tuple[list[BatchFuture[Any]], list[Any]]
 class Worker:
     """One of a run's workers; :meth:`run` is its loop."""
 
-    __slots__ = ("_batches", "_cost_model", "_counters", "_model", "_run", "_thread")
+    __slots__ = ("_alone", "_batches", "_cost_model", "_counters", "_model", "_run", "_thread")
 
     def __init__(self, run: Run, model: Model, counters: Counters) -> None:
         self._run = run
         self._model = model
         self._counters = counters
         self._cost_model = run.settings.cost_model
+        self._alone = run.settings.max_concurrent_batches == 1
         self._batches = run.batch_receive.clone()
         self._thread = ModelThread()  # for a plain process function; started on first use
 
@@ -103,7 +104,7 @@ class Worker:
         counters.dispatched += len(batch)
         counters.batch_cost += batch_cost([future._cost for future in batch], self._cost_model)
         try:
-            results = await self._model([future._record for future in batch], self._thread, self._run.limiter)
+            results = await self._call_model(batch)
         except Exception as exc:
             self._fail_batch(batch, exc)
             return None
@@ -117,6 +118,16 @@ class Worker:
                 self._fail_batch(batch, _stray(exc))
             return None
         return batch, results
+
+    async def _call_model(self, batch: Batch) -> list[Any]:
+        # While the only worker is in the process function, its own futures must not
+        # be awaited from there (see BatchFuture.__await__).
+        counters = self._counters
+        counters.sole_worker_in_model = self._alone
+        try:
+            return await self._model([future._record for future in batch], self._thread, self._run.limiter)
+        finally:
+            counters.sole_worker_in_model = False
 
     def _fail_batch(self, batch: Batch, exc: Exception) -> None:
         logger.error("process_fn failed on a batch of %d records: %r", len(batch), exc, exc_info=exc)
