@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Collection, Iterable
-from threading import get_ident
 from types import TracebackType
 from typing import Any, Generic, Self, SupportsIndex
 
@@ -24,7 +23,7 @@ from ._future import WORKER_OF, BatchFuture, event_factory
 from ._model import Model
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
-from ._run import NOT_RUNNING, OTHER_THREAD, Run
+from ._run import NOT_RUNNING, STOPPED, NotRunning, Run
 from ._settings import Settings, check_callable
 from ._stats import BatchStats, Counters
 
@@ -107,7 +106,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         self._pricing = pricing
         self._settings = settings
         self._counters = Counters()
-        self._run: Run | None = None  # while running
+        self._run: Run | NotRunning = STOPPED
 
     # ------------------------------------------------------------------ state
 
@@ -119,7 +118,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         loops have ended and, after :meth:`start`, :meth:`stop` has been called:
         a batcher whose process function raised a fatal exception stays running
         until :meth:`stop` re-raises it."""
-        return self._run is not None
+        return self._run is not STOPPED
 
     @property
     def stats(self) -> BatchStats:
@@ -195,14 +194,14 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             raise run.fatal
 
     def _begin(self, owner: TaskGroup | None) -> Run:
-        if self._run is not None:
+        if self._run is not STOPPED:
             raise RuntimeError("batcher is already running; stop() it before starting it again")
         self._counters.new_event = event_factory()
-        self._run = Run(self._settings, owner)
-        return self._run
+        run = self._run = Run(self._settings, owner, self._counters)
+        return run
 
     def __del__(self) -> None:
-        if getattr(self, "_run", None) is not None:
+        if isinstance(getattr(self, "_run", STOPPED), Run):
             warnings.warn(
                 f"{self!r} was garbage-collected without being stopped; use 'async with batcher:' or stop()",
                 ResourceWarning,
@@ -214,7 +213,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         # Once its loops have ended, and the task group start() opened for them has
         # been exited, a run is over: the batcher keeps no reference to it.
         if self._run is run and run.owner is None and run.stopped.is_set():
-            self._run = None
+            self._run = STOPPED
 
     async def _serve(self, run: Run, *, task_status: TaskStatus[None]) -> None:
         try:
@@ -224,7 +223,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
 
     async def _close(self, *, abort: bool) -> None:
         run = self._run
-        if run is not None:
+        if isinstance(run, Run):
             try:
                 await run.close(abort=abort, in_worker=WORKER_OF.get() is self._counters)
             finally:
@@ -247,8 +246,8 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             thread other than its event loop's
         """
         future = self._new_future(record, estimated_cost, "estimated_cost")
-        if not self._try_enqueue(future):
-            await self._enqueue_waiting(future)
+        if not self._run.try_submit(future):
+            await self._run.submit(future)
         return future
 
     def submit_nowait(self, record: RecordT, *, estimated_cost: int | None = None) -> BatchFuture[ResultT]:
@@ -257,7 +256,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         :raises anyio.WouldBlock: if the submission stream is full
         """
         future = self._new_future(record, estimated_cost, "estimated_cost")
-        if not self._try_enqueue(future):
+        if not self._run.try_submit(future):
             raise anyio.WouldBlock
         return future
 
@@ -292,47 +291,13 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         return BatchFuture(record, self._pricing.price(record, cost, name), self._counters)
 
     async def _call(self, future: BatchFuture[ResultT]) -> ResultT:
-        if not self._try_enqueue(future):
-            await self._enqueue_waiting(future)
+        if not self._run.try_submit(future):
+            await self._run.submit(future)
         try:
             return await future
         except BaseException:
             future.cancel()  # withdraws the record unless it was already dispatched
             raise
-
-    def _try_enqueue(self, future: BatchFuture[Any]) -> bool:
-        """Send ``future`` into the submission stream if it has room; return whether it did.
-
-        :raises RuntimeError: if the batcher is not running
-        """
-        run = self._run
-        if run is None or run.thread != get_ident():
-            raise RuntimeError(NOT_RUNNING if run is None else OTHER_THREAD)
-        try:
-            run.submit_send.send_nowait(future)
-        except anyio.WouldBlock:
-            return False
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise RuntimeError(NOT_RUNNING) from None
-        self._counters.submitted += 1
-        return True
-
-    async def _enqueue_waiting(self, future: BatchFuture[Any]) -> None:
-        """Wait for room in the submission stream, then send ``future``."""
-        run = self._run
-        if run is None:
-            raise RuntimeError(NOT_RUNNING)
-        try:
-            await run.submit_send.send(future)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise RuntimeError(NOT_RUNNING) from None
-        except BaseException:
-            # Cancelled while waiting for room. The record may or may not have made
-            # it into the stream; either way it is withdrawn and counted as such.
-            self._counters.submitted += 1
-            future.cancel()
-            raise
-        self._counters.submitted += 1
 
     async def _submit_all(
         self, records: Iterable[RecordT], costs: Collection[SupportsIndex] | None, name: str
@@ -345,13 +310,13 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         else:
             checked = self._pricing.check_all(costs, len(records), name)
             futures = [BatchFuture(record, cost, counters) for record, cost in zip(records, checked, strict=True)]
-        if self._run is None:
+        if self._run is STOPPED:
             raise RuntimeError(NOT_RUNNING)
         queued = 0
         try:
             for future in futures:
-                if not self._try_enqueue(future):
-                    await self._enqueue_waiting(future)
+                if not self._run.try_submit(future):
+                    await self._run.submit(future)
                 queued += 1
         except BaseException:
             # The caller gets no futures back: withdraw what this call had queued.

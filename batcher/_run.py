@@ -14,13 +14,13 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._aggregator import WAKE_UP, Aggregator, Submission
 from ._exceptions import closed_error
-from ._future import Batch, fail_queued
+from ._future import Batch, BatchFuture, fail_queued
 from ._model import Model
 from ._settings import Settings
 from ._stats import Counters
 from ._worker import Worker
 
-__all__ = ("NOT_RUNNING", "OTHER_THREAD", "Run")
+__all__ = ("NOT_RUNNING", "STOPPED", "NotRunning", "Run")
 
 NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
 OTHER_THREAD = (
@@ -44,6 +44,7 @@ class Run:
         "_free_workers",
         "batch_receive",
         "batch_send",
+        "counters",
         "fatal",
         "limiter",
         "owner",
@@ -56,8 +57,9 @@ class Run:
         "thread",
     )
 
-    def __init__(self, settings: Settings, owner: TaskGroup | None) -> None:
+    def __init__(self, settings: Settings, owner: TaskGroup | None, counters: Counters) -> None:
         self.settings = settings
+        self.counters = counters
         #: The thread of the event loop the run belongs to.
         self.thread = threading.get_ident()
         #: The task that called ``start()``, which alone can exit ``owner``.
@@ -77,6 +79,41 @@ class Run:
         self.fatal: BaseException | None = None
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
+
+    # ----------------------------------------------------------- submission
+
+    def try_submit(self, future: BatchFuture[Any]) -> bool:
+        """Send ``future`` into the submission stream if it has room; return whether it did.
+
+        :raises RuntimeError: if called from another thread, or once input has ended
+        """
+        if self.thread != threading.get_ident():
+            raise RuntimeError(OTHER_THREAD)
+        try:
+            self.submit_send.send_nowait(future)
+        except anyio.WouldBlock:
+            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise RuntimeError(NOT_RUNNING) from None
+        self.counters.submitted += 1
+        return True
+
+    async def submit(self, future: BatchFuture[Any]) -> None:
+        """Wait for room in the submission stream, then send ``future``. If the
+        caller is cancelled meanwhile, the record is withdrawn."""
+        try:
+            await self.submit_send.send(future)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise RuntimeError(NOT_RUNNING) from None
+        except BaseException:
+            # The record may or may not have made it into the stream; either way it
+            # is withdrawn and counted as such.
+            self.counters.submitted += 1
+            future.cancel()
+            raise
+        self.counters.submitted += 1
+
+    # ------------------------------------------------------------ lifecycle
 
     async def start(self, serve: Callable[..., Coroutine[Any, Any, None]]) -> None:
         """Enter the owner task group (``start()``'s) and start ``serve(self)`` in it."""
@@ -165,3 +202,19 @@ class Run:
         """Keep ``exc`` for ``stop()`` and cancel the loops."""
         self.fatal = exc
         self.scope.cancel()
+
+
+class NotRunning:
+    """What a batcher holds instead of a :class:`Run` while it is not running: it
+    refuses records, so that ``submit`` needs no check of its own."""
+
+    __slots__ = ()
+
+    def try_submit(self, future: BatchFuture[Any]) -> bool:
+        raise RuntimeError(NOT_RUNNING)
+
+    async def submit(self, future: BatchFuture[Any]) -> None:
+        raise RuntimeError(NOT_RUNNING)
+
+
+STOPPED = NotRunning()

@@ -113,14 +113,13 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         if fn is None:
             raise TypeError("TokenBatcher requires either inference_fn or process_fn")
         target_name, target = either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost)
-        # DynamicBatcher.__init__ would name costs; build the same parts in tokens.
-        self._setup(
+        self._setup(  # the parts DynamicBatcher.__init__ builds, in token words
             check_callable(fn_name, fn),
             Pricing(
                 either("token_estimator", token_estimator, "cost_estimator", cost_estimator),
                 either("default_token_estimate", default_token_estimate, "default_cost", default_cost),
                 ("estimate_tokens", "estimate_cost"),
-                by_type={str: text_tokens},
+                by_type={str: text_tokens},  # a str is priced by its text
                 warn_default=True,
             ),
             Settings(
@@ -156,8 +155,8 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
         future = self._new_future(record, cost, name)
-        if not self._try_enqueue(future):
-            await self._enqueue_waiting(future)
+        if not self._run.try_submit(future):
+            await self._run.submit(future)
         return future
 
     def submit_nowait(
@@ -175,7 +174,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
         future = self._new_future(record, cost, name)
-        if not self._try_enqueue(future):
+        if not self._run.try_submit(future):
             raise anyio.WouldBlock
         return future
 
