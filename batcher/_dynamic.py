@@ -6,7 +6,7 @@ record (``_pricing.py``), wraps it in a future (``_future.py``) and sends it int
 the submission stream of the current run (``_run.py``); the aggregator
 (``_aggregator.py``) forms batches by the pure rules of ``_assembly.py`` and sends
 them into the batch stream; a worker (``_worker.py``) runs each batch through the
-process function and ends its futures.
+process function (``_model.py``) and ends its futures.
 """
 
 from __future__ import annotations
