@@ -217,7 +217,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
 
     async def _serve(self, run: Run, *, task_status: TaskStatus[None]) -> None:
         try:
-            await run.serve(self._model, self._counters, task_status=task_status)
+            await run.serve(self._model, task_status=task_status)
         finally:
             self._forget(run)
 

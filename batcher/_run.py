@@ -130,9 +130,10 @@ class Run:
             self.stopped.set()
             raise
 
-    async def serve(self, model: Model, counters: Counters, *, task_status: TaskStatus[None]) -> None:
+    async def serve(self, model: Model, *, task_status: TaskStatus[None]) -> None:
         """Run the aggregator and the workers until input has ended and every batch
         has run, or until cancelled; then fail what is left and close the streams."""
+        counters = self.counters
         try:
             with self.scope:
                 async with anyio.create_task_group() as loops:
