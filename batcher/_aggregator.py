@@ -15,7 +15,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 
-from ._assembly import CLOSE, FINISH, YIELD, Assembly, Step, make_assembly, next_step
+from ._assembly import CLOSE, FINISH, PULL, YIELD, Assembly, Step, make_assembly, next_step
 from ._exceptions import closed_error
 from ._future import PENDING, BatchFuture, fail, fail_queued, is_pending
 from ._stats import Counters
@@ -23,7 +23,11 @@ from ._stats import Counters
 if TYPE_CHECKING:
     from ._run import Run
 
-__all__ = ("WAKE_UP", "Aggregator", "Submission")
+__all__ = ("INTAKE", "WAKE_UP", "Aggregator", "Submission")
+
+#: The most records the aggregator takes in at one turn of the event loop, so that a
+#: deep backlog (a pool of 100,000 to group) does not stall the loop while it loads.
+INTAKE = 1024
 
 
 class _WakeUp(Enum):
@@ -43,6 +47,7 @@ class Aggregator:
 
     __slots__ = (
         "_assembly",
+        "_backlog",
         "_counters",
         "_ended",
         "_opened_at",
@@ -68,6 +73,7 @@ class Aggregator:
         self._ended = False  # the submission stream has ended: no record will come
         self._yielded = False  # the next batch has had its eager checkpoint
         self._waited_for_worker = False  # the next batch grew while every worker was busy
+        self._backlog = False  # more records were submitted than the last intake took in
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         """Close batches as :func:`next_step` says until input ends and all is sent.
@@ -84,6 +90,8 @@ class Aggregator:
                     elif step is YIELD:
                         self._yielded = True
                         await checkpoint()  # producers that are runnable add theirs first
+                    elif step is PULL:
+                        await checkpoint()  # a long backlog is taken in a chunk a turn
                     elif step is FINISH:
                         return
                     else:
@@ -105,20 +113,27 @@ class Aggregator:
             batch_timeout_s=settings.batch_timeout_s,
             yielded=self._yielded,
             waited_for_worker=self._waited_for_worker,
+            backlog=self._backlog,
         )
 
     def _pull_queued(self, item: Submission = WAKE_UP) -> None:
-        """Admit ``item``, then what is already submitted, until the next batch is full.
+        """Admit ``item``, then what is already submitted, until the next batch is
+        full, or ``INTAKE`` records were taken in (then note the backlog).
 
         A withdrawn record, or the wake-up, is dropped."""
         assembly, receive = self._assembly, self._run.submit_receive
         full, empty = assembly.full(), not assembly
+        self._backlog = False
+        taken = 0
         while True:
             if item is not WAKE_UP and item._state == PENDING:
                 if empty:
                     self._opened_at, empty = monotonic(), False
                 full = assembly.add(item, item._cost)
             if full or self._ended:
+                return
+            if taken == INTAKE:
+                self._backlog = True  # more may be queued: the rest at the next turn
                 return
             try:
                 item = receive.receive_nowait()
@@ -127,6 +142,7 @@ class Aggregator:
             except anyio.EndOfStream:
                 self._ended = True
                 return
+            taken += 1
 
     async def _wait_for_record(self, delay: float | None) -> None:
         if delay is None and self._assembly:

@@ -20,7 +20,17 @@ from typing import Generic, NamedTuple, TypeVar
 
 from ._protocols import CostModel
 
-__all__ = ("Action", "Assembly", "FifoAssembly", "GroupedAssembly", "Step", "batch_cost", "make_assembly", "next_step")
+__all__ = (
+    "PULL",
+    "Action",
+    "Assembly",
+    "FifoAssembly",
+    "GroupedAssembly",
+    "Step",
+    "batch_cost",
+    "make_assembly",
+    "next_step",
+)
 
 T = TypeVar("T", bound=Hashable)
 
@@ -147,7 +157,7 @@ class GroupedAssembly(Generic[T]):
     a batch would take it, and never takes a slot.
     """
 
-    __slots__ = ("_arrivals", "_buckets", "_budget", "_costs", "_count", "_live", "_taken", "_window")
+    __slots__ = ("_arrival_costs", "_arrivals", "_buckets", "_budget", "_costs", "_count", "_live", "_taken", "_window")
 
     def __init__(
         self,
@@ -161,7 +171,10 @@ class GroupedAssembly(Generic[T]):
         self._buckets: dict[int, deque[T]] = {}  # cost -> its records, oldest first
         self._costs: list[int] = []  # the keys of _buckets, sorted
         self._count = 0
-        self._arrivals: deque[tuple[T, int]] = deque()  # arrival order, taken ones skipped lazily
+        # Arrival order, taken ones skipped lazily; costs beside, not in tuples, to
+        # spare the cyclic GC an object per record.
+        self._arrivals: deque[T] = deque()
+        self._arrival_costs: deque[int] = deque()
         self._taken: set[T] = set()  # out of their bucket, still in _arrivals
         self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded")
         self._window = window
@@ -177,7 +190,8 @@ class GroupedAssembly(Generic[T]):
             bucket = self._buckets[cost] = deque()
             insort(self._costs, cost)
         bucket.append(item)
-        self._arrivals.append((item, cost))
+        self._arrivals.append(item)
+        self._arrival_costs.append(cost)
         self._count += 1
         return self._count >= self._window
 
@@ -200,9 +214,9 @@ class GroupedAssembly(Generic[T]):
 
     def _pop_oldest(self) -> tuple[T, int] | None:
         """Remove the oldest live record from its bucket (where it is the first)."""
-        arrivals, taken, live = self._arrivals, self._taken, self._live
+        arrivals, costs, taken, live = self._arrivals, self._arrival_costs, self._taken, self._live
         while arrivals:
-            item, cost = arrivals.popleft()
+            item, cost = arrivals.popleft(), costs.popleft()
             if item in taken:
                 taken.discard(item)
                 continue
@@ -290,6 +304,7 @@ class Action(Enum):
 
     CLOSE = "close"  #: close the next batch now and send it to the workers
     YIELD = "yield"  #: let runnable producers add their records first, then decide again
+    PULL = "pull"  #: take in more of a backlog after a checkpoint, then decide again
     WAIT = "wait"  #: wait for a record, at most ``Step.delay`` seconds (``None``: no deadline)
     FINISH = "finish"  #: input has ended and nothing is queued: the aggregator is done
 
@@ -301,6 +316,7 @@ class Step(NamedTuple):
 
 CLOSE = Step(Action.CLOSE)
 YIELD = Step(Action.YIELD)
+PULL = Step(Action.PULL)
 FINISH = Step(Action.FINISH)
 WAIT_FOREVER = Step(Action.WAIT)
 
@@ -317,6 +333,7 @@ def next_step(
     batch_timeout_s: float,
     yielded: bool,
     waited_for_worker: bool,
+    backlog: bool = False,
 ) -> Step:
     """Decide what the aggregator does next with the ``queued`` records.
 
@@ -327,6 +344,9 @@ def next_step(
     - With ``eager`` a free worker takes what is queued, if at least
       ``min_batch_size`` records are; otherwise the batch waits up to
       ``batch_timeout_s`` after its first record arrived (``waited_s`` ago).
+    - While records already submitted wait beyond the last intake (``backlog``),
+      the aggregator takes them in first, a chunk a turn, so a batch chooses from
+      all of them and the event loop never stalls on a long intake.
     - Before an eager close the aggregator yields once, so that producers that
       are already runnable add theirs to the batch, unless it has ``yielded``
       for this batch already or the batch ``waited_for_worker``: it grew while
@@ -336,14 +356,19 @@ def next_step(
         return FINISH if ended else WAIT_FOREVER
     if full or ended:
         return CLOSE
+    if backlog:
+        return PULL
     if not worker_free:
         return WAIT_FOREVER
+    return _for_a_free_worker(queued, eager, min_batch_size, batch_timeout_s - waited_s, yielded or waited_for_worker)
+
+
+def _for_a_free_worker(queued: int, eager: bool, min_batch_size: int, remaining_s: float, settled: bool) -> Step:
+    # A worker is free for a batch that is not full.
     if not eager:
-        return _unless_waiting(batch_timeout_s - waited_s, CLOSE)
-    close = CLOSE if yielded or waited_for_worker else YIELD
-    if queued >= min_batch_size:
-        return close
-    return _unless_waiting(batch_timeout_s - waited_s, close)
+        return _unless_waiting(remaining_s, CLOSE)
+    close = CLOSE if settled else YIELD
+    return close if queued >= min_batch_size else _unless_waiting(remaining_s, close)
 
 
 def _unless_waiting(remaining_s: float, step: Step) -> Step:

@@ -18,7 +18,9 @@ from typing import Any, Generic, Literal, Self, SupportsIndex, overload
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from anyio.lowlevel import checkpoint
 
+from ._aggregator import INTAKE
 from ._future import WORKER_OF, BatchFuture, event_factory
 from ._map import MapResults, Progress
 from ._model import Model
@@ -342,12 +344,15 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         self, records: Iterable[RecordT], costs: Collection[SupportsIndex] | None, name: str
     ) -> list[BatchFuture[ResultT]]:
         records = list(records)
-        counters = self._counters
-        futures: list[BatchFuture[ResultT]]
-        if costs is None:
-            futures = [self._new_future(record, None, name) for record in records]
-        else:
-            checked = self._pricing.check_all(costs, len(records), name)
-            futures = [BatchFuture(record, cost, counters) for record, cost in zip(records, checked, strict=True)]
+        checked = None if costs is None else self._pricing.check_all(costs, len(records), name)
+        futures: list[BatchFuture[ResultT]] = []
+        for start in range(0, len(records), INTAKE):  # a chunk at a turn of the event loop
+            chunk = records[start : start + INTAKE]
+            if checked is None:
+                futures.extend([self._new_future(record, None, name) for record in chunk])
+            else:
+                costs_of_chunk, counters = checked[start : start + INTAKE], self._counters
+                futures.extend([BatchFuture(r, cost, counters) for r, cost in zip(chunk, costs_of_chunk, strict=True)])
+            await checkpoint()
         await self._run.submit_all(futures)
         return futures

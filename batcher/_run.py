@@ -11,8 +11,9 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from anyio.lowlevel import checkpoint
 
-from ._aggregator import WAKE_UP, Aggregator, Submission
+from ._aggregator import INTAKE, WAKE_UP, Aggregator, Submission
 from ._exceptions import closed_error
 from ._future import Batch, BatchFuture, fail_queued
 from ._model import Model
@@ -114,16 +115,19 @@ class Run:
         self.counters.submitted += 1
 
     async def submit_all(self, futures: list[BatchFuture[Any]]) -> None:
-        """Send every future, waiting for room as needed. If that raises (the caller
-        is cancelled, the batcher stops), withdraw those already sent."""
+        """Send every future, waiting for room as needed, and letting the event loop
+        run between chunks. If that raises (the caller is cancelled, the batcher
+        stops), withdraw those already sent."""
         if self.thread != threading.get_ident():
             raise RuntimeError(OTHER_THREAD)
         sent = 0
         try:
-            for future in futures:
-                if not self.try_submit(future):
-                    await self.submit(future)
-                sent += 1
+            for start in range(0, len(futures), INTAKE):  # a turn of the event loop per chunk
+                for future in futures[start : start + INTAKE]:
+                    if not self.try_submit(future):
+                        await self.submit(future)
+                    sent += 1
+                await checkpoint()
         except BaseException:
             for future in futures[:sent]:
                 future.cancel()

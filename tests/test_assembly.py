@@ -146,6 +146,12 @@ class TestNextStep:
     def test_batch_that_waited_for_a_worker_closes_without_yielding(self) -> None:
         assert self.step(waited_for_worker=True) == Step(Action.CLOSE)
 
+    def test_a_backlog_is_taken_in_before_a_batch_closes(self) -> None:
+        assert self.step(backlog=True) == Step(Action.PULL)
+        assert self.step(backlog=True, worker_free=False) == Step(Action.PULL)
+        assert self.step(backlog=True, full=True) == Step(Action.CLOSE)  # a full batch goes first
+        assert self.step(backlog=True, queued=0) == Step(Action.WAIT, None)
+
     def test_busy_workers_let_the_batch_grow(self) -> None:
         assert self.step(worker_free=False) == Step(Action.WAIT, None)
 
