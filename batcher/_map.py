@@ -1,0 +1,195 @@
+"""``DynamicBatcher.map``: a whole corpus through the batcher, one result per
+record, in input order or as results arrive, with backpressure and progress."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sized
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
+
+import anyio
+
+from ._future import BatchFuture
+
+if TYPE_CHECKING:
+    from ._dynamic import DynamicBatcher
+
+__all__ = ("MapResults", "Progress")
+
+T = TypeVar("T")
+
+#: ``(done, total)``: called after each result; ``total`` is ``None`` for an input
+#: without a length.
+Progress = Callable[[int, "int | None"], object]
+
+
+class MapResults(Generic[T]):
+    """The results of :meth:`DynamicBatcher.map` (each a result, or with
+    ``return_exceptions`` a result or an exception): an async iterator, and an async
+    context manager whose exit withdraws every record of the map that no worker
+    has taken yet::
+
+        async with batcher.map(records) as results:
+            async for result in results:
+                ...
+
+    It is a plain object, not an async generator, so leaving the ``async with``
+    (a ``break``, an exception, a cancellation) withdraws the rest at once, under
+    asyncio and trio alike. Iterating without ``async with`` works too; then an
+    early ``break`` leaves the records in flight to be processed.
+
+    At most ``window`` records of the map are in flight at a time (submitted and
+    not yet yielded), so an unbounded input takes bounded memory.
+    """
+
+    def __init__(
+        self,
+        batcher: DynamicBatcher[Any, Any],
+        records: Iterable[Any],
+        *,
+        ordered: bool,
+        return_exceptions: bool,
+        progress: bool | Progress | None,
+        window: int,
+    ) -> None:
+        self._batcher = batcher
+        self._records: Iterator[Any] | None = iter(records)
+        self._held: Any = _NONE  # a record taken from the input, not yet submitted
+        self._total = len(records) if isinstance(records, Sized) else None
+        self._ordered = ordered
+        self._return_exceptions = return_exceptions
+        self._window = window
+        # Submitted and not yet yielded: in input order, and (unordered) those ended.
+        self._in_flight: deque[BatchFuture[Any]] = deque()
+        self._unyielded: dict[BatchFuture[Any], None] = {}
+        self._arrived: deque[BatchFuture[Any]] = deque()
+        self._wake = anyio.Event()
+        self._done = 0
+        self._report = _reporter(progress, self._total)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop: take no more records and withdraw those no worker has taken yet."""
+        self._records, self._held = None, _NONE
+        for future in (*self._in_flight, *self._unyielded):
+            future.cancel()
+        self._in_flight.clear()
+        self._unyielded.clear()
+        self._arrived.clear()
+        self._report(None)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        await self._top_up()
+        future = await (self._next_in_order() if self._ordered else self._next_to_arrive())
+        if future is None:
+            self.close()
+            raise StopAsyncIteration
+        self._done += 1
+        self._report(self._done)
+        error = future.exception()
+        if error is None:
+            return cast(T, future.result())
+        if not self._return_exceptions:
+            self.close()
+            raise error
+        return cast(T, error)
+
+    async def _top_up(self) -> None:
+        """Submit records until ``window`` are in flight or the submission stream
+        is full; wait for room only when none of the map's records is in flight."""
+        while self._records is not None and self._pending() < self._window:
+            record = self._take()
+            if record is _NONE:
+                return
+            try:
+                future = self._batcher.submit_nowait(record)
+            except anyio.WouldBlock:
+                if self._pending():
+                    self._held = record  # for the next turn: results are on their way
+                    return
+                future = await self._batcher.submit(record)
+            if self._ordered:
+                self._in_flight.append(future)
+            else:
+                self._unyielded[future] = None
+                future.add_done_callback(self._on_arrival)
+
+    def _pending(self) -> int:
+        return len(self._in_flight) + len(self._unyielded)
+
+    def _take(self) -> Any:
+        record, self._held = self._held, _NONE
+        if record is _NONE and self._records is not None:
+            record = next(self._records, _NONE)
+            if record is _NONE:
+                self._records = None
+        return record
+
+    async def _next_in_order(self) -> BatchFuture[Any] | None:
+        if not self._in_flight:
+            return None
+        future = self._in_flight[0]
+        if not future.done():
+            try:
+                await future
+            except Exception:
+                pass  # read below, once it is taken off the queue
+        return self._in_flight.popleft()
+
+    async def _next_to_arrive(self) -> BatchFuture[Any] | None:
+        while not self._arrived:
+            if not self._unyielded:
+                return None
+            self._wake = anyio.Event()
+            await self._wake.wait()
+        future = self._arrived.popleft()
+        del self._unyielded[future]
+        return future
+
+    def _on_arrival(self, future: BatchFuture[Any]) -> None:
+        if future in self._unyielded:  # not withdrawn by close()
+            self._arrived.append(future)
+            self._wake.set()
+
+
+class _Nothing:
+    pass
+
+
+_NONE: Any = _Nothing()
+
+
+def _reporter(progress: bool | Progress | None, total: int | None) -> Callable[[int | None], object]:
+    """A function that reports ``done`` results (``None``: the map ended)."""
+    if not progress:
+        return lambda done: None
+    if callable(progress):
+        report = progress
+        return lambda done: None if done is None else report(done, total)
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        raise ImportError("map(progress=True) needs tqdm: pip install 'batcher[progress]'") from None
+    bar: list[Any] = []
+
+    def show(done: int | None) -> None:
+        if done is None:
+            if bar:
+                bar.pop().close()
+            return
+        if not bar:
+            bar.append(tqdm(total=total, unit="record"))
+        bar[0].update(1)
+
+    return show

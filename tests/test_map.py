@@ -1,0 +1,162 @@
+"""DynamicBatcher.map: a whole input through the batcher, one result per record."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from typing import Any
+
+import anyio
+import pytest
+
+from batcher import DynamicBatcher, TokenBatcher
+
+from .helpers import NOT_RUNNING, Recorder
+
+
+async def double(batch: list[int]) -> list[int]:
+    return [x * 2 for x in batch]
+
+
+class TestOrdered:
+    async def test_results_in_input_order_with_a_bounded_window(self) -> None:
+        seen_in_flight: list[int] = []
+        batcher = DynamicBatcher(double, max_queue_size=100, max_batch_size=32)
+        results: list[int] = []
+        with anyio.fail_after(10):
+            async with batcher, batcher.map(range(10_000)) as mapped:
+                async for result in mapped:
+                    results.append(result)
+                    seen_in_flight.append(batcher.stats.total_submitted - len(results))
+        assert results == [x * 2 for x in range(10_000)]
+        assert max(seen_in_flight) <= 100
+        assert batcher.stats.total_completed == 10_000
+
+    async def test_a_lazy_unbounded_input_and_an_early_break_withdraw_the_rest(self) -> None:
+        model = Recorder()
+        batcher = DynamicBatcher(model, max_queue_size=50, max_batch_size=8)
+        taken: list[Any] = []
+        with anyio.fail_after(10):
+            async with batcher:
+                async with batcher.map(itertools.count()) as mapped:
+                    async for result in mapped:
+                        taken.append(result)
+                        if len(taken) == 100:
+                            break
+                withdrawn = batcher.stats.total_cancelled
+        stats = batcher.stats
+        assert taken == [("done", x) for x in range(100)]
+        assert withdrawn > 0
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+        assert len(model.records) == stats.total_completed  # withdrawn records never reached the model
+
+    async def test_a_cancelled_consumer_withdraws_the_rest(self) -> None:
+        model = Recorder(hold=True)
+        batcher = DynamicBatcher(model, max_batch_size=4)
+        with anyio.fail_after(10):
+            async with batcher:
+                with anyio.move_on_after(0.2):
+                    async with batcher.map(range(40)) as mapped:
+                        async for _ in mapped:
+                            pass  # the model holds the first batch: nothing comes
+                model.release()
+        stats = batcher.stats
+        assert stats.total_completed == 4  # only the batch the model held
+        assert stats.total_cancelled == 36
+        assert model.records == [0, 1, 2, 3]
+
+
+class TestFailures:
+    @staticmethod
+    async def fails_on_three(batch: list[int]) -> list[object]:
+        return [ValueError(f"bad {x}") if x == 3 else x for x in batch]
+
+    async def test_first_failure_is_raised_and_the_rest_withdrawn(self) -> None:
+        batcher = DynamicBatcher(self.fails_on_three, max_batch_size=2, max_queue_size=4)
+        got: list[Any] = []
+        with anyio.fail_after(10):
+            async with batcher:
+
+                async def consume() -> None:
+                    async for result in batcher.map(range(1000)):
+                        got.append(result)
+
+                with pytest.raises(ValueError, match="bad 3"):
+                    await consume()
+        assert got == [0, 1, 2]
+        stats = batcher.stats
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled < 1000
+
+    async def test_return_exceptions_yields_them_in_place(self) -> None:
+        with anyio.fail_after(10):
+            async with DynamicBatcher(self.fails_on_three, max_batch_size=2) as batcher:
+                got = [result async for result in batcher.map(range(6), return_exceptions=True)]
+        assert [str(r) if isinstance(r, ValueError) else r for r in got] == [0, 1, 2, "bad 3", 4, 5]
+
+    async def test_on_a_stopped_batcher(self) -> None:
+        batcher = DynamicBatcher(double)
+        with pytest.raises(RuntimeError, match=NOT_RUNNING.replace("(", r"\(").replace(")", r"\)")):
+            async for _ in batcher.map([1]):
+                pass
+
+
+class TestUnordered:
+    async def test_results_come_as_they_arrive(self) -> None:
+        first_batch_may_finish = anyio.Event()
+
+        async def model(batch: list[int]) -> list[int]:
+            if 0 in batch:
+                await first_batch_may_finish.wait()
+            return [x * 2 for x in batch]
+
+        got: list[Any] = []
+        batcher = DynamicBatcher(model, max_batch_size=2, max_concurrent_batches=2)
+        with anyio.fail_after(10):
+            async with batcher, batcher.map(range(4), ordered=False) as mapped:
+                async for result in mapped:
+                    got.append(result)
+                    if len(got) == 2:
+                        first_batch_may_finish.set()
+        assert got[:2] == [4, 6]  # the second batch, before the held first one
+        assert sorted(got) == [0, 2, 4, 6]
+
+    async def test_every_result_once(self) -> None:
+        with anyio.fail_after(10):
+            async with DynamicBatcher(double, max_batch_size=7, max_queue_size=30) as batcher:
+                got = [r async for r in batcher.map(range(500), ordered=False)]
+        assert sorted(got) == [x * 2 for x in range(500)]
+
+
+class TestProgress:
+    async def test_a_callable_sees_each_result(self) -> None:
+        calls: list[tuple[int, int | None]] = []
+        with anyio.fail_after(10):
+            async with DynamicBatcher(double) as batcher:
+                assert len([r async for r in batcher.map(range(5), progress=lambda *a: calls.append(a))]) == 5
+                [r async for r in batcher.map(iter(range(3)), progress=lambda *a: calls.append(a))]
+        assert calls == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5), (1, None), (2, None), (3, None)]
+
+    async def test_a_tqdm_bar(self, capsys: pytest.CaptureFixture[str]) -> None:
+        pytest.importorskip("tqdm")
+        with anyio.fail_after(10):
+            async with DynamicBatcher(double) as batcher:
+                assert [r async for r in batcher.map(range(3), progress=True)] == [0, 2, 4]
+        assert "3/3" in capsys.readouterr().err
+
+    async def test_without_tqdm_the_error_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+        batcher = DynamicBatcher(double)
+        with pytest.raises(ImportError, match=r"pip install 'batcher\[progress\]'"):
+            batcher.map([1], progress=True)
+
+
+async def test_token_batcher_prices_the_texts() -> None:
+    async def lengths(batch: list[str]) -> list[int]:
+        return [len(text) for text in batch]
+
+    batcher = TokenBatcher(lengths, target_batch_tokens=12)
+    with anyio.fail_after(10):
+        async with batcher:
+            got = [r async for r in batcher.map(["x" * 40] * 4)]  # 11 tokens each: one a batch
+    assert got == [40] * 4
+    assert batcher.stats.total_batches == 4
