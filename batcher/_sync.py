@@ -5,115 +5,31 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import suppress
 from functools import partial
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Literal, Self, overload
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.from_thread import start_blocking_portal
 
 from ._dynamic import DynamicBatcher
 from ._future import WORKER_OF, BatchFuture
+from ._loop import IN_LOOP, NOT_RUNNING, Loop, refused_as_not_running
+from ._map import Progress
 from ._protocols import RecordT, ResultT
-from ._run import NOT_RUNNING as BATCHER_NOT_RUNNING
 from ._settings import check_seconds
 from ._stats import BatchStats
+from ._sync_map import SyncMapResults
 from ._token import TokenBatcher
 
 __all__ = ("SyncBatcher",)
 
-T = TypeVar("T")
-
-NOT_RUNNING = "SyncBatcher is not running; use 'with SyncBatcher(batcher):' or start()"
 ALREADY_RUNNING = "SyncBatcher is already running; stop() it before starting it again"
 RUNNING_ELSEWHERE = "batcher is already running; give SyncBatcher a stopped batcher, it starts the batcher itself"
-IN_LOOP = (
-    "SyncBatcher was called from its own event loop's thread, where it would wait for itself; "
-    "in async code on that loop, await the batcher's own methods"
-)
 NO_TOKENS = "estimated_tokens needs a TokenBatcher; use estimated_cost"
-
-
-class Loop:
-    """One run of the background event loop: the portal into it, the task that
-    serves the batcher, and the loop's thread."""
-
-    __slots__ = ("closing", "portal", "serving", "stack", "thread")
-
-    def __init__(self, batcher: DynamicBatcher[Any, Any], backend: str, options: Mapping[str, Any] | None) -> None:
-        self.closing = False
-        self.stack = ExitStack()
-        self.portal = self.stack.enter_context(start_blocking_portal(backend, dict(options or {})))
-        try:
-            self.thread: int = self.portal.call(threading.get_ident)
-            self.serving: Future[BaseException | None] = self.portal.start_task(serve, batcher)[0]
-        except BaseException:
-            self.stack.close()
-            raise
-
-    def on_loop_thread(self) -> bool:
-        return threading.get_ident() == self.thread
-
-    def spawn(self, func: Callable[[], Awaitable[T]]) -> Future[T]:
-        """Run ``func()`` in a new task on the loop; return its future."""
-        with self.entry():
-            return self.portal.start_task_soon(func)
-
-    def start(self, func: Callable[..., Awaitable[T]]) -> tuple[Future[T], Any]:
-        """Run ``func(task_status=...)`` in a new task on the loop; once it has
-        called ``task_status.started(value)``, return its future and ``value``
-        (or raise what it raised before)."""
-        with self.entry():
-            return self.portal.start_task(func)
-
-    def run(self, func: Callable[[], Awaitable[T]]) -> T:
-        """Await ``func()`` on the loop and return its result."""
-        with self.entry():
-            return self.portal.call(func)
-
-    @contextmanager
-    def entry(self) -> Iterator[None]:
-        # The way into the loop from a thread. A call that raced stop() and lost
-        # (the portal, or the batcher's input, closed under it) says so plainly.
-        if self.on_loop_thread():
-            raise RuntimeError(IN_LOOP)
-        try:
-            yield
-        except RuntimeError:
-            if self.closing:
-                raise RuntimeError(NOT_RUNNING) from None
-            raise
-
-    def close(self, batcher: DynamicBatcher[Any, Any]) -> None:
-        """Stop the batcher gracefully, then the loop; re-raise what ended the batcher, if anything."""
-        self.closing = True
-        try:
-            self.portal.call(batcher.stop)
-            fatal = self.serving.result()
-        finally:
-            self.stack.close()
-        if fatal is not None:
-            raise fatal
-
-
-async def serve(batcher: DynamicBatcher[Any, Any], *, task_status: TaskStatus[None]) -> BaseException | None:
-    """Run ``batcher.serve`` and return what ended it, if anything but a stop.
-
-    Such an exception (a ``BaseException`` from the process function) is handed to
-    :meth:`SyncBatcher.stop` to raise: raised here, it would cancel every task of
-    the portal, callers waiting on their futures included.
-    """
-    try:
-        await batcher.serve(task_status=task_status)
-    except anyio.get_cancelled_exc_class():
-        raise
-    except BaseException as exc:
-        return exc
-    return None
 
 
 class SyncBatcher(Generic[RecordT, ResultT]):
@@ -320,6 +236,52 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         future.add_done_callback(partial(withdraw_if_cancelled, loop, queued))
         return future
 
+    @overload
+    def map(
+        self,
+        records: Iterable[RecordT],
+        *,
+        ordered: bool = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: bool | Progress | None = ...,
+    ) -> SyncMapResults[ResultT]: ...
+    @overload
+    def map(
+        self,
+        records: Iterable[RecordT],
+        *,
+        ordered: bool = ...,
+        return_exceptions: bool,
+        progress: bool | Progress | None = ...,
+    ) -> SyncMapResults[ResultT | Exception]: ...
+    def map(
+        self,
+        records: Iterable[RecordT],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        progress: bool | Progress | None = None,
+    ) -> SyncMapResults[ResultT] | SyncMapResults[ResultT | Exception]:
+        """Run every record of ``records`` through the batcher, one result per
+        record, as :meth:`DynamicBatcher.map` does, and iterate over the results
+        here: ``with batcher.map(texts) as results: for vector in results: ...``
+        (see :class:`SyncMapResults`).
+
+        The arguments mean what they mean there: results in input order unless
+        ``ordered=False``; with ``return_exceptions=True`` a failed record's
+        exception in its place, else the first failure raised and the rest
+        withdrawn; ``progress=True`` for a tqdm bar, or ``progress(done, total)``
+        after each result. ``records`` is read on the batcher's loop as the map
+        needs more (a lazy input should not block), and progress is reported
+        from there.
+
+        :raises RuntimeError: if it is not running, or when called from the loop's own thread
+        """
+        start_map = partial(
+            self._batcher.map, records, ordered=ordered, return_exceptions=return_exceptions, progress=progress
+        )
+        return SyncMapResults(self._running(), start_map)
+
     def _costs(
         self, estimated_cost: int | None, estimated_tokens: int | None, timeout: float | None
     ) -> dict[str, int | None]:
@@ -343,12 +305,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         # The loop's side of call() and submit(). The caller's timeout is a deadline
         # here, on the loop, where it withdraws the record before the caller hears of it.
         with anyio.fail_after(limit_s):
-            try:
+            with refused_as_not_running():
                 future = await self._batcher.submit(record, **costs)
-            except RuntimeError as exc:
-                if str(exc) == BATCHER_NOT_RUNNING:  # the batcher stopped since the caller looked
-                    raise RuntimeError(NOT_RUNNING) from None
-                raise
             task_status.started(future)
             try:
                 return await future

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import threading
@@ -19,10 +20,11 @@ from .helpers import Seen
 
 NOT_RUNNING_MESSAGE = "SyncBatcher is not running; use 'with SyncBatcher(batcher):' or start()"
 NOT_RUNNING = re.escape(NOT_RUNNING_MESSAGE)
-IN_LOOP = re.escape(
+IN_LOOP_MESSAGE = (
     "SyncBatcher was called from its own event loop's thread, where it would wait for itself; "
     "in async code on that loop, await the batcher's own methods"
 )
+IN_LOOP = re.escape(IN_LOOP_MESSAGE)
 WAIT = 10  # seconds: the bound on every wait that should end at once
 
 
@@ -34,20 +36,21 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 class Gate(Seen):
     """A plain process function (it runs in a worker thread) that records each batch
-    and answers ``("done", record)``. While held, it parks in its first batch until
-    :meth:`release`, so a test can keep the only worker busy."""
+    and answers ``("done", record)``. From its batch number ``hold_from`` on (``0``:
+    the first), it parks in each batch until :meth:`release`, so a test can keep the
+    only worker busy; ``None`` never holds."""
 
-    def __init__(self, *, hold: bool = False) -> None:
+    def __init__(self, *, hold_from: int | None = None) -> None:
         super().__init__()
-        self.entered = threading.Event()
+        self.hold_from = hold_from
+        self.entered = threading.Event()  # set when a batch parks
         self._released = threading.Event()
-        if not hold:
-            self._released.set()
 
     def __call__(self, batch: list[Any]) -> list[Any]:
         self.batches.append(list(batch))
-        self.entered.set()
-        assert self._released.wait(WAIT)
+        if self.hold_from is not None and len(self.batches) > self.hold_from:
+            self.entered.set()
+            assert self._released.wait(WAIT)
         return [("done", record) for record in batch]
 
     def release(self) -> None:
@@ -64,7 +67,7 @@ class Held(NamedTuple):
 def held_batcher(backend: str, **settings: Any) -> Iterator[Held]:
     """A running SyncBatcher whose model is parked in its first batch (the record
     ``"first"``); leaving the block releases the model and stops the batcher."""
-    model = Gate(hold=True)
+    model = Gate(hold_from=0)
     with SyncBatcher(DynamicBatcher(model, **settings), backend=backend) as batcher:
         try:
             first = batcher.submit("first")
@@ -311,6 +314,96 @@ class TestHammer:
         assert refusals == [NOT_RUNNING_MESSAGE] * 8
         stats = batcher.stats
         assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+
+class TestMap:
+    def test_ordered_results_for_10_000_records(self, backend: str) -> None:
+        model = Gate()
+        with SyncBatcher(DynamicBatcher(model, max_queue_size=500), backend=backend) as batcher:
+            with batcher.map(range(10_000)) as results:
+                assert list(results) == [("done", x) for x in range(10_000)]
+            assert sorted(batcher.map(range(100), ordered=False)) == [("done", x) for x in range(100)]
+        assert model.records[:10_000] == list(range(10_000))
+        assert batcher.stats.total_completed == 10_100
+
+    def test_an_early_break_withdraws_the_rest(self, backend: str) -> None:
+        model = Gate(hold_from=2)  # two batches of 8 come back, the third parks in the model
+        inner = DynamicBatcher(model, max_batch_size=8, max_queue_size=100)
+        with SyncBatcher(inner, backend=backend) as batcher:
+            taken = []
+            with batcher.map(itertools.count()) as results:
+                for result in results:
+                    taken.append(result)
+                    if len(taken) == 10:
+                        break
+            withdrawn = batcher.stats.total_cancelled
+            model.release()
+        assert taken == [("done", x) for x in range(10)]
+        assert withdrawn > 0
+        stats = batcher.stats
+        assert stats.total_cancelled == withdrawn
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+        assert model.records == list(range(24))  # the withdrawn records never reached the model
+
+    def test_a_for_loop_left_early_without_with_withdraws_the_rest(self, backend: str) -> None:
+        model = Gate(hold_from=2)
+        with SyncBatcher(DynamicBatcher(model, max_batch_size=8), backend=backend) as batcher:
+            for result in batcher.map(range(1_000)):
+                if result == ("done", 3):
+                    break
+            # The results object was dropped with the loop: closed as a generator is.
+            withdrawn = batcher.stats.total_cancelled
+            model.release()
+        assert withdrawn > 0
+        assert model.records == list(range(24))
+
+    def test_a_failure_ends_the_map_after_the_results_before_it(self, backend: str) -> None:
+        def picky(batch: list[int]) -> list[Any]:
+            return [KeyError(x) if x == 5 else x for x in batch]
+
+        with SyncBatcher(DynamicBatcher(picky, max_batch_size=4), backend=backend) as batcher:
+            taken: list[int] = []
+            with pytest.raises(KeyError, match="5"), batcher.map(range(1_000)) as results:
+                taken.extend(results)
+            assert taken == [0, 1, 2, 3, 4]
+            mixed = list(batcher.map(range(8), return_exceptions=True))
+        assert [type(x) for x in mixed] == [int] * 5 + [KeyError] + [int] * 2
+        stats = batcher.stats
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+    def test_progress_is_reported(self, backend: str) -> None:
+        reports: list[tuple[int, int | None]] = []
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            assert list(batcher.map(range(20), progress=lambda done, total: reports.append((done, total)))) == [
+                x * 2 for x in range(20)
+            ]
+        assert reports == [(done, 20) for done in range(1, 21)]
+
+    def test_a_stop_during_the_map_ends_it_with_not_running(self, backend: str) -> None:
+        model = Gate(hold_from=2)
+        batcher = SyncBatcher(DynamicBatcher(model, max_batch_size=8), backend=backend)
+        batcher.start()
+        results = batcher.map(itertools.count())
+        assert next(results) == ("done", 0)
+        model.release()
+        batcher.stop()
+        with pytest.raises(RuntimeError, match=NOT_RUNNING):
+            for _ in results:
+                pass
+        stats = batcher.stats
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+    def test_map_when_not_running_and_from_the_loops_own_thread(self, backend: str) -> None:
+        async def reentrant(batch: list[int]) -> list[str]:
+            with pytest.raises(RuntimeError, match=IN_LOOP) as info:
+                batcher.map([1])
+            return [str(info.value)]
+
+        batcher: SyncBatcher[int, str] = SyncBatcher(DynamicBatcher(reentrant), backend=backend)
+        with pytest.raises(RuntimeError, match=NOT_RUNNING):
+            batcher.map([1])
+        with batcher:
+            assert batcher.call(0) == IN_LOOP_MESSAGE
 
 
 class TestErrors:
