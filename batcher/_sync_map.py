@@ -39,8 +39,9 @@ class SyncMapResults(Generic[T]):
     in chunks: one round trip to the loop brings back every result that is ready,
     up to 256. Leaving the ``with`` early (a ``break``, an exception), or
     :meth:`close`, withdraws the rest before it returns. Iterating without
-    ``with`` works too, but then an early ``break`` leaves the map waiting, with
-    its records in flight, until :meth:`close` or the ``SyncBatcher``'s stop.
+    ``with`` works too: dropped after an early ``break``, the results object is
+    closed as a generator would be; one kept without being closed leaves the map
+    waiting, with its records in flight, until the ``SyncBatcher`` stops.
 
     If the ``SyncBatcher`` stops during the map, the results already handed over
     are yielded, then :exc:`RuntimeError` is raised.

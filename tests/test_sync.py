@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import itertools
 import random
 import re
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
@@ -155,6 +158,33 @@ class TestLifecycle:
         with pytest.raises(Fatal):
             batcher.stop()
         assert not batcher.is_running
+
+    def test_a_sync_batcher_collected_while_running_warns(self, backend: str) -> None:
+        inner = DynamicBatcher(double)
+        batcher = SyncBatcher(inner, backend=backend)
+        batcher.start()
+        loop = batcher._loop
+        assert loop is not None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del batcher
+            gc.collect()
+        loop.close(inner)  # the loop outlived it: stop it here
+        assert not inner.is_running
+        assert [(w.category, str(w.message)) for w in caught] == [
+            (
+                ResourceWarning,
+                f"<SyncBatcher running backend={backend} queued=0 in_flight=0> was garbage-collected without "
+                "being stopped; use 'with SyncBatcher(batcher):' or stop()",
+            )
+        ]
+
+    def test_backend_options_reach_the_loop(self) -> None:
+        async def debug_flags(batch: list[int]) -> list[bool]:
+            return [asyncio.get_running_loop().get_debug() for _ in batch]
+
+        with SyncBatcher(DynamicBatcher(debug_flags), backend_options={"debug": True}) as batcher:
+            assert batcher.call(1) is True
 
     def test_repr(self, backend: str) -> None:
         with held_batcher(backend) as (batcher, _, _):
@@ -335,6 +365,7 @@ class TestMap:
                 for result in results:
                     taken.append(result)
                     if len(taken) == 10:
+                        assert model.entered.wait(WAIT)  # the third batch is in the model
                         break
             withdrawn = batcher.stats.total_cancelled
             model.release()
@@ -350,6 +381,7 @@ class TestMap:
         with SyncBatcher(DynamicBatcher(model, max_batch_size=8), backend=backend) as batcher:
             for result in batcher.map(range(1_000)):
                 if result == ("done", 3):
+                    assert model.entered.wait(WAIT)  # the third batch is in the model
                     break
             # The results object was dropped with the loop: closed as a generator is.
             withdrawn = batcher.stats.total_cancelled
