@@ -17,7 +17,7 @@ from anyio.lowlevel import checkpoint
 
 from ._assembly import CLOSE, FINISH, YIELD, Assembly, Step, make_assembly, next_step
 from ._exceptions import closed_error
-from ._future import PENDING, BatchFuture, fail, fail_queued
+from ._future import PENDING, BatchFuture, fail, fail_queued, is_pending
 from ._stats import Counters
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class Aggregator:
             cost_model=settings.cost_model,
             group_by_cost=settings.group_by_cost,
             window=settings.grouping_window,
+            live=is_pending,  # a record withdrawn while queued takes no batch slot
         )
         self._opened_at = 0.0  # when the oldest queued record arrived (monotonic clock)
         self._ended = False  # the submission stream has ended: no record will come

@@ -12,9 +12,9 @@ which runs alone. No batch holds more than ``max_batch_size`` records.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from enum import Enum
 from typing import Generic, NamedTuple, TypeVar
 
@@ -134,85 +134,135 @@ class GroupedAssembly(Generic[T]):
     The next batch always holds the oldest queued record, so none starves: a record
     waits at most for the batches of the records queued before it. Around it, the
     batch takes the queued records whose costs are closest to its cost, while the
-    budget allows. Queued records are kept sorted by cost (binary search insert), so
-    a batch costs O(batch + log n) plus one slice deletion; no sort per batch.
+    budget allows; of equal costs, the oldest first.
+
+    Queued records sit in one FIFO per distinct cost, and the distinct costs in a
+    sorted list, so adding a record is O(1) (plus O(log k) for a cost not seen yet,
+    k distinct costs), and a batch costs O(batch + the costs it looks at): nothing
+    grows with the depth of the pool.
 
     :meth:`full` reports whether ``window`` records are queued: grouping chooses
     better from a deeper pool, so batches are closed early only when it is deep.
+    With ``live``, a record for which it returns false (withdrawn) is dropped when
+    a batch would take it, and never takes a slot.
     """
 
-    __slots__ = ("_arrivals", "_budget", "_costs", "_items", "_taken", "_window")
+    __slots__ = ("_arrivals", "_buckets", "_budget", "_costs", "_count", "_live", "_taken", "_window")
 
-    def __init__(self, *, target_cost: int, max_batch_size: int, cost_model: CostModel = "sum", window: int) -> None:
-        self._costs: list[int] = []  # sorted; equal costs keep arrival order
-        self._items: list[T] = []  # parallel to _costs
-        self._arrivals: deque[tuple[T, int]] = deque()  # arrival order, with taken ones lazily skipped
-        self._taken: set[T] = set()  # taken out of arrival order, still in _arrivals
+    def __init__(
+        self,
+        *,
+        target_cost: int,
+        max_batch_size: int,
+        cost_model: CostModel = "sum",
+        window: int,
+        live: Callable[[T], bool] | None = None,
+    ) -> None:
+        self._buckets: dict[int, deque[T]] = {}  # cost -> its records, oldest first
+        self._costs: list[int] = []  # the keys of _buckets, sorted
+        self._count = 0
+        self._arrivals: deque[tuple[T, int]] = deque()  # arrival order, taken ones skipped lazily
+        self._taken: set[T] = set()  # out of their bucket, still in _arrivals
         self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded")
         self._window = window
+        self._live = live
 
     def __len__(self) -> int:
-        return len(self._costs)
+        return self._count
 
     def add(self, item: T, cost: int) -> bool:
         """Queue ``item``, whose cost is ``cost``; return :meth:`full`."""
-        costs = self._costs
-        index = bisect_right(costs, cost)
-        costs.insert(index, cost)
-        self._items.insert(index, item)
+        bucket = self._buckets.get(cost)
+        if bucket is None:
+            bucket = self._buckets[cost] = deque()
+            insort(self._costs, cost)
+        bucket.append(item)
         self._arrivals.append((item, cost))
-        return len(costs) >= self._window
+        self._count += 1
+        return self._count >= self._window
 
     def full(self) -> bool:
         """Whether the pool is as deep as the grouping window."""
-        return len(self._costs) >= self._window
+        return self._count >= self._window
 
     def take(self) -> tuple[list[T], int]:
         """Remove and return the next batch (possibly not full) and its cost."""
-        if not self._costs:
-            return [], 0
-        oldest, cost = self._pop_oldest()
-        low, high = self._grow_around(cost)
-        batch = self._items[low:high]
-        del self._items[low:high]
-        del self._costs[low:high]
-        taken = self._taken
-        for item in batch:
-            if item is not oldest:
-                taken.add(item)
-        return batch, self._budget.cost()
-
-    def _pop_oldest(self) -> tuple[T, int]:
-        arrivals, taken = self._arrivals, self._taken
-        oldest, cost = arrivals.popleft()
-        while oldest in taken:
-            taken.discard(oldest)
-            oldest, cost = arrivals.popleft()
-        return oldest, cost
-
-    def _grow_around(self, cost: int) -> tuple[int, int]:
-        """Fill the budget around the oldest record, of cost ``cost``, from its
-        nearest neighbours in cost; return the batch's slice ``[low:high]``."""
-        costs = self._costs
-        # Equal costs sit in arrival order, so the oldest record is the first of its run.
-        low = bisect_left(costs, cost)
-        high = low + 1
         budget = self._budget
         budget.reset()
+        oldest = self._pop_oldest()
+        if oldest is None:
+            return [], 0
+        item, cost = oldest
+        batch = [item]
         budget.try_add(cost)
-        left_open, right_open = low > 0, high < len(costs)
-        while left_open or right_open:
-            go_left = left_open and (not right_open or cost - costs[low - 1] <= costs[high] - cost)
-            if not budget.try_add(costs[low - 1] if go_left else costs[high]):
-                # Further out on this side the costs only move further away.
-                left_open, right_open = left_open and not go_left, right_open and go_left
+        self._grow_around(cost, batch)
+        return batch, budget.cost()
+
+    def _pop_oldest(self) -> tuple[T, int] | None:
+        """Remove the oldest live record from its bucket (where it is the first)."""
+        arrivals, taken, live = self._arrivals, self._taken, self._live
+        while arrivals:
+            item, cost = arrivals.popleft()
+            if item in taken:
+                taken.discard(item)
+                continue
+            self._pop_first(cost)
+            if live is None or live(item):
+                return item, cost
+        return None
+
+    def _grow_around(self, cost: int, batch: list[T]) -> None:
+        """Fill the budget from the records nearest in cost to ``cost``: its own
+        bucket first, then outward, one cost at a time, the nearer side first."""
+        costs = self._costs
+        high = bisect_left(costs, cost)
+        low = high - 1
+        while low >= 0 or high < len(costs):
+            go_left = high >= len(costs) or (low >= 0 and cost - costs[low] <= costs[high] - cost)
+            at = low if go_left else high
+            if self._fill_from(costs[at], batch):  # the budget is spent on this side
+                if go_left:
+                    low = -1
+                else:
+                    high = len(costs)
             elif go_left:
                 low -= 1
-                left_open = low > 0
             else:
                 high += 1
-                right_open = high < len(costs)
-        return low, high
+            high -= self._drop_empty(costs, at, high)
+
+    def _fill_from(self, cost: int, batch: list[T]) -> bool:
+        """Take the records of one cost, oldest first, while they fit; return
+        whether one did not (further out on this side, none will)."""
+        bucket, budget, live, taken = self._buckets[cost], self._budget, self._live, self._taken
+        while bucket:
+            item = bucket[0]
+            if live is not None and not live(item):
+                self._pop_first(cost, keep_bucket=True)
+                taken.add(item)
+                continue
+            if not budget.try_add(cost):
+                return True
+            self._pop_first(cost, keep_bucket=True)
+            taken.add(item)
+            batch.append(item)
+        return False
+
+    def _pop_first(self, cost: int, *, keep_bucket: bool = False) -> None:
+        bucket = self._buckets[cost]
+        bucket.popleft()
+        self._count -= 1
+        if not bucket and not keep_bucket:
+            del self._buckets[cost]
+            del self._costs[bisect_left(self._costs, cost)]
+
+    def _drop_empty(self, costs: list[int], at: int, high: int) -> int:
+        # Forget a cost whose bucket the batch emptied; return how far ``high`` shifts.
+        if at < len(costs) and not self._buckets[costs[at]]:
+            del self._buckets[costs[at]]
+            del costs[at]
+            return 1 if at < high else 0
+        return 0
 
 
 Assembly = FifoAssembly[T] | GroupedAssembly[T]
@@ -225,11 +275,12 @@ def make_assembly(
     cost_model: CostModel,
     group_by_cost: bool,
     window: int,
+    live: Callable[[T], bool] | None = None,
 ) -> Assembly[T]:
-    """Return the assembly rule for these settings."""
+    """Return the assembly rule for these settings (``live``: see :class:`GroupedAssembly`)."""
     if group_by_cost:
         return GroupedAssembly(
-            target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model, window=window
+            target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model, window=window, live=live
         )
     return FifoAssembly(target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model)
 

@@ -22,7 +22,18 @@ from ._exceptions import RecordCancelledError
 from ._protocols import ResultT
 from ._stats import Counters
 
-__all__ = ("WORKER_OF", "Batch", "BatchFuture", "State", "dispatch", "event_factory", "fail", "fail_queued", "settle")
+__all__ = (
+    "WORKER_OF",
+    "Batch",
+    "BatchFuture",
+    "State",
+    "dispatch",
+    "event_factory",
+    "fail",
+    "fail_queued",
+    "is_pending",
+    "settle",
+)
 
 
 class State(IntEnum):
@@ -226,6 +237,11 @@ def event_factory() -> Callable[[], anyio.Event]:
 
 
 # ------------------------------------------------ the loops' transitions
+
+
+def is_pending(future: BatchFuture[Any]) -> bool:
+    """Whether the future's record is still queued (not withdrawn, not dispatched)."""
+    return future._state == PENDING
 
 
 def dispatch(batch: Sequence[BatchFuture[Any]]) -> list[BatchFuture[Any]]:

@@ -183,3 +183,32 @@ class TestGroupedAssembly:
         for item, cost in enumerate(record_costs):
             assembly.add(item, cost)
             assert assembly.full() == (len(assembly) >= window)
+
+    @settings(max_examples=300, deadline=None)
+    @given(config=configs, record_costs=costs, dead_marks=st.lists(st.booleans(), max_size=80))
+    def test_withdrawn_records_take_no_slot(
+        self, config: Config, record_costs: list[int], dead_marks: list[bool]
+    ) -> None:
+        dead = {item for item, is_dead in enumerate(dead_marks[: len(record_costs)]) if is_dead}
+        assembly: GroupedAssembly[int] = GroupedAssembly(
+            target_cost=config.target_cost,
+            max_batch_size=config.max_batch_size,
+            cost_model=config.cost_model,
+            window=config.window,
+            live=lambda item: item not in dead,
+        )
+        for item, cost in enumerate(record_costs):
+            assembly.add(item, cost)
+        batches: list[list[int]] = []
+        done: set[int] = set()
+        while assembly:
+            live_queued = [item for item in range(len(record_costs)) if item not in dead and item not in done]
+            batch, cost = assembly.take()
+            done.update(batch)
+            if live_queued:
+                assert min(live_queued) in batch  # the oldest live record
+            assert cost == batch_cost([record_costs[item] for item in batch], config.cost_model)
+            batches.append(batch)
+        taken = sorted(item for batch in batches for item in batch)
+        assert taken == [item for item in range(len(record_costs)) if item not in dead]
+        assert assembly.take() == ([], 0)

@@ -235,3 +235,16 @@ class TestBackpressure:
                 model.release()
                 await waiter_done.wait()
         assert model.records == ["first", 0, 1, 2, "late"]
+
+
+class TestGroupedPool:
+    async def test_withdrawn_records_take_no_batch_slot(self) -> None:
+        async with blocked_batcher(max_batch_size=4, group_by_cost=True) as (batcher, model, _):
+            futures = [await batcher.submit(x, estimated_cost=1 + x % 3) for x in range(40)]
+            await anyio.wait_all_tasks_blocked()  # all 40 are in the aggregator's pool
+            for future in futures[::2]:
+                assert future.cancel()
+            model.release()
+            assert [await f for f in futures[1::2]] == [("done", x) for x in range(1, 40, 2)]
+        assert [len(batch) for batch in model.batches[1:]] == [4, 4, 4, 4, 4]
+        assert sorted(model.records[1:]) == list(range(1, 40, 2))
