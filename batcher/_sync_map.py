@@ -141,7 +141,12 @@ async def pump(
             task_status.started(scope)
             async with results:
                 async for result in results:
-                    await send.send(result)
+                    try:
+                        # No checkpoint while there is room: a checkpoint per result would
+                        # let the workers take the map's records one or two at a time.
+                        send.send_nowait(result)
+                    except anyio.WouldBlock:
+                        await send.send(result)
         finally:
             maps.discard(scope)
     return not scope.cancelled_caught

@@ -356,6 +356,12 @@ class TestMap:
         assert model.records[:10_000] == list(range(10_000))
         assert batcher.stats.total_completed == 10_100
 
+    def test_the_maps_records_form_full_batches(self, backend: str) -> None:
+        # Handing results over must not give the workers the map's records one or two at a time.
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            assert sum(1 for _ in batcher.map(range(10_240))) == 10_240
+        assert batcher.stats.avg_batch_size > 128
+
     def test_an_early_break_withdraws_the_rest(self, backend: str) -> None:
         model = Gate(hold_from=2)  # two batches of 8 come back, the third parks in the model
         inner = DynamicBatcher(model, max_batch_size=8, max_queue_size=100)
