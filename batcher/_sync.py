@@ -52,6 +52,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :func:`anyio.run` takes them).
     :raises TypeError: if ``batcher`` is not a batcher
     :raises ValueError: if ``backend`` is not ``"asyncio"`` or ``"trio"``
+    :raises RuntimeError: if ``batcher`` is already running
     """
 
     def __init__(
