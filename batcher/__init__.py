@@ -16,6 +16,7 @@ from ._protocols import ProcessFn as ProcessFn
 from ._protocols import TokenEstimator as TokenEstimator
 from ._protocols import TokenEstimatorFn as TokenEstimatorFn
 from ._stats import BatchStats as BatchStats
+from ._sync import SyncBatcher as SyncBatcher
 from ._token import Prompt as Prompt
 from ._token import TokenBatcher as TokenBatcher
 
@@ -40,6 +41,7 @@ __all__ = (
     "ProcessFn",
     "Prompt",
     "RecordCancelledError",
+    "SyncBatcher",
     "TokenBatcher",
     "TokenEstimator",
     "TokenEstimatorFn",

@@ -15,14 +15,26 @@ from batcher import BatchFuture, DynamicBatcher
 NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
 
 
-class Recorder:
+class Seen:
+    """The batches a test's process function saw."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    @property
+    def records(self) -> list[Any]:
+        """Every record the model saw, in the order it saw them."""
+        return [record for batch in self.batches for record in batch]
+
+
+class Recorder(Seen):
     """An async process function that records each batch and answers ``("done", record)``
     for each record. While ``hold`` is set, each call parks inside the model until
     :meth:`release` (which lets every held and later batch through), so a test can keep
     a worker busy."""
 
     def __init__(self, *, hold: bool = False) -> None:
-        self.batches: list[list[Any]] = []
+        super().__init__()
         self.hold = hold
         self.entered = anyio.Event()
         self._released = anyio.Event()
@@ -37,11 +49,6 @@ class Recorder:
     def release(self) -> None:
         self.hold = False
         self._released.set()
-
-    @property
-    def records(self) -> list[Any]:
-        """Every record the model saw, in the order it saw them."""
-        return [record for batch in self.batches for record in batch]
 
 
 class Blocked(NamedTuple):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sized
 
 import pytest
 
-from examples import embed_minilm, quickstart_asyncio, quickstart_trio, simulated_llm
+from examples import embed_minilm, quickstart_asyncio, quickstart_trio, service_flask, simulated_llm, sync_threads
 
 
 @pytest.mark.parametrize(
@@ -22,6 +22,20 @@ def test_simulated_llm(backend: str) -> None:
     stats = simulated_llm.main(clients=20, requests_per_client=5, backend=backend)
     assert stats.total_completed == 100
     assert stats.total_batches < 100  # requests were batched
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sync_threads(backend: str) -> None:
+    stats = sync_threads.main(threads=16, calls_per_thread=10, backend=backend)
+    assert stats.total_completed == 160
+    assert stats.total_batches < 160  # the threads' calls were batched
+
+
+def test_service_flask_self_test() -> None:
+    # main() with no arguments serves until Ctrl-C; with requests= it tests itself on a free port.
+    stats = service_flask.main(requests=50)
+    assert stats is not None
+    assert stats.total_completed == 50
 
 
 def test_embed_minilm() -> None:

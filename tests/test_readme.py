@@ -35,3 +35,7 @@ def test_trio_quickstart_prints_each_texts_length(capsys: pytest.CaptureFixture[
     assert output.endswith("\n")
     assert output.count("\n") == 1
     assert ast.literal_eval(output) == {"a short prompt": 14, "a somewhat longer prompt": 24, "hi": 2}
+
+
+def test_synchronous_code_prints_what_its_comments_say(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_quickstart("Synchronous code", capsys) == "5\n[14, 24, 2]\n5\n[14, 24, 2]\n8\n"

@@ -1,0 +1,130 @@
+"""The background event loop a :class:`SyncBatcher` runs its batcher on: an
+anyio blocking portal in a thread of its own, the task serving the batcher, and
+the way into the loop from other threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Future
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.from_thread import start_blocking_portal
+
+from ._run import NOT_RUNNING as BATCHER_NOT_RUNNING
+
+if TYPE_CHECKING:
+    from ._dynamic import DynamicBatcher
+
+__all__ = ("IN_LOOP", "NOT_RUNNING", "Loop", "refused_as_not_running")
+
+T = TypeVar("T")
+
+NOT_RUNNING = "SyncBatcher is not running; use 'with SyncBatcher(batcher):' or start()"
+IN_LOOP = (
+    "SyncBatcher was called from its own event loop's thread, where it would wait for itself; "
+    "in async code on that loop, await the batcher's own methods"
+)
+
+
+class Loop:
+    """One run of the background event loop: the portal into it, the task that
+    serves the batcher, and the loop's thread."""
+
+    __slots__ = ("closing", "maps", "portal", "serving", "stack", "thread")
+
+    def __init__(self, batcher: DynamicBatcher[Any, Any], backend: str, options: Mapping[str, Any] | None) -> None:
+        #: Set once close() has begun: a call that fails from then on failed because of it.
+        self.closing = False
+        #: The cancel scopes of the maps running on the loop (touched only there).
+        self.maps: set[anyio.CancelScope] = set()
+        self.stack = ExitStack()
+        self.portal = self.stack.enter_context(start_blocking_portal(backend, dict(options or {})))
+        try:
+            self.thread: int = self.portal.call(threading.get_ident)
+            self.serving: Future[BaseException | None] = self.portal.start_task(serve, batcher)[0]
+        except BaseException:
+            self.stack.close()
+            raise
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self.thread
+
+    def spawn(self, func: Callable[[], Awaitable[T]]) -> Future[T]:
+        """Run ``func()`` in a new task on the loop; return its future."""
+        with self.entry():
+            return self.portal.start_task_soon(func)
+
+    def start(self, func: Callable[..., Awaitable[T]]) -> tuple[Future[T], Any]:
+        """Run ``func(task_status=...)`` in a new task on the loop; once it has
+        called ``task_status.started(value)``, return its future and ``value``
+        (or raise what it raised before)."""
+        with self.entry():
+            return self.portal.start_task(func)
+
+    def run(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Await ``func()`` on the loop and return its result."""
+        with self.entry():
+            return self.portal.call(func)
+
+    @contextmanager
+    def entry(self) -> Iterator[None]:
+        # The way into the loop from a thread. A call that raced stop() and lost
+        # (the portal, or the batcher's input, closed under it) says so plainly.
+        if self.on_loop_thread():
+            raise RuntimeError(IN_LOOP)
+        try:
+            yield
+        except RuntimeError:
+            if self.closing:
+                raise RuntimeError(NOT_RUNNING) from None
+            raise
+
+    def close(self, batcher: DynamicBatcher[Any, Any]) -> None:
+        """Stop the batcher gracefully, then the loop; re-raise what ended the batcher, if anything."""
+        self.closing = True
+        try:
+            self.portal.call(batcher.stop)
+            self.portal.call(self.end_maps)
+            fatal = self.serving.result()
+        finally:
+            self.stack.close()
+        if fatal is not None:
+            raise fatal
+
+    def end_maps(self) -> None:
+        # A map whose consumer stopped reading without closing it waits forever
+        # to hand over its next results; its consumer, if any, learns it was stopped.
+        for scope in self.maps:
+            scope.cancel()
+
+
+async def serve(batcher: DynamicBatcher[Any, Any], *, task_status: TaskStatus[None]) -> BaseException | None:
+    """Run ``batcher.serve`` and return what ended it, if anything but a stop.
+
+    Such an exception (a ``BaseException`` from the process function) is handed to
+    :meth:`SyncBatcher.stop` to raise: raised here, it would cancel every task of
+    the portal, callers waiting on their futures included.
+    """
+    try:
+        await batcher.serve(task_status=task_status)
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException as exc:
+        return exc
+    return None
+
+
+@contextmanager
+def refused_as_not_running() -> Iterator[None]:
+    """On the loop: turn the batcher's own "not running" refusal (it stopped since
+    the caller looked) into the one that names the fix for a ``SyncBatcher``."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if str(exc) == BATCHER_NOT_RUNNING:
+            raise RuntimeError(NOT_RUNNING) from None
+        raise

@@ -1,0 +1,324 @@
+"""SyncBatcher: a batcher for synchronous code. It runs a :class:`DynamicBatcher`
+on an event loop in a background thread, and any number of threads call it."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from contextlib import suppress
+from functools import partial
+from types import TracebackType
+from typing import Any, Generic, Literal, Self, overload
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._dynamic import DynamicBatcher
+from ._future import WORKER_OF, BatchFuture
+from ._loop import IN_LOOP, NOT_RUNNING, Loop, refused_as_not_running
+from ._map import Progress
+from ._protocols import RecordT, ResultT
+from ._settings import check_seconds
+from ._stats import BatchStats
+from ._sync_map import SyncMapResults
+from ._token import TokenBatcher
+
+__all__ = ("SyncBatcher",)
+
+ALREADY_RUNNING = "SyncBatcher is already running; stop() it before starting it again"
+RUNNING_ELSEWHERE = "batcher is already running; give SyncBatcher a stopped batcher, it starts the batcher itself"
+NO_TOKENS = "estimated_tokens needs a TokenBatcher; use estimated_cost"
+
+
+class SyncBatcher(Generic[RecordT, ResultT]):
+    """Runs a :class:`DynamicBatcher` or :class:`TokenBatcher` on an event loop in
+    a background thread, for synchronous code. Any number of threads may call it
+    at once::
+
+        with SyncBatcher(TokenBatcher(embed, target_batch_tokens=8_192)) as batcher:
+            vector = batcher.call(Prompt("hello"), timeout=2)
+
+    Calls from many threads are batched together as calls from many tasks are.
+    The process function runs as it would under ``async with batcher:`` (an
+    ``async def`` on the background loop, a plain function in a worker thread).
+
+    :param batcher: the batcher to run; it must not be running (``SyncBatcher``
+        starts and stops it). Use it only through this object while it runs.
+    :param backend: ``"asyncio"`` or ``"trio"``: the event loop the background
+        thread runs.
+    :param backend_options: keyword arguments for the backend's ``run`` (as
+        :func:`anyio.run` takes them).
+    :raises TypeError: if ``batcher`` is not a batcher
+    :raises ValueError: if ``backend`` is not ``"asyncio"`` or ``"trio"``
+    :raises RuntimeError: if ``batcher`` is already running
+    """
+
+    def __init__(
+        self,
+        batcher: DynamicBatcher[RecordT, ResultT],
+        *,
+        backend: str = "asyncio",
+        backend_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(batcher, DynamicBatcher):
+            raise TypeError(f"batcher must be a DynamicBatcher or TokenBatcher, got {type(batcher).__name__}")
+        if backend not in ("asyncio", "trio"):
+            raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
+        if batcher.is_running:
+            raise RuntimeError(RUNNING_ELSEWHERE)
+        self._batcher = batcher
+        self._backend = backend
+        self._backend_options = backend_options
+        self._lock = threading.Lock()  # held while starting or stopping
+        self._loop: Loop | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the background loop runs the batcher (from :meth:`start` until :meth:`stop`)."""
+        return self._loop is not None
+
+    @property
+    def stats(self) -> BatchStats:
+        """A snapshot of the batcher's counters (see :class:`BatchStats`), taken on its loop while it runs."""
+        loop = self._loop
+        if loop is None or loop.on_loop_thread():
+            return self._batcher.stats
+        try:
+            return loop.run(self._snapshot)
+        except RuntimeError:  # stopped meanwhile: the counters are still
+            return self._batcher.stats
+
+    async def _snapshot(self) -> BatchStats:
+        return self._batcher.stats
+
+    def __repr__(self) -> str:
+        c = self._batcher._counters  # read without a round trip: a repr never waits for the loop
+        if self._loop is None:
+            return f"<SyncBatcher stopped backend={self._backend} submitted={c.submitted} completed={c.completed}>"
+        return f"<SyncBatcher running backend={self._backend} queued={c.queued} in_flight={c.in_flight}>"
+
+    # -------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the background loop and run the batcher on it; returns once the
+        batcher accepts records.
+
+        :raises RuntimeError: if it is already running, or the batcher was started elsewhere
+        """
+        with self._lock:
+            if self._loop is not None:
+                raise RuntimeError(ALREADY_RUNNING)
+            if self._batcher.is_running:
+                raise RuntimeError(RUNNING_ELSEWHERE)
+            self._loop = Loop(self._batcher, self._backend, self._backend_options)
+
+    def stop(self) -> None:
+        """Stop accepting records, process every record already submitted, then
+        stop the batcher and the loop. Does nothing if it is not running; a
+        stopped ``SyncBatcher`` can be started again.
+
+        Called from inside the process function, it only begins the graceful
+        stop and returns at once; the thread that started the ``SyncBatcher``
+        still ends it with :meth:`stop` or ``with``.
+
+        :raises RuntimeError: if called from the loop's own thread
+        :raises BaseException: what a process function raised outside
+            :exc:`Exception` (such as :exc:`KeyboardInterrupt`), which ended the batcher
+        """
+        loop = self._loop
+        if loop is not None and WORKER_OF.get() is self._batcher._counters:
+            loop.run(self._batcher.stop)  # from the process function: begins the stop, returns at once
+            loop.closing = True
+            return
+        with self._lock:
+            loop = self._loop
+            if loop is None:
+                return
+            if loop.on_loop_thread():
+                raise RuntimeError(IN_LOOP)
+            self._loop = None
+            loop.close(self._batcher)
+
+    def close(self) -> None:
+        """The same as :meth:`stop`."""
+        self.stop()
+
+    def __del__(self) -> None:
+        if getattr(self, "_loop", None) is not None:
+            warnings.warn(
+                f"{self!r} was garbage-collected without being stopped; use 'with SyncBatcher(batcher):' or stop()",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+
+    def _running(self) -> Loop:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError(NOT_RUNNING)
+        return loop
+
+    # ----------------------------------------------------------------- calls
+
+    def call(
+        self,
+        record: RecordT,
+        *,
+        estimated_cost: int | None = None,
+        estimated_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> ResultT:
+        """Submit one record, block until its result is ready and return it.
+
+        Waits while the batcher's queue is full. The record's cost is priced as
+        the batcher's own ``call`` prices it; ``estimated_tokens`` needs a
+        :class:`TokenBatcher`.
+
+        :param timeout: seconds to wait, from the call, for the result; if they
+            pass, the record is withdrawn unless a worker has already taken it,
+            and :exc:`TimeoutError` is raised. ``None`` waits as long as it takes.
+        :return: the record's result
+        :raises Exception: the exception the process function raised for the
+            record's batch, or returned in the record's slot
+        :raises TimeoutError: if ``timeout`` passed first
+        :raises TypeError: for a cost that is not an integer
+        :raises ValueError: for a negative cost or timeout
+        :raises RuntimeError: if it is not running, or when called from the loop's own thread
+        """
+        costs = self._costs(estimated_cost, estimated_tokens, timeout)
+        future = self._running().spawn(partial(self._one, record, costs, timeout))
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # the caller was interrupted: withdraw the record if it can be
+            raise
+
+    def submit(
+        self,
+        record: RecordT,
+        *,
+        estimated_cost: int | None = None,
+        estimated_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> Future[ResultT]:
+        """Queue one record and return a :class:`concurrent.futures.Future` of its result.
+
+        Blocks only while the batcher's queue is full (backpressure), as the
+        async ``submit`` waits. Cancelling the future withdraws the record unless
+        a worker has already taken it (the future is cancelled either way).
+
+        :param timeout: seconds, from the call, until the future fails with
+            :exc:`TimeoutError` and the record is withdrawn (unless a worker has
+            taken it); if they pass while ``submit`` waits for room, ``submit``
+            itself raises :exc:`TimeoutError`.
+        :raises TypeError: for a cost that is not an integer
+        :raises ValueError: for a negative cost or timeout
+        :raises RuntimeError: if it is not running, or when called from the loop's own thread
+        """
+        costs = self._costs(estimated_cost, estimated_tokens, timeout)
+        loop = self._running()
+        future, queued = loop.start(partial(self._one, record, costs, timeout))
+        future.add_done_callback(partial(withdraw_if_cancelled, loop, queued))
+        return future
+
+    @overload
+    def map(
+        self,
+        records: Iterable[RecordT],
+        *,
+        ordered: bool = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: bool | Progress | None = ...,
+    ) -> SyncMapResults[ResultT]: ...
+    @overload
+    def map(
+        self,
+        records: Iterable[RecordT],
+        *,
+        ordered: bool = ...,
+        return_exceptions: bool,
+        progress: bool | Progress | None = ...,
+    ) -> SyncMapResults[ResultT | Exception]: ...
+    def map(
+        self,
+        records: Iterable[RecordT],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        progress: bool | Progress | None = None,
+    ) -> SyncMapResults[ResultT] | SyncMapResults[ResultT | Exception]:
+        """Run every record of ``records`` through the batcher, one result per
+        record, as :meth:`DynamicBatcher.map` does, and iterate over the results
+        here: ``with batcher.map(texts) as results: for vector in results: ...``
+        (see :class:`SyncMapResults`).
+
+        The arguments mean what they mean there: results in input order unless
+        ``ordered=False``; with ``return_exceptions=True`` a failed record's
+        exception in its place, else the first failure raised and the rest
+        withdrawn; ``progress=True`` for a tqdm bar, or ``progress(done, total)``
+        after each result. ``records`` is read on the batcher's loop as the map
+        needs more (a lazy input should not block), and progress is reported
+        from there.
+
+        :raises RuntimeError: if it is not running, or when called from the loop's own thread
+        """
+        start_map = partial(
+            self._batcher.map, records, ordered=ordered, return_exceptions=return_exceptions, progress=progress
+        )
+        return SyncMapResults(self._running(), start_map)
+
+    def _costs(
+        self, estimated_cost: int | None, estimated_tokens: int | None, timeout: float | None
+    ) -> dict[str, int | None]:
+        # Checks what the loop cannot check for the batcher, and builds the batcher's cost arguments.
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+        if estimated_tokens is None:
+            return {"estimated_cost": estimated_cost}
+        if not isinstance(self._batcher, TokenBatcher):
+            raise TypeError(NO_TOKENS)
+        return {"estimated_cost": estimated_cost, "estimated_tokens": estimated_tokens}
+
+    async def _one(
+        self,
+        record: RecordT,
+        costs: dict[str, int | None],
+        limit_s: float | None,
+        *,
+        task_status: TaskStatus[BatchFuture[ResultT]] = anyio.TASK_STATUS_IGNORED,
+    ) -> ResultT:
+        # The loop's side of call() and submit(). The caller's timeout is a deadline
+        # here, on the loop, where it withdraws the record before the caller hears of it.
+        with anyio.fail_after(limit_s):
+            with refused_as_not_running():
+                future = await self._batcher.submit(record, **costs)
+            task_status.started(future)
+            try:
+                return await future
+            except BaseException:
+                future.cancel()  # withdraws the record unless it was dispatched
+                raise
+
+
+def withdraw_if_cancelled(loop: Loop, queued: BatchFuture[Any], future: Future[Any]) -> None:
+    """Withdraw the record of a cancelled ``submit`` future on the loop before
+    ``cancel()`` returns (the portal's own cancellation of the task comes later)."""
+    if future.cancelled() and not loop.on_loop_thread():
+        with suppress(RuntimeError):  # the loop has closed: the record was processed
+            loop.portal.call(queued.cancel)

@@ -1,0 +1,178 @@
+"""``SyncBatcher.map``: the results of :meth:`DynamicBatcher.map`, run by a task
+on the background loop and handed to the calling thread in chunks."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import wait
+from functools import partial
+from types import TracebackType
+from typing import Generic, Self, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._loop import IN_LOOP, NOT_RUNNING, Loop, refused_as_not_running
+from ._map import MapResults
+
+__all__ = ("SyncMapResults",)
+
+T = TypeVar("T")
+
+#: The most results one round trip to the loop brings back, and how many finished
+#: results may wait for the consumer (on top of the map's own window, whose records
+#: are in flight): a batch's worth at the default ``max_batch_size``.
+CHUNK = 256
+
+
+class SyncMapResults(Generic[T]):
+    """The results of :meth:`SyncBatcher.map`: an iterator, and a context manager
+    whose exit withdraws every record of the map that no worker has taken yet::
+
+        with batcher.map(records) as results:
+            for result in results:
+                ...
+
+    A task on the batcher's loop runs the async map and hands its results over
+    in chunks: one round trip to the loop brings back every result that is ready,
+    up to 256. Leaving the ``with`` early (a ``break``, an exception), or
+    :meth:`close`, withdraws the rest before it returns. Iterating without
+    ``with`` works too: dropped after an early ``break``, the results object is
+    closed as a generator would be; one kept without being closed leaves the map
+    waiting, with its records in flight, until the ``SyncBatcher`` stops.
+
+    If the ``SyncBatcher`` stops during the map, the results already handed over
+    are yielded, then :exc:`RuntimeError` is raised.
+    """
+
+    def __init__(self, loop: Loop, start_map: Callable[[], MapResults[T]]) -> None:
+        self._loop = loop
+        self._ready: deque[T] = deque()
+        send, self._receive = anyio.create_memory_object_stream[T](CHUNK)
+        try:
+            self._pump, self._scope = loop.start(partial(pump, start_map, send, loop.maps))
+        except BaseException:
+            send.close()  # (the pump, if it ran, closed it already)
+            self._receive.close()
+            raise
+        self._open = True
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> T:
+        if not self._ready:
+            self._fetch()
+        return self._ready.popleft()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the map and withdraw every record of it that no worker has taken
+        yet; returns once they are withdrawn. Results not yet read are dropped.
+
+        :raises RuntimeError: when called from the loop's own thread
+        """
+        if not self._open:
+            return
+        if self._loop.on_loop_thread():
+            raise RuntimeError(IN_LOOP)
+        self._open = False
+        self._ready.clear()
+        try:
+            self._loop.run(partial(shut, self._scope, self._receive))
+        except RuntimeError:  # the loop has stopped, and the map ended with it: nothing on it uses the stream
+            self._receive.close()
+        wait((self._pump,))  # what the map raised after the consumer left is dropped
+
+    def __del__(self) -> None:
+        # Dropped without close(), as a for loop left early drops it: close it, as a
+        # generator is closed, so that the rest is withdrawn.
+        if getattr(self, "_open", False):
+            if self._loop.on_loop_thread():  # collected on the loop: it must not wait there
+                self._open = False
+                stop_now(self._scope, self._receive)
+            else:
+                self.close()
+
+    def _fetch(self) -> None:
+        # Wait for the next chunk of results; at the end, raise what ended the map.
+        if not self._open:
+            raise StopIteration
+        try:
+            chunk = self._loop.run(partial(take, self._receive))
+        except BaseException:
+            self.close()
+            raise
+        if chunk:
+            self._ready.extend(chunk)
+            return
+        self._open = False
+        if not self._pump.result():  # raises the map's own exception
+            raise RuntimeError(NOT_RUNNING)
+        raise StopIteration
+
+
+# ------------------------------------------------------------ on the loop
+
+
+async def pump(
+    start_map: Callable[[], MapResults[T]],
+    send: MemoryObjectSendStream[T],
+    maps: set[anyio.CancelScope],
+    *,
+    task_status: TaskStatus[anyio.CancelScope],
+) -> bool:
+    """Run the map and send its results to the consumer, until its end, or until
+    its scope is cancelled (by the consumer's ``close()``, or by the stop of the
+    ``SyncBatcher``), which withdraws the rest. Return whether it ran to its end."""
+    with send, anyio.CancelScope() as scope, refused_as_not_running():
+        results = start_map()
+        maps.add(scope)
+        try:
+            task_status.started(scope)
+            async with results:
+                async for result in results:
+                    try:
+                        # No checkpoint while there is room: a checkpoint per result would
+                        # let the workers take the map's records one or two at a time.
+                        send.send_nowait(result)
+                    except anyio.WouldBlock:
+                        await send.send(result)
+        finally:
+            maps.discard(scope)
+    return not scope.cancelled_caught
+
+
+async def take(receive: MemoryObjectReceiveStream[T]) -> list[T]:
+    """Wait for the next result, then take every one that is ready, up to
+    :data:`CHUNK`; at the end of the stream, close it and return ``[]``."""
+    try:
+        chunk = [await receive.receive()]
+    except anyio.EndOfStream:
+        receive.close()
+        return []
+    while len(chunk) < CHUNK:
+        try:
+            chunk.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return chunk
+
+
+async def shut(scope: anyio.CancelScope, receive: MemoryObjectReceiveStream[T]) -> None:
+    stop_now(scope, receive)
+
+
+def stop_now(scope: anyio.CancelScope, receive: MemoryObjectReceiveStream[T]) -> None:
+    """Cancel the pump (which withdraws the rest as it ends) and close the consumer's end."""
+    scope.cancel()
+    receive.close()

@@ -1,0 +1,40 @@
+"""examples/service_flask.py: a Flask app on waitress, its request threads sharing
+one model through a SyncBatcher."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+from examples.service_flask import HashEmbedder, post_all, serving
+
+
+def test_concurrent_requests_are_answered_and_batched() -> None:
+    texts = [f"text {i} " * (1 + i % 13) for i in range(200)]
+    with serving(host="127.0.0.1", port=0) as service:
+        embeddings = post_all(service.url, texts, concurrency=200)
+        stats = httpx.get(f"{service.url}/stats", timeout=10).json()
+    assert embeddings == [HashEmbedder.vector(text) for text in texts]
+    assert stats["total_completed"] == 200
+    assert stats["total_batches"] < 200  # requests were batched
+    assert not service.batcher.is_running
+
+
+def test_a_request_without_text_is_refused() -> None:
+    with serving() as service:
+        for body in ({"txt": "hi"}, ["hi"], {"text": 3}):
+            response = httpx.post(f"{service.url}/embed", json=body, timeout=10)
+            assert response.status_code == 400
+            assert response.json() == {"error": 'send JSON {"text": "..."}'}
+        assert service.batcher.stats.total_submitted == 0
+
+
+def test_leaving_the_block_stops_the_server_and_its_threads() -> None:
+    before = set(threading.enumerate())
+    with serving() as service:
+        assert httpx.post(f"{service.url}/embed", json={"text": "hi"}, timeout=10).status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"{service.url}/embed", json={"text": "hi"}, timeout=10)
+    assert set(threading.enumerate()) <= before

@@ -1,0 +1,513 @@
+"""SyncBatcher: a batcher on a background event loop, called from plain threads."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import random
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import CancelledError, Future
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import anyio
+import pytest
+
+from batcher import BatcherClosedError, DynamicBatcher, Prompt, SyncBatcher, TokenBatcher
+
+from .helpers import Seen
+
+NOT_RUNNING_MESSAGE = "SyncBatcher is not running; use 'with SyncBatcher(batcher):' or start()"
+NOT_RUNNING = re.escape(NOT_RUNNING_MESSAGE)
+IN_LOOP_MESSAGE = (
+    "SyncBatcher was called from its own event loop's thread, where it would wait for itself; "
+    "in async code on that loop, await the batcher's own methods"
+)
+IN_LOOP = re.escape(IN_LOOP_MESSAGE)
+WAIT = 10  # seconds: the bound on every wait that should end at once
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The event loop a SyncBatcher runs on: each test runs on both."""
+    return str(request.param)
+
+
+class Gate(Seen):
+    """A plain process function (it runs in a worker thread) that records each batch
+    and answers ``("done", record)``. From its batch number ``hold_from`` on (``0``:
+    the first), it parks in each batch until :meth:`release`, so a test can keep the
+    only worker busy; ``None`` never holds."""
+
+    def __init__(self, *, hold_from: int | None = None) -> None:
+        super().__init__()
+        self.hold_from = hold_from
+        self.entered = threading.Event()  # set when a batch parks
+        self._released = threading.Event()
+
+    def __call__(self, batch: list[Any]) -> list[Any]:
+        self.batches.append(list(batch))
+        if self.hold_from is not None and len(self.batches) > self.hold_from:
+            self.entered.set()
+            assert self._released.wait(WAIT)
+        return [("done", record) for record in batch]
+
+    def release(self) -> None:
+        self._released.set()
+
+
+class Held(NamedTuple):
+    batcher: SyncBatcher[Any, Any]
+    model: Gate
+    first: Future[Any]  # the record "first", which the model holds
+
+
+@contextmanager
+def held_batcher(backend: str, **settings: Any) -> Iterator[Held]:
+    """A running SyncBatcher whose model is parked in its first batch (the record
+    ``"first"``); leaving the block releases the model and stops the batcher."""
+    model = Gate(hold_from=0)
+    with SyncBatcher(DynamicBatcher(model, **settings), backend=backend) as batcher:
+        try:
+            first = batcher.submit("first")
+            assert model.entered.wait(WAIT)
+            yield Held(batcher, model, first)
+        finally:
+            model.release()
+
+
+async def double(batch: list[int]) -> list[int]:
+    return [x * 2 for x in batch]
+
+
+class TestLifecycle:
+    def test_with_starts_and_stops(self, backend: str) -> None:
+        inner = DynamicBatcher(double)
+        batcher = SyncBatcher(inner, backend=backend)
+        assert not batcher.is_running
+        with batcher as entered:
+            assert entered is batcher
+            assert batcher.is_running
+            assert inner.is_running
+            assert batcher.call(21) == 42
+        assert not batcher.is_running
+        assert not inner.is_running
+        assert batcher.stats.total_completed == 1
+
+    def test_start_stop_close_and_restart(self, backend: str) -> None:
+        batcher = SyncBatcher(DynamicBatcher(double), backend=backend)
+        for x in range(2):
+            batcher.start()
+            assert batcher.call(x) == 2 * x
+            batcher.stop()
+            batcher.close()  # idempotent
+        assert batcher.stats.total_completed == 2
+
+    def test_stop_processes_every_submitted_record(self, backend: str) -> None:
+        async def slow(batch: list[int]) -> list[int]:
+            await anyio.sleep(0.005)  # the model's work: records queue behind it
+            return [x * 2 for x in batch]
+
+        with SyncBatcher(DynamicBatcher(slow, max_batch_size=10), backend=backend) as batcher:
+            futures = [batcher.submit(x) for x in range(200)]
+        assert [future.result(0) for future in futures] == [x * 2 for x in range(200)]
+        stats = batcher.stats
+        assert (stats.total_completed, stats.total_cancelled) == (200, 0)
+
+    def test_an_error_in_the_body_still_stops_gracefully(self, backend: str) -> None:
+        batcher = SyncBatcher(DynamicBatcher(double), backend=backend)
+        futures = []
+
+        def body() -> None:
+            with batcher:
+                futures.append(batcher.submit(1))
+                raise KeyError("body")
+
+        with pytest.raises(KeyError):
+            body()
+        assert futures[0].result(0) == 2
+        assert not batcher.is_running
+
+    def test_stop_from_inside_the_process_function_begins_the_stop(self, backend: str) -> None:
+        def stopping(batch: list[int]) -> list[int]:
+            batcher.stop()  # returns at once; the with block ends the batcher
+            return batch
+
+        batcher: SyncBatcher[int, int] = SyncBatcher(DynamicBatcher(stopping), backend=backend)
+        with batcher:
+            assert batcher.call(7) == 7
+            with pytest.raises(RuntimeError, match=NOT_RUNNING):
+                batcher.call(8)
+        assert batcher.stats.total_completed == 1
+
+    def test_a_fatal_process_function_exception_is_raised_by_stop(self, backend: str) -> None:
+        class Fatal(BaseException):
+            pass
+
+        async def fatal(batch: list[int]) -> list[int]:
+            raise Fatal
+
+        batcher = SyncBatcher(DynamicBatcher(fatal), backend=backend)
+        batcher.start()
+        with pytest.raises(BatcherClosedError):
+            batcher.call(1)
+        with pytest.raises(Fatal):
+            batcher.stop()
+        assert not batcher.is_running
+
+    def test_a_sync_batcher_collected_while_running_warns(self, backend: str) -> None:
+        inner = DynamicBatcher(double)
+        batcher = SyncBatcher(inner, backend=backend)
+        batcher.start()
+        loop = batcher._loop
+        assert loop is not None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del batcher
+            gc.collect()
+        loop.close(inner)  # the loop outlived it: stop it here
+        assert not inner.is_running
+        assert [(w.category, str(w.message)) for w in caught] == [
+            (
+                ResourceWarning,
+                f"<SyncBatcher running backend={backend} queued=0 in_flight=0> was garbage-collected without "
+                "being stopped; use 'with SyncBatcher(batcher):' or stop()",
+            )
+        ]
+
+    def test_backend_options_reach_the_loop(self) -> None:
+        async def debug_flags(batch: list[int]) -> list[bool]:
+            return [asyncio.get_running_loop().get_debug() for _ in batch]
+
+        with SyncBatcher(DynamicBatcher(debug_flags), backend_options={"debug": True}) as batcher:
+            assert batcher.call(1) is True
+
+    def test_repr(self, backend: str) -> None:
+        with held_batcher(backend) as (batcher, _, _):
+            batcher.submit("queued")
+            assert repr(batcher) == f"<SyncBatcher running backend={backend} queued=1 in_flight=1>"
+        assert repr(batcher) == f"<SyncBatcher stopped backend={backend} submitted=2 completed=2>"
+
+
+class TestCalls:
+    def test_call_raises_the_models_own_exception(self, backend: str) -> None:
+        def picky(batch: list[int]) -> list[Any]:
+            return [KeyError(x) if x % 2 else x for x in batch]
+
+        with SyncBatcher(DynamicBatcher(picky), backend=backend) as batcher:
+            assert batcher.call(2) == 2
+            with pytest.raises(KeyError, match="3"):
+                batcher.call(3)
+            assert isinstance(batcher.submit(5).exception(WAIT), KeyError)
+
+    def test_token_batcher_takes_estimated_tokens(self, backend: str) -> None:
+        def lengths(batch: list[Prompt]) -> list[int]:
+            return [len(prompt.text) for prompt in batch]
+
+        with SyncBatcher(TokenBatcher(lengths), backend=backend) as batcher:
+            assert batcher.call(Prompt("abc"), estimated_tokens=40) == 3
+            assert batcher.submit(Prompt("hello"), estimated_tokens=2).result(WAIT) == 5
+            assert batcher.call(Prompt("x"), estimated_cost=7) == 1
+        assert batcher.stats.total_batch_cost == 49
+
+    def test_many_threads_are_batched_together(self, backend: str) -> None:
+        model = Gate()
+        with SyncBatcher(DynamicBatcher(model), backend=backend) as batcher:
+            threads = [threading.Thread(target=lambda n=n: [batcher.call((n, i)) for i in range(50)]) for n in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT)
+        assert sorted(model.records) == sorted((n, i) for n in range(8) for i in range(50))
+        assert batcher.stats.total_batches < 400
+
+
+class TestWithdrawal:
+    def test_a_timed_out_call_withdraws_its_record(self, backend: str) -> None:
+        with held_batcher(backend) as (batcher, model, first):
+            with pytest.raises(TimeoutError):
+                batcher.call("late", timeout=0.05)
+            assert batcher.stats.total_cancelled == 1
+            model.release()
+            assert first.result(WAIT) == ("done", "first")
+            assert batcher.call("after") == ("done", "after")
+        assert model.records == ["first", "after"]
+
+    def test_cancelling_a_submitted_future_withdraws_its_record(self, backend: str) -> None:
+        with held_batcher(backend) as (batcher, model, _):
+            future = batcher.submit("cancelled")
+            assert future.cancel()
+            assert batcher.stats.total_cancelled == 1  # withdrawn before cancel() returned
+            with pytest.raises(CancelledError):
+                future.result(0)
+        assert model.records == ["first"]
+        assert batcher.stats.total_cancelled == 1
+
+    def test_a_submitted_future_times_out_and_withdraws_its_record(self, backend: str) -> None:
+        with held_batcher(backend) as (batcher, model, _):
+            future = batcher.submit("late", timeout=0.05)
+            with pytest.raises(TimeoutError):
+                future.result(WAIT)
+        assert model.records == ["first"]
+        assert batcher.stats.total_cancelled == 1
+
+    def test_a_dispatched_record_is_processed_after_its_future_is_cancelled(self, backend: str) -> None:
+        with held_batcher(backend) as (batcher, model, first):
+            assert first.cancel()  # it is in the model: cancel() ends only the waiting
+        assert model.records == ["first"]
+        stats = batcher.stats
+        assert (stats.total_completed, stats.total_cancelled) == (1, 0)
+
+
+class TestHammer:
+    def test_threads_lose_no_future(self, backend: str) -> None:
+        """16 threads x 200 records: calls, calls with short random timeouts,
+        submits, cancelled submits. Each ends once, as its own record's result or
+        as TimeoutError/CancelledError."""
+
+        async def model(batch: list[tuple[int, int]]) -> list[tuple[str, tuple[int, int]]]:
+            await anyio.sleep(random.random() / 1000)
+            seen.extend(batch)
+            return [("done", record) for record in batch]
+
+        seen: list[tuple[int, int]] = []
+        outcomes: dict[str, int] = {"result": 0, "timeout": 0, "cancelled": 0}
+        lock = threading.Lock()
+
+        def one(batcher: SyncBatcher[tuple[int, int], Any], rng: random.Random, record: tuple[int, int]) -> str:
+            kind = rng.random()
+            try:
+                if kind < 0.25:
+                    result = batcher.call(record, timeout=rng.random() / 500)
+                elif kind < 0.5:
+                    future = batcher.submit(record)
+                    if rng.random() < 0.5:
+                        future.cancel()
+                    result = future.result(WAIT)
+                else:
+                    result = batcher.call(record)
+            except TimeoutError:
+                return "timeout"
+            except CancelledError:
+                return "cancelled"
+            assert result == ("done", record)
+            return "result"
+
+        def client(batcher: SyncBatcher[tuple[int, int], Any], n: int) -> None:
+            rng = random.Random(n)
+            for i in range(200):
+                outcome = one(batcher, rng, (n, i))
+                with lock:
+                    outcomes[outcome] += 1
+
+        with SyncBatcher(DynamicBatcher(model, max_batch_size=32), backend=backend) as batcher:
+            threads = [threading.Thread(target=client, args=(batcher, n)) for n in range(16)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+                assert not thread.is_alive()
+        stats = batcher.stats
+        assert sum(outcomes.values()) == stats.total_submitted == 3200
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+        assert len(seen) == len(set(seen)) == stats.total_completed  # nothing processed twice
+        assert outcomes["result"] <= stats.total_completed
+        assert min(outcomes.values()) > 0
+
+    def test_calls_racing_stop_are_processed_or_refused(self, backend: str) -> None:
+        refusals: list[str] = []
+        ready = threading.Barrier(9, timeout=WAIT)
+
+        def client(batcher: SyncBatcher[int, int], n: int) -> None:
+            assert batcher.call(n) == 2 * n
+            ready.wait()
+            while True:
+                try:
+                    result = batcher.call(n)
+                except RuntimeError as exc:
+                    refusals.append(str(exc))
+                    return
+                assert result == 2 * n
+
+        batcher = SyncBatcher(DynamicBatcher(double), backend=backend)
+        with batcher:
+            threads = [threading.Thread(target=client, args=(batcher, n)) for n in range(8)]
+            for thread in threads:
+                thread.start()
+            ready.wait()
+        for thread in threads:
+            thread.join(WAIT)
+        assert refusals == [NOT_RUNNING_MESSAGE] * 8
+        stats = batcher.stats
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+
+class TestMap:
+    def test_ordered_results_for_10_000_records(self, backend: str) -> None:
+        model = Gate()
+        with SyncBatcher(DynamicBatcher(model, max_queue_size=500), backend=backend) as batcher:
+            with batcher.map(range(10_000)) as results:
+                assert list(results) == [("done", x) for x in range(10_000)]
+            assert sorted(batcher.map(range(100), ordered=False)) == [("done", x) for x in range(100)]
+        assert model.records[:10_000] == list(range(10_000))
+        assert batcher.stats.total_completed == 10_100
+
+    def test_the_maps_records_form_full_batches(self, backend: str) -> None:
+        # Handing results over must not give the workers the map's records one or two at a time.
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            assert sum(1 for _ in batcher.map(range(10_240))) == 10_240
+        assert batcher.stats.avg_batch_size > 128
+
+    def test_an_early_break_withdraws_the_rest(self, backend: str) -> None:
+        model = Gate(hold_from=2)  # two batches of 8 come back, the third parks in the model
+        inner = DynamicBatcher(model, max_batch_size=8, max_queue_size=100)
+        with SyncBatcher(inner, backend=backend) as batcher:
+            taken = []
+            with batcher.map(itertools.count()) as results:
+                for result in results:
+                    taken.append(result)
+                    if len(taken) == 10:
+                        assert model.entered.wait(WAIT)  # the third batch is in the model
+                        break
+            withdrawn = batcher.stats.total_cancelled
+            model.release()
+        assert taken == [("done", x) for x in range(10)]
+        assert withdrawn > 0
+        stats = batcher.stats
+        assert stats.total_cancelled == withdrawn
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+        assert model.records == list(range(24))  # the withdrawn records never reached the model
+
+    def test_a_for_loop_left_early_without_with_withdraws_the_rest(self, backend: str) -> None:
+        model = Gate(hold_from=2)
+        with SyncBatcher(DynamicBatcher(model, max_batch_size=8), backend=backend) as batcher:
+            for result in batcher.map(range(1_000)):
+                if result == ("done", 3):
+                    assert model.entered.wait(WAIT)  # the third batch is in the model
+                    break
+            # The results object was dropped with the loop: closed as a generator is.
+            withdrawn = batcher.stats.total_cancelled
+            model.release()
+        assert withdrawn > 0
+        assert model.records == list(range(24))
+
+    def test_a_failure_ends_the_map_after_the_results_before_it(self, backend: str) -> None:
+        def picky(batch: list[int]) -> list[Any]:
+            return [KeyError(x) if x == 5 else x for x in batch]
+
+        with SyncBatcher(DynamicBatcher(picky, max_batch_size=4), backend=backend) as batcher:
+            taken: list[int] = []
+            with pytest.raises(KeyError, match="5"), batcher.map(range(1_000)) as results:
+                taken.extend(results)
+            assert taken == [0, 1, 2, 3, 4]
+            mixed = list(batcher.map(range(8), return_exceptions=True))
+        assert [type(x) for x in mixed] == [int] * 5 + [KeyError] + [int] * 2
+        stats = batcher.stats
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+    def test_progress_is_reported(self, backend: str) -> None:
+        reports: list[tuple[int, int | None]] = []
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            assert list(batcher.map(range(20), progress=lambda done, total: reports.append((done, total)))) == [
+                x * 2 for x in range(20)
+            ]
+        assert reports == [(done, 20) for done in range(1, 21)]
+
+    def test_a_stop_during_the_map_ends_it_with_not_running(self, backend: str) -> None:
+        model = Gate(hold_from=2)
+        batcher = SyncBatcher(DynamicBatcher(model, max_batch_size=8), backend=backend)
+        batcher.start()
+        results = batcher.map(itertools.count())
+        assert next(results) == ("done", 0)
+        model.release()
+        batcher.stop()
+        with pytest.raises(RuntimeError, match=NOT_RUNNING):
+            for _ in results:
+                pass
+        stats = batcher.stats
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+    def test_map_when_not_running_and_from_the_loops_own_thread(self, backend: str) -> None:
+        async def reentrant(batch: list[int]) -> list[str]:
+            with pytest.raises(RuntimeError, match=IN_LOOP) as info:
+                batcher.map([1])
+            return [str(info.value)]
+
+        batcher: SyncBatcher[int, str] = SyncBatcher(DynamicBatcher(reentrant), backend=backend)
+        with pytest.raises(RuntimeError, match=NOT_RUNNING):
+            batcher.map([1])
+        with batcher:
+            assert batcher.call(0) == IN_LOOP_MESSAGE
+
+
+class TestErrors:
+    def test_a_backend_other_than_asyncio_or_trio(self) -> None:
+        with pytest.raises(ValueError, match="backend must be 'asyncio' or 'trio', got 'curio'"):
+            SyncBatcher(DynamicBatcher(double), backend="curio")
+
+    def test_something_other_than_a_batcher(self) -> None:
+        with pytest.raises(TypeError, match="batcher must be a DynamicBatcher or TokenBatcher, got function"):
+            SyncBatcher(double)  # type: ignore[arg-type]
+
+    def test_use_before_start_and_after_stop(self, backend: str) -> None:
+        batcher = SyncBatcher(DynamicBatcher(double), backend=backend)
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match=NOT_RUNNING):
+                batcher.call(1)
+            with pytest.raises(RuntimeError, match=NOT_RUNNING):
+                batcher.submit(1)
+            batcher.start()
+            batcher.stop()
+        assert batcher.stats.total_submitted == 0
+
+    def test_start_while_running(self, backend: str) -> None:
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            with pytest.raises(RuntimeError, match=re.escape("SyncBatcher is already running; stop() it before")):
+                batcher.start()
+            assert batcher.call(1) == 2
+
+    def test_a_batcher_running_elsewhere(self, backend: str) -> None:
+        inner = DynamicBatcher(double)
+        idle = SyncBatcher(inner, backend=backend)
+        running_elsewhere = re.escape("batcher is already running; give SyncBatcher a stopped batcher")
+        with SyncBatcher(inner, backend=backend) as batcher:
+            with pytest.raises(RuntimeError, match=running_elsewhere):
+                SyncBatcher(inner, backend=backend)
+            with pytest.raises(RuntimeError, match=running_elsewhere):
+                idle.start()
+            assert not idle.is_running
+            assert batcher.call(1) == 2
+
+    def test_calls_from_the_loops_own_thread(self, backend: str) -> None:
+        async def reentrant(batch: list[int]) -> list[list[str]]:
+            errors = []
+            for attempt in (lambda: batcher.call(1), lambda: batcher.submit(1), batcher.stop):
+                with pytest.raises(RuntimeError, match=IN_LOOP) as info:
+                    attempt()
+                errors.append(str(info.value))
+            return [errors]
+
+        batcher: SyncBatcher[int, list[str]] = SyncBatcher(DynamicBatcher(reentrant), backend=backend)
+        with batcher:
+            assert len(batcher.call(0)) == 3
+            assert batcher.is_running
+        assert batcher.stats.total_submitted == 1
+
+    def test_bad_costs_and_timeouts_change_nothing(self, backend: str) -> None:
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            with pytest.raises(TypeError, match="estimated_cost must be an int, got str"):
+                batcher.call(1, estimated_cost="3")  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="estimated_cost must be >= 0, got -1"):
+                batcher.submit(1, estimated_cost=-1)
+            with pytest.raises(TypeError, match="estimated_tokens needs a TokenBatcher; use estimated_cost"):
+                batcher.call(1, estimated_tokens=3)
+            with pytest.raises(ValueError, match="timeout must be finite and >= 0, got -1"):
+                batcher.call(1, timeout=-1)
+            with pytest.raises(TypeError, match="timeout must be a number, got str"):
+                batcher.submit(1, timeout="1")  # type: ignore[arg-type]
+            assert batcher.stats.total_submitted == 0
+            assert batcher.call(1) == 2
