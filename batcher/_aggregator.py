@@ -1,7 +1,7 @@
 """The aggregator: the loop between the submission stream and the batch stream.
 
 It pulls submitted futures into the assembly (``_assembly.py``), asks the pure
-rule :func:`~batcher._assembly.next_step` what to do, and does it: close a batch
+rule :func:`~batcher._decide.next_step` what to do, and does it: close a batch
 and send it to the workers, yield once, wait for a record, or finish.
 """
 
@@ -15,7 +15,8 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 
-from ._assembly import CLOSE, FINISH, PULL, YIELD, Assembly, Step, make_assembly, next_step
+from ._assembly import Assembly, make_assembly
+from ._decide import CLOSE, FINISH, PULL, YIELD, Step, next_step
 from ._exceptions import closed_error
 from ._future import PENDING, BatchFuture, fail, fail_queued, is_pending
 from ._stats import Counters

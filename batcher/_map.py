@@ -90,7 +90,10 @@ class MapResults(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
-        await self._top_up()
+        if self._pending() <= self._window // 2:
+            # Refill half a window at once, not a record per result: a consumer that
+            # awaits between results would otherwise feed the workers one at a time.
+            await self._top_up()
         future = await (self._next_in_order() if self._ordered else self._next_to_arrive())
         if future is None:
             self.close()

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from batcher import DynamicBatcher, TokenBatcher
@@ -160,3 +161,14 @@ async def test_token_batcher_prices_the_texts() -> None:
             got = [r async for r in batcher.map(["x" * 40] * 4)]  # 11 tokens each: one a batch
     assert got == [40] * 4
     assert batcher.stats.total_batches == 4
+
+
+async def test_a_consumer_that_awaits_between_results_still_gets_full_batches() -> None:
+    batcher = DynamicBatcher(double, max_batch_size=32, max_queue_size=200)
+    with anyio.fail_after(10):
+        async with batcher, batcher.map(range(2_000)) as mapped:
+            async for _ in mapped:
+                await anyio.lowlevel.checkpoint()  # what a consumer that does any I/O does
+    stats = batcher.stats
+    assert stats.total_completed == 2_000
+    assert stats.avg_batch_size >= 24  # refilled half a window at a time, not a record per result
