@@ -3,7 +3,12 @@ they wrap, side by side in one run, on an echo model (so what is measured is the
 library's own cost per record).
 
 * ``map()``: 100,000 records through ``DynamicBatcher.map`` (in order) against
-  ``submit_batch`` of every record and awaiting each future, on asyncio and trio.
+  ``submit_batch`` of every record and awaiting each future;
+* ``SyncBatcher.map()``: the same records from a plain thread, against ``map()``;
+* ``SyncBatcher.call``: 16 threads each calling in a loop, against 16 tasks
+  calling ``call()`` (a tenth of the records: each call is a round trip),
+
+on asyncio and trio (for ``SyncBatcher``, its ``backend=``).
 
 Each figure is the median of ``--reps`` alternating repetitions, in microseconds
 per record, and the overhead is the difference to the async path::
@@ -17,12 +22,13 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 import anyio
 
-from batcher import DynamicBatcher
+from batcher import DynamicBatcher, SyncBatcher
 
 Measure = Callable[[int, str], float]
 
@@ -63,8 +69,61 @@ def submit_batch_path(records: int, backend: str) -> float:
     return anyio.run(run, backend=backend)
 
 
+THREADS = 16
+
+
+def sync_call_path(records: int, backend: str) -> float:
+    """Seconds for ``records`` through ``SyncBatcher.call`` from 16 threads."""
+    share = records // THREADS
+    with SyncBatcher(DynamicBatcher(_echo), backend=backend) as batcher:
+
+        def caller(first: int) -> None:
+            for record in range(first, first + share):
+                assert batcher.call(record) == record
+
+        threads = [threading.Thread(target=caller, args=(index * share,)) for index in range(THREADS)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
+
+
+def async_call_path(records: int, backend: str) -> float:
+    """Seconds for ``records`` through ``call`` from 16 tasks."""
+    share = records // THREADS
+
+    async def run() -> float:
+        async with DynamicBatcher(_echo) as batcher:
+
+            async def caller(first: int) -> None:
+                for record in range(first, first + share):
+                    assert await batcher.call(record) == record
+
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for index in range(THREADS):
+                    tg.start_soon(caller, index * share)
+            return time.perf_counter() - started
+
+    return anyio.run(run, backend=backend)
+
+
+def sync_map_path(records: int, backend: str) -> float:
+    """Seconds for ``records`` through ``SyncBatcher.map``, results checked."""
+    with SyncBatcher(DynamicBatcher(_echo), backend=backend) as batcher:
+        started = time.perf_counter()
+        with batcher.map(range(records)) as results:
+            for index, result in enumerate(results):
+                assert result == index
+        return time.perf_counter() - started
+
+
 PAIRS: dict[str, tuple[tuple[str, Measure], tuple[str, Measure]]] = {
     "map": (("map()", map_path), ("submit_batch + await", submit_batch_path)),
+    "sync map": (("SyncBatcher.map()", sync_map_path), ("map()", map_path)),
+    "sync call": (("SyncBatcher.call, 16 thr.", sync_call_path), ("call(), 16 tasks", async_call_path)),
 }
 
 
@@ -82,11 +141,12 @@ def measure(pair: str, records: int, backend: str, reps: int) -> tuple[float, fl
 
 
 def report(records: int, reps: int, backends: Sequence[str]) -> str:
-    lines = [f"{'door':<24}{'backend':<9}{'door µs/rec':>13}{'async µs/rec':>14}{'overhead':>10}"]
+    lines = [f"{'door':<26}{'backend':<9}{'door µs/rec':>13}{'async µs/rec':>14}{'overhead':>10}"]
     for pair, ((door_name, _), _) in PAIRS.items():
+        count = records // 10 if pair == "sync call" else records
         for backend in backends:
-            door, path = measure(pair, records, backend, reps)
-            lines.append(f"{door_name:<24}{backend:<9}{door:>13.2f}{path:>14.2f}{door - path:>+10.2f}")
+            door, path = measure(pair, count, backend, reps)
+            lines.append(f"{door_name:<26}{backend:<9}{door:>13.2f}{path:>14.2f}{door - path:>+10.2f}")
     return "\n".join(lines)
 
 
