@@ -25,8 +25,8 @@ __all__ = ("NOT_RUNNING", "STOPPED", "NotRunning", "Run")
 
 NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
 OTHER_THREAD = (
-    "batcher was called from a thread other than its event loop's; from another thread, go through "
-    "anyio.from_thread.run(batcher.call, record, token=...) with the token of the loop that started it"
+    "batcher was called from a thread other than its event loop's; from other threads use SyncBatcher, "
+    "or anyio.from_thread.run(batcher.call, record, token=...) with the token of the loop that started it"
 )
 OTHER_TASK = (
     "stop() must be called by the task that called start() (as 'async with batcher:' does); "

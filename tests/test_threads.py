@@ -16,8 +16,8 @@ from batcher import DynamicBatcher, TokenBatcher
 from .helpers import Recorder
 
 OTHER_THREAD = (
-    "batcher was called from a thread other than its event loop's; from another thread, go through "
-    "anyio.from_thread.run(batcher.call, record, token=...) with the token of the loop that started it"
+    "batcher was called from a thread other than its event loop's; from other threads use SyncBatcher, "
+    "or anyio.from_thread.run(batcher.call, record, token=...) with the token of the loop that started it"
 )
 
 
