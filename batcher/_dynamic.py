@@ -104,7 +104,6 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         )
 
     def _setup(self, process_fn: ProcessFn[RecordT, ResultT], pricing: Pricing, settings: Settings) -> None:
-        # The one constructor both batchers share, given checked parts.
         self._model = Model(process_fn, settings.process_timeout_s)
         self._pricing = pricing
         self._settings = settings
@@ -161,15 +160,12 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
 
     async def stop(self) -> None:
         """Stop accepting records, process every record already submitted, and
-        stop the loops. Does nothing if the batcher is not running.
+        stop the loops. Does nothing if the batcher is not running. From inside the
+        process function it only begins the graceful stop and returns at once.
 
-        Called from inside the process function, it only begins the graceful stop
-        and returns at once (waiting there would wait for itself); the task that
-        started the batcher still ends it with :meth:`stop` or ``async with``.
-
-        :raises RuntimeError: if the batcher was started with :meth:`start` by
-            another task (only that task can stop it; use :meth:`serve` to stop
-            from any task), or from a thread other than its event loop's
+        :raises RuntimeError: if another task called :meth:`start` (only that task
+            can stop it; :meth:`serve` may be stopped from any task), or if called
+            from a thread other than the batcher's event loop's
         :raises BaseException: the exception, other than cancellation, that a
             process function raised outside :exc:`Exception` (such as
             :exc:`KeyboardInterrupt`), which ended the batcher

@@ -18,25 +18,19 @@ from typing import Any
 
 import anyio
 
-from batcher import BatchStats, TokenBatcher, hf_token_estimator
+from batcher import BatchStats
 
 try:  # run as a script from examples/, or imported as examples.embed_corpus
-    from embed_minilm import MAX_TOKENS, MiniLM, make_corpus  # type: ignore[import-not-found, no-redef, unused-ignore]
+    from embed_minilm import MiniLM, make_corpus, padded_batcher  # type: ignore[import-not-found, no-redef, unused-ignore]
 except ImportError:
-    from examples.embed_minilm import MAX_TOKENS, MiniLM, make_corpus
+    from examples.embed_minilm import MiniLM, make_corpus, padded_batcher
 
 
 async def embed_all(
     minilm: MiniLM, texts: list[str], *, target_batch_tokens: int, progress: bool
 ) -> tuple[list[Any], BatchStats]:
     """Return the embedding of every text, in order, and the batcher's statistics."""
-    batcher: TokenBatcher[str, Any] = TokenBatcher(
-        minilm.embed,  # a plain function: the batcher runs it in a worker thread
-        token_estimator=hf_token_estimator(minilm.pricing_tokenizer, max_length=MAX_TOKENS),
-        target_batch_tokens=target_batch_tokens,
-        cost_model="padded",
-        group_by_cost=True,
-    )
+    batcher = padded_batcher(minilm, target_batch_tokens)  # priced by the model's tokenizer, grouped
     async with batcher, batcher.map(texts, progress=progress) as embeddings:
         vectors = [vector async for vector in embeddings]
     return vectors, batcher.stats

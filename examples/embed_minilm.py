@@ -151,18 +151,24 @@ class Progress:
             )
 
 
-async def embed_corpus(
-    minilm: MiniLM, texts: list[str], *, producers: int, target_batch_tokens: int
-) -> tuple[list[Any], TokenBatcher[str, Any]]:
-    """Embed ``texts`` through a padding-aware :class:`~batcher.TokenBatcher` fed by
-    ``producers`` concurrent tasks; return the embeddings in order and the batcher."""
-    batcher: TokenBatcher[str, Any] = TokenBatcher(
+def padded_batcher(minilm: MiniLM, target_batch_tokens: int) -> TokenBatcher[str, Any]:
+    """A :class:`~batcher.TokenBatcher` for ``minilm``: sentences priced by the model's
+    own tokenizer, batches charged as padded and grouped by length."""
+    return TokenBatcher(
         minilm.embed,  # a plain function: the batcher runs it in a worker thread
         token_estimator=hf_token_estimator(minilm.pricing_tokenizer, max_length=MAX_TOKENS),
         target_batch_tokens=target_batch_tokens,
         cost_model="padded",
         group_by_cost=True,
     )
+
+
+async def embed_corpus(
+    minilm: MiniLM, texts: list[str], *, producers: int, target_batch_tokens: int
+) -> tuple[list[Any], TokenBatcher[str, Any]]:
+    """Embed ``texts`` through a padding-aware :class:`~batcher.TokenBatcher` fed by
+    ``producers`` concurrent tasks; return the embeddings in order and the batcher."""
+    batcher = padded_batcher(minilm, target_batch_tokens)
     results: list[Any] = [None] * len(texts)
     progress = Progress(len(texts))
 
