@@ -1,5 +1,11 @@
 """How the cost per record grows with the work (issue 11, in progress).
 
+* Producers: N closed-loop producers (10 to 10,000), each awaiting ``call()``
+  before its next record, default settings, an echo model; µs per record, with
+  the hand-written floor (asyncio) beside.
+* Backlog: ``submit_batch`` of N records (10,000 to 1,000,000) with
+  ``max_queue_size=N``, then every future awaited; µs per record, floor beside.
+* ``max_batch_size`` (16 to 4,096): 100,000 records, open loop; µs per record.
 * Grouping pool: ``group_by_cost=True``, ``cost_model="padded"``, an echo model,
   ``submit_batch`` of N records with random costs (1-512 tokens, 8,192-token
   budget) and ``max_queue_size=N``, so the whole input is one grouping pool;
@@ -21,12 +27,15 @@ import argparse
 import gc
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import anyio
 from anyio.lowlevel import checkpoint
 
 from batcher import DynamicBatcher
+from benchmarks.floor import FloorBatcher
 
 BACKENDS = ("asyncio", "trio")
 
@@ -98,6 +107,78 @@ def longest_stall_ms(records: int, backend: str, reps: int, *, collect: bool) ->
     return best
 
 
+async def _closed_loop(open_batcher: Callable[[], Any], producers: int, records: int) -> float:
+    """Seconds for ``records`` through ``producers`` closed-loop callers."""
+    remaining = iter(range(records))
+    async with open_batcher() as batcher:
+
+        async def produce() -> None:
+            for record in remaining:
+                assert await (await batcher.submit(record)) == record
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(producers):
+                tg.start_soon(produce)
+        return time.perf_counter() - started
+
+
+async def _open_loop(open_batcher: Callable[[], Any], records: int) -> float:
+    """Seconds for ``submit_batch`` of ``records`` and awaiting every future."""
+    async with open_batcher() as batcher:
+        started = time.perf_counter()
+        futures = await batcher.submit_batch(range(records))
+        for index, future in enumerate(futures):
+            assert await future == index
+        return time.perf_counter() - started
+
+
+def _best_us(run: Callable[[], Any], backend: str, records: int, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        gc.collect()
+        best = min(best, anyio.run(run, backend=backend) / records * 1e6)
+    return best
+
+
+def _row(label: str, figures: Sequence[float]) -> str:
+    return f"{label:>11}" + "".join(f"{figure:>10.2f}" for figure in figures)
+
+
+def producers_table(counts: Sequence[int], records: int, reps: int) -> list[str]:
+    lines = [f"{'producers':>11}" + "".join(f"{name:>10}" for name in (*BACKENDS, "floor"))]
+    for count in counts:
+        ours = [
+            _best_us(partial(_closed_loop, partial(DynamicBatcher, _echo), count, records), b, records, reps)
+            for b in BACKENDS
+        ]
+        floor = _best_us(partial(_closed_loop, partial(FloorBatcher, _echo), count, records), "asyncio", records, reps)
+        lines.append(_row(f"{count:,}", [*ours, floor]))
+    return lines
+
+
+def backlog_table(sizes: Sequence[int], reps: int) -> list[str]:
+    lines = [f"{'backlog':>11}" + "".join(f"{name:>10}" for name in (*BACKENDS, "floor"))]
+    for size in sizes:
+        ours = [
+            _best_us(partial(_open_loop, partial(DynamicBatcher, _echo, max_queue_size=size), size), b, size, reps)
+            for b in BACKENDS
+        ]
+        floor = _best_us(partial(_open_loop, partial(FloorBatcher, _echo), size), "asyncio", size, reps)
+        lines.append(_row(f"{size:,}", [*ours, floor]))
+    return lines
+
+
+def batch_size_table(sizes: Sequence[int], records: int, reps: int) -> list[str]:
+    lines = [f"{'batch size':>11}" + "".join(f"{name:>10}" for name in BACKENDS)]
+    for size in sizes:
+        opener = partial(DynamicBatcher, _echo, max_batch_size=size, target_batch_cost=10**9)
+        lines.append(
+            _row(f"{size:,}", [_best_us(partial(_open_loop, opener, records), b, records, reps) for b in BACKENDS])
+        )
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, 1 repetition: checks correctness")
@@ -106,7 +187,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     reps = 1 if args.quick else args.reps
     pools = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
     stall_records = 10_000 if args.quick else 100_000
-    print(f"grouping pool (padded, grouped, echo model): µs per record, best of {reps}")
+    quick = args.quick
+    print(f"closed loop, default settings: µs per record, best of {reps}")
+    print(
+        "\n".join(producers_table((10, 100) if quick else (10, 100, 1_000, 10_000), 2_000 if quick else 50_000, reps))
+    )
+    print(f"\nbacklog (open loop, max_queue_size = backlog): µs per record, best of {reps}")
+    print("\n".join(backlog_table((1_000,) if quick else (10_000, 100_000, 1_000_000), reps)))
+    print(f"\nmax_batch_size (open loop, 100,000 records): µs per record, best of {reps}")
+    print("\n".join(batch_size_table((16, 256) if quick else (16, 256, 4_096), 2_000 if quick else 100_000, reps)))
+    print(f"\ngrouping pool (padded, grouped, echo model): µs per record, best of {reps}")
     print(f"{'pool':>9}" + "".join(f"{backend:>10}" for backend in BACKENDS))
     for records in pools:
         print(f"{records:>9,}" + "".join(f"{pool_us_per_record(records, b, reps):>10.2f}" for b in BACKENDS))
