@@ -138,11 +138,12 @@ class Aggregator:
                 return
             try:
                 item = receive.receive_nowait()
-            except anyio.WouldBlock:
-                return
-            except anyio.EndOfStream:
-                self._ended = True
-                return
+            except (anyio.WouldBlock, anyio.EndOfStream) as exc:
+                behind = self._run.from_overflow()  # the stream is empty: then those queued behind it
+                if behind is None:
+                    self._ended = isinstance(exc, anyio.EndOfStream)
+                    return
+                item = behind
             taken += 1
 
     async def _wait_for_record(self, delay: float | None) -> None:
@@ -177,3 +178,4 @@ class Aggregator:
         while self._assembly:
             fail(self._assembly.take()[0], error, self._counters)
         fail_queued(self._run.submit_receive, error, self._counters)
+        self._run.fail_overflow(error)

@@ -283,7 +283,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
 
     async def _call(self, future: BatchFuture[ResultT]) -> ResultT:
         if not self._run.try_submit(future):
-            await self._run.submit(future)
+            self._run.queue_behind(future)  # no need to wait for room: we wait for the result
         try:
             return await future
         except BaseException:

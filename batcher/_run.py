@@ -6,6 +6,7 @@ the loops' cancel scope, the free-worker count and the fatal exception, if any."
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -15,7 +16,7 @@ from anyio.lowlevel import checkpoint
 
 from ._aggregator import INTAKE, WAKE_UP, Aggregator, Submission
 from ._exceptions import closed_error
-from ._future import Batch, BatchFuture, fail_queued
+from ._future import Batch, BatchFuture, fail, fail_queued
 from ._model import Model
 from ._settings import Settings
 from ._stats import Counters
@@ -43,11 +44,14 @@ class Run:
 
     __slots__ = (
         "_free_workers",
+        "_input_ended",
+        "_room",
         "batch_receive",
         "batch_send",
         "counters",
         "fatal",
         "limiter",
+        "overflow",
         "owner",
         "owner_task",
         "scope",
@@ -80,6 +84,12 @@ class Run:
         self.fatal: BaseException | None = None
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
+        #: Records submitted while the submission stream was full, oldest first: the
+        #: aggregator takes them after the stream's. A caller parked here costs a
+        #: slot in a deque, not a blocked send (an event and two more wake-ups).
+        self.overflow: deque[BatchFuture[Any]] = deque()
+        self._room: dict[BatchFuture[Any], anyio.Event] = {}  # submit() waiting for its record to leave
+        self._input_ended = False
 
     # ----------------------------------------------------------- submission
 
@@ -90,6 +100,10 @@ class Run:
         """
         if self.thread != threading.get_ident():
             raise RuntimeError(OTHER_THREAD)
+        if self.overflow:  # callers wait already: nobody passes them
+            if self._input_ended:
+                raise RuntimeError(NOT_RUNNING)
+            return False
         try:
             self.submit_send.send_nowait(future)
         except anyio.WouldBlock:
@@ -99,20 +113,41 @@ class Run:
         self.counters.submitted += 1
         return True
 
+    def queue_behind(self, future: BatchFuture[Any]) -> None:
+        """Queue ``future`` behind the full submission stream, for a caller that
+        waits for the result anyway (``call()``): it waits once, for the result."""
+        if self._input_ended:
+            raise RuntimeError(NOT_RUNNING)
+        self.overflow.append(future)
+        self.counters.submitted += 1
+
     async def submit(self, future: BatchFuture[Any]) -> None:
-        """Wait for room in the submission stream, then send ``future``. If the
-        caller is cancelled meanwhile, the record is withdrawn."""
+        """Queue ``future`` behind the full submission stream and wait until the
+        aggregator has taken it. If the caller is cancelled meanwhile, the record is
+        withdrawn; if the batcher stops abnormally, the future fails."""
+        self.queue_behind(future)
+        room = self._room[future] = anyio.Event()
         try:
-            await self.submit_send.send(future)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise RuntimeError(NOT_RUNNING) from None
+            await room.wait()
         except BaseException:
-            # The record may or may not have made it into the stream; either way it
-            # is withdrawn and counted as such.
-            self.counters.submitted += 1
+            self._room.pop(future, None)
             future.cancel()
             raise
-        self.counters.submitted += 1
+
+    def from_overflow(self) -> BatchFuture[Any] | None:
+        """The oldest record queued behind the stream, or ``None``: for the aggregator."""
+        if not self.overflow:
+            return None
+        future = self.overflow.popleft()
+        room = self._room.pop(future, None)
+        if room is not None:
+            room.set()
+        return future
+
+    def fail_overflow(self, exc: BaseException) -> None:
+        """Fail every record still queued behind the stream, and wake their callers."""
+        while (future := self.from_overflow()) is not None:
+            fail((future,), exc, self.counters)
 
     async def submit_all(self, futures: list[BatchFuture[Any]]) -> None:
         """Send every future, waiting for room as needed, and letting the event loop
@@ -162,8 +197,12 @@ class Run:
                         await loops.start(Worker(self, model, counters).run)
                     task_status.started()
         finally:
-            # A batch the aggregator closed as the workers were cancelled.
+            # A batch the aggregator closed as the workers were cancelled, and records
+            # still queued behind the stream if the aggregator never took them.
             fail_queued(self.batch_receive, closed_error(), counters)
+            fail_queued(self.submit_receive, closed_error(), counters)
+            self.fail_overflow(closed_error())
+            self._input_ended = True
             self.close_streams()
             self.stopped.set()
 
@@ -180,19 +219,24 @@ class Run:
             raise RuntimeError(OTHER_THREAD)
         owner = self.owner
         if in_worker or owner is None:
-            self.submit_send.close()  # end of input: the aggregator drains, flushes and finishes
+            self._end_input()
             if not in_worker:
                 await self.stopped.wait()
             return
         if anyio.get_current_task().id != self.owner_task:
             raise RuntimeError(OTHER_TASK)
         self.owner = None
-        self.submit_send.close()
+        self._end_input()
         if abort:
             owner.cancel_scope.cancel()
         await owner.__aexit__(None, None, None)
         if self.fatal is not None:
             raise self.fatal
+
+    def _end_input(self) -> None:
+        # End of input: the aggregator drains the stream and the overflow, flushes, finishes.
+        self._input_ended = True
+        self.submit_send.close()
 
     def close_streams(self) -> None:
         """Close every stream end the run made (each loop closes its own as well)."""
@@ -235,6 +279,9 @@ class NotRunning:
         raise RuntimeError(NOT_RUNNING)
 
     async def submit(self, future: BatchFuture[Any]) -> None:
+        raise RuntimeError(NOT_RUNNING)
+
+    def queue_behind(self, future: BatchFuture[Any]) -> None:
         raise RuntimeError(NOT_RUNNING)
 
     async def submit_all(self, futures: list[BatchFuture[Any]]) -> None:
