@@ -2,8 +2,10 @@
 
 The targets (issue 4) compare ``batcher/asyncio`` with flyte and the floor
 on the same backend, check the lone-request latency on both backends, and
-compare trio with asyncio. Each line reads PASS or FAIL, or n/a when a
-column it needs did not run.
+compare trio with asyncio; those of issue 11 ask whether ``batcher/asyncio``
+is ahead of each peer (:mod:`benchmarks.peers`) on A and B throughput, C's
+p50 and D's p99. Each line reads PASS or FAIL, or n/a when a column it needs
+did not run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from benchmarks.runner import Results
-from benchmarks.systems import FLOOR, FLYTE, OURS_ASYNCIO, OURS_TRIO, System
+from benchmarks.systems import ASYNC_BATCHER, BATCHED, FLOOR, FLYTE, OURS_ASYNCIO, OURS_TRIO, System
 from benchmarks.workloads import Workload
 
 D_THROUGHPUT_TOLERANCE = 0.98
@@ -114,14 +116,33 @@ def _lone_p50(system: str) -> Figure:
     return Figure("{:.3f} ms", (Median("C", system, "p50 ms"),))
 
 
-_LLM_TAIL = Figure(
-    f"p99 {{:.2f}}x, throughput {{:.3f}}x (>= {D_THROUGHPUT_TOLERANCE})",
-    (Ratio("D", "p99 ms", OURS_ASYNCIO, FLYTE), Ratio("D", "throughput rec/s", OURS_ASYNCIO, FLYTE)),
-)
+def _llm_tail(other: str) -> Figure:
+    return Figure(
+        f"p99 {{:.2f}}x, throughput {{:.3f}}x (>= {D_THROUGHPUT_TOLERANCE})",
+        (Ratio("D", "p99 ms", OURS_ASYNCIO, other), Ratio("D", "throughput rec/s", OURS_ASYNCIO, other)),
+    )
+
+
 _MEMORY = Figure(
     "{:.0f} vs {:.0f} B",
     (Median("E", OURS_ASYNCIO, "bytes/record"), Median("E", FLYTE, "bytes/record")),
 )
+
+
+def _ahead_of(peer: str) -> tuple[Target, ...]:
+    """Issue 11: ``batcher/asyncio`` ahead of ``peer`` on A, B, C and D."""
+    lone_p50 = Figure("{:.3f} vs {:.3f} ms", (Median("C", OURS_ASYNCIO, "p50 ms"), Median("C", peer, "p50 ms")))
+    return (
+        Target(f"A throughput batcher / {peer} > 1x", _throughput("A", OURS_ASYNCIO, peer), lambda ratio: ratio > 1),
+        Target(f"B throughput batcher / {peer} > 1x", _throughput("B", OURS_ASYNCIO, peer), lambda ratio: ratio > 1),
+        Target(f"C p50 latency batcher < {peer}", lone_p50, lambda ours, theirs: ours < theirs),
+        Target(
+            f"D p99 batcher < {peer} at >= throughput",
+            _llm_tail(peer),
+            lambda p99, rate: p99 < 1 and rate >= D_THROUGHPUT_TOLERANCE,
+        ),
+    )
+
 
 TARGETS: tuple[Target, ...] = (
     Target("A throughput batcher / flyte >= 20x", _throughput("A", OURS_ASYNCIO, FLYTE), lambda ratio: ratio >= 20),
@@ -134,10 +155,12 @@ TARGETS: tuple[Target, ...] = (
     Target("C p50 latency batcher/trio < 1 ms", _lone_p50(OURS_TRIO), lambda p50: p50 < 1.0),
     Target(
         "D p99 batcher <= 0.5x flyte at >= throughput",
-        _LLM_TAIL,
+        _llm_tail(FLYTE),
         lambda p99, rate: p99 <= 0.5 and rate >= D_THROUGHPUT_TOLERANCE,
     ),
     Target("E bytes per queued record batcher <= flyte", _MEMORY, lambda ours, flyte: ours <= flyte),
+    *_ahead_of(BATCHED),
+    *_ahead_of(ASYNC_BATCHER),
 )
 """The project's targets, in the order the report prints them."""
 

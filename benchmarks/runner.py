@@ -1,7 +1,8 @@
 """Runs the workloads on the systems, alternating systems within each repetition.
 
 For each workload, repetition ``r`` runs every system once in turn (asyncio,
-trio, flyte, floor), then repetition ``r + 1`` does the same, so slow drift
+trio, flyte, the peers, floor; a system skips the workloads in its
+``skips``), then repetition ``r + 1`` does the same, so slow drift
 on a noisy machine hits every column alike. Each run gets a fresh event loop
 (``anyio.run``) after a ``gc.collect()``. The report shows the median of the
 repetitions for every metric.
@@ -64,6 +65,8 @@ def run_all(workloads: Sequence[Workload], systems: Sequence[System], setup: Set
     for workload in workloads:
         for rep in range(1, reps + 1):
             for system in systems:
+                if workload.key in system.skips:
+                    continue
                 _progress(f"{workload.key} rep {rep}/{reps} {system.name} ...")
                 cell = results.cell(workload.key, system.name)
                 try:

@@ -3,14 +3,17 @@
 * ``batcher/asyncio`` and ``batcher/trio``: this library, run by
   ``anyio.run(..., backend=...)``;
 * ``flyte``: flyte's ``DynamicBatcher`` (see :mod:`benchmarks.flyte_ref`);
+* ``batched`` and ``async-batcher``: two more asyncio batchers from PyPI
+  (see :mod:`benchmarks.peers`);
 * ``floor``: the hand-written minimum (see :mod:`benchmarks.floor`).
 
 The harness drives all of them with the same anyio code (task groups,
-events), so what differs between columns is the batcher alone. flyte and the
-floor run on the asyncio backend, since they are asyncio-only. Every batcher
-shares the shape ``submit(record, estimated_cost=...)`` returning an
-awaitable future, and ``submit_batch(records, estimated_cost=...)``
-returning a list of them, so the workloads call them without adapters.
+events), so what differs between columns is the batcher alone. flyte, the
+peers and the floor run on the asyncio backend, since they are asyncio-only.
+This library, flyte and the floor share the shape ``submit(record,
+estimated_cost=...)`` returning an awaitable future, and
+``submit_batch(records, estimated_cost=...)`` returning a list of them, so
+the workloads call them without adapters; the peers have adapters.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from benchmarks import flyte_ref
+from benchmarks import flyte_ref, peers
 from benchmarks.floor import FloorBatcher
 
 ProcessFn = Callable[[list[int]], Awaitable[list[Any]]]
@@ -33,6 +36,8 @@ OURS_ASYNCIO = "batcher/asyncio"
 OURS_TRIO = "batcher/trio"
 FLYTE = "flyte"
 FLOOR = "floor"
+BATCHED = peers.BATCHED
+ASYNC_BATCHER = peers.ASYNC_BATCHER
 
 
 class Batcher(Protocol):
@@ -70,6 +75,8 @@ class System:
     open: Opener
     sleep: Sleep
     """What the simulated model sleeps with: anyio's for ours, asyncio's otherwise."""
+    skips: frozenset[str] = frozenset()
+    """Workloads this system does not run; the table shows ``-``."""
 
 
 def discover(wanted: Sequence[str]) -> tuple[list[System], list[str]]:
@@ -83,6 +90,12 @@ def discover(wanted: Sequence[str]) -> tuple[list[System], list[str]]:
         messages.append(ref.message)
         if ref.module is not None:
             systems.append(System(FLYTE, "asyncio", _opener(ref.module.DynamicBatcher), asyncio.sleep))
+    for peer in peers.PEERS:
+        if peer.name in wanted:
+            opener, message = peer.load()
+            messages.append(message)
+            if opener is not None:
+                systems.append(System(peer.name, "asyncio", opener, asyncio.sleep, peer.skips))
     if FLOOR in wanted:
         systems.append(System(FLOOR, "asyncio", _open_floor, asyncio.sleep))
     return systems, messages
@@ -115,4 +128,4 @@ def _open_floor(process_fn: ProcessFn, options: Options) -> Any:
     return FloorBatcher(process_fn, target_batch_cost=options.target_batch_cost)
 
 
-ALL_SYSTEMS = (OURS_ASYNCIO, OURS_TRIO, FLYTE, FLOOR)
+ALL_SYSTEMS = (OURS_ASYNCIO, OURS_TRIO, FLYTE, BATCHED, ASYNC_BATCHER, FLOOR)
