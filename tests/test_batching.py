@@ -248,3 +248,44 @@ class TestGroupedPool:
             assert [await f for f in futures[1::2]] == [("done", x) for x in range(1, 40, 2)]
         assert [len(batch) for batch in model.batches[1:]] == [4, 4, 4, 4, 4]
         assert sorted(model.records[1:]) == list(range(1, 40, 2))
+
+
+class TestQueueBehind:
+    """Callers blocked by a full submission stream queue behind it, in order."""
+
+    async def test_callers_behind_a_full_stream_keep_their_order_and_nowait_is_refused(self) -> None:
+        async with blocked_batcher(max_queue_size=2, max_batch_size=1, prefetch_batches=0) as (batcher, model, _):
+            while True:
+                try:
+                    batcher.submit_nowait("queued")
+                except anyio.WouldBlock:
+                    break
+                await anyio.wait_all_tasks_blocked()
+            results: list[Any] = []
+            async with anyio.create_task_group() as tg:
+                for name in ("call 1", "call 2", "call 3"):
+                    tg.start_soon(lambda n: self._call(batcher, n, results), name)
+                    await anyio.wait_all_tasks_blocked()
+                with pytest.raises(anyio.WouldBlock):
+                    batcher.submit_nowait("must not pass the callers")
+                model.release()
+        assert results == [("done", "call 1"), ("done", "call 2"), ("done", "call 3")]
+        assert model.records[-3:] == ["call 1", "call 2", "call 3"]
+
+    @staticmethod
+    async def _call(batcher: DynamicBatcher[Any, Any], name: str, results: list[Any]) -> None:
+        results.append(await batcher.call(name))
+
+    async def test_a_cancelled_caller_behind_the_stream_is_withdrawn(self) -> None:
+        async with blocked_batcher(max_queue_size=1, max_batch_size=1, prefetch_batches=0) as (batcher, model, _):
+            batcher.submit_nowait("queued")
+            await anyio.wait_all_tasks_blocked()
+            batcher.submit_nowait("queued too")
+            with anyio.move_on_after(0.05):
+                await batcher.call("gave up")  # behind the full stream until the deadline
+            model.release()
+            assert await batcher.call("after") == ("done", "after")
+        assert "gave up" not in model.records
+        stats = batcher.stats
+        assert stats.total_cancelled == 1
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
