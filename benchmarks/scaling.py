@@ -1,8 +1,9 @@
 """How the cost per record grows with the work (issue 11, in progress).
 
-* Producers: N closed-loop producers (10 to 10,000), each awaiting ``call()``
-  before its next record, default settings, an echo model; µs per record, with
-  the hand-written floor (asyncio) beside.
+* Producers: N closed-loop producers (10 to 10,000), each awaiting its result
+  (``submit()``'s future, or ``call()``) before its next record, default
+  settings, an echo model; µs per record, with the hand-written floor (asyncio)
+  beside.
 * Backlog: ``submit_batch`` of N records (10,000 to 1,000,000) with
   ``max_queue_size=N``, then every future awaited; µs per record, floor beside.
 * ``max_batch_size`` (16 to 4,096): 100,000 records, open loop; µs per record.
@@ -107,14 +108,16 @@ def longest_stall_ms(records: int, backend: str, reps: int, *, collect: bool) ->
     return best
 
 
-async def _closed_loop(open_batcher: Callable[[], Any], producers: int, records: int) -> float:
-    """Seconds for ``records`` through ``producers`` closed-loop callers."""
+async def _closed_loop(open_batcher: Callable[[], Any], producers: int, records: int, call: bool = False) -> float:
+    """Seconds for ``records`` through ``producers`` closed-loop callers, each awaiting
+    ``submit()``'s future (or with ``call``, ``call()``) before its next record."""
     remaining = iter(range(records))
     async with open_batcher() as batcher:
 
         async def produce() -> None:
             for record in remaining:
-                assert await (await batcher.submit(record)) == record
+                result = await batcher.call(record) if call else await (await batcher.submit(record))
+                assert result == record
 
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
@@ -141,19 +144,22 @@ def _best_us(run: Callable[[], Any], backend: str, records: int, reps: int) -> f
     return best
 
 
-def _row(label: str, figures: Sequence[float]) -> str:
-    return f"{label:>11}" + "".join(f"{figure:>10.2f}" for figure in figures)
+def _row(label: str, figures: Sequence[float], width: int = 10) -> str:
+    return f"{label:>11}" + "".join(f"{figure:>{width}.2f}" for figure in figures)
 
 
 def producers_table(counts: Sequence[int], records: int, reps: int) -> list[str]:
-    lines = [f"{'producers':>11}" + "".join(f"{name:>10}" for name in (*BACKENDS, "floor"))]
+    names = (*BACKENDS, *(f"{backend} call" for backend in BACKENDS), "floor")
+    lines = [f"{'producers':>11}" + "".join(f"{name:>13}" for name in names)]
     for count in counts:
+        opener = partial(DynamicBatcher, _echo)
         ours = [
-            _best_us(partial(_closed_loop, partial(DynamicBatcher, _echo), count, records), b, records, reps)
-            for b in BACKENDS
+            _best_us(partial(_closed_loop, opener, count, records, call), backend, records, reps)
+            for call in (False, True)
+            for backend in BACKENDS
         ]
         floor = _best_us(partial(_closed_loop, partial(FloorBatcher, _echo), count, records), "asyncio", records, reps)
-        lines.append(_row(f"{count:,}", [*ours, floor]))
+        lines.append(_row(f"{count:,}", [*ours, floor], width=13))
     return lines
 
 
