@@ -63,8 +63,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         queued records of the most similar cost, instead of in arrival order.
     :param process_timeout_s: a batch whose process function runs longer fails with
         :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs in a
-        daemon thread of the worker's own (not an AnyIO worker thread), so a call
-        stuck past the limit does not keep the program from exiting.
+        daemon thread of its worker, so a stuck call cannot hold the program at exit.
     """
 
     def __init__(
@@ -109,8 +108,6 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         self._settings = settings
         self._counters = Counters()
         self._run: Run | NotRunning = STOPPED
-
-    # ------------------------------------------------------------------ state
 
     @property
     def is_running(self) -> bool:
@@ -201,8 +198,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
 
     def _forget(self, run: Run) -> None:
-        # Once its loops have ended, and the task group start() opened for them has
-        # been exited, a run is over: the batcher keeps no reference to it.
+        # A run is over once its loops have ended and start()'s task group is exited.
         if self._run is run and run.owner is None and run.stopped.is_set():
             self._run = STOPPED
 
@@ -272,9 +268,8 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         withdrawn and never reaches the process function. This is the per-request
         deadline: ``with anyio.fail_after(1): await batcher.call(x)``.
 
-        :raises RuntimeError: as :meth:`submit`, and when awaited from inside the
-            batcher's own process function while ``max_concurrent_batches`` is 1
-            (the batch would wait for itself)
+        :raises RuntimeError: as :meth:`submit`, and from inside the batcher's own
+            process function while ``max_concurrent_batches`` is 1 (a self-wait)
         """
         return await self._call(self._new_future(record, estimated_cost, "estimated_cost"))
 

@@ -1,4 +1,29 @@
-"""Token estimators backed by Hugging Face tokenizers."""
+"""Token estimators backed by Hugging Face tokenizers.
+
+Count with the tokenizer the model runs with, configured alike: a ``tokenizer.json``
+may truncate to a different length than the model's inference code does (pass
+``max_length`` to :func:`hf_token_estimator` to cap counts where the model truncates).
+If the inference function tokenizes in a worker thread, give the estimator its own
+instance: a ``transformers`` tokenizer reconfigures padding and truncation on every
+call.
+
+Results are memoised per text in a least-recently-used cache, so pricing a text that
+was seen recently costs a dictionary lookup instead of a tokenizer run. The tokenizer
+is called from whichever thread calls the estimator: the event loop thread, for
+:meth:`~batcher.TokenBatcher.submit`. A tokenizer run blocks the event loop for some
+tens of microseconds for a 30-token text; a cache hit costs about a tenth of a
+microsecond.
+
+Two tokenizer shapes are accepted, recognised by their methods rather than by
+their types, so neither ``tokenizers`` nor ``transformers`` is imported here:
+
+* a :class:`tokenizers.Tokenizer`, whose ``encode(text)`` returns an encoding with
+  ``ids`` and ``attention_mask``. Padding configured on the tokenizer (many
+  ``tokenizer.json`` files pad every text to a fixed length) is not counted;
+  truncation configured on it is respected.
+* a ``transformers`` tokenizer, whose ``encode(text)`` returns a list of ids, or
+  any callable whose result maps ``"input_ids"`` to the ids.
+"""
 
 from __future__ import annotations
 
@@ -26,29 +51,8 @@ def hf_token_estimator(
     ``[SEP]``, BOS/EOS) included. Pass it as ``token_estimator`` to
     :class:`~batcher.TokenBatcher`.
 
-    Two tokenizer shapes are accepted, recognised by their methods rather than by
-    their types, so neither ``tokenizers`` nor ``transformers`` is imported here:
-
-    * a :class:`tokenizers.Tokenizer`, whose ``encode(text)`` returns an encoding with
-      ``ids`` and ``attention_mask``. Padding configured on the tokenizer (many
-      ``tokenizer.json`` files pad every text to a fixed length) is not counted;
-      truncation configured on it is respected.
-    * a ``transformers`` tokenizer, whose ``encode(text)`` returns a list of ids, or
-      any callable whose result maps ``"input_ids"`` to the ids.
-
-    Count with the tokenizer the model runs with, configured alike: a
-    ``tokenizer.json`` may truncate to a different length than the model's
-    inference code does (pass ``max_length`` to cap counts where the model truncates).
-    If the inference function tokenizes in a worker thread, give the estimator its own
-    instance: a ``transformers`` tokenizer reconfigures padding and truncation on
-    every call.
-
-    Results are memoised per text in a least-recently-used cache, so pricing a text
-    that was seen recently costs a dictionary lookup instead of a tokenizer run. The
-    tokenizer is called from whichever thread calls the estimator: the event loop
-    thread, for :meth:`~batcher.TokenBatcher.submit`. A tokenizer run blocks the event
-    loop for some tens of microseconds for a 30-token text; a cache hit costs about a
-    tenth of a microsecond.
+    See the module's documentation for the tokenizers it takes, their configuration
+    and the cache.
 
     :param tokenizer: a :class:`tokenizers.Tokenizer` or a ``transformers`` tokenizer
     :param cache_size: how many distinct texts to remember; ``0`` disables the cache
