@@ -7,6 +7,8 @@
 * Backlog: ``submit_batch`` of N records (10,000 to 1,000,000) with
   ``max_queue_size=N``, then every future awaited; µs per record, floor beside.
 * ``max_batch_size`` (16 to 4,096): 100,000 records, open loop; µs per record.
+* Bytes per waiting caller: traced memory per task parked in ``call()`` while
+  the model holds a batch, beside a task parked on a bare ``anyio.Event``.
 * Grouping pool: ``group_by_cost=True``, ``cost_model="padded"``, an echo model,
   ``submit_batch`` of N records with random costs (1-512 tokens, 8,192-token
   budget) and ``max_queue_size=N``, so the whole input is one grouping pool;
@@ -28,6 +30,7 @@ import argparse
 import gc
 import random
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -185,6 +188,45 @@ def batch_size_table(sizes: Sequence[int], records: int, reps: int) -> list[str]
     return lines
 
 
+async def _bytes_per_waiter(callers: int, through_batcher: bool) -> float:
+    """Traced bytes per task parked awaiting ``call()`` (model blocked), or awaiting a
+    bare event (the baseline: a task that waits for anything at all)."""
+    release = anyio.Event()
+
+    async def blocked(batch: list[int]) -> list[int]:
+        await release.wait()
+        return batch
+
+    async with DynamicBatcher(blocked, max_queue_size=callers + 1) as batcher, anyio.create_task_group() as tg:
+        await batcher.submit(-1)  # the model holds this one: everything after it waits
+        await anyio.wait_all_tasks_blocked()
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for record in range(callers):
+            if through_batcher:
+                tg.start_soon(batcher.call, record)
+            else:
+                tg.start_soon(_wait_for, release)
+        await anyio.wait_all_tasks_blocked()
+        used = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        release.set()
+    return used / callers
+
+
+async def _wait_for(event: anyio.Event) -> None:
+    await event.wait()
+
+
+def waiter_table(callers: int) -> list[str]:
+    lines = [f"{'':>11}" + "".join(f"{name:>10}" for name in BACKENDS)]
+    for label, through in (("call()", True), ("bare wait", False)):
+        row = [anyio.run(_bytes_per_waiter, callers, through, backend=backend) for backend in BACKENDS]
+        lines.append(f"{label:>11}" + "".join(f"{figure:>10,.0f}" for figure in row))
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, 1 repetition: checks correctness")
@@ -202,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\n".join(backlog_table((1_000,) if quick else (10_000, 100_000, 1_000_000), reps)))
     print(f"\nmax_batch_size (open loop, 100,000 records): µs per record, best of {reps}")
     print("\n".join(batch_size_table((16, 256) if quick else (16, 256, 4_096), 2_000 if quick else 100_000, reps)))
+    waiters = 1_000 if quick else 10_000
+    print(f"\nbytes per waiting caller ({waiters:,} tasks parked, model blocked; tracemalloc)")
+    print("\n".join(waiter_table(waiters)))
     print(f"\ngrouping pool (padded, grouped, echo model): µs per record, best of {reps}")
     print(f"{'pool':>9}" + "".join(f"{backend:>10}" for backend in BACKENDS))
     for records in pools:
