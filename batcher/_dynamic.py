@@ -177,8 +177,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                 ...
                 await batcher.stop()
 
-        Cancelling the task running :meth:`serve` fails every unfinished future
-        with :exc:`BatcherClosedError`.
+        Cancelling its task fails every unfinished future with :exc:`BatcherClosedError`.
         """
         run = self._begin(owner=None)
         await self._serve(run, task_status=task_status)
@@ -197,6 +196,9 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
             message = f"{self!r} was garbage-collected without being stopped; use 'async with batcher:' or stop()"
             warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
 
+    def _in_own_worker(self) -> bool:  # called by this batcher's process function?
+        return WORKER_OF.get() is self._counters
+
     def _forget(self, run: Run) -> None:
         # A run is over once its loops have ended and start()'s task group is exited.
         if self._run is run and run.owner is None and run.stopped.is_set():
@@ -212,7 +214,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         run = self._run
         if isinstance(run, Run):
             try:
-                await run.close(abort=abort, in_worker=WORKER_OF.get() is self._counters)
+                await run.close(abort=abort, in_worker=self._in_own_worker())
             finally:
                 self._forget(run)
 
@@ -255,8 +257,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         Every cost is checked before any record is queued. Waits for room as
         :meth:`submit` does; if the call is cancelled, or the batcher stops, while it
         waits, it raises and withdraws the records it had queued (those a worker has
-        not taken yet). ``estimated_cost`` may be any sized iterable of integers,
-        such as a numpy array.
+        not taken yet). ``estimated_cost`` may be any sized iterable (a numpy array).
         """
         return await self._submit_all(records, estimated_cost, "estimated_cost")
 

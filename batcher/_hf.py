@@ -48,8 +48,8 @@ def hf_token_estimator(
     The returned function takes a record that is a :class:`str` or has a ``text``
     attribute holding a :class:`str` (such as :class:`~batcher.Prompt`) and returns the
     number of tokens the tokenizer produces for that text, special tokens (``[CLS]``,
-    ``[SEP]``, BOS/EOS) included. Pass it as ``token_estimator`` to
-    :class:`~batcher.TokenBatcher`.
+    ``[SEP]``, BOS/EOS) included (for any other record it raises :exc:`TypeError`).
+    Pass it as ``token_estimator`` to :class:`~batcher.TokenBatcher`.
 
     See the module's documentation for the tokenizers it takes, their configuration
     and the cache.
@@ -62,9 +62,6 @@ def hf_token_estimator(
     :raises TypeError: if ``tokenizer`` has neither API or is a name or a path, or if
         ``cache_size`` or ``max_length`` is not an :class:`int`
     :raises ValueError: if ``cache_size`` is negative or ``max_length`` is below 1
-
-    The returned function raises :exc:`TypeError` for a record that is neither a
-    :class:`str` nor has a :class:`str` ``text`` attribute.
 
     Example::
 
@@ -82,7 +79,11 @@ def hf_token_estimator(
         count = _capped(count, max_length)
     if cache_size:
         count = functools.lru_cache(maxsize=cache_size)(count)
+    return _of_text(count)
 
+
+def _of_text(count: Callable[[str], int]) -> Callable[[object], int]:
+    # Counts the text of a record: a str, or its str ``text`` attribute.
     def estimate(record: object) -> int:
         if isinstance(record, str):
             return count(record)

@@ -153,8 +153,6 @@ class Run:
         """Send every future, waiting for room as needed, and letting the event loop
         run between chunks. If that raises (the caller is cancelled, the batcher
         stops), withdraw those already sent."""
-        if self.thread != threading.get_ident():
-            raise RuntimeError(OTHER_THREAD)
         sent = 0
         try:
             for start in range(0, len(futures), INTAKE):  # a turn of the event loop per chunk

@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._dynamic import DynamicBatcher
-from ._future import WORKER_OF, BatchFuture
+from ._future import BatchFuture
 from ._loop import IN_LOOP, NOT_RUNNING, Loop, refused_as_not_running
 from ._map import Progress
 from ._protocols import RecordT, ResultT
@@ -142,7 +142,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
             :exc:`Exception` (such as :exc:`KeyboardInterrupt`), which ended the batcher
         """
         loop = self._loop
-        if loop is not None and WORKER_OF.get() is self._batcher._counters:
+        if loop is not None and self._batcher._in_own_worker():
             loop.run(self._batcher.stop)  # from the process function: begins the stop, returns at once
             loop.closing = True
             return
