@@ -1,13 +1,10 @@
 """DynamicBatcher: its settings, its lifecycle, and ``submit``, where a record's
-path begins.
-
-One record's path, module by module: :meth:`DynamicBatcher.submit` prices the
-record (``_pricing.py``), wraps it in a future (``_future.py``) and sends it into
-the submission stream of the current run (``_run.py``); the aggregator
-(``_aggregator.py``) forms batches by the pure rules of ``_assembly.py`` and sends
-them into the batch stream; a worker (``_worker.py``) runs each batch through the
-process function (``_model.py``) and ends its futures.
-"""
+path begins: :meth:`DynamicBatcher.submit` prices the record (``_pricing.py``),
+wraps it in a future (``_future.py``) and sends it into the submission stream of
+the current run (``_run.py``); the aggregator (``_aggregator.py``) forms batches by
+the rules of ``_assembly.py`` and sends them into the batch stream; a worker
+(``_worker.py``) runs each batch through the process function (``_model.py``) and
+ends its futures."""
 
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.lowlevel import checkpoint
 
 from ._aggregator import INTAKE
-from ._future import WORKER_OF, BatchFuture, event_factory
+from ._future import WORKER_OF, BatchFuture, event_factory, until_done
 from ._map import MapResults, Progress
 from ._model import Model
 from ._pricing import Pricing
@@ -272,19 +269,22 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         :raises RuntimeError: as :meth:`submit`, and from inside the batcher's own
             process function while ``max_concurrent_batches`` is 1 (a self-wait)
         """
-        return await self._call(self._new_future(record, estimated_cost, "estimated_cost"))
+        future = self._queue_for_call(self._new_future(record, estimated_cost, "estimated_cost"))
+        try:
+            if (waiting := until_done(future)) is not None:
+                await waiting  # here, not in a helper: a parked caller keeps one coroutine
+        except BaseException:
+            future.cancel()  # withdraws the record unless it was already dispatched
+            raise
+        return future.result()
 
     def _new_future(self, record: Any, cost: Any, name: str) -> BatchFuture[ResultT]:
         return BatchFuture(record, self._pricing.price(record, cost, name), self._counters)
 
-    async def _call(self, future: BatchFuture[ResultT]) -> ResultT:
+    def _queue_for_call(self, future: BatchFuture[ResultT]) -> BatchFuture[ResultT]:
         if not self._run.try_submit(future):
-            self._run.queue_behind(future)  # no need to wait for room: we wait for the result
-        try:
-            return await future
-        except BaseException:
-            future.cancel()  # withdraws the record unless it was already dispatched
-            raise
+            self._run.queue_behind(future)  # no need to wait for room: call() waits for the result
+        return future
 
     @overload
     def map(

@@ -24,6 +24,9 @@ from ._worker import Worker
 
 __all__ = ("NOT_RUNNING", "STOPPED", "NotRunning", "Run")
 
+#: How many ``submit()`` callers parked behind a full stream share one event.
+COHORT = 64
+
 NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
 OTHER_THREAD = (
     "batcher was called from a thread other than its event loop's; from other threads use SyncBatcher, "
@@ -43,8 +46,10 @@ class Run:
     """
 
     __slots__ = (
+        "_cohort",
         "_free_workers",
         "_input_ended",
+        "_newest",
         "_room",
         "batch_receive",
         "batch_send",
@@ -88,7 +93,13 @@ class Run:
         #: aggregator takes them after the stream's. A caller parked here costs a
         #: slot in a deque, not a blocked send (an event and two more wake-ups).
         self.overflow: deque[BatchFuture[Any]] = deque()
-        self._room: dict[BatchFuture[Any], anyio.Event] = {}  # submit() waiting for its record to leave
+        #: The events ``submit()`` callers wait on for their records to leave the
+        #: overflow, each shared by up to ``COHORT`` consecutive callers and keyed by
+        #: the newest one's record: it is set when that record leaves, the others
+        #: having left before it.
+        self._room: dict[BatchFuture[Any], anyio.Event] = {}
+        self._newest: BatchFuture[Any] | None = None  # the key of the cohort still open
+        self._cohort = 0  # how many callers share it
         self._input_ended = False
 
     # ----------------------------------------------------------- submission
@@ -126,13 +137,26 @@ class Run:
         aggregator has taken it. If the caller is cancelled meanwhile, the record is
         withdrawn; if the batcher stops abnormally, the future fails."""
         self.queue_behind(future)
-        room = self._room[future] = anyio.Event()
+        if future._event is None:  # made now, while its caller frees the last record's
+            future._event = self.counters.new_event()
+        room = self._join_cohort(future)
         try:
             await room.wait()
         except BaseException:
-            self._room.pop(future, None)
-            future.cancel()
+            future.cancel()  # it stays in the overflow until taken, so its cohort is woken
             raise
+
+    def _join_cohort(self, future: BatchFuture[Any]) -> anyio.Event:
+        # One event per COHORT callers, not one each: a parked caller then costs
+        # its task and a slot here, not an event with its waiter queue.
+        newest = self._newest
+        room = self._room.pop(newest, None) if newest is not None and self._cohort < COHORT else None
+        if room is None:
+            room, self._cohort = anyio.Event(), 0
+        self._room[future] = room
+        self._newest = future
+        self._cohort += 1
+        return room
 
     def from_overflow(self) -> BatchFuture[Any] | None:
         """The oldest record queued behind the stream, or ``None``: for the aggregator."""
@@ -140,8 +164,10 @@ class Run:
             return None
         future = self.overflow.popleft()
         room = self._room.pop(future, None)
-        if room is not None:
+        if room is not None:  # the newest of its cohort: all of them have left
             room.set()
+            if future is self._newest:
+                self._newest = None
         return future
 
     def fail_overflow(self, exc: BaseException) -> None:

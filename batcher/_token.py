@@ -9,7 +9,7 @@ from typing import SupportsIndex, TypeVar
 import anyio
 
 from ._dynamic import DynamicBatcher
-from ._future import BatchFuture
+from ._future import BatchFuture, until_done
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
 from ._settings import Settings, check_callable
@@ -228,7 +228,14 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
             function while ``max_concurrent_batches`` is 1 (it would wait for itself)
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
-        return await self._call(self._new_future(record, cost, name))
+        future = self._queue_for_call(self._new_future(record, cost, name))
+        try:  # as DynamicBatcher.call, written out: a parked caller keeps one coroutine
+            if (waiting := until_done(future)) is not None:
+                await waiting
+        except BaseException:
+            future.cancel()
+            raise
+        return future.result()
 
 
 def either(name: str, value: T | None, fallback_name: str, fallback: U) -> tuple[str, T | U]:

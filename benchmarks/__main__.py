@@ -4,6 +4,11 @@
     python -m benchmarks --quick         # tiny sizes, 1 repetition, for CI
     python -m benchmarks --only A,C --reps 5
     python -m benchmarks --with-model    # A-E and F (real embedding model)
+    python -m benchmarks --only S        # the scaling section alone (issue 11)
+
+After A-E comes S, the scaling section (:mod:`benchmarks.scaling`): the cost per
+record against producers, backlog, batch size and grouping pool, the bytes per
+waiting caller, the longest event-loop stall, and issue 11's targets.
 
 Progress goes to stderr, the report to stdout. The exit status is 1 if any
 result was wrong or any run failed, 2 on bad arguments, else 0; the
@@ -22,12 +27,13 @@ import traceback
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from benchmarks import llm_sim, report
+from benchmarks import llm_sim, report, scaling
 from benchmarks.runner import Results, run_all
 from benchmarks.systems import ALL_SYSTEMS, discover
 from benchmarks.workloads import DEFAULT_KEYS, FULL, QUICK, WORKLOADS, Setup, Sizes
 
 MODEL_KEY = "F"
+SCALING_KEY = "S"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nTargets (batcher = batcher/asyncio unless named)")
         print("\n".join(verdict.line() for verdict in verdicts))
     failures = results.failures
+    if SCALING_KEY in keys:
+        failures += _run_scaling(args.quick, reps)
     if MODEL_KEY in keys:
         failures += _run_model_workload(args.quick)
     return _finish(results, failures)
@@ -89,6 +97,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.only:
         unknown = {key.strip().upper() for key in args.only.split(",")} - {
             *WORKLOADS,
+            SCALING_KEY,
             MODEL_KEY,
         }
         if unknown:
@@ -99,8 +108,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def _selected(args: argparse.Namespace) -> list[str]:
     if args.only:
         wanted = {key.strip().upper() for key in args.only.split(",")}
-        return [key for key in (*DEFAULT_KEYS, MODEL_KEY) if key in wanted]
-    return [*DEFAULT_KEYS, MODEL_KEY] if args.with_model else list(DEFAULT_KEYS)
+        return [key for key in (*DEFAULT_KEYS, SCALING_KEY, MODEL_KEY) if key in wanted]
+    return [*DEFAULT_KEYS, SCALING_KEY, *([MODEL_KEY] if args.with_model else [])]
 
 
 def _print_header(quick: bool, reps: int, setup: Setup, keys: Sequence[str], messages: Sequence[str]) -> None:
@@ -153,6 +162,20 @@ def _versions() -> str:
         except PackageNotFoundError:
             parts.append(f"{package} missing")
     return ", ".join(parts)
+
+
+def _run_scaling(quick: bool, reps: int) -> list[str]:
+    """Section S: the scaling tables and issue 11's targets (a failed run is a failure)."""
+    print(f"\n{SCALING_KEY}  scaling: cost per record as the work grows")
+    try:
+        lines, checks = scaling.run(quick, reps)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return [f"{SCALING_KEY}: {type(exc).__name__}: {exc}"]
+    print("\n".join(f"    {line}" if line else "" for line in lines))
+    print("\nTargets of the scaling section")
+    print("\n".join(check.line() for check in checks))
+    return []
 
 
 def _run_model_workload(quick: bool) -> list[str]:

@@ -1,8 +1,10 @@
-"""How the cost per record grows with the work (issue 11, in progress).
+"""How the cost per record grows with the work (issue 11): a section of
+``python -m benchmarks``, or on its own.
 
 * Producers: N closed-loop producers (10 to 10,000), each awaiting its result
   (``submit()``'s future, or ``call()``) before its next record, default
-  settings, an echo model; µs per record, with the hand-written floor (asyncio)
+  settings, an echo model, at least 20 records per producer, timed from when all
+  are spawned; µs per record, with the hand-written floors (asyncio and trio)
   beside.
 * Backlog: ``submit_batch`` of N records (10,000 to 1,000,000) with
   ``max_queue_size=N``, then every future awaited; µs per record, floor beside.
@@ -18,7 +20,11 @@
   results, so what is left is the library's, and the cyclic GC's: the same run
   with the GC disabled shows how much of it is collection pauses).
 
-Both on asyncio and trio, best of ``--reps`` runs::
+Both on asyncio and trio. Each figure is the median of ``--reps`` repetitions;
+each repetition runs every cell of a table once, in the same order, so the cells
+alternate. As in ``python -m benchmarks``, what the imports made is frozen out of
+the cyclic GC first (``gc.freeze()``), so that collections scan what the runs
+make::
 
     python -m benchmarks.scaling
     python -m benchmarks.scaling --quick     # smaller sizes, 1 repetition
@@ -29,9 +35,11 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import statistics
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -40,6 +48,7 @@ from anyio.lowlevel import checkpoint
 
 from batcher import DynamicBatcher
 from benchmarks.floor import FloorBatcher
+from benchmarks.floor_trio import TrioFloorBatcher
 
 BACKENDS = ("asyncio", "trio")
 
@@ -70,14 +79,6 @@ async def _grouped_run(records: int) -> float:
         return time.perf_counter() - started
 
 
-def pool_us_per_record(records: int, backend: str, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        gc.collect()
-        best = min(best, anyio.run(_grouped_run, records, backend=backend) / records * 1e6)
-    return best
-
-
 async def _stall_run(records: int) -> float:
     """The longest gap, in ms, of a 1 ms ticker while ``records`` grouped records go through."""
     gaps: list[float] = []
@@ -98,34 +99,29 @@ async def _stall_run(records: int) -> float:
     return max(gaps) * 1000
 
 
-def longest_stall_ms(records: int, backend: str, reps: int, *, collect: bool) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        gc.collect()
-        if not collect:
-            gc.disable()
-        try:
-            best = min(best, anyio.run(_stall_run, records, backend=backend))
-        finally:
-            gc.enable()
-    return best
-
-
 async def _closed_loop(open_batcher: Callable[[], Any], producers: int, records: int, call: bool = False) -> float:
     """Seconds for ``records`` through ``producers`` closed-loop callers, each awaiting
-    ``submit()``'s future (or with ``call``, ``call()``) before its next record."""
+    ``submit()``'s future (or with ``call``, ``call()``) before its next record.
+
+    The clock starts once every producer has been spawned and waits for the start
+    signal: what is timed is the steady state, not the spawning of the tasks (which
+    at 10,000 producers and 50,000 records cost more than the records did)."""
     remaining = iter(range(records))
+    go = anyio.Event()
     async with open_batcher() as batcher:
 
         async def produce() -> None:
+            await go.wait()
             for record in remaining:
                 result = await batcher.call(record) if call else await (await batcher.submit(record))
                 assert result == record
 
-        started = time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(producers):
                 tg.start_soon(produce)
+            await anyio.wait_all_tasks_blocked()
+            started = time.perf_counter()
+            go.set()
         return time.perf_counter() - started
 
 
@@ -139,53 +135,126 @@ async def _open_loop(open_batcher: Callable[[], Any], records: int) -> float:
         return time.perf_counter() - started
 
 
-def _best_us(run: Callable[[], Any], backend: str, records: int, reps: int) -> float:
-    best = float("inf")
+def _us_per_record(run: Callable[[], Any], backend: str, records: int) -> Callable[[], float]:
+    return lambda: anyio.run(run, backend=backend) / records * 1e6
+
+
+def medians(cells: dict[Hashable, Callable[[], float]], reps: int) -> dict[Hashable, float]:
+    """Run every cell once per repetition, in the same order each time (so that the
+    cells alternate and drift on a noisy machine hits them alike); each one's median."""
+    samples: dict[Hashable, list[float]] = {key: [] for key in cells}
     for _ in range(reps):
-        gc.collect()
-        best = min(best, anyio.run(run, backend=backend) / records * 1e6)
-    return best
+        for key, run in cells.items():
+            gc.collect()
+            samples[key].append(run())
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def _row(label: str, figures: Sequence[float], width: int = 10) -> str:
-    return f"{label:>11}" + "".join(f"{figure:>{width}.2f}" for figure in figures)
+@dataclass(frozen=True)
+class Sizes:
+    producers: Sequence[int]
+    producer_records: int
+    backlogs: Sequence[int]
+    batch_sizes: Sequence[int]
+    batch_records: int
+    waiters: int
+    pools: Sequence[int]
+    stall_records: int
 
 
-def producers_table(counts: Sequence[int], records: int, reps: int) -> list[str]:
-    names = (*BACKENDS, *(f"{backend} call" for backend in BACKENDS), "floor")
-    lines = [f"{'producers':>11}" + "".join(f"{name:>13}" for name in names)]
-    for count in counts:
+FULL = Sizes(
+    (10, 100, 1_000, 10_000),
+    50_000,
+    (10_000, 100_000, 1_000_000),
+    (16, 256, 4_096),
+    100_000,
+    10_000,
+    (1_000, 10_000, 100_000),
+    100_000,
+)
+QUICK = Sizes((10, 100, 1_000), 2_000, (1_000,), (16, 256), 2_000, 1_000, (1_000, 10_000), 10_000)
+
+PRODUCER_COLUMNS = ("asyncio", "trio", "asyncio call", "trio call", "asyncio floor", "trio floor")
+
+
+def _producer_cell(column: str, producers: int, records: int) -> Callable[[], float]:
+    backend, _, kind = column.partition(" ")
+    if kind == "floor":
+        opener: Callable[[], Any] = partial(FloorBatcher if backend == "asyncio" else TrioFloorBatcher, _echo)
+    else:
         opener = partial(DynamicBatcher, _echo)
-        ours = [
-            _best_us(partial(_closed_loop, opener, count, records, call), backend, records, reps)
-            for call in (False, True)
-            for backend in BACKENDS
-        ]
-        floor = _best_us(partial(_closed_loop, partial(FloorBatcher, _echo), count, records), "asyncio", records, reps)
-        lines.append(_row(f"{count:,}", [*ours, floor], width=13))
+    run = partial(_closed_loop, opener, producers, records, kind == "call")
+    return _us_per_record(run, backend, records)
+
+
+def producer_figures(counts: Sequence[int], records: int, reps: int) -> dict[Hashable, float]:
+    """µs per record by (producers, column); at least 20 records per producer, so
+    that each producer's first wait is a small share."""
+    cells: dict[Hashable, Callable[[], float]] = {}
+    for count in counts:
+        total = max(records, 20 * count)
+        for column in PRODUCER_COLUMNS:
+            cells[count, column] = _producer_cell(column, count, total)
+    return medians(cells, reps)
+
+
+def _table(
+    label: str, rows: Sequence[Hashable], columns: Sequence[str], figures: dict[Hashable, float], form: str = ".2f"
+) -> list[str]:
+    width = max(10, *(len(column) + 2 for column in columns))
+    lines = [f"{label:>11}" + "".join(f"{column:>{width}}" for column in columns)]
+    for row in rows:
+        name = f"{row:,}" if isinstance(row, int) else str(row)
+        lines.append(f"{name:>11}" + "".join(f"{figures[row, column]:>{width}{form}}" for column in columns))
     return lines
 
 
-def backlog_table(sizes: Sequence[int], reps: int) -> list[str]:
-    lines = [f"{'backlog':>11}" + "".join(f"{name:>10}" for name in (*BACKENDS, "floor"))]
+def backlog_figures(sizes: Sequence[int], reps: int) -> dict[Hashable, float]:
+    cells: dict[Hashable, Callable[[], float]] = {}
     for size in sizes:
-        ours = [
-            _best_us(partial(_open_loop, partial(DynamicBatcher, _echo, max_queue_size=size), size), b, size, reps)
-            for b in BACKENDS
-        ]
-        floor = _best_us(partial(_open_loop, partial(FloorBatcher, _echo), size), "asyncio", size, reps)
-        lines.append(_row(f"{size:,}", [*ours, floor]))
-    return lines
+        for backend in BACKENDS:
+            opener = partial(DynamicBatcher, _echo, max_queue_size=size)
+            cells[size, backend] = _us_per_record(partial(_open_loop, opener, size), backend, size)
+        cells[size, "floor"] = _us_per_record(partial(_open_loop, partial(FloorBatcher, _echo), size), "asyncio", size)
+    return medians(cells, reps)
 
 
-def batch_size_table(sizes: Sequence[int], records: int, reps: int) -> list[str]:
-    lines = [f"{'batch size':>11}" + "".join(f"{name:>10}" for name in BACKENDS)]
+def batch_size_figures(sizes: Sequence[int], records: int, reps: int) -> dict[Hashable, float]:
+    cells: dict[Hashable, Callable[[], float]] = {}
     for size in sizes:
         opener = partial(DynamicBatcher, _echo, max_batch_size=size, target_batch_cost=10**9)
-        lines.append(
-            _row(f"{size:,}", [_best_us(partial(_open_loop, opener, records), b, records, reps) for b in BACKENDS])
-        )
-    return lines
+        for backend in BACKENDS:
+            cells[size, backend] = _us_per_record(partial(_open_loop, opener, records), backend, records)
+    return medians(cells, reps)
+
+
+def pool_figures(pools: Sequence[int], reps: int) -> dict[Hashable, float]:
+    cells: dict[Hashable, Callable[[], float]] = {}
+    for records in pools:
+        for backend in BACKENDS:
+            cells[records, backend] = partial(_pool_us_per_record, records, backend)
+    return medians(cells, reps)
+
+
+def _pool_us_per_record(records: int, backend: str) -> float:
+    return anyio.run(_grouped_run, records, backend=backend) / records * 1e6
+
+
+def stall_figures(records: int, reps: int) -> dict[Hashable, float]:
+    cells: dict[Hashable, Callable[[], float]] = {}
+    for collect in (True, False):
+        for backend in BACKENDS:
+            cells["GC on" if collect else "GC off", backend] = partial(_stall_ms, records, backend, collect)
+    return medians(cells, reps)
+
+
+def _stall_ms(records: int, backend: str, collect: bool) -> float:
+    if not collect:
+        gc.disable()
+    try:
+        return anyio.run(_stall_run, records, backend=backend)
+    finally:
+        gc.enable()
 
 
 async def _bytes_per_waiter(callers: int, through_batcher: bool) -> float:
@@ -219,44 +288,93 @@ async def _wait_for(event: anyio.Event) -> None:
     await event.wait()
 
 
-def waiter_table(callers: int) -> list[str]:
-    lines = [f"{'':>11}" + "".join(f"{name:>10}" for name in BACKENDS)]
-    for label, through in (("call()", True), ("bare wait", False)):
-        row = [anyio.run(_bytes_per_waiter, callers, through, backend=backend) for backend in BACKENDS]
-        lines.append(f"{label:>11}" + "".join(f"{figure:>10,.0f}" for figure in row))
-    return lines
+def waiter_figures(callers: int) -> dict[Hashable, float]:
+    """Traced bytes per parked task, by (``"call()"`` or ``"bare wait"``, backend)."""
+    return {
+        (label, backend): anyio.run(_bytes_per_waiter, callers, through, backend=backend)
+        for label, through in (("call()", True), ("bare wait", False))
+        for backend in BACKENDS
+    }
+
+
+@dataclass(frozen=True)
+class Check:
+    """One target line: ``figure`` against ``limit`` (at most)."""
+
+    label: str
+    figure: float
+    limit: float
+    unit: str
+
+    def line(self) -> str:
+        status = "PASS" if self.figure <= self.limit else "FAIL"
+        return f"  {status}  {self.label:<52} {self.figure:,.2f}{self.unit} (at most {self.limit:g}{self.unit})"
+
+
+def run(quick: bool, reps: int) -> tuple[list[str], list[Check]]:
+    """Every table of the scaling section, and the checks of issue 11's targets."""
+    sizes = QUICK if quick else FULL
+    lines: list[str] = []
+    producers = producer_figures(sizes.producers, sizes.producer_records, reps)
+    lines += [f"closed loop, default settings: µs per record, median of {reps}"]
+    lines += _table("producers", sizes.producers, PRODUCER_COLUMNS, producers)
+    backlog = backlog_figures(sizes.backlogs, reps)
+    lines += ["", f"backlog (open loop, max_queue_size = backlog): µs per record, median of {reps}"]
+    lines += _table("backlog", sizes.backlogs, (*BACKENDS, "floor"), backlog)
+    batch = batch_size_figures(sizes.batch_sizes, sizes.batch_records, reps)
+    lines += ["", f"max_batch_size (open loop, {sizes.batch_records:,} records): µs per record, median of {reps}"]
+    lines += _table("batch size", sizes.batch_sizes, BACKENDS, batch)
+    waiters = waiter_figures(sizes.waiters)
+    lines += ["", f"bytes per waiting caller ({sizes.waiters:,} tasks parked, model blocked; tracemalloc)"]
+    lines += _table("", ("call()", "bare wait"), BACKENDS, waiters, ",.0f")
+    pools = pool_figures(sizes.pools, reps)
+    lines += ["", f"grouping pool (padded, grouped, echo model): µs per record, median of {reps}"]
+    lines += _table("pool", sizes.pools, BACKENDS, pools)
+    stalls = stall_figures(sizes.stall_records, reps)
+    lines += ["", f"longest stall of a 1 ms ticker, {sizes.stall_records:,} grouped records: ms, median of {reps}"]
+    lines += _table("", ("GC on", "GC off"), BACKENDS, stalls)
+    return lines, _checks(sizes, producers, waiters, pools, stalls)
+
+
+def _checks(
+    sizes: Sizes,
+    producers: dict[Hashable, float],
+    waiters: dict[Hashable, float],
+    pools: dict[Hashable, float],
+    stalls: dict[Hashable, float],
+) -> list[Check]:
+    most, least = sizes.producers[-1], 100
+    checks = [
+        Check(f"{most:,} producers / {least}, {column}", producers[most, column] / producers[least, column], 2, "x")
+        for column in PRODUCER_COLUMNS[:4]
+    ]
+    big, small = sizes.pools[-1], sizes.pools[0]
+    checks += [
+        Check(f"grouping pool {big:,} / {small:,}, {backend}", pools[big, backend] / pools[small, backend], 1.5, "x")
+        for backend in BACKENDS
+    ]
+    checks += [
+        Check(f"longest stall, {sizes.stall_records:,} grouped, {backend}", stalls["GC on", backend], 20, " ms")
+        for backend in BACKENDS
+    ]
+    checks += [
+        Check(f"bytes per caller over a bare wait, {b}", waiters["call()", b] - waiters["bare wait", b], 1000, " B")
+        for b in BACKENDS
+    ]
+    return checks
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, 1 repetition: checks correctness")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions, the best is shown (default 3)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions, the median is shown (default 3)")
     args = parser.parse_args(argv)
-    reps = 1 if args.quick else args.reps
-    pools = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
-    stall_records = 10_000 if args.quick else 100_000
-    quick = args.quick
-    print(f"closed loop, default settings: µs per record, best of {reps}")
-    print(
-        "\n".join(producers_table((10, 100) if quick else (10, 100, 1_000, 10_000), 2_000 if quick else 50_000, reps))
-    )
-    print(f"\nbacklog (open loop, max_queue_size = backlog): µs per record, best of {reps}")
-    print("\n".join(backlog_table((1_000,) if quick else (10_000, 100_000, 1_000_000), reps)))
-    print(f"\nmax_batch_size (open loop, 100,000 records): µs per record, best of {reps}")
-    print("\n".join(batch_size_table((16, 256) if quick else (16, 256, 4_096), 2_000 if quick else 100_000, reps)))
-    waiters = 1_000 if quick else 10_000
-    print(f"\nbytes per waiting caller ({waiters:,} tasks parked, model blocked; tracemalloc)")
-    print("\n".join(waiter_table(waiters)))
-    print(f"\ngrouping pool (padded, grouped, echo model): µs per record, best of {reps}")
-    print(f"{'pool':>9}" + "".join(f"{backend:>10}" for backend in BACKENDS))
-    for records in pools:
-        print(f"{records:>9,}" + "".join(f"{pool_us_per_record(records, b, reps):>10.2f}" for b in BACKENDS))
-    print(f"\nlongest stall of a 1 ms ticker, {stall_records:,} grouped records: ms, best of {reps}")
-    print(f"{'':>9}" + "".join(f"{backend:>10}" for backend in BACKENDS))
-    for collect in (True, False):
-        label = "GC on" if collect else "GC off"
-        row = "".join(f"{longest_stall_ms(stall_records, b, reps, collect=collect):>10.1f}" for b in BACKENDS)
-        print(f"{label:>9}{row}")
+    gc.collect()
+    gc.freeze()
+    lines, checks = run(args.quick, 1 if args.quick else args.reps)
+    print("\n".join(lines))
+    print("\nTargets (issue 11)")
+    print("\n".join(check.line() for check in checks))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from typing import Any
 import anyio
 import pytest
 
-from batcher import DynamicBatcher
+from batcher import BatchFuture, DynamicBatcher
+from batcher._run import COHORT
 
 from .helpers import Recorder, blocked_batcher
 
@@ -253,14 +254,19 @@ class TestGroupedPool:
 class TestQueueBehind:
     """Callers blocked by a full submission stream queue behind it, in order."""
 
+    @staticmethod
+    async def _fill(batcher: DynamicBatcher[Any, Any]) -> None:
+        # The model holds its batch, the aggregator the next: fill the stream behind them.
+        while True:
+            try:
+                batcher.submit_nowait("queued")
+            except anyio.WouldBlock:
+                return
+            await anyio.wait_all_tasks_blocked()
+
     async def test_callers_behind_a_full_stream_keep_their_order_and_nowait_is_refused(self) -> None:
         async with blocked_batcher(max_queue_size=2, max_batch_size=1, prefetch_batches=0) as (batcher, model, _):
-            while True:
-                try:
-                    batcher.submit_nowait("queued")
-                except anyio.WouldBlock:
-                    break
-                await anyio.wait_all_tasks_blocked()
+            await self._fill(batcher)
             results: list[Any] = []
             async with anyio.create_task_group() as tg:
                 for name in ("call 1", "call 2", "call 3"):
@@ -275,6 +281,37 @@ class TestQueueBehind:
     @staticmethod
     async def _call(batcher: DynamicBatcher[Any, Any], name: str, results: list[Any]) -> None:
         results.append(await batcher.call(name))
+
+    async def test_submitters_behind_a_full_stream_return_though_the_newest_of_a_cohort_gave_up(self) -> None:
+        # More submitters than share one event (COHORT); the event is keyed by the
+        # newest's record, so cancelling that caller must not strand the others.
+        count, gave_up = 2 * COHORT + 3, {COHORT - 1, 2 * COHORT + 2}
+        futures: dict[int, BatchFuture[Any]] = {}
+        async with blocked_batcher(max_queue_size=1, max_batch_size=1, prefetch_batches=0) as (batcher, model, _):
+            await self._fill(batcher)
+            async with anyio.create_task_group() as tg:
+                scopes = []
+                for index in range(count):
+                    scopes.append(anyio.CancelScope())
+                    tg.start_soon(self._submit, batcher, index, scopes[-1], futures)
+                    await anyio.wait_all_tasks_blocked()
+                assert not futures, "every submitter waits for room"
+                for index in gave_up:
+                    scopes[index].cancel()
+                await anyio.wait_all_tasks_blocked()
+                model.release()
+            kept = [index for index in range(count) if index not in gave_up]
+            assert sorted(futures) == kept
+            assert [await futures[index] for index in kept] == [("done", index) for index in kept]
+        assert not gave_up & set(model.records)
+        assert batcher.stats.total_cancelled == len(gave_up)
+
+    @staticmethod
+    async def _submit(
+        batcher: DynamicBatcher[Any, Any], index: int, scope: anyio.CancelScope, futures: dict[int, BatchFuture[Any]]
+    ) -> None:
+        with scope:
+            futures[index] = await batcher.submit(index)
 
     async def test_a_cancelled_caller_behind_the_stream_is_withdrawn(self) -> None:
         async with blocked_batcher(max_queue_size=1, max_batch_size=1, prefetch_batches=0) as (batcher, model, _):

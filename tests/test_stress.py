@@ -93,6 +93,7 @@ class Ledger:
     futures: dict[int, BatchFuture[Any]] = field(default_factory=dict)
     withdrawn: set[int] = field(default_factory=set)  # cancel() returned True
     call_results: dict[int, Any] = field(default_factory=dict)
+    closed_calls: dict[int, BaseException] = field(default_factory=dict)  # call() failed by an abort
     refused: list[str] = field(default_factory=list)  # messages of submits refused at stop
     submitted: int = 0
     budget_violations: list[str] = field(default_factory=list)
@@ -204,6 +205,8 @@ async def run_scenario(seed: int) -> tuple[Settings, Ledger, DynamicBatcher[Reco
                             ledger.call_results[rid] = await batcher.call(rec, estimated_cost=rec.cost)
                         except (BatchFailure, SlotFailure, ValueError) as exc:  # the record's own failure
                             ledger.call_results[rid] = exc
+                        except BatcherClosedError as exc:  # aborted before this caller's own cancellation landed
+                            ledger.closed_calls[rid] = exc
                     submitted()
                 if mine and prng.random() < 0.15:
                     victim_id, victim = prng.choice(mine)
@@ -261,6 +264,8 @@ class TestRandomFaults:
                 assert error.args == (rid,)
             else:
                 assert isinstance(error, (BatchFailure, ValueError)), repr(error)
+        assert settings.abort or not ledger.closed_calls, "call() saw a closed batcher although it stopped normally"
+        assert not set(ledger.closed_calls) & set(ledger.processed), "a record failed as closed was processed"
         for rid, outcome in ledger.call_results.items():
             assert rid in ledger.processed
             assert outcome == ("ok", rid) or isinstance(outcome, (BatchFailure, SlotFailure, ValueError))
