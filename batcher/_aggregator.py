@@ -69,6 +69,7 @@ class Aggregator:
             group_by_cost=settings.group_by_cost,
             window=settings.grouping_window,
             live=is_pending,  # a record withdrawn while queued takes no batch slot
+            min_efficiency=settings.min_padding_efficiency,
         )
         self._opened_at = 0.0  # when the oldest queued record arrived (monotonic clock)
         self._ended = False  # the submission stream has ended: no record will come

@@ -34,14 +34,21 @@ def batch_cost(costs: list[int], cost_model: CostModel) -> int:
 
 
 class _Budget:
-    """The budget rule for one growing batch: can a record of this cost join it?"""
+    """The budget rule for one growing batch: can a record of this cost join it?
 
-    __slots__ = ("count", "exhausted", "max_size", "padded", "peak", "target", "total")
+    With ``min_efficiency`` (padded batches only), a record also stays out if the
+    batch's real cost over its padded cost, ``sum(costs) / (len * max(costs))``,
+    would fall below it. Both rules only get stricter for costs further from the
+    batch's, so a batch grown outward from one cost can stop at the first misfit.
+    """
 
-    def __init__(self, target: int, max_size: int, padded: bool) -> None:
+    __slots__ = ("count", "exhausted", "max_size", "min_efficiency", "padded", "peak", "target", "total")
+
+    def __init__(self, target: int, max_size: int, padded: bool, min_efficiency: float | None = None) -> None:
         self.target = target
         self.max_size = max_size
         self.padded = padded
+        self.min_efficiency = min_efficiency
         self.reset()
 
     def reset(self) -> None:
@@ -56,7 +63,11 @@ class _Budget:
             if count >= self.max_size:
                 return False
             if self.padded:
-                if (count + 1) * max(self.peak, cost) > self.target:
+                padded = (count + 1) * max(self.peak, cost)
+                if padded > self.target:
+                    return False
+                floor = self.min_efficiency
+                if floor is not None and self.total + cost < floor * padded:
                     return False
             elif self.total + cost > self.target:
                 return False
@@ -87,10 +98,17 @@ class FifoAssembly(Generic[T]):
 
     __slots__ = ("_budget", "_costs", "_full", "_items")
 
-    def __init__(self, *, target_cost: int, max_batch_size: int, cost_model: CostModel = "sum") -> None:
+    def __init__(
+        self,
+        *,
+        target_cost: int,
+        max_batch_size: int,
+        cost_model: CostModel = "sum",
+        min_efficiency: float | None = None,
+    ) -> None:
         self._items: deque[T] = deque()
         self._costs: deque[int] = deque()
-        self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded")
+        self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded", min_efficiency)
         self._full = False
 
     def __len__(self) -> int:
@@ -156,6 +174,7 @@ class GroupedAssembly(Generic[T]):
         cost_model: CostModel = "sum",
         window: int,
         live: Callable[[T], bool] | None = None,
+        min_efficiency: float | None = None,
     ) -> None:
         self._buckets: dict[int, deque[T]] = {}  # cost -> its records, oldest first
         self._costs: list[int] = []  # the keys of _buckets, sorted
@@ -165,7 +184,7 @@ class GroupedAssembly(Generic[T]):
         self._arrivals: deque[T] = deque()
         self._arrival_costs: deque[int] = deque()
         self._taken: set[T] = set()  # out of their bucket, still in _arrivals
-        self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded")
+        self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded", min_efficiency)
         self._window = window
         self._live = live
 
@@ -279,10 +298,19 @@ def make_assembly(
     group_by_cost: bool,
     window: int,
     live: Callable[[T], bool] | None = None,
+    min_efficiency: float | None = None,
 ) -> Assembly[T]:
-    """Return the assembly rule for these settings (``live``: see :class:`GroupedAssembly`)."""
+    """Return the assembly rule for these settings (``live``: see :class:`GroupedAssembly`;
+    ``min_efficiency``: the padding-efficiency floor of each batch, see ``_Budget``)."""
     if group_by_cost:
         return GroupedAssembly(
-            target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model, window=window, live=live
+            target_cost=target_cost,
+            max_batch_size=max_batch_size,
+            cost_model=cost_model,
+            window=window,
+            live=live,
+            min_efficiency=min_efficiency,
         )
-    return FifoAssembly(target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model)
+    return FifoAssembly(
+        target_cost=target_cost, max_batch_size=max_batch_size, cost_model=cost_model, min_efficiency=min_efficiency
+    )

@@ -1,10 +1,8 @@
-"""DynamicBatcher: its settings, its lifecycle, and ``submit``, where a record's
-path begins: :meth:`DynamicBatcher.submit` prices the record (``_pricing.py``),
-wraps it in a future (``_future.py``) and sends it into the submission stream of
-the current run (``_run.py``); the aggregator (``_aggregator.py``) forms batches by
-the rules of ``_assembly.py`` and sends them into the batch stream; a worker
-(``_worker.py``) runs each batch through the process function (``_model.py``) and
-ends its futures."""
+"""DynamicBatcher: its settings, its lifecycle, and ``submit``, where a record's path
+begins: ``submit`` prices the record (``_pricing.py``), wraps it in a future
+(``_future.py``) and sends it into the current run's submission stream (``_run.py``);
+the aggregator (``_aggregator.py``) forms batches (``_assembly.py``) and sends them into
+the batch stream; a worker (``_worker.py``) runs each through ``_model.py``."""
 
 from __future__ import annotations
 
@@ -58,6 +56,9 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         ``"padded"`` (``len(batch) * max(cost)``, as a padded model computes).
     :param group_by_cost: build each batch around the oldest queued record from the
         queued records of the most similar cost, instead of in arrival order.
+    :param min_padding_efficiency: with ``cost_model="padded"``, a record stays out
+        of a batch if the batch's real cost over its padded cost, ``sum(costs) /
+        (len(batch) * max(costs))``, would fall below this; ``None`` for no floor.
     :param process_timeout_s: a batch whose process function runs longer fails with
         :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs in a
         daemon thread of its worker, so a stuck call cannot hold the program at exit.
@@ -80,6 +81,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         cost_model: CostModel = "sum",
         group_by_cost: bool = False,
         process_timeout_s: float | None = None,
+        min_padding_efficiency: float | None = None,
     ) -> None:
         self._setup(
             check_callable("process_fn", process_fn),
@@ -96,6 +98,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                 cost_model=cost_model,
                 group_by_cost=group_by_cost,
                 process_timeout_s=process_timeout_s,
+                min_padding_efficiency=min_padding_efficiency,
             ),
         )
 
@@ -130,10 +133,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         return self
 
     async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         # On error the body's own exception propagates, not an exception group.
         await self._close(abort=exc is not None)

@@ -55,6 +55,7 @@ class Settings:
     cost_model: CostModel
     group_by_cost: bool
     process_timeout_s: float | None
+    min_padding_efficiency: float | None = None
     target_name: str = "target_batch_cost"
 
     def __post_init__(self) -> None:
@@ -75,6 +76,19 @@ class Settings:
             check_seconds("process_timeout_s", self.process_timeout_s)
             if self.process_timeout_s == 0:
                 raise ValueError("process_timeout_s must be > 0 or None, got 0")
+        if self.min_padding_efficiency is not None:
+            self._check_efficiency(self.min_padding_efficiency)
+
+    def _check_efficiency(self, floor: object) -> None:
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)):
+            raise TypeError(f"min_padding_efficiency must be a number or None, got {type(floor).__name__}")
+        if not 0 < floor <= 1:
+            raise ValueError(f"min_padding_efficiency must be > 0 and <= 1, got {floor}")
+        if self.cost_model != "padded":
+            raise ValueError(
+                "min_padding_efficiency needs cost_model='padded' (padding is what a padded batch computes "
+                f"beyond its records' own costs), got cost_model={self.cost_model!r}"
+            )
 
     @property
     def grouping_window(self) -> int:

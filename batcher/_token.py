@@ -83,6 +83,10 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         with :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs
         in a daemon thread of the worker's own (not an AnyIO worker thread), so a
         call stuck past the limit does not keep the program from exiting.
+    :param min_padding_efficiency: with ``cost_model="padded"``, a record stays
+        out of a batch if the batch's real tokens over its padded tokens,
+        ``sum(tokens) / (len(batch) * max(tokens))``, would fall below this;
+        ``None`` for no floor.
     :raises TypeError: for a setting of the wrong type, naming it
     :raises ValueError: for a setting out of range, naming it
     """
@@ -108,6 +112,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         cost_model: CostModel = "sum",
         group_by_cost: bool = False,
         process_timeout_s: float | None = None,
+        min_padding_efficiency: float | None = None,
     ) -> None:
         fn_name, fn = either("inference_fn", inference_fn, "process_fn", process_fn)
         if fn is None:
@@ -135,6 +140,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
                 cost_model=cost_model,
                 group_by_cost=group_by_cost,
                 process_timeout_s=process_timeout_s,
+                min_padding_efficiency=min_padding_efficiency,
             ),
         )
 

@@ -63,6 +63,9 @@ SEED = 5
 TOLERANCE = 1e-5
 TARGET_SPEEDUP = 3.0
 TARGET_EFFICIENCY = 0.85
+FLOOR = 0.9
+"""(iv)'s ``min_padding_efficiency``: in the closed loop, grouping alone chooses from
+the few texts queued and pads about half of what it computes; 0.8-0.9 measured best."""
 
 
 MAX_TOKENS = example.MAX_TOKENS
@@ -138,7 +141,7 @@ def _open_ours(**options: Any) -> Open:
 
 
 async def _drive(
-    model: Model, open_batcher: Open, budget: int, docs: list[Doc]
+    model: Model, open_batcher: Open, budget: int, docs: list[Doc], closed: bool
 ) -> tuple[float, list[Any], dict[int, float]]:
     batcher = open_batcher(model, budget)
     vectors: list[Any] = [None] * len(docs)
@@ -148,7 +151,11 @@ async def _drive(
         futures = []
         for doc in docs[first::PRODUCERS]:
             submitted[doc.index] = time.perf_counter()
-            futures.append((doc.index, await batcher.submit(doc)))
+            future = await batcher.submit(doc)
+            if closed:  # the closed loop: each producer awaits its result before the next
+                vectors[doc.index] = await future
+            else:
+                futures.append((doc.index, future))
         for index, future in futures:
             vectors[index] = await future
 
@@ -160,17 +167,54 @@ async def _drive(
     return elapsed, vectors, submitted
 
 
-def _measure(model: Model, name: str, open_batcher: Open, budget: int, docs: list[Doc]) -> Result:
+def _measure(model: Model, name: str, open_batcher: Open, budget: int, docs: list[Doc], closed: bool) -> Result:
     model.reset()
-    elapsed, vectors, submitted = anyio.run(_drive, model, open_batcher, budget, docs, backend="asyncio")
+    elapsed, vectors, submitted = anyio.run(_drive, model, open_batcher, budget, docs, closed, backend="asyncio")
     latencies = sorted(model.done_at[i] - submitted[i] for i in submitted)
     p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
     efficiency = model.real_tokens / model.padded_tokens
     return Result(name, len(docs) / elapsed, efficiency, p99 * 1e3, model.batches, vectors)
 
 
+def _systems(ref_found: bool) -> list[tuple[str, Open]]:
+    flyte: list[tuple[str, Open]] = [("(i) flyte TokenBatcher, sum", _open_flyte)] if ref_found else []
+    return [
+        *flyte,
+        ("(ii) batcher sum, FIFO", _open_ours(cost_model="sum")),
+        ("(iii) batcher padded, grouped", _open_ours(cost_model="padded", group_by_cost=True)),
+        (
+            f"(iv) (iii), efficiency >= {FLOOR:.0%}",
+            _open_ours(cost_model="padded", group_by_cost=True, min_padding_efficiency=FLOOR),
+        ),
+    ]
+
+
+def _table(title: str, results: list[Result]) -> list[str]:
+    lines = [f"   {title}", f"   {'system':<32}{'texts/s':>9}{'padding eff':>13}{'p99 ms':>9}{'batches':>9}"]
+    for r in results:
+        lines.append(f"   {r.name:<32}{r.texts_per_s:>9.1f}{r.efficiency:>12.1%}{r.p99_ms:>9.0f}{r.batches:>9}")
+    return lines
+
+
+def _verdicts(open_loop: list[Result], closed_loop: list[Result], flyte: bool, sized: bool | None) -> list[str]:
+    grouped, floored = open_loop[-2], closed_loop[-1]
+    verdicts: list[tuple[bool | None, str]] = [
+        (
+            sized and grouped.efficiency >= TARGET_EFFICIENCY,
+            f"(iii) padding efficiency >= 85 %: {grouped.efficiency:.1%}",
+        )
+    ]
+    if flyte:
+        speedup = grouped.texts_per_s / open_loop[0].texts_per_s
+        verdicts.append((sized and speedup >= TARGET_SPEEDUP, f"(iii) / (i) throughput >= 3x: {speedup:.2f}x"))
+        speedup = floored.texts_per_s / closed_loop[0].texts_per_s
+        verdicts.append((sized and speedup >= TARGET_SPEEDUP, f"closed loop (iv) / (i) >= 3x: {speedup:.2f}x"))
+    labels = {True: "PASS", False: "FAIL", None: "n/a "}
+    return [f"   {labels[passed]}  {text}" for passed, text in verdicts]
+
+
 def run(quick: bool = False, *, budget: int = BUDGET) -> str:
-    """Run workload F; return the report as printable text.
+    """Run workload F, open loop and closed loop; return the report as printable text.
 
     :param quick: embed 128 texts instead of 512 (same shape, for CI)
     :param budget: the token budget of every system
@@ -180,50 +224,34 @@ def run(quick: bool = False, *, budget: int = BUDGET) -> str:
     docs = make_corpus(N_TEXTS_QUICK if quick else N_TEXTS)
     model = Model()
     model.embed(docs[:16])  # warm up: first calls allocate and pick kernels
-    systems: list[tuple[str, Open]] = []
     ref = flyte_ref.load()
-    if ref.module is not None:
-        systems.append(("(i) flyte TokenBatcher, sum", _open_flyte))
-    systems += [
-        ("(ii) batcher sum, FIFO", _open_ours(cost_model="sum")),
-        ("(iii) batcher padded, grouped", _open_ours(cost_model="padded", group_by_cost=True)),
-    ]
-    results = []
-    for name, open_batcher in systems:
-        print(f"F: {name} ...", file=sys.stderr, flush=True)
-        results.append(_measure(model, name, open_batcher, budget, docs))
+    runs: dict[bool, list[Result]] = {}
+    for closed in (False, True):
+        runs[closed] = []
+        for name, open_batcher in _systems(ref.module is not None):
+            print(f"F: {'closed' if closed else 'open'} loop, {name} ...", file=sys.stderr, flush=True)
+            runs[closed].append(_measure(model, name, open_batcher, budget, docs, closed))
 
     costs = sorted(model.estimate(doc) for doc in docs)
     lines = [
         f"F  all-MiniLM-L6-v2 on CPU ({torch.get_num_threads()} threads): {len(docs)} texts, "
         f"tokens median {costs[len(costs) // 2]} max {costs[-1]} total {sum(costs)}, "
         f"{PRODUCERS} producers",
-        f"   budget {budget} tokens for all: a sum of tokens for (i) and (ii), rows x longest row for (iii)",
+        f"   budget {budget} tokens for all: a sum of tokens for (i) and (ii), rows x longest row for (iii), (iv)",
         f"   {ref.message}",
-        f"   {'system':<32}{'texts/s':>9}{'padding eff':>13}{'p99 ms':>9}{'batches':>9}",
+        *_table("open loop: each producer submits its share, then awaits the results", runs[False]),
+        *_table("closed loop: each producer awaits its result before its next text", runs[True]),
     ]
-    for r in results:
-        lines.append(f"   {r.name:<32}{r.texts_per_s:>9.1f}{r.efficiency:>12.1%}{r.p99_ms:>9.0f}{r.batches:>9}")
-
-    ours = results[-1]
     alone = torch.stack([model.embed([doc])[0] for doc in docs])
-    difference = float((torch.stack(ours.vectors) - alone).abs().max())
+    worst = max(float((torch.stack(r.vectors) - alone).abs().max()) for r in (*runs[False][-2:], *runs[True][-2:]))
+    mark = "PASS" if worst <= TOLERANCE else "FAIL"
+    lines.append(f"   {mark}  (iii), (iv) embeddings equal each text alone: max |diff| {worst:.1e}")
     # The targets are set for the full corpus: 128 texts leave too few to group.
-    sized: bool | None = None if quick else True
-    verdicts: list[tuple[bool | None, str]] = [
-        (difference <= TOLERANCE, f"(iii) embeddings equal each text alone: max |diff| {difference:.1e}")
-    ]
-    efficiency_ok = ours.efficiency >= TARGET_EFFICIENCY
-    verdicts.append((sized and efficiency_ok, f"(iii) padding efficiency >= 85 %: {ours.efficiency:.1%}"))
-    if ref.module is not None:
-        speedup = ours.texts_per_s / results[0].texts_per_s
-        verdicts.append((sized and speedup >= TARGET_SPEEDUP, f"(iii) / (i) throughput >= 3x: {speedup:.2f}x"))
-    labels = {True: "PASS", False: "FAIL", None: "n/a "}
-    lines += [f"   {labels[passed]}  {text}" for passed, text in verdicts]
+    lines += _verdicts(runs[False], runs[True], ref.module is not None, None if quick else True)
     if quick:
         lines.append(f"   (n/a: the targets are for the full {N_TEXTS} texts)")
     report = "\n".join(lines)
-    if difference > TOLERANCE:
+    if worst > TOLERANCE:
         # A wrong result fails the run (the harness reports exceptions as failures).
         raise RuntimeError(f"batched embeddings differ from unbatched ones\n{report}")
     return report

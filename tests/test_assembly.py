@@ -65,6 +65,45 @@ class TestFifo:
         assert drain(assembly) == [[0, 1, 2, 3], [4, 5]]
 
 
+class TestPaddingEfficiencyFloor:
+    """``min_efficiency``: a record stays out if real / padded cost would fall below it."""
+
+    def test_fifo_closes_before_a_record_that_would_pad_too_much(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(
+            target_cost=1000, max_batch_size=100, cost_model="padded", min_efficiency=0.8
+        )
+        for item, cost in enumerate([10, 10, 30, 30, 4]):
+            assembly.add(item, cost)
+        # [10, 10, 30] would be 50 real tokens in 90 padded (56 %): 30 starts the next
+        # batch, and so does 4 after [30, 30] (64 of 90, 71 %).
+        assert assembly.full()
+        assert drain(assembly) == [[0, 1], [2, 3], [4]]
+
+    def test_without_the_floor_the_same_records_pad(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(target_cost=1000, max_batch_size=100, cost_model="padded")
+        for item, cost in enumerate([10, 10, 30, 30, 4]):
+            assembly.add(item, cost)
+        assert drain(assembly) == [[0, 1, 2, 3, 4]]
+
+    def test_grouped_batch_stops_where_padding_would_fall_below_the_floor(self) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(
+            target_cost=1000, max_batch_size=100, cost_model="padded", window=100, min_efficiency=0.9
+        )
+        for item, cost in enumerate([20, 21, 40, 19, 10]):
+            assembly.add(item, cost)
+        # Around the oldest (20): 21 and 19 keep 60 / 63 = 95 %; 10 would make 70 / 84,
+        # 40 would make 100 / 160: both wait.
+        assert [sorted(batch) for batch in drain(assembly)] == [[0, 1, 3], [2], [4]]
+
+    def test_the_oldest_record_goes_even_alone(self) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(
+            target_cost=1000, max_batch_size=100, cost_model="padded", window=100, min_efficiency=1.0
+        )
+        for item, cost in enumerate([5, 6, 7]):
+            assembly.add(item, cost)
+        assert drain(assembly) == [[0], [1], [2]]
+
+
 class TestGrouped:
     def test_groups_similar_costs_around_oldest(self) -> None:
         assembly: GroupedAssembly[int] = GroupedAssembly(

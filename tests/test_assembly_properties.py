@@ -26,6 +26,17 @@ class Config:
     cost_model: CostModel
     group_by_cost: bool
     window: int
+    min_efficiency: float | None = None  # used with cost_model="padded" only
+
+    @property
+    def floor(self) -> float | None:
+        return self.min_efficiency if self.cost_model == "padded" else None
+
+
+def efficiency(costs: list[int]) -> float:
+    """Real over padded cost (1 for a batch whose padded cost is 0)."""
+    padded = len(costs) * max(costs)
+    return sum(costs) / padded if padded else 1.0
 
 
 configs = st.builds(
@@ -35,6 +46,7 @@ configs = st.builds(
     cost_model=st.sampled_from(["sum", "padded"]),
     group_by_cost=st.booleans(),
     window=st.integers(1, 30),
+    min_efficiency=st.one_of(st.none(), st.floats(0.05, 1.0)),
 )
 # Mostly within the target, some far over it, plenty of zeros and ties.
 costs = st.lists(st.one_of(st.integers(0, MAX_TARGET), st.integers(MAX_TARGET + 1, 3 * MAX_TARGET)), max_size=80)
@@ -57,6 +69,7 @@ def run(config: Config, record_costs: list[int], schedule: list[bool]) -> list[T
         cost_model=config.cost_model,
         group_by_cost=config.group_by_cost,
         window=config.window,
+        min_efficiency=config.floor,
     )
     queued: list[int] = []  # arrival order
     taken: list[Taken] = []
@@ -107,6 +120,8 @@ class TestEveryAssembly:
             assert taken.cost == cost
             if len(taken.batch) > 1:
                 assert cost <= config.target_cost
+                if config.floor is not None:
+                    assert efficiency([record_costs[i] for i in taken.batch]) >= config.floor
 
     @settings(max_examples=400, deadline=None)
     @given(config=configs, record_costs=costs, schedule=schedules)
@@ -136,15 +151,17 @@ class TestFifoAssembly:
     def test_each_batch_is_the_longest_prefix_that_fits(
         self, config: Config, record_costs: list[int], schedule: list[bool]
     ) -> None:
-        """The record after the batch would break the budget or the size limit
-        (checked for records of positive cost: a free record may wait a batch)."""
+        """The record after the batch would break the budget, the size limit or the
+        padding-efficiency floor (checked for records of positive cost: a free record
+        may wait a batch)."""
         config.group_by_cost = False
         for t in run(config, record_costs, schedule):
             rest = t.queued_before[len(t.batch) :]
             if not rest or record_costs[rest[0]] == 0:
                 continue
             grown = [record_costs[i] for i in [*t.batch, rest[0]]]
-            assert len(grown) > config.max_batch_size or batch_cost(grown, config.cost_model) > config.target_cost
+            too_big = len(grown) > config.max_batch_size or batch_cost(grown, config.cost_model) > config.target_cost
+            assert too_big or (config.floor is not None and efficiency(grown) < config.floor)
 
     @settings(max_examples=200, deadline=None)
     @given(config=configs, record_costs=costs)
@@ -153,7 +170,10 @@ class TestFifoAssembly:
         adding a record never makes a full assembly not full."""
         for n in range(len(record_costs) + 1):
             assembly: FifoAssembly[int] = FifoAssembly(
-                target_cost=config.target_cost, max_batch_size=config.max_batch_size, cost_model=config.cost_model
+                target_cost=config.target_cost,
+                max_batch_size=config.max_batch_size,
+                cost_model=config.cost_model,
+                min_efficiency=config.floor,
             )
             was_full = False
             for item in range(n):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from typing import Any
 
@@ -44,6 +45,23 @@ class TestBudget:
         ) as (batcher, model, _):
             await batcher.submit_batch(range(6), estimated_cost=costs)
         assert sorted(map(sorted, model.batches[1:])) == [[0, 2, 4], [1, 3, 5]]
+
+
+    @pytest.mark.parametrize("group_by_cost", [False, True])
+    async def test_padding_efficiency_floor_in_batcher(self, group_by_cost: bool) -> None:
+        rng = random.Random(3)
+        costs = [rng.randint(1, 100) for _ in range(300)]
+        async with blocked_batcher(
+            target_batch_cost=2000, cost_model="padded", group_by_cost=group_by_cost, min_padding_efficiency=0.85
+        ) as (batcher, model, _):
+            futures = await batcher.submit_batch(range(len(costs)), estimated_cost=costs)
+            model.release()
+            assert [await future for future in futures] == [("done", i) for i in range(len(costs))]
+        batches = [[costs[i] for i in batch] for batch in model.batches[1:]]
+        assert sorted(i for batch in model.batches[1:] for i in batch) == list(range(len(costs)))
+        for batch in batches:
+            assert len(batch) == 1 or sum(batch) >= 0.85 * len(batch) * max(batch)
+            assert len(batch) == 1 or len(batch) * max(batch) <= 2000
 
 
 class TestWhenBatchesClose:

@@ -37,6 +37,22 @@ class TestConstructor:
             ({"cost_model": "max"}, ValueError, "cost_model must be 'sum' or 'padded'"),
             ({"process_timeout_s": 0}, ValueError, "process_timeout_s must be > 0"),
             ({"cost_estimator": 3}, TypeError, "cost_estimator must be callable"),
+            ({"min_padding_efficiency": 0.9}, ValueError, "min_padding_efficiency needs cost_model='padded'"),
+            (
+                {"min_padding_efficiency": 0, "cost_model": "padded"},
+                ValueError,
+                "min_padding_efficiency must be > 0 and <= 1, got 0",
+            ),
+            (
+                {"min_padding_efficiency": 1.5, "cost_model": "padded"},
+                ValueError,
+                "min_padding_efficiency must be > 0 and <= 1, got 1.5",
+            ),
+            (
+                {"min_padding_efficiency": "0.9", "cost_model": "padded"},
+                TypeError,
+                "min_padding_efficiency must be a number or None, got str",
+            ),
         ],
     )
     def test_bad_settings(self, kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
