@@ -46,7 +46,6 @@ class TestBudget:
             await batcher.submit_batch(range(6), estimated_cost=costs)
         assert sorted(map(sorted, model.batches[1:])) == [[0, 2, 4], [1, 3, 5]]
 
-
     @pytest.mark.parametrize("group_by_cost", [False, True])
     async def test_padding_efficiency_floor_in_batcher(self, group_by_cost: bool) -> None:
         rng = random.Random(3)
