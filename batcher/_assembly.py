@@ -34,21 +34,14 @@ def batch_cost(costs: list[int], cost_model: CostModel) -> int:
 
 
 class _Budget:
-    """The budget rule for one growing batch: can a record of this cost join it?
+    """The budget rule for one growing batch under the sum cost model: can a record
+    of this cost join it?"""
 
-    With ``min_efficiency`` (padded batches only), a record also stays out if the
-    batch's real cost over its padded cost, ``sum(costs) / (len * max(costs))``,
-    would fall below it. Both rules only get stricter for costs further from the
-    batch's, so a batch grown outward from one cost can stop at the first misfit.
-    """
+    __slots__ = ("count", "exhausted", "max_size", "peak", "target", "total")
 
-    __slots__ = ("count", "exhausted", "max_size", "min_efficiency", "padded", "peak", "target", "total")
-
-    def __init__(self, target: int, max_size: int, padded: bool, min_efficiency: float | None = None) -> None:
+    def __init__(self, target: int, max_size: int) -> None:
         self.target = target
         self.max_size = max_size
-        self.padded = padded
-        self.min_efficiency = min_efficiency
         self.reset()
 
     def reset(self) -> None:
@@ -57,34 +50,63 @@ class _Budget:
         self.exhausted = False
 
     def try_add(self, cost: int) -> bool:
-        """Add a record of this cost if it fits; return whether it did."""
+        """Add a record of this cost if it fits; return whether it did (a record
+        always fits an empty batch, even an oversized one)."""
         count = self.count
-        if count:  # a record always fits an empty batch, even an oversized one
-            if count >= self.max_size:
-                return False
-            if self.padded:
-                padded = (count + 1) * max(self.peak, cost)
-                if padded > self.target:
-                    return False
-                floor = self.min_efficiency
-                if floor is not None and self.total + cost < floor * padded:
-                    return False
-            elif self.total + cost > self.target:
-                return False
+        if count and (count >= self.max_size or self.total + cost > self.target):
+            return False
         count = self.count = count + 1
         total = self.total = self.total + cost
         if cost > self.peak:
             self.peak = cost
-        if count >= self.max_size:
-            self.exhausted = True
-        elif self.padded:
-            self.exhausted = (count + 1) * max(self.peak, 1) > self.target
-        else:
-            self.exhausted = total >= self.target
+        self.exhausted = count >= self.max_size or total >= self.target
         return True
 
     def cost(self) -> int:
-        return self.count * self.peak if self.padded else self.total
+        return self.total
+
+
+class _PaddedBudget(_Budget):
+    """The budget rule under the padded cost model: a batch costs ``len * max(cost)``.
+
+    With ``min_efficiency``, a record also stays out if the batch's real cost over its
+    padded cost, ``sum(costs) / (len * max(costs))``, would fall below it. Both rules
+    only get stricter for costs further from the batch's, so a batch grown outward
+    from one cost can stop at the first misfit.
+    """
+
+    __slots__ = ("min_efficiency",)
+
+    def __init__(self, target: int, max_size: int, min_efficiency: float | None) -> None:
+        self.min_efficiency = min_efficiency
+        super().__init__(target, max_size)
+
+    def try_add(self, cost: int) -> bool:
+        count = self.count
+        if count:
+            if count >= self.max_size:
+                return False
+            padded = (count + 1) * max(self.peak, cost)
+            if padded > self.target:
+                return False
+            floor = self.min_efficiency
+            if floor is not None and self.total + cost < floor * padded:
+                return False
+        count = self.count = count + 1
+        self.total += cost
+        if cost > self.peak:
+            self.peak = cost
+        self.exhausted = count >= self.max_size or (count + 1) * max(self.peak, 1) > self.target
+        return True
+
+    def cost(self) -> int:
+        return self.count * self.peak
+
+
+def _budget(target: int, max_size: int, cost_model: CostModel, min_efficiency: float | None) -> _Budget:
+    if cost_model == "padded":
+        return _PaddedBudget(target, max_size, min_efficiency)
+    return _Budget(target, max_size)
 
 
 class FifoAssembly(Generic[T]):
@@ -108,7 +130,7 @@ class FifoAssembly(Generic[T]):
     ) -> None:
         self._items: deque[T] = deque()
         self._costs: deque[int] = deque()
-        self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded", min_efficiency)
+        self._budget = _budget(target_cost, max_batch_size, cost_model, min_efficiency)
         self._full = False
 
     def __len__(self) -> int:
@@ -184,7 +206,7 @@ class GroupedAssembly(Generic[T]):
         self._arrivals: deque[T] = deque()
         self._arrival_costs: deque[int] = deque()
         self._taken: set[T] = set()  # out of their bucket, still in _arrivals
-        self._budget = _Budget(target_cost, max_batch_size, cost_model == "padded", min_efficiency)
+        self._budget = _budget(target_cost, max_batch_size, cost_model, min_efficiency)
         self._window = window
         self._live = live
 
@@ -301,7 +323,7 @@ def make_assembly(
     min_efficiency: float | None = None,
 ) -> Assembly[T]:
     """Return the assembly rule for these settings (``live``: see :class:`GroupedAssembly`;
-    ``min_efficiency``: the padding-efficiency floor of each batch, see ``_Budget``)."""
+    ``min_efficiency``: the padding-efficiency floor of each batch, see ``_PaddedBudget``)."""
     if group_by_cost:
         return GroupedAssembly(
             target_cost=target_cost,

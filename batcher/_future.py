@@ -52,6 +52,11 @@ logger = logging.getLogger("batcher")
 # Module-level names for the states: the loops compare them once per record.
 PENDING, DISPATCHED, RESULT, ERROR, CANCELLED = State
 
+SELF_WAIT = (
+    "process_fn awaited a result of its own batcher, which would wait for itself: "
+    "with max_concurrent_batches=1 the batch it waits for cannot run"
+)
+
 #: In a worker's task, and in the tasks the process function starts from it: the
 #: counters of that worker's batcher (they identify the batcher to its futures).
 WORKER_OF: ContextVar[Counters | None] = ContextVar("batcher_worker_of", default=None)
@@ -161,9 +166,14 @@ class BatchFuture(Generic[ResultT]):
         return await self
 
     def __await__(self) -> Generator[Any, Any, ResultT]:
-        waiting = until_done(self)
-        if waiting is not None:
-            yield from waiting.__await__()
+        if self._state < RESULT:
+            # until_done(), written out: this runs once per awaited record.
+            if self._counters.sole_worker_in_model and WORKER_OF.get() is self._counters:
+                raise RuntimeError(SELF_WAIT)
+            event = self._event
+            if event is None:
+                event = self._event = self._counters.new_event()
+            yield from event.wait().__await__()
         if self._state == RESULT:
             return cast(ResultT, self._value)
         return self.result()  # raises
@@ -245,10 +255,7 @@ def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
         return None
     counters = future._counters
     if counters.sole_worker_in_model and WORKER_OF.get() is counters:
-        raise RuntimeError(
-            "process_fn awaited a result of its own batcher, which would wait for itself: "
-            "with max_concurrent_batches=1 the batch it waits for cannot run"
-        )
+        raise RuntimeError(SELF_WAIT)
     event = future._event
     if event is None:
         event = future._event = counters.new_event()
