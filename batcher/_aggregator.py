@@ -16,13 +16,16 @@ from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 
 from ._assembly import Assembly, make_assembly
+from ._cost_fit import CostFit
 from ._decide import CLOSE, FINISH, PULL, YIELD, Step, next_step
 from ._exceptions import closed_error
 from ._future import PENDING, BatchFuture, fail, fail_queued, is_pending
+from ._measured import MeasuredAssembly
 from ._stats import Counters
 
 if TYPE_CHECKING:
     from ._run import Run
+    from ._settings import Settings
 
 __all__ = ("INTAKE", "WAKE_UP", "Aggregator", "Submission")
 
@@ -62,15 +65,7 @@ class Aggregator:
         self._run = run
         self._settings = settings = run.settings
         self._counters = counters
-        self._assembly: Assembly[BatchFuture[Any]] = make_assembly(
-            target_cost=settings.target_batch_cost,
-            max_batch_size=settings.max_batch_size,
-            cost_model=settings.cost_model,
-            group_by_cost=settings.group_by_cost,
-            window=settings.grouping_window,
-            live=is_pending,  # a record withdrawn while queued takes no batch slot
-            min_efficiency=settings.min_padding_efficiency,
-        )
+        self._assembly = _assembly_for(settings, run.cost_fit)
         self._opened_at = 0.0  # when the oldest queued record arrived (monotonic clock)
         self._ended = False  # the submission stream has ended: no record will come
         self._yielded = False  # the next batch has had its eager checkpoint
@@ -180,3 +175,24 @@ class Aggregator:
             fail(self._assembly.take()[0], error, self._counters)
         fail_queued(self._run.submit_receive, error, self._counters)
         self._run.fail_overflow(error)
+
+
+def _assembly_for(settings: Settings, fit: CostFit | None) -> Assembly[BatchFuture[Any]]:
+    """The assembly rule the settings ask for; a record withdrawn while queued takes no batch slot."""
+    if fit is not None:  # cost_model="measured"
+        return MeasuredAssembly(
+            target_cost=settings.target_batch_cost,
+            max_batch_size=settings.max_batch_size,
+            window=settings.grouping_window,
+            fit=fit,
+            live=is_pending,
+        )
+    return make_assembly(
+        target_cost=settings.target_batch_cost,
+        max_batch_size=settings.max_batch_size,
+        cost_model=settings.cost_model,
+        group_by_cost=settings.group_by_cost,
+        window=settings.grouping_window,
+        live=is_pending,
+        min_efficiency=settings.min_padding_efficiency,
+    )

@@ -28,9 +28,9 @@ def batch_cost(costs: list[int], cost_model: CostModel) -> int:
     """Return what a batch of records with these costs costs under ``cost_model``."""
     if not costs:
         return 0
-    if cost_model == "padded":
-        return len(costs) * max(costs)
-    return sum(costs)
+    if cost_model == "sum":
+        return sum(costs)
+    return len(costs) * max(costs)  # "padded", and "measured", whose budget is padded
 
 
 class _Budget:
@@ -104,9 +104,9 @@ class _PaddedBudget(_Budget):
 
 
 def _budget(target: int, max_size: int, cost_model: CostModel, min_efficiency: float | None) -> _Budget:
-    if cost_model == "padded":
-        return _PaddedBudget(target, max_size, min_efficiency)
-    return _Budget(target, max_size)
+    if cost_model == "sum":
+        return _Budget(target, max_size)
+    return _PaddedBudget(target, max_size, min_efficiency)
 
 
 class FifoAssembly(Generic[T]):

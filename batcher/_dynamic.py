@@ -52,8 +52,9 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         (after one scheduling checkpoint). When false, wait up to
         ``batch_timeout_s`` from the first record for the batch to fill.
     :param max_concurrent_batches: how many batches run at once.
-    :param cost_model: ``"sum"`` (a batch costs the sum of its records' costs) or
-        ``"padded"`` (``len(batch) * max(cost)``, as a padded model computes).
+    :param cost_model: ``"sum"`` (a batch costs the sum of its records' costs),
+        ``"padded"`` (``len(batch) * max(cost)``, as a padded model computes) or
+        ``"measured"`` (padded; each batch is chosen by its cost as timed so far).
     :param group_by_cost: build each batch around the oldest queued record from the
         queued records of the most similar cost, instead of in arrival order.
     :param min_padding_efficiency: with ``cost_model="padded"``, a record stays out
@@ -125,8 +126,6 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         if not self.is_running:
             return f"<{type(self).__name__} stopped submitted={c.submitted} completed={c.completed}>"
         return f"<{type(self).__name__} running queued={c.queued} in_flight={c.in_flight}>"
-
-    # -------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> Self:
         await self.start()

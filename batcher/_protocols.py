@@ -22,7 +22,7 @@ ResultT = TypeVar("ResultT")
 
 #: ``"sum"``: a batch costs the sum of its records' costs. ``"padded"``: a batch
 #: costs ``len(batch) * max(record cost)``, what a padded transformer batch computes.
-CostModel: TypeAlias = Literal["sum", "padded"]
+CostModel: TypeAlias = Literal["sum", "padded", "measured"]
 
 #: Takes the records of one batch, returns one result per record in the same order
 #: (an ``Exception`` instance in a slot fails only that record): a list, or any

@@ -15,6 +15,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.lowlevel import checkpoint
 
 from ._aggregator import INTAKE, WAKE_UP, Aggregator, Submission
+from ._cost_fit import CostFit
 from ._exceptions import closed_error
 from ._future import Batch, BatchFuture, fail, fail_queued
 from ._model import Model
@@ -53,6 +54,7 @@ class Run:
         "_room",
         "batch_receive",
         "batch_send",
+        "cost_fit",
         "counters",
         "fatal",
         "limiter",
@@ -76,6 +78,9 @@ class Run:
         self.owner_task = anyio.get_current_task().id if owner is not None else None
         self.submit_send, self.submit_receive = anyio.create_memory_object_stream[Submission](settings.max_queue_size)
         self.batch_send, self.batch_receive = anyio.create_memory_object_stream[Batch](settings.prefetch_batches)
+        #: With ``cost_model="measured"``: the fit of batch times the workers feed and the
+        #: aggregator's assembly reads.
+        self.cost_fit = CostFit() if settings.cost_model == "measured" else None
         #: Threads for a plain process function without a time limit, one per concurrent batch.
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
         #: Set once the loops have ended and every future they held has ended.

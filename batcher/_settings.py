@@ -70,8 +70,8 @@ class Settings:
         check_int("max_queue_size", self.max_queue_size, 1)
         check_int("prefetch_batches", self.prefetch_batches, 0)
         check_int("max_concurrent_batches", self.max_concurrent_batches, 1)
-        if self.cost_model not in ("sum", "padded"):
-            raise ValueError(f"cost_model must be 'sum' or 'padded', got {self.cost_model!r}")
+        if self.cost_model not in ("sum", "padded", "measured"):
+            raise ValueError(f"cost_model must be 'sum', 'padded' or 'measured', got {self.cost_model!r}")
         if self.process_timeout_s is not None:
             check_seconds("process_timeout_s", self.process_timeout_s)
             if self.process_timeout_s == 0:
@@ -86,8 +86,8 @@ class Settings:
             raise ValueError(f"min_padding_efficiency must be > 0 and <= 1, got {floor}")
         if self.cost_model != "padded":
             raise ValueError(
-                "min_padding_efficiency needs cost_model='padded' (padding is what a padded batch computes "
-                f"beyond its records' own costs), got cost_model={self.cost_model!r}"
+                "min_padding_efficiency needs cost_model='padded' (with 'measured' the batcher chooses the "
+                f"padding of each batch itself), got cost_model={self.cost_model!r}"
             )
 
     @property

@@ -75,8 +75,11 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         (after one scheduling checkpoint). When false, wait up to
         ``batch_timeout_s`` from the first record for the batch to fill.
     :param max_concurrent_batches: how many batches run at once.
-    :param cost_model: ``"sum"`` (a batch has the sum of its records' tokens) or
-        ``"padded"`` (``len(batch) * max(tokens)``, as a padded model computes).
+    :param cost_model: ``"sum"`` (a batch has the sum of its records' tokens),
+        ``"padded"`` (``len(batch) * max(tokens)``, as a padded model computes) or
+        ``"measured"``: padded, and each batch is chosen among grouped and
+        arrival-order candidates by its predicted time, from the batches timed so
+        far (see the README's "Padding-aware batching").
     :param group_by_cost: build each batch around the oldest queued record from the
         queued records of the most similar length, instead of in arrival order.
     :param process_timeout_s: a batch whose inference function runs longer fails

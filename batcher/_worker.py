@@ -102,9 +102,10 @@ class Worker:
         counters = self._counters
         counters.batches += 1
         counters.dispatched += len(batch)
-        counters.batch_cost += batch_cost([future._cost for future in batch], self._cost_model)
+        cost = batch_cost([future._cost for future in batch], self._cost_model)
+        counters.batch_cost += cost
         try:
-            results = await self._call_model(batch)
+            results = await self._call_model(batch, cost)
         except Exception as exc:
             self._fail_batch(batch, exc)
             return None
@@ -119,15 +120,20 @@ class Worker:
             return None
         return batch, results
 
-    async def _call_model(self, batch: Batch) -> list[Any]:
+    async def _call_model(self, batch: Batch, cost: int) -> list[Any]:
         # While the only worker is in the process function, its own futures must not
         # be awaited from there (see BatchFuture.__await__).
         counters = self._counters
         counters.sole_worker_in_model = self._alone
+        started = perf_counter()
         try:
-            return await self._model([future._record for future in batch], self._thread, self._run.limiter)
+            results = await self._model([future._record for future in batch], self._thread, self._run.limiter)
         finally:
             counters.sole_worker_in_model = False
+        fit = self._run.cost_fit
+        if fit is not None:  # cost_model="measured": what this batch cost, for the next ones
+            fit.add(len(batch), cost, perf_counter() - started)
+        return results
 
     def _fail_batch(self, batch: Batch, exc: Exception) -> None:
         logger.error("process_fn failed on a batch of %d records: %r", len(batch), exc, exc_info=exc)

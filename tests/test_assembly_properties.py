@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batcher._assembly import FifoAssembly, GroupedAssembly, batch_cost, make_assembly
+from batcher._cost_fit import CostFit
+from batcher._measured import MeasuredAssembly
 from batcher._protocols import CostModel
 
 MAX_TARGET = 50
@@ -27,6 +29,7 @@ class Config:
     group_by_cost: bool
     window: int
     min_efficiency: float | None = None  # used with cost_model="padded" only
+    measured: str | None = None  # with group_by_cost: cost_model="measured" under this regime (FITS)
 
     @property
     def floor(self) -> float | None:
@@ -47,7 +50,21 @@ configs = st.builds(
     group_by_cost=st.booleans(),
     window=st.integers(1, 30),
     min_efficiency=st.one_of(st.none(), st.floats(0.05, 1.0)),
+    measured=st.sampled_from([None, None, "fixed", "padding", "warm-up"]),
 )
+
+
+def fitted(regime: str) -> CostFit:
+    """A fit of batch times where the fixed cost dominates, or padding does, or none yet."""
+    fit = CostFit()
+    if regime != "warm-up":
+        fixed, per_token = (1e-2, 1e-9) if regime == "fixed" else (1e-5, 1e-6)
+        for records in range(1, 20):
+            padded = records * (records % 7 + 1) * 5
+            fit.add(records, padded, fixed + per_token * padded)
+    return fit
+
+
 # Mostly within the target, some far over it, plenty of zeros and ties.
 costs = st.lists(st.one_of(st.integers(0, MAX_TARGET), st.integers(MAX_TARGET + 1, 3 * MAX_TARGET)), max_size=80)
 # True: add the next record; False: take a batch (when something is queued).
@@ -63,14 +80,24 @@ class Taken:
 
 def run(config: Config, record_costs: list[int], schedule: list[bool]) -> list[Taken]:
     """Interleave adds and takes as ``schedule`` says, then drain; record every take."""
-    assembly: FifoAssembly[int] | GroupedAssembly[int] = make_assembly(
-        target_cost=config.target_cost,
-        max_batch_size=config.max_batch_size,
-        cost_model=config.cost_model,
-        group_by_cost=config.group_by_cost,
-        window=config.window,
-        min_efficiency=config.floor,
-    )
+    assembly: FifoAssembly[int] | GroupedAssembly[int]
+    if config.measured and config.group_by_cost:
+        config.cost_model, config.min_efficiency = "padded", None  # its budget, and its own floors
+        assembly = MeasuredAssembly(
+            target_cost=config.target_cost,
+            max_batch_size=config.max_batch_size,
+            window=config.window,
+            fit=fitted(config.measured),
+        )
+    else:
+        assembly = make_assembly(
+            target_cost=config.target_cost,
+            max_batch_size=config.max_batch_size,
+            cost_model=config.cost_model,
+            group_by_cost=config.group_by_cost,
+            window=config.window,
+            min_efficiency=config.floor,
+        )
     queued: list[int] = []  # arrival order
     taken: list[Taken] = []
     arrivals = iter(enumerate(record_costs))
@@ -210,13 +237,24 @@ class TestGroupedAssembly:
         self, config: Config, record_costs: list[int], dead_marks: list[bool]
     ) -> None:
         dead = {item for item, is_dead in enumerate(dead_marks[: len(record_costs)]) if is_dead}
-        assembly: GroupedAssembly[int] = GroupedAssembly(
-            target_cost=config.target_cost,
-            max_batch_size=config.max_batch_size,
-            cost_model=config.cost_model,
-            window=config.window,
-            live=lambda item: item not in dead,
-        )
+        assembly: GroupedAssembly[int]
+        if config.measured:
+            config.cost_model = "padded"
+            assembly = MeasuredAssembly(
+                target_cost=config.target_cost,
+                max_batch_size=config.max_batch_size,
+                window=config.window,
+                fit=fitted(config.measured),
+                live=lambda item: item not in dead,
+            )
+        else:
+            assembly = GroupedAssembly(
+                target_cost=config.target_cost,
+                max_batch_size=config.max_batch_size,
+                cost_model=config.cost_model,
+                window=config.window,
+                live=lambda item: item not in dead,
+            )
         for item, cost in enumerate(record_costs):
             assembly.add(item, cost)
         batches: list[list[int]] = []

@@ -62,6 +62,27 @@ class TestBudget:
             assert len(batch) == 1 or sum(batch) >= 0.85 * len(batch) * max(batch)
             assert len(batch) == 1 or len(batch) * max(batch) <= 2000
 
+    async def test_measured_cost_model_in_batcher(self) -> None:
+        rng = random.Random(4)
+        costs = [rng.randint(1, 100) for _ in range(400)]
+        async with blocked_batcher(target_batch_cost=1500, max_batch_size=32, cost_model="measured") as (
+            batcher,
+            model,
+            _,
+        ):
+            futures = await batcher.submit_batch(range(len(costs)), estimated_cost=costs)
+            model.release()
+            assert [await future for future in futures] == [("done", i) for i in range(len(costs))]
+            fit = batcher._run.cost_fit  # type: ignore[union-attr]
+            assert fit is not None
+            assert fit.coefficients is not None, "the workers fed the fit"
+        batches = [[costs[i] for i in batch] for batch in model.batches[1:]]
+        assert sorted(i for batch in model.batches[1:] for i in batch) == list(range(len(costs)))
+        for batch in batches:
+            assert len(batch) <= 32
+            assert len(batch) == 1 or len(batch) * max(batch) <= 1500
+        assert batcher.stats.total_batch_cost == 1 + sum(len(b) * max(b) for b in batches)
+
 
 class TestWhenBatchesClose:
     async def test_batch_grows_while_worker_busy(self) -> None:

@@ -1,0 +1,135 @@
+"""``cost_model="measured"``: what a batch costs on this hardware, learned from the
+batches that ran, and the rule that picks the next batch by it.
+
+The workers time every batch. :class:`CostFit` fits its time as a fixed cost plus
+a cost per record plus a cost per padded token (rows times the longest row), over
+the last ``WINDOW`` batches, by least squares with no negative term. When the
+aggregator closes a batch, it offers candidate batches (``_measured.py``) and
+:func:`choose` takes the one with the most records per predicted second. A small
+model on a GPU, where the fixed cost dominates, then gets few large batches; a
+model whose time grows with padding (a CPU, a large model) gets batches of similar
+length. Plain synchronous code, tested without an event loop.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from itertools import combinations
+
+__all__ = ("WARMUP", "WINDOW", "CostFit", "choose", "fit_batch_time")
+
+#: How many recent batches the fit looks at.
+WINDOW = 64
+#: How many batches run before the fit is trusted; until then the first candidate goes.
+WARMUP = 8
+
+#: A timed batch: ``(records, padded tokens, seconds)``.
+Sample = tuple[int, int, float]
+#: ``(fixed seconds, seconds per record, seconds per padded token)``.
+Coefficients = tuple[float, float, float]
+
+# Every non-empty subset of the three terms, for the fit with no negative term.
+_TERMS = [terms for size in (1, 2, 3) for terms in combinations(range(3), size)]
+
+
+class CostFit:
+    """The batch times seen lately, and the fit of them (``None`` during warm-up)."""
+
+    __slots__ = ("_samples", "coefficients")
+
+    def __init__(self) -> None:
+        self._samples: deque[Sample] = deque(maxlen=WINDOW)
+        self.coefficients: Coefficients | None = None
+
+    def add(self, records: int, padded: int, seconds: float) -> None:
+        """Note a batch that ran, and refit once ``WARMUP`` batches are in."""
+        self._samples.append((records, padded, seconds))
+        if len(self._samples) >= WARMUP:
+            self.coefficients = fit_batch_time(self._samples)
+
+    def predict(self, records: int, padded: int) -> float:
+        """The predicted seconds of a batch (0.0 before the fit exists)."""
+        if self.coefficients is None:
+            return 0.0
+        fixed, per_record, per_token = self.coefficients
+        return fixed + per_record * records + per_token * padded
+
+
+def fit_batch_time(samples: Sequence[Sample]) -> Coefficients:
+    """Least-squares ``time = fixed + per_record * records + per_token * padded``
+    with every coefficient >= 0: of the fits on each subset of the terms whose
+    coefficients are all non-negative, the one with the smallest squared error
+    (with none, the mean time as a fixed cost)."""
+    rows = [((1.0, float(records), float(padded)), seconds) for records, padded, seconds in samples]
+    fits = [fitted for terms in _TERMS if (fitted := _fit_terms(rows, terms)) is not None]
+    if not fits:
+        return (sum(y for _, y in rows) / len(rows), 0.0, 0.0)
+    return min(fits)[1]
+
+
+def _fit_terms(
+    rows: list[tuple[tuple[float, float, float], float]], terms: tuple[int, ...]
+) -> tuple[float, Coefficients] | None:
+    """The squared error and coefficients of the fit on ``terms`` alone, or ``None``
+    if it is singular or has a negative coefficient."""
+    solved = _least_squares([([x[t] for t in terms], y) for x, y in rows])
+    if solved is None or min(solved) < 0:
+        return None
+    full = [0.0, 0.0, 0.0]
+    for term, value in zip(terms, solved, strict=True):
+        full[term] = value
+    error = sum((y - sum(c * v for c, v in zip(full, x, strict=True))) ** 2 for x, y in rows)
+    return error, (full[0], full[1], full[2])
+
+
+def _least_squares(rows: list[tuple[list[float], float]]) -> list[float] | None:
+    """Solve the normal equations of ``rows`` (features, target); ``None`` if singular."""
+    size = len(rows[0][0])
+    matrix = [[sum(x[i] * x[j] for x, _ in rows) for j in range(size)] for i in range(size)]
+    vector = [sum(x[i] * y for x, y in rows) for i in range(size)]
+    return _solve(matrix, vector)
+
+
+def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None:
+    # Gaussian elimination with partial pivoting on a system of at most 3 unknowns.
+    size = len(vector)
+    rows = [[*matrix[i], vector[i]] for i in range(size)]
+    scale = max((abs(value) for row in rows for value in row[:size]), default=0.0)
+    for col in range(size):
+        pivot = max(range(col, size), key=lambda r: abs(rows[r][col]))
+        if abs(rows[pivot][col]) <= 1e-12 * max(scale, 1e-300):
+            return None
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(col + 1, size):
+            factor = rows[r][col] / rows[col][col]
+            rows[r] = [a - factor * b for a, b in zip(rows[r], rows[col], strict=True)]
+    solution = [0.0] * size
+    for r in range(size - 1, -1, -1):
+        done = sum(rows[r][c] * solution[c] for c in range(r + 1, size))
+        solution[r] = (rows[r][size] - done) / rows[r][r]
+    return solution
+
+
+def choose(candidates: Sequence[tuple[int, int, int]], fit: CostFit) -> int:
+    """The index of the best candidate batch, each given as ``(records, padded tokens,
+    real tokens)``: the one whose predicted time goes most to the records' own work.
+
+    A record's own work is what it would cost in a batch with no padding and no fixed
+    cost (``per_record + per_token * its tokens``); a batch's share of it is that sum
+    over its predicted time. Where the fixed cost dominates, the largest batch has the
+    largest share; where padding does, a batch of similar lengths. (Records per
+    second would prefer a batch that mixes short records into a long one's padding,
+    and leave the long ones for later.) Ties go to the batch with more records, then
+    to the earlier candidate. During warm-up (no fit yet) it is the first candidate.
+    """
+    if fit.coefficients is None:
+        return 0
+    _, per_record, per_token = fit.coefficients
+    best, best_key = 0, (-1.0, -1)
+    for index, (records, padded, real) in enumerate(candidates):
+        seconds = fit.predict(records, padded)
+        share = (per_record * records + per_token * real) / seconds if seconds > 0 else 1.0
+        if (share, records) > best_key:
+            best, best_key = index, (share, records)
+    return best
