@@ -5,6 +5,7 @@
     python -m benchmarks --only A,C --reps 5
     python -m benchmarks --with-model    # A-E and F (real embedding model)
     python -m benchmarks --only S        # the scaling section alone (issue 11)
+    python -m benchmarks --gpu           # also G, batching on a CUDA device (skipped without one)
 
 After A-E comes S, the scaling section (:mod:`benchmarks.scaling`): the cost per
 record against producers, backlog, batch size and grouping pool, the bytes per
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures += _run_scaling(args.quick, reps)
     if MODEL_KEY in keys:
         failures += _run_model_workload(args.quick)
+    if args.gpu:
+        failures += _run_gpu_workload(args.quick)
     return _finish(results, failures)
 
 
@@ -75,6 +78,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated workloads, e.g. A,B (F is the real-model one)")
     parser.add_argument("--reps", type=int, help="repetitions per system (default 3, quick 1)")
     parser.add_argument("--with-model", action="store_true", help="also run F, the real embedding model")
+    parser.add_argument("--gpu", action="store_true", help="also run G, batching on a CUDA device (skipped without)")
     parser.add_argument(
         "--load",
         type=float,
@@ -199,6 +203,19 @@ def _run_model_workload(quick: bool) -> list[str]:
         print(f"{MODEL_KEY}  real embedding model")
         for label, value in report_text:
             print(f"    {label:<28} {value}")
+    return []
+
+
+def _run_gpu_workload(quick: bool) -> list[str]:
+    """Workload G (``benchmarks/bench_gpu.py``): it says why it skipped when there is no CUDA device."""
+    print()
+    try:
+        print(importlib.import_module("benchmarks.bench_gpu").run(quick=quick))
+    except ImportError as exc:
+        print(f"G  skipped: it needs the examples extra (pip install -e '.[examples]'): {exc}")
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return [f"G: {type(exc).__name__}: {exc}"]
     return []
 
 

@@ -1,0 +1,300 @@
+"""Workload G: batching on a GPU (issue 15), a BERT-style encoder with random weights
+(timing only) for a small and a large model, as one command.
+
+1. Threads: the same batches of 64 records, warmed up in the thread that runs them,
+   run in the main thread, in anyio's worker thread, and in one persistent thread
+   (a first and a second pass); then many distinct shapes, as padded batches
+   bring, cold and warm, in the main thread and in the persistent thread.
+2. Execution modes through the batcher, in a closed loop of 64 producers: a plain
+   process function (it runs in a worker thread) and an ``async def`` one that
+   calls the model on the event loop; with the longest stall of a 1 ms ticker.
+3. Batching: flyte's ``TokenBatcher`` (sum budget, arrival order), the batcher with
+   a sum budget (FIFO), ``cost_model="padded"`` with ``group_by_cost=True``, and
+   ``cost_model="measured"``, in an open and a closed loop, against an offline
+   run of the corpus sorted by length and cut into budget-full batches.
+
+Without a CUDA device it prints why it skipped and exits 0. ``--device cpu`` runs
+the same code on the CPU with a tiny model (a check that it works, not a
+measurement)::
+
+    python -m benchmarks --gpu                     # with A-E, S (and F with --with-model)
+    python -m benchmarks.bench_gpu                 # G alone, about 3 minutes of GPU time
+    python -m benchmarks.bench_gpu --quick --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio
+
+from batcher import TokenBatcher
+from benchmarks import flyte_ref
+
+PRODUCERS = 64
+SKIPPED = "G  skipped: no CUDA device (torch.cuda.is_available() is false); `--device cpu` checks the code on the CPU"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    texts: int
+    budget: int
+    models: dict[str, tuple[int, int, int]]  # name -> (layers, hidden, heads)
+    thread_batches: int
+
+
+FULL = Sizes(4096, 16_384, {"small (6 x 384)": (6, 384, 12), "large (24 x 1024)": (24, 1024, 16)}, 64)
+QUICK = Sizes(256, 2_048, {"tiny (2 x 64)": (2, 64, 2)}, 8)
+
+
+class Encoder:
+    """A random-weight BERT encoder on ``device``, embedding records that are indices
+    into a fixed corpus of token ids; counts real and padded tokens."""
+
+    def __init__(self, shape: tuple[int, int, int], device: str, lengths: list[int]) -> None:
+        import torch
+        from transformers import BertConfig, BertModel
+
+        layers, hidden, heads = shape
+        config = BertConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=512,
+        )
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        self.torch, self.device = torch, device
+        self.model = BertModel(config).to(device, dtype).eval()
+        self.lengths = lengths
+        generator = torch.Generator().manual_seed(5)
+        self.ids = [torch.randint(1000, 30000, (n,), generator=generator) for n in lengths]
+        self.real = self.padded = self.batches = 0
+
+    def embed(self, batch: Sequence[int]) -> list[Any]:
+        torch = self.torch
+        width = max(self.lengths[i] for i in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids[row, : self.lengths[index]] = self.ids[index]
+            mask[row, : self.lengths[index]] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(out.dtype)
+            pooled = ((out * weights).sum(1) / weights.sum(1)).float().cpu()  # waits for the GPU
+        self.batches += 1
+        self.real += sum(self.lengths[i] for i in batch)
+        self.padded += len(batch) * width
+        return list(pooled)
+
+    def reset(self) -> None:
+        self.real = self.padded = self.batches = 0
+
+
+def corpus_lengths(texts: int) -> list[int]:
+    """Token counts, log-normal (median about 37), 8 to 512."""
+    rng = random.Random(5)
+    return [min(512, max(8, round(rng.lognormvariate(3.6, 0.8)))) for _ in range(texts)]
+
+
+def _per_batch_ms(run: Callable[[Sequence[int]], object], batches: list[list[int]]) -> float:
+    started = time.perf_counter()
+    for batch in batches:
+        run(batch)
+    return (time.perf_counter() - started) / len(batches) * 1e3
+
+
+def thread_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
+    """Item 1: the same batches in each thread, warmed up in that thread first."""
+    rng = random.Random(7)
+    count = len(encoder.lengths)
+    same = [rng.sample(range(count), PRODUCERS) for _ in range(sizes.thread_batches)]
+    shapes = [rng.sample(range(count), rng.randint(1, PRODUCERS)) for _ in range(sizes.thread_batches)]
+    embed = encoder.embed
+    lines = []
+    _per_batch_ms(embed, same)
+    lines.append(f"main thread, warmed                   {_per_batch_ms(embed, same):8.2f} ms/batch")
+    lines.append(f"anyio worker thread, warmed there     {anyio.run(_in_anyio_thread, embed, same):8.2f} ms/batch")
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        first = thread.submit(_per_batch_ms, embed, same).result()
+        second = thread.submit(_per_batch_ms, embed, same).result()
+        lines.append(f"one persistent thread, 1st / 2nd pass {first:8.2f} / {second:.2f} ms/batch")
+        cold = thread.submit(_per_batch_ms, embed, shapes).result()
+        warm = thread.submit(_per_batch_ms, embed, shapes).result()
+    lines.append(f"distinct shapes, persistent thread    {cold:8.2f} cold, {warm:.2f} warm ms/batch")
+    cold, warm = _per_batch_ms(embed, shapes), _per_batch_ms(embed, shapes)
+    lines.append(f"distinct shapes, main thread          {cold:8.2f} cold (after the thread), {warm:.2f} warm")
+    return lines
+
+
+async def _in_anyio_thread(embed: Callable[[Sequence[int]], object], batches: list[list[int]]) -> float:
+    await anyio.to_thread.run_sync(_per_batch_ms, embed, batches)  # warm-up, most likely in the same thread
+    return float(await anyio.to_thread.run_sync(_per_batch_ms, embed, batches))
+
+
+async def _closed_loop(batcher: Any, records: int) -> None:
+    async def produce(first: int) -> None:
+        for record in range(first, records, PRODUCERS):
+            await (await batcher.submit(record))
+
+    async with anyio.create_task_group() as tg:
+        for first in range(PRODUCERS):
+            tg.start_soon(produce, first)
+
+
+async def _with_ticker(work: Callable[[], Any]) -> float:
+    """Run ``work()`` beside a 1 ms ticker; the longest gap it saw, in ms."""
+    gaps = [0.0]
+    done = anyio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await anyio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        await work()
+        done.set()
+    return max(gaps) * 1e3
+
+
+def mode_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
+    """Item 2: the batcher's execution modes, closed loop, with the loop's longest stall."""
+    records = len(encoder.lengths)
+
+    async def on_loop(batch: list[int]) -> list[Any]:
+        return encoder.embed(batch)  # blocks the event loop while the GPU runs
+
+    lines = []
+    for name, function in (("plain function (worker thread)", encoder.embed), ("async def (on the loop)", on_loop)):
+
+        async def run(function: Any = function) -> tuple[float, float]:
+            batcher = TokenBatcher(function, target_batch_tokens=sizes.budget)
+            async with batcher:
+                started = time.perf_counter()
+                stall = await _with_ticker(partial(_closed_loop, batcher, records))
+                elapsed = time.perf_counter() - started
+            return elapsed / max(1, encoder.batches) * 1e3, stall
+
+        encoder.reset()
+        per_batch, stall = anyio.run(run)
+        lines.append(f"batcher, {name:<31} {per_batch:8.2f} ms/batch, longest loop stall {stall:.1f} ms")
+    return lines
+
+
+def _opener(system: str, encoder: Encoder, budget: int) -> Callable[[], Any]:
+    if system == "flyte FIFO sum":
+        module = flyte_ref.load().module
+        assert module is not None
+
+        async def inference(batch: list[int]) -> list[Any]:
+            return await anyio.to_thread.run_sync(encoder.embed, batch)
+
+        return lambda: module.TokenBatcher(inference_fn=inference, target_batch_tokens=budget)
+    options = {
+        "batcher FIFO sum": {},
+        "batcher padded grouped": {"cost_model": "padded", "group_by_cost": True},
+        "batcher measured": {"cost_model": "measured"},
+    }[system]
+    queue = max(5_000, len(encoder.lengths))
+    return lambda: TokenBatcher(encoder.embed, target_batch_tokens=budget, max_queue_size=queue, **options)
+
+
+def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool) -> float:
+    records = len(encoder.lengths)
+
+    async def run() -> float:
+        async with open_batcher() as batcher:
+            started = time.perf_counter()
+            if closed:
+                await _closed_loop(batcher, records)
+            else:
+                for future in await batcher.submit_batch(range(records), estimated_cost=encoder.lengths):
+                    await future
+            return records / (time.perf_counter() - started)
+
+    encoder.reset()
+    return float(anyio.run(run))
+
+
+def _offline(encoder: Encoder, budget: int) -> float:
+    """The corpus sorted by length, cut into budget-full padded batches, run back to back."""
+    batches: list[list[int]] = [[]]
+    for index in sorted(range(len(encoder.lengths)), key=encoder.lengths.__getitem__):
+        if batches[-1] and (len(batches[-1]) + 1) * encoder.lengths[index] > budget:
+            batches.append([])
+        batches[-1].append(index)
+    _per_batch_ms(encoder.embed, batches)  # every shape met once
+    return len(encoder.lengths) / (_per_batch_ms(encoder.embed, batches) * len(batches) / 1e3)
+
+
+def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
+    """Item 3: the systems in both loops, against the offline sorted bound."""
+    bound = _offline(encoder, sizes.budget)
+    lines = [f"offline sorted bound             {bound:9.0f} texts/s"]
+    systems = ["batcher FIFO sum", "batcher padded grouped", "batcher measured"]
+    if flyte_ref.load().module is not None:
+        systems.insert(0, "flyte FIFO sum")
+    for closed in (False, True):
+        for system in systems:
+            rate = _texts_per_s(encoder, _opener(system, encoder, sizes.budget), closed)
+            efficiency = encoder.real / max(1, encoder.padded)
+            loop = "closed 64" if closed else "open     "
+            lines.append(
+                f"{loop} {system:<22} {rate:9.0f} texts/s  eff {efficiency:6.1%}  "
+                f"batches {encoder.batches:5d}  x bound {rate / bound:5.2f}"
+            )
+    return lines
+
+
+def run(quick: bool = False, device: str = "auto") -> str:
+    """Workload G; the report as text (a line saying why, without a CUDA device)."""
+    import torch
+
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return SKIPPED
+        device = "cuda"
+    sizes = QUICK if quick else FULL
+    lengths = corpus_lengths(sizes.texts)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    lines = [
+        f"G  BERT-style encoders, random weights, on {name}; torch {torch.__version__}; {sizes.texts} texts, "
+        f"tokens median {statistics.median(lengths):g} max {max(lengths)}; budget {sizes.budget}",
+    ]
+    for model_name, shape in sizes.models.items():
+        encoder = Encoder(shape, device, lengths)
+        encoder.embed(list(range(PRODUCERS)))
+        lines.append(f"== {model_name}")
+        for part in (thread_lines, mode_lines, batching_lines):
+            lines += [f"   {line}" for line in part(encoder, sizes)]
+        del encoder
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny model and 256 texts: checks the code")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda, else skip")
+    args = parser.parse_args(argv)
+    print(run(quick=args.quick, device=args.device))
+
+
+if __name__ == "__main__":
+    main()
