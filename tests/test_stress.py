@@ -69,10 +69,12 @@ class Settings:
             "max_queue_size": rng.choice([1, 8, 64, 1000]),
             "prefetch_batches": rng.randint(0, 2),
             "max_concurrent_batches": rng.randint(1, 3),
-            "cost_model": rng.choice(["sum", "padded"]),
+            "cost_model": rng.choice(["sum", "padded", "measured"]),
             "group_by_cost": rng.random() < 0.5,
             "eager_dispatch": rng.random() < 0.7,
         }
+        if kwargs["cost_model"] == "padded" and rng.random() < 0.5:
+            kwargs["min_padding_efficiency"] = rng.choice([0.5, 0.9])
         return cls(
             kwargs=kwargs,
             sync_fn=rng.random() < 0.25,
@@ -109,6 +111,7 @@ class FaultyModel:
         self.target = settings.kwargs["target_batch_cost"]
         self.max_size = settings.kwargs["max_batch_size"]
         self.cost_model = settings.kwargs["cost_model"]
+        self.floor = settings.kwargs.get("min_padding_efficiency")
 
     def check_and_decide(self, batch: list[Record]) -> tuple[float, str]:
         ledger = self.ledger
@@ -116,6 +119,9 @@ class FaultyModel:
         cost = batch_cost([record.cost for record in batch], self.cost_model)
         if len(batch) > self.max_size or (cost > self.target and len(batch) > 1):
             ledger.budget_violations.append(f"{len(batch)} records costing {cost}")
+        real = sum(record.cost for record in batch)
+        if self.floor is not None and len(batch) > 1 and real < self.floor * cost:
+            ledger.budget_violations.append(f"{len(batch)} records, {real} real of {cost} padded")
         roll = self.rng.random()
         if roll < self.settings.p_batch_failure:
             fate = "raise"
