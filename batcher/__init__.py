@@ -5,6 +5,7 @@ from importlib import metadata as _metadata
 
 from ._dynamic import DynamicBatcher as DynamicBatcher
 from ._exceptions import BatcherClosedError as BatcherClosedError
+from ._exceptions import BatcherOverloadedError as BatcherOverloadedError
 from ._exceptions import RecordCancelledError as RecordCancelledError
 from ._future import BatchFuture as BatchFuture
 from ._hf import hf_token_estimator as hf_token_estimator
@@ -33,6 +34,7 @@ __all__ = (
     "BatchFuture",
     "BatchStats",
     "BatcherClosedError",
+    "BatcherOverloadedError",
     "CostEstimator",
     "CostEstimatorFn",
     "CostModel",

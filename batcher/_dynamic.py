@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Collection, Iterable
+from itertools import count
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, SupportsIndex, overload
 
@@ -57,9 +58,12 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         ``"measured"`` (padded; each batch is chosen by its cost as timed so far).
     :param group_by_cost: build each batch around the oldest queued record from the
         queued records of the most similar cost, instead of in arrival order.
-    :param min_padding_efficiency: with ``cost_model="padded"``, a record stays out
-        of a batch if the batch's real cost over its padded cost, ``sum(costs) /
-        (len(batch) * max(costs))``, would fall below this; ``None`` for no floor.
+    :param min_padding_efficiency: with ``cost_model="padded"``, a closing batch takes
+        no record that would bring its real over padded cost, ``sum(costs) /
+        (len(batch) * max(costs))``, below this; ``None`` for no floor.
+    :param max_queued_cost: load shedding: a call that would queue records past this
+        total cost raises :exc:`BatcherOverloadedError` at once (nothing is queued);
+        ``None`` for no limit (``max_queue_size`` backpressure waits instead).
     :param process_timeout_s: a batch whose process function runs longer fails with
         :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs in a
         daemon thread of its worker, so a stuck call cannot hold the program at exit.
@@ -83,6 +87,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
         group_by_cost: bool = False,
         process_timeout_s: float | None = None,
         min_padding_efficiency: float | None = None,
+        max_queued_cost: int | None = None,
     ) -> None:
         self._setup(
             check_callable("process_fn", process_fn),
@@ -100,6 +105,7 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                 group_by_cost=group_by_cost,
                 process_timeout_s=process_timeout_s,
                 min_padding_efficiency=min_padding_efficiency,
+                max_queued_cost=max_queued_cost,
             ),
         )
 
@@ -334,16 +340,11 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
     async def _submit_all(
         self, records: Iterable[RecordT], costs: Collection[SupportsIndex] | None, name: str
     ) -> list[BatchFuture[ResultT]]:
-        records = list(records)
-        checked = None if costs is None else self._pricing.check_all(costs, len(records), name)
+        records, counters = list(records), self._counters
         futures: list[BatchFuture[ResultT]] = []
-        for start in range(0, len(records), INTAKE):  # a chunk at a turn of the event loop
-            chunk = records[start : start + INTAKE]
-            if checked is None:
-                futures.extend([self._new_future(record, None, name) for record in chunk])
-            else:
-                costs_of_chunk, counters = checked[start : start + INTAKE], self._counters
-                futures.extend([BatchFuture(r, cost, counters) for r, cost in zip(chunk, costs_of_chunk, strict=True)])
+        for start, priced in zip(count(0, INTAKE), self._pricing.priced(records, costs, name, INTAKE), strict=False):
+            chunk = records[start : start + INTAKE]  # a chunk at a turn of the event loop
+            futures.extend([BatchFuture(r, cost, counters) for r, cost in zip(chunk, priced, strict=True)])
             await checkpoint()
         await self._run.submit_all(futures)
         return futures

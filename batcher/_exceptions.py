@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ("BatcherClosedError", "RecordCancelledError", "closed_error")
+__all__ = ("BatcherClosedError", "BatcherOverloadedError", "RecordCancelledError", "closed_error")
 
 
 class BatcherClosedError(RuntimeError):
     """Raised by a future whose record could not be processed because the batcher
     closed abnormally (an exception or cancellation ended it)."""
+
+
+class BatcherOverloadedError(Exception):
+    """Raised at once, instead of waiting, by a call that would queue records past
+    the batcher's ``max_queued_cost``; nothing of the call was queued. A service
+    answers it with HTTP 503. A direct subclass of :exc:`Exception`: the batcher
+    is running and the request may be retried later."""
 
 
 class RecordCancelledError(Exception):

@@ -183,6 +183,8 @@ class BatchFuture(Generic[ResultT]):
         # the exception and its traceback as it was when the future failed.
         if self._state >= RESULT:
             return
+        if self._state == PENDING:  # it leaves the queue
+            self._counters.queued_cost -= self._cost
         self._state = state
         self._value = value
         self._record = None  # the record is no longer needed: let it go
@@ -267,15 +269,18 @@ def is_pending(future: BatchFuture[Any]) -> bool:
     return future._state == PENDING
 
 
-def dispatch(batch: Sequence[BatchFuture[Any]]) -> list[BatchFuture[Any]]:
+def dispatch(batch: Sequence[BatchFuture[Any]], counters: Counters) -> list[BatchFuture[Any]]:
     """Mark the still-pending futures of a closed batch dispatched and return them.
 
     Records withdrawn while their batch waited for a worker are left out; from
     here on the others can no longer be withdrawn.
     """
     taken = [future for future in batch if future._state == PENDING]
+    cost = 0
     for future in taken:
         future._state = DISPATCHED
+        cost += future._cost
+    counters.queued_cost -= cost
     return taken
 
 

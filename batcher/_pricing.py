@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Callable, Iterable, Mapping, Set, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set, Sized
 from typing import Any, SupportsIndex
 
 from ._protocols import CostEstimatorFn
@@ -98,6 +98,16 @@ class Pricing:
         if type(cost) is not int or cost < 0:
             cost = check_cost(name, cost)  # converts an integer in all but type, or raises
         return cost  # type: ignore[no-any-return]
+
+    def priced(self, records: list[Any], costs: object | None, name: str, chunk: int) -> Iterator[list[int]]:
+        """The costs of ``records``, ``chunk`` at a time: those given in ``costs``, all
+        checked before the first chunk, or else each record priced as :meth:`price` does."""
+        checked = None if costs is None else self.check_all(costs, len(records), name)
+        for start in range(0, len(records), chunk):
+            if checked is not None:
+                yield checked[start : start + chunk]
+            else:
+                yield [self.price(record, None, name) for record in records[start : start + chunk]]
 
     def check_all(self, costs: object, count: int, name: str) -> list[int]:
         """Return ``costs``, the explicit costs of ``count`` records given as the

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -16,7 +16,7 @@ from anyio.lowlevel import checkpoint
 
 from ._aggregator import INTAKE, WAKE_UP, Aggregator, Submission
 from ._cost_fit import CostFit
-from ._exceptions import closed_error
+from ._exceptions import BatcherOverloadedError, closed_error
 from ._future import Batch, BatchFuture, fail, fail_queued
 from ._model import Model
 from ._settings import Settings
@@ -51,6 +51,7 @@ class Run:
         "_free_workers",
         "_input_ended",
         "_newest",
+        "_reserved",
         "_room",
         "batch_receive",
         "batch_send",
@@ -58,6 +59,7 @@ class Run:
         "counters",
         "fatal",
         "limiter",
+        "max_queued_cost",
         "overflow",
         "owner",
         "owner_task",
@@ -81,6 +83,8 @@ class Run:
         #: With ``cost_model="measured"``: the fit of batch times the workers feed and the
         #: aggregator's assembly reads.
         self.cost_fit = CostFit() if settings.cost_model == "measured" else None
+        #: Load shedding: the most cost that may be queued (``None``: no limit).
+        self.max_queued_cost = settings.max_queued_cost
         #: Threads for a plain process function without a time limit, one per concurrent batch.
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
         #: Set once the loops have ended and every future they held has ended.
@@ -106,6 +110,7 @@ class Run:
         self._newest: BatchFuture[Any] | None = None  # the key of the cohort still open
         self._cohort = 0  # how many callers share it
         self._input_ended = False
+        self._reserved = 0  # queued cost promised to a submit_batch() still sending
 
     # ----------------------------------------------------------- submission
 
@@ -116,6 +121,8 @@ class Run:
         """
         if self.thread != threading.get_ident():
             raise RuntimeError(OTHER_THREAD)
+        if self.max_queued_cost is not None:
+            self.admit(future._cost)
         if self.overflow:  # callers wait already: nobody passes them
             if self._input_ended:
                 raise RuntimeError(NOT_RUNNING)
@@ -126,8 +133,27 @@ class Run:
             return False
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise RuntimeError(NOT_RUNNING) from None
-        self.counters.submitted += 1
+        counters = self.counters
+        counters.submitted += 1
+        counters.queued_cost += future._cost
         return True
+
+    def admit(self, cost: int, records: int = 1) -> None:
+        """Refuse records of this total cost if they would take the queued cost past
+        ``max_queued_cost`` (load shedding): nothing is queued, nothing waits.
+
+        :raises BatcherOverloadedError: if they would (:exc:`RuntimeError` once input has ended)
+        """
+        limit, counters = self.max_queued_cost, self.counters
+        if limit is None or counters.queued_cost + self._reserved + cost <= limit:
+            return
+        if self._input_ended:
+            raise RuntimeError(NOT_RUNNING)
+        counters.shed += records
+        raise BatcherOverloadedError(
+            f"the batcher is overloaded: {counters.queued_cost} of max_queued_cost={limit} is queued, "
+            f"and {cost} more would not fit; try again later"
+        )
 
     def queue_behind(self, future: BatchFuture[Any]) -> None:
         """Queue ``future`` behind the full submission stream, for a caller that
@@ -135,7 +161,9 @@ class Run:
         if self._input_ended:
             raise RuntimeError(NOT_RUNNING)
         self.overflow.append(future)
-        self.counters.submitted += 1
+        counters = self.counters
+        counters.submitted += 1
+        counters.queued_cost += future._cost
 
     async def submit(self, future: BatchFuture[Any]) -> None:
         """Queue ``future`` behind the full submission stream and wait until the
@@ -183,16 +211,23 @@ class Run:
     async def submit_all(self, futures: list[BatchFuture[Any]]) -> None:
         """Send every future, waiting for room as needed, and letting the event loop
         run between chunks. If that raises (the caller is cancelled, the batcher
-        stops), withdraw those already sent."""
-        sent = 0
+        stops), withdraw those already sent. With ``max_queued_cost``, all must fit
+        at the start, and their room is kept for them until they are sent."""
+        total = sum(future._cost for future in futures)
+        self.admit(total, len(futures))
+        self._reserved += total  # room kept for the rest while the first chunks go
+        released = sent = 0
         try:
             for start in range(0, len(futures), INTAKE):  # a turn of the event loop per chunk
                 for future in futures[start : start + INTAKE]:
+                    self._reserved -= future._cost
+                    released += 1
                     if not self.try_submit(future):
                         await self.submit(future)
                     sent += 1
                 await checkpoint()
         except BaseException:
+            self._reserved -= sum(future._cost for future in futures[released:])
             for future in futures[:sent]:
                 future.cancel()
             raise
@@ -304,17 +339,10 @@ class NotRunning:
 
     __slots__ = ()
 
-    def try_submit(self, future: BatchFuture[Any]) -> bool:
+    def refuse(self, *args: object) -> NoReturn:
         raise RuntimeError(NOT_RUNNING)
 
-    async def submit(self, future: BatchFuture[Any]) -> None:
-        raise RuntimeError(NOT_RUNNING)
-
-    def queue_behind(self, future: BatchFuture[Any]) -> None:
-        raise RuntimeError(NOT_RUNNING)
-
-    async def submit_all(self, futures: list[BatchFuture[Any]]) -> None:
-        raise RuntimeError(NOT_RUNNING)
+    try_submit = submit = queue_behind = submit_all = refuse
 
 
 STOPPED = NotRunning()

@@ -56,6 +56,7 @@ class Settings:
     group_by_cost: bool
     process_timeout_s: float | None
     min_padding_efficiency: float | None = None
+    max_queued_cost: int | None = None
     target_name: str = "target_batch_cost"
 
     def __post_init__(self) -> None:
@@ -78,6 +79,8 @@ class Settings:
                 raise ValueError("process_timeout_s must be > 0 or None, got 0")
         if self.min_padding_efficiency is not None:
             self._check_efficiency(self.min_padding_efficiency)
+        if self.max_queued_cost is not None:
+            check_int("max_queued_cost", self.max_queued_cost, 1)
 
     def _check_efficiency(self, floor: object) -> None:
         if isinstance(floor, bool) or not isinstance(floor, (int, float)):

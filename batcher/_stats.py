@@ -17,7 +17,8 @@ class BatchStats:
     Counts accumulate over the batcher's whole life, across restarts.
     ``total_completed`` counts futures that ended with a result or an exception
     (``total_failed`` of them with an exception); ``total_cancelled`` counts
-    records withdrawn before dispatch. Once a batcher has stopped,
+    records withdrawn before dispatch; ``total_shed`` counts records refused with
+    :exc:`BatcherOverloadedError` (never submitted). Once a batcher has stopped,
     ``total_submitted == total_completed + total_cancelled``.
     """
 
@@ -25,6 +26,7 @@ class BatchStats:
     total_completed: int = 0
     total_failed: int = 0
     total_cancelled: int = 0
+    total_shed: int = 0
     total_batches: int = 0
     total_batch_cost: int = 0
     avg_batch_size: float = 0.0
@@ -55,6 +57,8 @@ class Counters:
         "failed",
         "idle",
         "new_event",
+        "queued_cost",
+        "shed",
         "sole_worker_in_model",
         "submitted",
     )
@@ -69,6 +73,9 @@ class Counters:
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
+        self.shed = 0
+        #: The cost of the records submitted and neither withdrawn, failed nor dispatched.
+        self.queued_cost = 0
         self.batches = 0
         self.batch_cost = 0
         self.busy = 0.0
@@ -91,6 +98,7 @@ class Counters:
             total_completed=self.completed,
             total_failed=self.failed,
             total_cancelled=self.cancelled,
+            total_shed=self.shed,
             total_batches=batches,
             total_batch_cost=self.batch_cost,
             avg_batch_size=self.dispatched / batches if batches else 0.0,

@@ -90,6 +90,9 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         out of a batch if the batch's real tokens over its padded tokens,
         ``sum(tokens) / (len(batch) * max(tokens))``, would fall below this;
         ``None`` for no floor.
+    :param max_queued_cost: load shedding: a call that would queue records past
+        this many tokens raises :exc:`BatcherOverloadedError` at once (nothing is
+        queued); ``None`` for no limit.
     :raises TypeError: for a setting of the wrong type, naming it
     :raises ValueError: for a setting out of range, naming it
     """
@@ -116,6 +119,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         group_by_cost: bool = False,
         process_timeout_s: float | None = None,
         min_padding_efficiency: float | None = None,
+        max_queued_cost: int | None = None,
     ) -> None:
         fn_name, fn = either("inference_fn", inference_fn, "process_fn", process_fn)
         if fn is None:
@@ -144,6 +148,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
                 group_by_cost=group_by_cost,
                 process_timeout_s=process_timeout_s,
                 min_padding_efficiency=min_padding_efficiency,
+                max_queued_cost=max_queued_cost,
             ),
         )
 

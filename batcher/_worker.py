@@ -96,7 +96,7 @@ class Worker:
     async def _process(self, closed_batch: Batch) -> _Finished | None:
         """Run one batch through the model. Return it with its results, or ``None``
         if it failed (its futures have ended) or had no record left."""
-        batch = dispatch(closed_batch)
+        batch = dispatch(closed_batch, self._counters)
         if not batch:
             return None
         counters = self._counters

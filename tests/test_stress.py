@@ -21,7 +21,7 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
-from batcher import BatcherClosedError, BatchFuture, DynamicBatcher, RecordCancelledError
+from batcher import BatcherClosedError, BatcherOverloadedError, BatchFuture, DynamicBatcher, RecordCancelledError
 from batcher._assembly import batch_cost
 
 from .helpers import NOT_RUNNING
@@ -75,6 +75,8 @@ class Settings:
         }
         if kwargs["cost_model"] == "padded" and rng.random() < 0.5:
             kwargs["min_padding_efficiency"] = rng.choice([0.5, 0.9])
+        if rng.random() < 0.3:
+            kwargs["max_queued_cost"] = rng.randint(1, 2000)
         return cls(
             kwargs=kwargs,
             sync_fn=rng.random() < 0.25,
@@ -96,6 +98,7 @@ class Ledger:
     withdrawn: set[int] = field(default_factory=set)  # cancel() returned True
     call_results: dict[int, Any] = field(default_factory=dict)
     closed_calls: dict[int, BaseException] = field(default_factory=dict)  # call() failed by an abort
+    shed: int = 0  # records refused with BatcherOverloadedError
     refused: list[str] = field(default_factory=list)  # messages of submits refused at stop
     submitted: int = 0
     budget_violations: list[str] = field(default_factory=list)
@@ -111,7 +114,6 @@ class FaultyModel:
         self.target = settings.kwargs["target_batch_cost"]
         self.max_size = settings.kwargs["max_batch_size"]
         self.cost_model = settings.kwargs["cost_model"]
-        self.floor = settings.kwargs.get("min_padding_efficiency")
 
     def check_and_decide(self, batch: list[Record]) -> tuple[float, str]:
         ledger = self.ledger
@@ -119,9 +121,6 @@ class FaultyModel:
         cost = batch_cost([record.cost for record in batch], self.cost_model)
         if len(batch) > self.max_size or (cost > self.target and len(batch) > 1):
             ledger.budget_violations.append(f"{len(batch)} records costing {cost}")
-        real = sum(record.cost for record in batch)
-        if self.floor is not None and len(batch) > 1 and real < self.floor * cost:
-            ledger.budget_violations.append(f"{len(batch)} records, {real} real of {cost} padded")
         roll = self.rng.random()
         if roll < self.settings.p_batch_failure:
             fate = "raise"
@@ -179,41 +178,54 @@ async def run_scenario(seed: int) -> tuple[Settings, Ledger, DynamicBatcher[Reco
             cost = prng.randint(0, target) if prng.random() < 0.9 else prng.randint(target + 1, 2 * target)
             return Record(rid, cost)
 
+        async def submit_one(rid: int, nowait: bool) -> None:
+            rec = record(rid)
+            try:
+                future = batcher.submit_nowait(rec, estimated_cost=rec.cost) if nowait else None
+            except anyio.WouldBlock:
+                future = None
+            if future is None:
+                future = await batcher.submit(rec, estimated_cost=rec.cost)
+            ledger.futures[rid] = future
+            mine.append((rid, future))
+            submitted()
+
+        async def submit_some(rid: int) -> None:
+            records = [record(rid), *(record(next(ids, -1)) for _ in range(prng.randint(0, 3)))]
+            records = [r for r in records if r.id >= 0]
+            try:
+                futures = await batcher.submit_batch(records, estimated_cost=[r.cost for r in records])
+            except BatcherOverloadedError:
+                ledger.shed += len(records)
+                return
+            for rec, future in zip(records, futures, strict=True):
+                ledger.futures[rec.id] = future
+                mine.append((rec.id, future))
+            submitted(len(records))
+
+        async def call_one(rid: int) -> None:
+            rec = record(rid)
+            with anyio.move_on_after(prng.choice([0, 0.001, 0.01, 0.1, 1.0])):
+                try:
+                    ledger.call_results[rid] = await batcher.call(rec, estimated_cost=rec.cost)
+                except (BatchFailure, SlotFailure, ValueError) as exc:  # the record's own failure
+                    ledger.call_results[rid] = exc
+                except BatcherClosedError as exc:  # aborted before this caller's own cancellation landed
+                    ledger.closed_calls[rid] = exc
+            submitted()
+
         try:
             for rid in ids:
                 action = prng.random()
-                if action < 0.5:
-                    rec = record(rid)
-                    ledger.futures[rid] = future = await batcher.submit(rec, estimated_cost=rec.cost)
-                    mine.append((rid, future))
-                    submitted()
-                elif action < 0.6:
-                    rec = record(rid)
-                    try:
-                        future = batcher.submit_nowait(rec, estimated_cost=rec.cost)
-                    except anyio.WouldBlock:
-                        future = await batcher.submit(rec, estimated_cost=rec.cost)
-                    ledger.futures[rid] = future
-                    mine.append((rid, future))
-                    submitted()
-                elif action < 0.7:
-                    records = [record(rid), *(record(next(ids, -1)) for _ in range(prng.randint(0, 3)))]
-                    records = [r for r in records if r.id >= 0]
-                    futures = await batcher.submit_batch(records, estimated_cost=[r.cost for r in records])
-                    for rec, future in zip(records, futures, strict=True):
-                        ledger.futures[rec.id] = future
-                        mine.append((rec.id, future))
-                    submitted(len(records))
-                else:
-                    rec = record(rid)
-                    with anyio.move_on_after(prng.choice([0, 0.001, 0.01, 0.1, 1.0])):
-                        try:
-                            ledger.call_results[rid] = await batcher.call(rec, estimated_cost=rec.cost)
-                        except (BatchFailure, SlotFailure, ValueError) as exc:  # the record's own failure
-                            ledger.call_results[rid] = exc
-                        except BatcherClosedError as exc:  # aborted before this caller's own cancellation landed
-                            ledger.closed_calls[rid] = exc
-                    submitted()
+                try:
+                    if action < 0.6:
+                        await submit_one(rid, nowait=action >= 0.5)
+                    elif action < 0.7:
+                        await submit_some(rid)
+                    else:
+                        await call_one(rid)
+                except BatcherOverloadedError:  # load shedding: nothing was queued
+                    ledger.shed += 1
                 if mine and prng.random() < 0.15:
                     victim_id, victim = prng.choice(mine)
                     if victim.cancel():
@@ -278,6 +290,8 @@ class TestRandomFaults:
             assert not isinstance(outcome, SlotFailure) or outcome.args == (rid,)
         stats = batcher.stats
         assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+        assert stats.total_shed == ledger.shed
+        assert batcher._counters.queued_cost == 0, "queued cost not given back"
         if not settings.abort:
             assert stats.total_completed == len(ledger.processed)
         assert not batcher.is_running
