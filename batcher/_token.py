@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import SupportsIndex, TypeVar
+from typing import Any, SupportsIndex, TypeVar
 
 import anyio
 
@@ -121,18 +121,12 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         min_padding_efficiency: float | None = None,
         max_queued_cost: int | None = None,
     ) -> None:
-        fn_name, fn = either("inference_fn", inference_fn, "process_fn", process_fn)
-        if fn is None:
-            raise TypeError("TokenBatcher requires either inference_fn or process_fn")
         target_name, target = either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost)
         self._setup(  # the parts DynamicBatcher.__init__ builds, in token words
-            check_callable(fn_name, fn),
-            Pricing(
+            _inference_fn(inference_fn, process_fn),
+            _token_pricing(
                 either("token_estimator", token_estimator, "cost_estimator", cost_estimator),
                 either("default_token_estimate", default_token_estimate, "default_cost", default_cost),
-                ("estimate_tokens", "estimate_cost"),
-                by_type={str: text_tokens},  # a str is priced by its text
-                warn_default=True,
             ),
             Settings(
                 target_batch_cost=target,
@@ -250,6 +244,25 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
             future.cancel()
             raise
         return future.result()
+
+
+def _inference_fn(
+    inference_fn: ProcessFn[RecordT, ResultT] | None, process_fn: ProcessFn[RecordT, ResultT] | None
+) -> ProcessFn[RecordT, ResultT]:
+    """The inference function by either of its names, checked."""
+    name, function = either("inference_fn", inference_fn, "process_fn", process_fn)
+    if function is None:
+        raise TypeError("TokenBatcher requires either inference_fn or process_fn")
+    return check_callable(name, function)
+
+
+def _token_pricing(estimator: tuple[str, CostEstimatorFn[Any] | None], default: tuple[str, int]) -> Pricing:
+    """TokenBatcher's pricing: the estimator and default by whichever name was given,
+    then ``estimate_tokens()`` or ``estimate_cost()``; a ``str`` is priced by its text,
+    and a record that falls back to the default is warned about once per type."""
+    return Pricing(
+        estimator, default, ("estimate_tokens", "estimate_cost"), by_type={str: text_tokens}, warn_default=True
+    )
 
 
 def either(name: str, value: T | None, fallback_name: str, fallback: U) -> tuple[str, T | U]:

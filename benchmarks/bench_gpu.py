@@ -38,6 +38,7 @@ import anyio
 
 from batcher import TokenBatcher
 from benchmarks import flyte_ref
+from benchmarks.scaling import longest_gap_ms
 
 PRODUCERS = 64
 SKIPPED = "G  skipped: no CUDA device (torch.cuda.is_available() is false); `--device cpu` checks the code on the CPU"
@@ -152,26 +153,6 @@ async def _closed_loop(batcher: Any, records: int) -> None:
             tg.start_soon(produce, first)
 
 
-async def _with_ticker(work: Callable[[], Any]) -> float:
-    """Run ``work()`` beside a 1 ms ticker; the longest gap it saw, in ms."""
-    gaps = [0.0]
-    done = anyio.Event()
-
-    async def tick() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await anyio.sleep(0.001)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(tick)
-        await work()
-        done.set()
-    return max(gaps) * 1e3
-
-
 def mode_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     """Item 2: the batcher's execution modes, closed loop, with the loop's longest stall."""
     records = len(encoder.lengths)
@@ -186,7 +167,7 @@ def mode_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
             batcher = TokenBatcher(function, target_batch_tokens=sizes.budget)
             async with batcher:
                 started = time.perf_counter()
-                stall = await _with_ticker(partial(_closed_loop, batcher, records))
+                stall = await longest_gap_ms(partial(_closed_loop, batcher, records))
                 elapsed = time.perf_counter() - started
             return elapsed / max(1, encoder.batches) * 1e3, stall
 

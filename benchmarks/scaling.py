@@ -38,7 +38,7 @@ import random
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -79,9 +79,10 @@ async def _grouped_run(records: int) -> float:
         return time.perf_counter() - started
 
 
-async def _stall_run(records: int) -> float:
-    """The longest gap, in ms, of a 1 ms ticker while ``records`` grouped records go through."""
-    gaps: list[float] = []
+async def longest_gap_ms(work: Callable[[], Awaitable[Any]]) -> float:
+    """Run ``work()`` beside a task that sleeps 1 ms in a loop; the longest gap that
+    task saw between two of its turns, in ms (how long the event loop stalled)."""
+    gaps = [0.0]
     done = anyio.Event()
 
     async def ticker() -> None:
@@ -94,9 +95,14 @@ async def _stall_run(records: int) -> float:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker)
-        await _grouped_run(records)
+        await work()
         done.set()
     return max(gaps) * 1000
+
+
+async def _stall_run(records: int) -> float:
+    """The longest gap, in ms, of a 1 ms ticker while ``records`` grouped records go through."""
+    return await longest_gap_ms(partial(_grouped_run, records))
 
 
 async def _closed_loop(open_batcher: Callable[[], Any], producers: int, records: int, call: bool = False) -> float:
