@@ -114,14 +114,15 @@ class Run:
 
     # ----------------------------------------------------------- submission
 
-    def try_submit(self, future: BatchFuture[Any]) -> bool:
-        """Send ``future`` into the submission stream if it has room; return whether it did.
+    def try_submit(self, future: BatchFuture[Any], *, admitted: bool = False) -> bool:
+        """Send ``future`` into the submission stream if it has room; return whether it
+        did. Unless ``admitted`` (with others, by :meth:`submit_all`), apply ``admit``.
 
         :raises RuntimeError: if called from another thread, or once input has ended
         """
         if self.thread != threading.get_ident():
             raise RuntimeError(OTHER_THREAD)
-        if self.max_queued_cost is not None:
+        if self.max_queued_cost is not None and not admitted:
             self.admit(future._cost)
         if self.overflow:  # callers wait already: nobody passes them
             if self._input_ended:
@@ -213,24 +214,23 @@ class Run:
         run between chunks. If that raises (the caller is cancelled, the batcher
         stops), withdraw those already sent. With ``max_queued_cost``, all must fit
         at the start, and their room is kept for them until they are sent."""
-        total = sum(future._cost for future in futures)
+        total = 0 if self.max_queued_cost is None else sum(future._cost for future in futures)
         self.admit(total, len(futures))
-        self._reserved += total  # room kept for the rest while the first chunks go
-        released = sent = 0
+        self._reserved += total  # kept for them until all are sent (counting the sent ones twice)
+        sent = 0
         try:
             for start in range(0, len(futures), INTAKE):  # a turn of the event loop per chunk
                 for future in futures[start : start + INTAKE]:
-                    self._reserved -= future._cost
-                    released += 1
-                    if not self.try_submit(future):
+                    if not self.try_submit(future, admitted=True):
                         await self.submit(future)
                     sent += 1
                 await checkpoint()
         except BaseException:
-            self._reserved -= sum(future._cost for future in futures[released:])
             for future in futures[:sent]:
                 future.cancel()
             raise
+        finally:
+            self._reserved -= total
 
     # ------------------------------------------------------------ lifecycle
 
