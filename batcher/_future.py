@@ -32,6 +32,7 @@ __all__ = (
     "fail",
     "fail_queued",
     "is_pending",
+    "make_event",
     "settle",
     "until_done",
 )
@@ -243,6 +244,14 @@ def event_factory() -> Callable[[], anyio.Event]:
 
 
 # ------------------------------------------------ the loops' transitions
+
+
+def make_event(future: BatchFuture[Any]) -> None:
+    """Give ``future`` its event now, for a caller that will wait on it (a ``submit()``
+    parked behind a full stream makes it as it parks, while the last record's objects
+    are being freed, so that the cyclic GC sees allocation and release alternate)."""
+    if future._event is None:
+        future._event = future._counters.new_event()
 
 
 def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:

@@ -17,7 +17,7 @@ from anyio.lowlevel import checkpoint
 from ._aggregator import INTAKE, WAKE_UP, Aggregator, Submission
 from ._cost_fit import CostFit
 from ._exceptions import BatcherOverloadedError, closed_error
-from ._future import Batch, BatchFuture, fail, fail_queued
+from ._future import Batch, BatchFuture, fail, fail_queued, make_event
 from ._model import Model
 from ._settings import Settings
 from ._stats import Counters
@@ -171,8 +171,7 @@ class Run:
         aggregator has taken it. If the caller is cancelled meanwhile, the record is
         withdrawn; if the batcher stops abnormally, the future fails."""
         self.queue_behind(future)
-        if future._event is None:  # made now, while its caller frees the last record's
-            future._event = self.counters.new_event()
+        make_event(future)
         room = self._join_cohort(future)
         try:
             await room.wait()

@@ -8,6 +8,7 @@ starves the oldest record, and ``take()`` reports the batch's true cost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hypothesis import given, settings
@@ -78,17 +79,24 @@ class Taken:
     queued_before: list[int]  # what was queued, in arrival order, just before the take
 
 
+def measured_assembly(config: Config, live: Callable[[int], bool] | None = None) -> MeasuredAssembly[int]:
+    """The assembly of ``cost_model="measured"`` for ``config``, its fit in ``config.measured``'s regime."""
+    assert config.measured is not None
+    return MeasuredAssembly(
+        target_cost=config.target_cost,
+        max_batch_size=config.max_batch_size,
+        window=config.window,
+        fit=fitted(config.measured),
+        live=live,
+    )
+
+
 def run(config: Config, record_costs: list[int], schedule: list[bool]) -> list[Taken]:
     """Interleave adds and takes as ``schedule`` says, then drain; record every take."""
     assembly: FifoAssembly[int] | GroupedAssembly[int]
     if config.measured and config.group_by_cost:
         config.cost_model, config.min_efficiency = "padded", None  # its budget, and its own floors
-        assembly = MeasuredAssembly(
-            target_cost=config.target_cost,
-            max_batch_size=config.max_batch_size,
-            window=config.window,
-            fit=fitted(config.measured),
-        )
+        assembly = measured_assembly(config)
     else:
         assembly = make_assembly(
             target_cost=config.target_cost,
@@ -240,13 +248,7 @@ class TestGroupedAssembly:
         assembly: GroupedAssembly[int]
         if config.measured:
             config.cost_model = "padded"
-            assembly = MeasuredAssembly(
-                target_cost=config.target_cost,
-                max_batch_size=config.max_batch_size,
-                window=config.window,
-                fit=fitted(config.measured),
-                live=lambda item: item not in dead,
-            )
+            assembly = measured_assembly(config, live=lambda item: item not in dead)
         else:
             assembly = GroupedAssembly(
                 target_cost=config.target_cost,
