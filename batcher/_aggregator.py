@@ -80,6 +80,8 @@ class Aggregator:
             task_status.started()
             try:
                 while True:
+                    if self._run.settings is not self._settings:
+                        self._reconfigure()
                     self._pull_queued()
                     step = self._next_step()
                     if step is CLOSE:
@@ -112,6 +114,18 @@ class Aggregator:
             waited_for_worker=self._waited_for_worker,
             backlog=self._backlog,
         )
+
+    def _reconfigure(self) -> None:
+        """Take up the settings ``configure()`` made: a new budget rebuilds the
+        assembly, with the records it held in their order of arrival."""
+        old, new = self._settings, self._run.settings
+        self._settings = new
+        if (old.target_batch_cost, old.max_batch_size) != (new.target_batch_cost, new.max_batch_size):
+            queued = self._assembly.queued()
+            self._assembly = assembly = _assembly_for(new, self._run.cost_fit)
+            for item in queued:
+                if item._state == PENDING:
+                    assembly.add(item, item._cost)
 
     def _pull_queued(self, item: Submission = WAKE_UP) -> None:
         """Admit ``item``, then what is already submitted, until the next batch is

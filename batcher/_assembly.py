@@ -146,6 +146,10 @@ class FifoAssembly(Generic[T]):
                 self._full = True
         return self._full
 
+    def queued(self) -> list[T]:
+        """The queued records, oldest first."""
+        return list(self._items)
+
     def full(self) -> bool:
         """Whether no record of positive cost could join the next batch."""
         return self._full
@@ -224,6 +228,11 @@ class GroupedAssembly(Generic[T]):
         self._arrival_costs.append(cost)
         self._count += 1
         return self._count >= self._window
+
+    def queued(self) -> list[T]:
+        """The queued records, oldest first."""
+        taken = self._taken
+        return [item for item in self._arrivals if item not in taken]
 
     def full(self) -> bool:
         """Whether the pool is as deep as the grouping window."""

@@ -6,30 +6,25 @@ the batch stream; a worker (``_worker.py``) runs each through ``_model.py``."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Collection, Iterable
 from itertools import count
-from types import TracebackType
-from typing import Any, Generic, Literal, Self, SupportsIndex, overload
+from typing import Any, Generic, Literal, SupportsIndex, overload
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
 from anyio.lowlevel import checkpoint
 
 from ._aggregator import INTAKE
-from ._future import WORKER_OF, BatchFuture, event_factory, until_done
+from ._future import BatchFuture, until_done
+from ._lifecycle import Lifecycle
 from ._map import MapResults, Progress
-from ._model import Model
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
-from ._run import STOPPED, NotRunning, Run
 from ._settings import Settings, check_callable
-from ._stats import BatchStats, Counters
 
 __all__ = ("DynamicBatcher",)
 
 
-class DynamicBatcher(Generic[RecordT, ResultT]):
+class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     """Collects records submitted by many tasks into cost-budgeted batches and runs
     each batch through one process function. Works under asyncio and trio.
 
@@ -108,117 +103,6 @@ class DynamicBatcher(Generic[RecordT, ResultT]):
                 max_queued_cost=max_queued_cost,
             ),
         )
-
-    def _setup(self, process_fn: ProcessFn[RecordT, ResultT], pricing: Pricing, settings: Settings) -> None:
-        self._model = Model(process_fn, settings.process_timeout_s)
-        self._pricing = pricing
-        self._settings = settings
-        self._counters = Counters()
-        self._run: Run | NotRunning = STOPPED
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the batcher has started and not yet stopped (after a fatal
-        exception, until :meth:`stop` re-raises it)."""
-        return self._run is not STOPPED
-
-    @property
-    def stats(self) -> BatchStats:
-        """A snapshot of the counters (see :class:`BatchStats`)."""
-        return self._counters.snapshot()
-
-    def __repr__(self) -> str:
-        c = self._counters
-        if not self.is_running:
-            return f"<{type(self).__name__} stopped submitted={c.submitted} completed={c.completed}>"
-        return f"<{type(self).__name__} running queued={c.queued} in_flight={c.in_flight}>"
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        # On error the body's own exception propagates, not an exception group.
-        await self._close(abort=exc is not None)
-
-    async def start(self) -> None:
-        """Start the loops; they run until :meth:`stop`.
-
-        Call :meth:`start` and :meth:`stop` from the same task, at the same level
-        of cancel scopes (as ``async with batcher:`` does for you).
-
-        :raises RuntimeError: if the batcher is already running
-        """
-        run = self._begin(owner=anyio.create_task_group())
-        try:
-            await run.start(self._serve)
-        finally:
-            self._forget(run)  # if it could not start
-
-    async def stop(self) -> None:
-        """Stop accepting records, process every record already submitted, and
-        stop the loops. Does nothing if the batcher is not running. From inside the
-        process function it only begins the graceful stop and returns at once.
-
-        :raises RuntimeError: if another task called :meth:`start` (only that task
-            can stop it; :meth:`serve` may be stopped from any task), or if called
-            from a thread other than the batcher's event loop's
-        :raises BaseException: the exception, other than cancellation, that a
-            process function raised outside :exc:`Exception` (such as
-            :exc:`KeyboardInterrupt`), which ended the batcher
-        """
-        await self._close(abort=False)
-
-    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the loops inside a task group the caller owns, until :meth:`stop`::
-
-            async with anyio.create_task_group() as tg:
-                await tg.start(batcher.serve)
-                ...
-                await batcher.stop()
-
-        Cancelling its task fails every unfinished future with :exc:`BatcherClosedError`.
-        """
-        run = self._begin(owner=None)
-        await self._serve(run, task_status=task_status)
-        if run.fatal is not None:
-            raise run.fatal
-
-    def _begin(self, owner: TaskGroup | None) -> Run:
-        if self._run is not STOPPED:
-            raise RuntimeError("batcher is already running; stop() it before starting it again")
-        self._counters.new_event = event_factory()
-        run = self._run = Run(self._settings, owner, self._counters)
-        return run
-
-    def __del__(self) -> None:
-        if isinstance(getattr(self, "_run", STOPPED), Run):
-            message = f"{self!r} was garbage-collected without being stopped; use 'async with batcher:' or stop()"
-            warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
-
-    def _in_own_worker(self) -> bool:  # called by this batcher's process function?
-        return WORKER_OF.get() is self._counters
-
-    def _forget(self, run: Run) -> None:
-        # A run is over once its loops have ended and start()'s task group is exited.
-        if self._run is run and run.owner is None and run.stopped.is_set():
-            self._run = STOPPED
-
-    async def _serve(self, run: Run, *, task_status: TaskStatus[None]) -> None:
-        try:
-            await run.serve(self._model, task_status=task_status)
-        finally:
-            self._forget(run)
-
-    async def _close(self, *, abort: bool) -> None:
-        run = self._run
-        if isinstance(run, Run):
-            try:
-                await run.close(abort=abort, in_worker=self._in_own_worker())
-            finally:
-                self._forget(run)
 
     # ---------------------------------------------------------------- submit
 

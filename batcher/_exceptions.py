@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ("BatcherClosedError", "BatcherOverloadedError", "RecordCancelledError", "closed_error")
+__all__ = (
+    "BatcherClosedError",
+    "BatcherOverloadedError",
+    "QueueTimeoutError",
+    "RecordCancelledError",
+    "closed_error",
+    "queue_timeout",
+)
 
 
 class BatcherClosedError(RuntimeError):
@@ -17,6 +24,12 @@ class BatcherOverloadedError(Exception):
     is running and the request may be retried later."""
 
 
+class QueueTimeoutError(TimeoutError):
+    """Raised by a future whose record was still queued when its queue deadline
+    (``max_queue_delay_s``) passed; the record never reached the process function.
+    A :exc:`TimeoutError`, as a batch that runs past ``process_timeout_s`` raises."""
+
+
 class RecordCancelledError(Exception):
     """Raised when awaiting a future whose record was withdrawn, by
     :meth:`BatchFuture.cancel` or by a cancelled :meth:`DynamicBatcher.call`,
@@ -26,3 +39,8 @@ class RecordCancelledError(Exception):
 def closed_error() -> BatcherClosedError:
     """The error that ends a future whose record the batcher could not process."""
     return BatcherClosedError("the batcher closed before this record was processed")
+
+
+def queue_timeout() -> QueueTimeoutError:
+    """The error that ends a future whose record outlived its queue deadline."""
+    return QueueTimeoutError("the record was still queued at its deadline (max_queue_delay_s) and was not processed")

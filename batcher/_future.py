@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeAlias, cast
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._exceptions import RecordCancelledError
+from ._exceptions import RecordCancelledError, queue_timeout
 from ._protocols import ResultT
 from ._stats import Counters
 
@@ -29,6 +29,7 @@ __all__ = (
     "State",
     "dispatch",
     "event_factory",
+    "expire",
     "fail",
     "fail_queued",
     "is_pending",
@@ -324,6 +325,14 @@ def fail(batch: Sequence[BatchFuture[Any]], exc: BaseException, counters: Counte
             future._finish(ERROR, error)
     counters.completed += ended
     counters.failed += ended
+
+
+def expire(future: BatchFuture[Any], counters: Counters) -> None:
+    """Fail ``future`` with :exc:`QueueTimeoutError` if its record is still queued."""
+    if future._state == PENDING:
+        counters.expired += 1
+        error = queue_timeout()
+        future._finish(ERROR, (error, error.__traceback__))
 
 
 def fail_queued(stream: MemoryObjectReceiveStream[Any], exc: BaseException, counters: Counters) -> None:

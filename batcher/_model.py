@@ -60,12 +60,12 @@ class Model:
     ``async def``, say), that is awaited on the event loop.
     """
 
-    __slots__ = ("_fn", "_is_async", "_timeout")
+    __slots__ = ("_fn", "_is_async", "timeout_s")
 
     def __init__(self, process_fn: ProcessFn[Any, Any], timeout_s: float | None) -> None:
         self._fn = process_fn
         self._is_async = _is_async(process_fn)
-        self._timeout = timeout_s
+        self.timeout_s = timeout_s
 
     async def __call__(self, records: list[Any], thread: ModelThread, limiter: anyio.CapacityLimiter) -> list[Any]:
         """Return one result per record, in order.
@@ -74,10 +74,10 @@ class Model:
         :raises TypeError: if the results are not a list or an ordered iterable
         :raises ValueError: if there are not as many results as records
         """
-        if self._timeout is None:
+        if self.timeout_s is None:
             results = await self._invoke(records, thread, limiter)
         else:
-            with anyio.fail_after(self._timeout):
+            with anyio.fail_after(self.timeout_s):
                 results = await self._invoke(records, thread, limiter)
         if len(results) != len(records):
             raise ValueError(f"process_fn returned {len(results)} results for a batch of {len(records)} records")
@@ -86,7 +86,7 @@ class Model:
     async def _invoke(self, records: list[Any], thread: ModelThread, limiter: anyio.CapacityLimiter) -> list[Any]:
         if self._is_async:
             return as_results(await self._fn(records))  # type: ignore[misc]
-        if self._timeout is None:
+        if self.timeout_s is None:
             # An AnyIO worker thread, where the function may call anyio.from_thread.
             results = await anyio.to_thread.run_sync(
                 self._call_in_thread, records, limiter=limiter, abandon_on_cancel=True

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from ._protocols import CostModel
 
-__all__ = ("Settings", "check_callable", "check_int", "check_seconds")
+__all__ = ("Settings", "check_callable", "check_timeout", "check_int", "check_seconds")
 
 F = TypeVar("F")
 
@@ -28,6 +28,16 @@ def check_seconds(name: str, value: object) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
     return float(value)
+
+
+def check_timeout(name: str, value: object) -> float | None:
+    """A time limit in seconds: a number > 0, or ``None`` for none."""
+    if value is None:
+        return None
+    seconds = check_seconds(name, value)
+    if seconds == 0:
+        raise ValueError(f"{name} must be > 0 or None, got {value}")
+    return seconds
 
 
 def check_callable(name: str, value: F) -> F:
@@ -57,6 +67,7 @@ class Settings:
     process_timeout_s: float | None
     min_padding_efficiency: float | None = None
     max_queued_cost: int | None = None
+    max_queue_delay_s: float | None = None
     target_name: str = "target_batch_cost"
 
     def __post_init__(self) -> None:
@@ -73,14 +84,12 @@ class Settings:
         check_int("max_concurrent_batches", self.max_concurrent_batches, 1)
         if self.cost_model not in ("sum", "padded", "measured"):
             raise ValueError(f"cost_model must be 'sum', 'padded' or 'measured', got {self.cost_model!r}")
-        if self.process_timeout_s is not None:
-            check_seconds("process_timeout_s", self.process_timeout_s)
-            if self.process_timeout_s == 0:
-                raise ValueError("process_timeout_s must be > 0 or None, got 0")
+        check_timeout("process_timeout_s", self.process_timeout_s)
         if self.min_padding_efficiency is not None:
             self._check_efficiency(self.min_padding_efficiency)
         if self.max_queued_cost is not None:
             check_int("max_queued_cost", self.max_queued_cost, 1)
+        check_timeout("max_queue_delay_s", self.max_queue_delay_s)
 
     def _check_efficiency(self, floor: object) -> None:
         if isinstance(floor, bool) or not isinstance(floor, (int, float)):

@@ -17,9 +17,11 @@ class BatchStats:
     Counts accumulate over the batcher's whole life, across restarts.
     ``total_completed`` counts futures that ended with a result or an exception
     (``total_failed`` of them with an exception); ``total_cancelled`` counts
-    records withdrawn before dispatch; ``total_shed`` counts records refused with
+    records withdrawn before dispatch; ``total_expired`` counts records that
+    failed with :exc:`QueueTimeoutError` (still queued at their queue deadline,
+    never dispatched); ``total_shed`` counts records refused with
     :exc:`BatcherOverloadedError` (never submitted). Once a batcher has stopped,
-    ``total_submitted == total_completed + total_cancelled``.
+    ``total_submitted == total_completed + total_cancelled + total_expired``.
     """
 
     total_submitted: int = 0
@@ -27,6 +29,7 @@ class BatchStats:
     total_failed: int = 0
     total_cancelled: int = 0
     total_shed: int = 0
+    total_expired: int = 0
     total_batches: int = 0
     total_batch_cost: int = 0
     avg_batch_size: float = 0.0
@@ -54,6 +57,7 @@ class Counters:
         "cancelled",
         "completed",
         "dispatched",
+        "expired",
         "failed",
         "idle",
         "new_event",
@@ -74,6 +78,7 @@ class Counters:
         self.failed = 0
         self.cancelled = 0
         self.shed = 0
+        self.expired = 0
         #: The cost of the records submitted and neither withdrawn, failed nor dispatched.
         self.queued_cost = 0
         self.batches = 0
@@ -83,8 +88,8 @@ class Counters:
 
     @property
     def queued(self) -> int:
-        """Records submitted and neither withdrawn nor taken by a worker yet."""
-        return max(self.submitted - self.cancelled - self.dispatched, 0)
+        """Records submitted and neither withdrawn, expired nor taken by a worker yet."""
+        return max(self.submitted - self.cancelled - self.expired - self.dispatched, 0)
 
     @property
     def in_flight(self) -> int:
@@ -99,6 +104,7 @@ class Counters:
             total_failed=self.failed,
             total_cancelled=self.cancelled,
             total_shed=self.shed,
+            total_expired=self.expired,
             total_batches=batches,
             total_batch_cost=self.batch_cost,
             avg_batch_size=self.dispatched / batches if batches else 0.0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from anyio.abc import TaskStatus
@@ -21,9 +21,13 @@ from ._stats import Counters
 if TYPE_CHECKING:
     from ._run import Run
 
-__all__ = ("Worker",)
+__all__ = ("RETIRE", "Worker")
 
 logger = logging.getLogger("batcher")
+
+#: Sent into the batch stream to make the worker that takes it leave (``configure()``
+#: shrinking the pool); never filled, and dropped wherever a batch would be failed.
+RETIRE: Final[Batch] = []
 
 #: A batch whose results are in, and the results.
 _Finished = tuple[list[BatchFuture[Any]], list[Any]]
@@ -32,18 +36,17 @@ _Finished = tuple[list[BatchFuture[Any]], list[Any]]
 class Worker:
     """One of a run's workers; :meth:`run` is its loop."""
 
-    __slots__ = ("_alone", "_batches", "_cost_model", "_counters", "_model", "_run", "_thread")
+    __slots__ = ("_batches", "_cost_model", "_counters", "_model", "_run", "_thread")
 
     def __init__(self, run: Run, model: Model, counters: Counters) -> None:
         self._run = run
         self._model = model
         self._counters = counters
         self._cost_model = run.settings.cost_model
-        self._alone = run.settings.max_concurrent_batches == 1
         self._batches = run.batch_receive.clone()
         self._thread = ModelThread()  # for a plain process function; started on first use
 
-    async def run(self, *, task_status: TaskStatus[None]) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Take batches until the batch stream ends. If cancelled, end the futures
         of the batch it finished and fail those of the batches still queued."""
         # The process function, and any task it starts, can tell it runs in this
@@ -57,31 +60,40 @@ class Worker:
                 self._thread.close()
 
     async def _take_batches(self) -> None:
-        counters, batches = self._counters, self._batches
+        counters, run = self._counters, self._run
         finished: _Finished | None = None  # results in, not yet handed to the futures
         try:
-            while True:
-                self._run.worker_ready()
+            while not run.retiring:
+                run.worker_ready()
                 batch = None
                 if finished is not None:
                     batch = await self._handover()
                     settle(*finished, counters)
                     finished = None
                 if batch is None:
-                    idle_from = perf_counter()
-                    try:
-                        batch = await batches.receive()
-                    except anyio.EndOfStream:
-                        return
-                    counters.idle += perf_counter() - idle_from
+                    batch = await self._next_batch()
+                if batch is None or batch is RETIRE:
+                    return
                 busy_from = perf_counter()
                 finished = await self._process(batch)
                 counters.busy += perf_counter() - busy_from
+            run.retiring -= 1  # configure() shrank the pool while every worker was busy
         except BaseException:
+            fail_queued(self._batches, closed_error(), counters)
+            raise
+        finally:
             if finished is not None:
                 settle(*finished, counters)
-            fail_queued(batches, closed_error(), counters)
-            raise
+
+    async def _next_batch(self) -> Batch | None:
+        """Wait for the next batch (``None`` at the end of the stream), timing the wait."""
+        idle_from = perf_counter()
+        try:
+            batch = await self._batches.receive()
+        except anyio.EndOfStream:
+            return None
+        self._counters.idle += perf_counter() - idle_from
+        return batch
 
     async def _handover(self) -> Batch | None:
         """Give the aggregator, just woken, a turn to hand over the batch that grew
@@ -124,7 +136,7 @@ class Worker:
         # While the only worker is in the process function, its own futures must not
         # be awaited from there (see BatchFuture.__await__).
         counters = self._counters
-        counters.sole_worker_in_model = self._alone
+        counters.sole_worker_in_model = self._run.settings.max_concurrent_batches == 1
         started = perf_counter()
         try:
             results = await self._model([future._record for future in batch], self._thread, self._run.limiter)

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from batcher import BatchFuture, DynamicBatcher
-from batcher._run import COHORT
+from batcher._submission import COHORT
 
 from .helpers import Recorder, blocked_batcher
 

@@ -1,0 +1,214 @@
+"""The submission side of a run: how a record enters the submission stream.
+
+``submit`` sends a record's future into the stream if it has room; otherwise
+the caller waits behind it in the overflow (``call()`` waits for the result
+instead). Load shedding (``max_queued_cost``) refuses records before anything is
+queued, and a record with a queue deadline is handed to the run's
+:class:`~batcher._deadlines.Deadlines` once it is queued.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+from ._aggregator import INTAKE, Submission
+from ._deadlines import Deadlines
+from ._exceptions import BatcherOverloadedError
+from ._future import BatchFuture, fail, make_event
+from ._settings import Settings
+from ._stats import Counters
+
+__all__ = ("COHORT", "NOT_RUNNING", "OTHER_THREAD", "Intake")
+
+#: How many ``submit()`` callers parked behind a full stream share one event.
+COHORT = 64
+
+NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
+OTHER_THREAD = (
+    "batcher was called from a thread other than its event loop's; from other threads use SyncBatcher, "
+    "or anyio.from_thread.run(batcher.call, record, token=...) with the token of the loop that started it"
+)
+
+
+class Intake:
+    """The submission stream's sending side, and the records queued behind it."""
+
+    __slots__ = (
+        "_cohort",
+        "_input_ended",
+        "_newest",
+        "_reserved",
+        "_room",
+        "counters",
+        "deadlines",
+        "overflow",
+        "settings",
+        "submit_receive",
+        "submit_send",
+        "thread",
+    )
+
+    def __init__(self, settings: Settings, counters: Counters) -> None:
+        #: The settings in force (``configure()`` replaces them while the run goes on).
+        self.settings = settings
+        self.counters = counters
+        #: The thread of the event loop the run belongs to.
+        self.thread = threading.get_ident()
+        self.submit_send, self.submit_receive = anyio.create_memory_object_stream[Submission](settings.max_queue_size)
+        #: The queue deadlines of the records that have one.
+        self.deadlines = Deadlines(counters)
+        #: Records submitted while the submission stream was full, oldest first: the
+        #: aggregator takes them after the stream's. A caller parked here costs a
+        #: slot in a deque, not a blocked send (an event and two more wake-ups).
+        self.overflow: deque[BatchFuture[Any]] = deque()
+        #: The events ``submit()`` callers wait on for their records to leave the
+        #: overflow, each shared by up to ``COHORT`` consecutive callers and keyed by
+        #: the newest one's record: it is set when that record leaves, the others
+        #: having left before it.
+        self._room: dict[BatchFuture[Any], anyio.Event] = {}
+        self._newest: BatchFuture[Any] | None = None  # the key of the cohort still open
+        self._cohort = 0  # how many callers share it
+        self._input_ended = False
+        self._reserved = 0  # queued cost promised to a submit_batch() still sending
+
+    def try_submit(self, future: BatchFuture[Any], delay: float | None = None, *, admitted: bool = False) -> bool:
+        """Send ``future`` into the submission stream if it has room; return whether it
+        did. Unless ``admitted`` (with others, by :meth:`submit_all`), apply ``admit``.
+        Its queue deadline is ``delay`` seconds from now (``None``: the setting's).
+
+        :raises RuntimeError: if called from another thread, or once input has ended
+        """
+        if self.thread != threading.get_ident():  # check_thread(), written out: once per record
+            raise RuntimeError(OTHER_THREAD)
+        settings = self.settings
+        if settings.max_queued_cost is not None and not admitted:
+            self.admit(future._cost)
+        if self.overflow:  # callers wait already: nobody passes them
+            if self._input_ended:
+                raise RuntimeError(NOT_RUNNING)
+            return False
+        try:
+            self.submit_send.send_nowait(future)
+        except anyio.WouldBlock:
+            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise RuntimeError(NOT_RUNNING) from None
+        counters = self.counters
+        counters.submitted += 1
+        counters.queued_cost += future._cost
+        if delay is None:
+            delay = settings.max_queue_delay_s
+        if delay is not None:
+            self.deadlines.add(future, delay)
+        return True
+
+    def check_thread(self) -> None:
+        """:raises RuntimeError: if called from a thread other than the run's event loop's"""
+        if self.thread != threading.get_ident():
+            raise RuntimeError(OTHER_THREAD)
+
+    def admit(self, cost: int, records: int = 1) -> None:
+        """Refuse records of this total cost if they would take the queued cost past
+        ``max_queued_cost`` (load shedding): nothing is queued, nothing waits.
+
+        :raises BatcherOverloadedError: if they would (:exc:`RuntimeError` once input has ended)
+        """
+        limit, counters = self.settings.max_queued_cost, self.counters
+        if limit is None or counters.queued_cost + self._reserved + cost <= limit:
+            return
+        if self._input_ended:
+            raise RuntimeError(NOT_RUNNING)
+        counters.shed += records
+        raise BatcherOverloadedError(
+            f"the batcher is overloaded: {counters.queued_cost} of max_queued_cost={limit} is queued, "
+            f"and {cost} more would not fit; try again later"
+        )
+
+    def queue_behind(self, future: BatchFuture[Any], delay: float | None = None) -> None:
+        """Queue ``future`` behind the full submission stream, for a caller that
+        waits for the result anyway (``call()``): it waits once, for the result."""
+        if self._input_ended:
+            raise RuntimeError(NOT_RUNNING)
+        self.overflow.append(future)
+        counters = self.counters
+        counters.submitted += 1
+        counters.queued_cost += future._cost
+        if delay is None:
+            delay = self.settings.max_queue_delay_s
+        if delay is not None:
+            self.deadlines.add(future, delay)
+
+    async def submit(self, future: BatchFuture[Any], delay: float | None = None) -> None:
+        """Queue ``future`` behind the full submission stream and wait until the
+        aggregator has taken it. If the caller is cancelled meanwhile, the record is
+        withdrawn; if the batcher stops abnormally, the future fails."""
+        self.queue_behind(future, delay)
+        make_event(future)
+        room = self._join_cohort(future)
+        try:
+            await room.wait()
+        except BaseException:
+            future.cancel()  # it stays in the overflow until taken, so its cohort is woken
+            raise
+
+    def _join_cohort(self, future: BatchFuture[Any]) -> anyio.Event:
+        # One event per COHORT callers, not one each: a parked caller then costs
+        # its task and a slot here, not an event with its waiter queue.
+        newest = self._newest
+        room = self._room.pop(newest, None) if newest is not None and self._cohort < COHORT else None
+        if room is None:
+            room, self._cohort = anyio.Event(), 0
+        self._room[future] = room
+        self._newest = future
+        self._cohort += 1
+        return room
+
+    def from_overflow(self) -> BatchFuture[Any] | None:
+        """The oldest record queued behind the stream, or ``None``: for the aggregator."""
+        if not self.overflow:
+            return None
+        future = self.overflow.popleft()
+        room = self._room.pop(future, None)
+        if room is not None:  # the newest of its cohort: all of them have left
+            room.set()
+            if future is self._newest:
+                self._newest = None
+        return future
+
+    def fail_overflow(self, exc: BaseException) -> None:
+        """Fail every record still queued behind the stream, and wake their callers."""
+        while (future := self.from_overflow()) is not None:
+            fail((future,), exc, self.counters)
+
+    async def submit_all(self, futures: list[BatchFuture[Any]], delay: float | None = None) -> None:
+        """Send every future, waiting for room as needed, and letting the event loop
+        run between chunks. If that raises (the caller is cancelled, the batcher
+        stops), withdraw those already sent. With ``max_queued_cost``, all must fit
+        at the start, and their room is kept for them until they are sent."""
+        total = 0 if self.settings.max_queued_cost is None else sum(future._cost for future in futures)
+        self.admit(total, len(futures))
+        self._reserved += total  # kept for them until all are sent (counting the sent ones twice)
+        sent = 0
+        try:
+            for start in range(0, len(futures), INTAKE):  # a turn of the event loop per chunk
+                for future in futures[start : start + INTAKE]:
+                    if not self.try_submit(future, delay, admitted=True):
+                        await self.submit(future, delay)
+                    sent += 1
+                await checkpoint()
+        except BaseException:
+            for future in futures[:sent]:
+                future.cancel()
+            raise
+        finally:
+            self._reserved -= total
+
+    def end_input(self) -> None:
+        """End of input: the aggregator drains the stream and the overflow, flushes, finishes."""
+        self._input_ended = True
+        self.submit_send.close()
