@@ -6,6 +6,7 @@ from importlib import metadata as _metadata
 from ._dynamic import DynamicBatcher as DynamicBatcher
 from ._exceptions import BatcherClosedError as BatcherClosedError
 from ._exceptions import BatcherOverloadedError as BatcherOverloadedError
+from ._exceptions import QueueTimeoutError as QueueTimeoutError
 from ._exceptions import RecordCancelledError as RecordCancelledError
 from ._future import BatchFuture as BatchFuture
 from ._hf import hf_token_estimator as hf_token_estimator
@@ -42,6 +43,7 @@ __all__ = (
     "InferenceFn",
     "ProcessFn",
     "Prompt",
+    "QueueTimeoutError",
     "RecordCancelledError",
     "SyncBatcher",
     "TokenBatcher",

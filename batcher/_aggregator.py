@@ -7,20 +7,24 @@ and send it to the workers, yield once, wait for a record, or finish.
 
 from __future__ import annotations
 
-from enum import Enum
+from collections.abc import Callable
+from functools import partial
+from operator import attrgetter
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 
 from ._assembly import Assembly, make_assembly
+from ._budget import Budget, new_budget
 from ._cost_fit import CostFit
 from ._decide import CLOSE, FINISH, PULL, YIELD, Step, next_step
 from ._exceptions import closed_error
-from ._future import PENDING, BatchFuture, fail, fail_queued, is_pending
+from ._future import PENDING, BatchFuture, fail, fail_queued, is_pending, withdrawn
 from ._measured import MeasuredAssembly
+from ._priority import PriorityAssembly
 from ._stats import Counters
 
 if TYPE_CHECKING:
@@ -34,16 +38,13 @@ __all__ = ("INTAKE", "WAKE_UP", "Aggregator", "Submission")
 INTAKE = 1024
 
 
-class _WakeUp(Enum):
-    WAKE_UP = "wake up"
-
-
 #: The message a worker that has just become free sends into the submission
-#: stream, so that the aggregator, asleep until a record arrives, looks again.
-WAKE_UP: Final = _WakeUp.WAKE_UP
+#: stream, so that the aggregator, asleep until a record arrives, looks again: a
+#: future withdrawn from the start, which the aggregator drops as it drops any.
+WAKE_UP: Final = withdrawn()
 
-#: What the submission stream carries: a record's future, or the wake-up.
-Submission: TypeAlias = "BatchFuture[Any] | Literal[_WakeUp.WAKE_UP]"
+#: What the submission stream carries: records' futures (and the wake-up).
+Submission: TypeAlias = "BatchFuture[Any]"
 
 
 class Aggregator:
@@ -52,6 +53,7 @@ class Aggregator:
     __slots__ = (
         "_assembly",
         "_backlog",
+        "_closed",
         "_counters",
         "_ended",
         "_opened_at",
@@ -65,7 +67,11 @@ class Aggregator:
         self._run = run
         self._settings = settings = run.settings
         self._counters = counters
+        self._assembly: Assembly[BatchFuture[Any]] | PriorityAssembly[BatchFuture[Any]]
         self._assembly = _assembly_for(settings, run.cost_fit)
+        # The batch stream's buffer, read back: batches closed for busy workers
+        # return to the queue when records of another priority than 0 first come.
+        self._closed = run.batch_receive.clone()
         self._opened_at = 0.0  # when the oldest queued record arrived (monotonic clock)
         self._ended = False  # the submission stream has ended: no record will come
         self._yielded = False  # the next batch has had its eager checkpoint
@@ -76,7 +82,7 @@ class Aggregator:
         """Close batches as :func:`next_step` says until input ends and all is sent.
 
         If cancelled, fail every future it holds or that is still queued."""
-        with self._run.submit_receive, self._run.batch_send:
+        with self._run.submit_receive, self._run.batch_send, self._closed:
             task_status.started()
             try:
                 while True:
@@ -120,12 +126,50 @@ class Aggregator:
         assembly, with the records it held in their order of arrival."""
         old, new = self._settings, self._run.settings
         self._settings = new
-        if (old.target_batch_cost, old.max_batch_size) != (new.target_batch_cost, new.max_batch_size):
-            queued = self._assembly.queued()
-            self._assembly = assembly = _assembly_for(new, self._run.cost_fit)
-            for item in queued:
-                if item._state == PENDING:
-                    assembly.add(item, item._cost)
+        assembly = self._assembly
+        if isinstance(assembly, PriorityAssembly):
+            assembly.aging_s = new.priority_aging_s
+        if (old.target_batch_cost, old.max_batch_size) == (new.target_batch_cost, new.max_batch_size):
+            return
+        if isinstance(assembly, PriorityAssembly):
+            assembly.rebuild(self._new_level, _budget_for(new), new.grouping_window)
+            return
+        self._assembly = fresh = self._new_level()
+        for item in assembly.queued():
+            if item._state == PENDING:
+                fresh.add(item, item._cost)
+
+    def _new_level(self) -> Assembly[BatchFuture[Any]]:
+        return _assembly_for(self._settings, self._run.cost_fit)
+
+    def _prioritize(self) -> PriorityAssembly[BatchFuture[Any]]:
+        """Switch to batches by priority (a record of another priority than 0 has
+        come): the records queued so far are priority 0, and count as arrived with
+        the oldest of them."""
+        settings, queued = self._settings, self._assembly
+        self._assembly = assembly = PriorityAssembly(
+            make_level=self._new_level,
+            make_budget=_budget_for(settings),
+            window=settings.grouping_window,
+            aging_s=settings.priority_aging_s,
+            priority_of=attrgetter("_priority"),
+            cost_of=attrgetter("_cost"),
+            live=is_pending,
+        )
+        assembly.adopt(self._take_back_closed(), self._opened_at)
+        assembly.adopt(queued.queued(), self._opened_at)
+        return assembly
+
+    def _take_back_closed(self) -> list[BatchFuture[Any]]:
+        """The records of the batches closed for busy workers and not taken yet, oldest first."""
+        records: list[BatchFuture[Any]] = []
+        while True:
+            try:
+                batch = self._closed.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return records
+            self._run.batch_taken_back()
+            records.extend(future for future in batch if future._state == PENDING)
 
     def _pull_queued(self, item: Submission = WAKE_UP) -> None:
         """Admit ``item``, then what is already submitted, until the next batch is
@@ -137,11 +181,13 @@ class Aggregator:
         self._backlog = False
         taken = 0
         while True:
-            if item is not WAKE_UP and item._state == PENDING:
+            if item._state == PENDING:  # not withdrawn, nor the wake-up
                 if empty:
                     self._opened_at, empty = monotonic(), False
+                if item._priority and not isinstance(assembly, PriorityAssembly):
+                    assembly = self._prioritize()
                 full = assembly.add(item, item._cost)
-            if full or self._ended:
+            if full:
                 return
             if taken == INTAKE:
                 self._backlog = True  # more may be queued: the rest at the next turn
@@ -149,12 +195,19 @@ class Aggregator:
             try:
                 item = receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream) as exc:
-                behind = self._run.from_overflow()  # the stream is empty: then those queued behind it
+                behind = self._behind_stream(ended=isinstance(exc, anyio.EndOfStream))
                 if behind is None:
-                    self._ended = isinstance(exc, anyio.EndOfStream)
                     return
                 item = behind
             taken += 1
+
+    def _behind_stream(self, *, ended: bool) -> BatchFuture[Any] | None:
+        """The stream is empty (``ended``: for good): the oldest record queued behind
+        it, or ``None`` if there is none (and then note the end of input)."""
+        behind = self._run.from_overflow()
+        if behind is None:
+            self._ended = ended
+        return behind
 
     async def _wait_for_record(self, delay: float | None) -> None:
         if delay is None and self._assembly:
@@ -210,3 +263,9 @@ def _assembly_for(settings: Settings, fit: CostFit | None) -> Assembly[BatchFutu
         live=is_pending,
         min_efficiency=settings.min_padding_efficiency,
     )
+
+
+def _budget_for(settings: Settings) -> Callable[[], Budget]:
+    """A maker of empty budgets as the settings' assemblies use (``measured``: padded, no floor)."""
+    floor = None if settings.cost_model == "measured" else settings.min_padding_efficiency
+    return partial(new_budget, settings.target_batch_cost, settings.max_batch_size, settings.cost_model, floor)

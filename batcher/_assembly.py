@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from ._budget import Budget, new_budget
 from ._protocols import CostModel
 
 __all__ = ("Assembly", "FifoAssembly", "GroupedAssembly", "batch_cost", "make_assembly")
@@ -31,82 +32,6 @@ def batch_cost(costs: list[int], cost_model: CostModel) -> int:
     if cost_model == "sum":
         return sum(costs)
     return len(costs) * max(costs)  # "padded", and "measured", whose budget is padded
-
-
-class _Budget:
-    """The budget rule for one growing batch under the sum cost model: can a record
-    of this cost join it?"""
-
-    __slots__ = ("count", "exhausted", "max_size", "peak", "target", "total")
-
-    def __init__(self, target: int, max_size: int) -> None:
-        self.target = target
-        self.max_size = max_size
-        self.reset()
-
-    def reset(self) -> None:
-        self.count = self.total = self.peak = 0
-        #: Whether no record of positive cost could join any more.
-        self.exhausted = False
-
-    def try_add(self, cost: int) -> bool:
-        """Add a record of this cost if it fits; return whether it did (a record
-        always fits an empty batch, even an oversized one)."""
-        count = self.count
-        if count and (count >= self.max_size or self.total + cost > self.target):
-            return False
-        count = self.count = count + 1
-        total = self.total = self.total + cost
-        if cost > self.peak:
-            self.peak = cost
-        self.exhausted = count >= self.max_size or total >= self.target
-        return True
-
-    def cost(self) -> int:
-        return self.total
-
-
-class _PaddedBudget(_Budget):
-    """The budget rule under the padded cost model: a batch costs ``len * max(cost)``.
-
-    With ``min_efficiency``, a record also stays out if the batch's real cost over its
-    padded cost, ``sum(costs) / (len * max(costs))``, would fall below it. Both rules
-    only get stricter for costs further from the batch's, so a batch grown outward
-    from one cost can stop at the first misfit.
-    """
-
-    __slots__ = ("min_efficiency",)
-
-    def __init__(self, target: int, max_size: int, min_efficiency: float | None) -> None:
-        self.min_efficiency = min_efficiency
-        super().__init__(target, max_size)
-
-    def try_add(self, cost: int) -> bool:
-        count = self.count
-        if count:
-            if count >= self.max_size:
-                return False
-            padded = (count + 1) * max(self.peak, cost)
-            if padded > self.target:
-                return False
-            floor = self.min_efficiency
-            if floor is not None and self.total + cost < floor * padded:
-                return False
-        count = self.count = count + 1
-        self.total += cost
-        if cost > self.peak:
-            self.peak = cost
-        self.exhausted = count >= self.max_size or (count + 1) * max(self.peak, 1) > self.target
-        return True
-
-    def cost(self) -> int:
-        return self.count * self.peak
-
-
-def _budget(target: int, max_size: int, cost_model: CostModel, min_efficiency: float | None) -> _Budget:
-    if cost_model == "sum":
-        return _Budget(target, max_size)
-    return _PaddedBudget(target, max_size, min_efficiency)
 
 
 class FifoAssembly(Generic[T]):
@@ -130,7 +55,7 @@ class FifoAssembly(Generic[T]):
     ) -> None:
         self._items: deque[T] = deque()
         self._costs: deque[int] = deque()
-        self._budget = _budget(target_cost, max_batch_size, cost_model, min_efficiency)
+        self._budget = new_budget(target_cost, max_batch_size, cost_model, min_efficiency)
         self._full = False
 
     def __len__(self) -> int:
@@ -162,13 +87,27 @@ class FifoAssembly(Generic[T]):
         batch = [items.popleft() for _ in range(count)]
         for _ in range(count):
             costs.popleft()
+        self._reopen()
+        return batch, cost
+
+    def fill(self, budget: Budget, batch: list[T], near: int) -> None:
+        """Move records from the front of the queue into ``batch``, a batch of
+        another assembly that ``budget`` prices, while they fit (``near`` is unused)."""
+        items, costs = self._items, self._costs
+        while items and not budget.exhausted and budget.try_add(costs[0]):
+            batch.append(items.popleft())
+            costs.popleft()
+        self._reopen()
+
+    def _reopen(self) -> None:
+        # The open batch again: the longest prefix of the queue that fits.
+        budget = self._budget
         budget.reset()
         self._full = False
-        for queued_cost in costs:
+        for queued_cost in self._costs:
             if not budget.try_add(queued_cost) or budget.exhausted:
                 self._full = True
                 break
-        return batch, cost
 
 
 class GroupedAssembly(Generic[T]):
@@ -210,7 +149,7 @@ class GroupedAssembly(Generic[T]):
         self._arrivals: deque[T] = deque()
         self._arrival_costs: deque[int] = deque()
         self._taken: set[T] = set()  # out of their bucket, still in _arrivals
-        self._budget = _budget(target_cost, max_batch_size, cost_model, min_efficiency)
+        self._budget = new_budget(target_cost, max_batch_size, cost_model, min_efficiency)
         self._window = window
         self._live = live
 
@@ -248,8 +187,13 @@ class GroupedAssembly(Generic[T]):
         item, cost = oldest
         batch = [item]
         budget.try_add(cost)
-        self._grow_around(cost, batch)
+        self._grow_around(cost, batch, budget)
         return batch, budget.cost()
+
+    def fill(self, budget: Budget, batch: list[T], near: int) -> None:
+        """Move the records nearest in cost to ``near`` into ``batch``, a batch of
+        another assembly that ``budget`` prices, while they fit."""
+        self._grow_around(near, batch, budget)
 
     def _pop_oldest(self) -> tuple[T, int] | None:
         """Remove the oldest live record from its bucket (where it is the first)."""
@@ -264,7 +208,7 @@ class GroupedAssembly(Generic[T]):
                 return item, cost
         return None
 
-    def _grow_around(self, cost: int, batch: list[T]) -> None:
+    def _grow_around(self, cost: int, batch: list[T], budget: Budget) -> None:
         """Fill the budget from the records nearest in cost to ``cost``: its own
         bucket first, then outward, one cost at a time, the nearer side first."""
         costs = self._costs
@@ -273,7 +217,7 @@ class GroupedAssembly(Generic[T]):
         while low >= 0 or high < len(costs):
             go_left = high >= len(costs) or (low >= 0 and cost - costs[low] <= costs[high] - cost)
             at = low if go_left else high
-            if self._fill_from(costs[at], batch):  # the budget is spent on this side
+            if self._fill_from(costs[at], batch, budget):  # the budget is spent on this side
                 if go_left:
                     low = -1
                 else:
@@ -284,10 +228,10 @@ class GroupedAssembly(Generic[T]):
                 high += 1
             high -= self._drop_empty(costs, at, high)
 
-    def _fill_from(self, cost: int, batch: list[T]) -> bool:
+    def _fill_from(self, cost: int, batch: list[T], budget: Budget) -> bool:
         """Take the records of one cost, oldest first, while they fit; return
         whether one did not (further out on this side, none will)."""
-        bucket, budget, live, taken = self._buckets[cost], self._budget, self._live, self._taken
+        bucket, live, taken = self._buckets[cost], self._live, self._taken
         while bucket:
             item = bucket[0]
             if live is not None and not live(item):
@@ -332,7 +276,7 @@ def make_assembly(
     min_efficiency: float | None = None,
 ) -> Assembly[T]:
     """Return the assembly rule for these settings (``live``: see :class:`GroupedAssembly`;
-    ``min_efficiency``: the padding-efficiency floor of each batch, see ``_PaddedBudget``)."""
+    ``min_efficiency``: the padding-efficiency floor of each batch, see ``PaddedBudget``)."""
     if group_by_cost:
         return GroupedAssembly(
             target_cost=target_cost,

@@ -19,7 +19,7 @@ from ._lifecycle import Lifecycle
 from ._map import MapResults, Progress
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
-from ._settings import Settings, check_callable
+from ._settings import Settings, check_callable, check_options
 
 __all__ = ("DynamicBatcher",)
 
@@ -27,6 +27,12 @@ __all__ = ("DynamicBatcher",)
 class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     """Collects records submitted by many tasks into cost-budgeted batches and runs
     each batch through one process function. Works under asyncio and trio.
+
+    Every way of submitting (:meth:`submit`, :meth:`submit_nowait`, :meth:`submit_batch`,
+    :meth:`call`, :meth:`map`) takes two options per record: ``priority`` (an ``int``,
+    default 0): a higher one is dispatched first, records of one priority in arrival
+    order, within the same budget rules (see ``priority_aging_s``); and
+    ``max_queue_delay_s``: the record's own queue deadline, overriding the batcher's.
 
     :param process_fn: takes ``list[record]``, returns one result per record in the
         same order. ``async def`` runs on the event loop; a plain function runs in a
@@ -59,6 +65,13 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     :param max_queued_cost: load shedding: a call that would queue records past this
         total cost raises :exc:`BatcherOverloadedError` at once (nothing is queued);
         ``None`` for no limit (``max_queue_size`` backpressure waits instead).
+    :param max_queue_delay_s: a record still queued this many seconds after it was
+        submitted fails with :exc:`QueueTimeoutError` without reaching the process
+        function; ``None`` for no deadline. A record's own ``max_queue_delay_s``
+        overrides it.
+    :param priority_aging_s: a record queued this long counts as the highest
+        priority (the oldest of those first), so sustained load of a higher
+        priority cannot starve it; ``None`` for never.
     :param process_timeout_s: a batch whose process function runs longer fails with
         :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs in a
         daemon thread of its worker, so a stuck call cannot hold the program at exit.
@@ -83,6 +96,8 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         process_timeout_s: float | None = None,
         min_padding_efficiency: float | None = None,
         max_queued_cost: int | None = None,
+        max_queue_delay_s: float | None = None,
+        priority_aging_s: float | None = 1.0,
     ) -> None:
         self._setup(
             check_callable("process_fn", process_fn),
@@ -101,42 +116,66 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
                 process_timeout_s=process_timeout_s,
                 min_padding_efficiency=min_padding_efficiency,
                 max_queued_cost=max_queued_cost,
+                max_queue_delay_s=max_queue_delay_s,
+                priority_aging_s=priority_aging_s,
             ),
         )
 
     # ---------------------------------------------------------------- submit
 
-    async def submit(self, record: RecordT, *, estimated_cost: int | None = None) -> BatchFuture[ResultT]:
+    async def submit(
+        self,
+        record: RecordT,
+        *,
+        estimated_cost: int | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
+    ) -> BatchFuture[ResultT]:
         """Queue one record and return its future.
 
         The cost is, first that applies: ``estimated_cost``, the cost estimator,
         ``record.estimate_cost()``, ``default_cost``. Waits while the submission
         stream is full (backpressure); a caller cancelled while waiting has its
-        record withdrawn.
+        record withdrawn. ``priority`` and ``max_queue_delay_s``: see the class.
 
         :raises TypeError: if the cost is not an integer (an ``int``, or anything
-            with ``__index__`` such as ``numpy.int64``; not a ``bool``)
-        :raises ValueError: if the cost is negative
+            with ``__index__`` such as ``numpy.int64``; not a ``bool``), or
+            ``priority`` is not an ``int``
+        :raises ValueError: if the cost is negative, or ``max_queue_delay_s`` is not > 0
+        :raises BatcherOverloadedError: if the record would take the queued cost
+            past ``max_queued_cost``
         :raises RuntimeError: if the batcher is not running, or is called from a
             thread other than its event loop's
         """
-        future = self._new_future(record, estimated_cost, "estimated_cost")
-        if not self._run.try_submit(future):
-            await self._run.submit(future)
+        future = self._new_future(record, estimated_cost, "estimated_cost", priority, max_queue_delay_s)
+        if not self._run.try_submit(future, max_queue_delay_s):
+            await self._run.submit(future, max_queue_delay_s)
         return future
 
-    def submit_nowait(self, record: RecordT, *, estimated_cost: int | None = None) -> BatchFuture[ResultT]:
+    def submit_nowait(
+        self,
+        record: RecordT,
+        *,
+        estimated_cost: int | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
+    ) -> BatchFuture[ResultT]:
         """Like :meth:`submit`, without waiting.
 
         :raises anyio.WouldBlock: if the submission stream is full
         """
-        future = self._new_future(record, estimated_cost, "estimated_cost")
-        if not self._run.try_submit(future):
+        future = self._new_future(record, estimated_cost, "estimated_cost", priority, max_queue_delay_s)
+        if not self._run.try_submit(future, max_queue_delay_s):
             raise anyio.WouldBlock
         return future
 
     async def submit_batch(
-        self, records: Iterable[RecordT], *, estimated_cost: Collection[SupportsIndex] | None = None
+        self,
+        records: Iterable[RecordT],
+        *,
+        estimated_cost: Collection[SupportsIndex] | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
     ) -> list[BatchFuture[ResultT]]:
         """Queue many records; return their futures in the same order.
 
@@ -144,10 +183,18 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         :meth:`submit` does; if the call is cancelled, or the batcher stops, while it
         waits, it raises and withdraws the records it had queued (those a worker has
         not taken yet). ``estimated_cost`` may be any sized iterable (a numpy array).
+        ``priority`` and ``max_queue_delay_s`` apply to every record.
         """
-        return await self._submit_all(records, estimated_cost, "estimated_cost")
+        return await self._submit_all(records, estimated_cost, "estimated_cost", priority, max_queue_delay_s)
 
-    async def call(self, record: RecordT, *, estimated_cost: int | None = None) -> ResultT:
+    async def call(
+        self,
+        record: RecordT,
+        *,
+        estimated_cost: int | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
+    ) -> ResultT:
         """Submit one record and wait for its result.
 
         If the caller is cancelled (``anyio.fail_after``, ``move_on_after``, a
@@ -155,10 +202,13 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         withdrawn and never reaches the process function. This is the per-request
         deadline: ``with anyio.fail_after(1): await batcher.call(x)``.
 
+        :raises QueueTimeoutError: if the record was still queued ``max_queue_delay_s``
+            (or the batcher's) after the call
         :raises RuntimeError: as :meth:`submit`, and from inside the batcher's own
             process function while ``max_concurrent_batches`` is 1 (a self-wait)
         """
-        future = self._queue_for_call(self._new_future(record, estimated_cost, "estimated_cost"))
+        future = self._new_future(record, estimated_cost, "estimated_cost", priority, max_queue_delay_s)
+        self._queue_for_call(future, max_queue_delay_s)
         try:
             if (waiting := until_done(future)) is not None:
                 await waiting  # here, not in a helper: a parked caller keeps one coroutine
@@ -167,13 +217,16 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
             raise
         return future.result()
 
-    def _new_future(self, record: Any, cost: Any, name: str) -> BatchFuture[ResultT]:
-        return BatchFuture(record, self._pricing.price(record, cost, name), self._counters)
+    def _new_future(
+        self, record: Any, cost: Any, name: str, priority: int, delay: float | None
+    ) -> BatchFuture[ResultT]:
+        if type(priority) is not int or delay is not None:
+            check_options(priority, delay)
+        return BatchFuture(record, self._pricing.price(record, cost, name), self._counters, priority)
 
-    def _queue_for_call(self, future: BatchFuture[ResultT]) -> BatchFuture[ResultT]:
-        if not self._run.try_submit(future):
-            self._run.queue_behind(future)  # no need to wait for room: call() waits for the result
-        return future
+    def _queue_for_call(self, future: BatchFuture[ResultT], delay: float | None) -> None:
+        if not self._run.try_submit(future, delay):
+            self._run.queue_behind(future, delay)  # no need to wait for room: call() waits for the result
 
     @overload
     def map(
@@ -183,6 +236,8 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         ordered: bool = ...,
         return_exceptions: Literal[False] = ...,
         progress: bool | Progress | None = ...,
+        priority: int = ...,
+        max_queue_delay_s: float | None = ...,
     ) -> MapResults[ResultT]: ...
     @overload
     def map(
@@ -192,6 +247,8 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         ordered: bool = ...,
         return_exceptions: bool,
         progress: bool | Progress | None = ...,
+        priority: int = ...,
+        max_queue_delay_s: float | None = ...,
     ) -> MapResults[ResultT | Exception]: ...
     def map(
         self,
@@ -200,6 +257,8 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: bool | Progress | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
     ) -> MapResults[ResultT] | MapResults[ResultT | Exception]:
         """Run every record of ``records`` (any iterable, possibly lazy and longer
         than the queue) through the batcher, one result per record, with at most
@@ -211,7 +270,10 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
             if false, raise the first failure and withdraw the rest
         :param progress: ``True`` for a tqdm bar (the ``progress`` extra), or a
             function called with ``(done, total or None)`` after each result
+        :param priority: of every record (see the class)
+        :param max_queue_delay_s: of every record (see the class)
         """
+        check_options(priority, max_queue_delay_s)
         return MapResults(
             self,
             records,
@@ -219,16 +281,23 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
             return_exceptions=return_exceptions,
             progress=progress,
             window=self._settings.max_queue_size,
+            options={"priority": priority, "max_queue_delay_s": max_queue_delay_s},
         )
 
     async def _submit_all(
-        self, records: Iterable[RecordT], costs: Collection[SupportsIndex] | None, name: str
+        self,
+        records: Iterable[RecordT],
+        costs: Collection[SupportsIndex] | None,
+        name: str,
+        priority: int,
+        delay: float | None,
     ) -> list[BatchFuture[ResultT]]:
+        check_options(priority, delay)
         records, counters = list(records), self._counters
         futures: list[BatchFuture[ResultT]] = []
         for start, priced in zip(count(0, INTAKE), self._pricing.priced(records, costs, name, INTAKE), strict=False):
             chunk = records[start : start + INTAKE]  # a chunk at a turn of the event loop
-            futures.extend([BatchFuture(r, cost, counters) for r, cost in zip(chunk, priced, strict=True)])
+            futures.extend([BatchFuture(r, cost, counters, priority) for r, cost in zip(chunk, priced, strict=True)])
             await checkpoint()
-        await self._run.submit_all(futures)
+        await self._run.submit_all(futures, delay)
         return futures

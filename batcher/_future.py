@@ -28,7 +28,6 @@ __all__ = (
     "BatchFuture",
     "State",
     "dispatch",
-    "event_factory",
     "expire",
     "fail",
     "fail_queued",
@@ -36,6 +35,7 @@ __all__ = (
     "make_event",
     "settle",
     "until_done",
+    "withdrawn",
 )
 
 
@@ -79,11 +79,12 @@ class BatchFuture(Generic[ResultT]):
 
     # One of these exists per queued record: keep it small. The event is created
     # only when someone waits on a future that is not done yet.
-    __slots__ = ("_cost", "_counters", "_event", "_record", "_state", "_value")
+    __slots__ = ("_cost", "_counters", "_event", "_priority", "_record", "_state", "_value")
 
-    def __init__(self, record: Any, cost: int, counters: Counters) -> None:
+    def __init__(self, record: Any, cost: int, counters: Counters, priority: int = 0) -> None:
         self._record = record
         self._cost = cost
+        self._priority = priority
         self._counters = counters
         self._state = PENDING
         self._value: Any = None
@@ -229,21 +230,6 @@ def _call_back(function: Callable[[BatchFuture[Any]], object], future: BatchFutu
 Batch: TypeAlias = "list[BatchFuture[Any]]"
 
 
-def event_factory() -> Callable[[], anyio.Event]:
-    """Return the cheapest way to make an ``anyio.Event`` on the running loop.
-
-    ``anyio.Event()`` looks up the running backend on every call; the concrete
-    class it returns can be called directly, which halves the cost of each waiter.
-    """
-    event_class = type(anyio.Event())
-    try:
-        if isinstance(event_class(), anyio.Event):
-            return event_class
-    except Exception:
-        pass
-    return anyio.Event
-
-
 # ------------------------------------------------ the loops' transitions
 
 
@@ -253,6 +239,13 @@ def make_event(future: BatchFuture[Any]) -> None:
     are being freed, so that the cyclic GC sees allocation and release alternate)."""
     if future._event is None:
         future._event = future._counters.new_event()
+
+
+def withdrawn() -> BatchFuture[Any]:
+    """A future withdrawn before it began, as a message the loops drop like any withdrawn record."""
+    future: BatchFuture[Any] = BatchFuture(None, 0, Counters())
+    future._state = CANCELLED
+    return future
 
 
 def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:

@@ -15,13 +15,13 @@ from typing import Any, ClassVar, Self
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._future import WORKER_OF, event_factory
+from ._future import WORKER_OF
 from ._model import Model
 from ._pricing import Pricing
 from ._protocols import ProcessFn
 from ._run import STOPPED, NotRunning, Run
 from ._settings import Settings
-from ._stats import BatchStats, Counters
+from ._stats import BatchStats, Counters, event_factory
 
 __all__ = ("LIVE_SETTINGS", "Lifecycle")
 
@@ -35,6 +35,7 @@ LIVE_SETTINGS = (
     "max_queue_delay_s",
     "max_queued_cost",
     "process_timeout_s",
+    "priority_aging_s",
 )
 
 
@@ -161,12 +162,11 @@ class Lifecycle:
             finally:
                 self._forget(run)
 
-
     def configure(self, **settings: Any) -> None:
         """Change settings while the batcher runs (or before it starts): any of
         ``target_batch_cost``, ``max_batch_size``, ``min_batch_size``,
         ``batch_timeout_s``, ``max_concurrent_batches``, ``max_queue_delay_s``,
-        ``max_queued_cost`` and ``process_timeout_s``, checked as the constructor
+        ``max_queued_cost``, ``process_timeout_s`` and ``priority_aging_s``, checked as the constructor
         checks them. The next batch obeys them; a batch already closed keeps the
         budget it was closed under. ``max_concurrent_batches`` may grow (workers
         start at once) or shrink (busy workers finish their batch first). A new

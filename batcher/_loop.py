@@ -7,19 +7,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.from_thread import start_blocking_portal
 
+from ._future import BatchFuture
 from ._run import NOT_RUNNING as BATCHER_NOT_RUNNING
 
 if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
 
-__all__ = ("IN_LOOP", "NOT_RUNNING", "Loop", "refused_as_not_running")
+__all__ = ("IN_LOOP", "NOT_RUNNING", "Loop", "call_on_loop", "refused_as_not_running", "withdraw_if_cancelled")
 
 T = TypeVar("T")
 
@@ -128,3 +129,33 @@ def refused_as_not_running() -> Iterator[None]:
         if str(exc) == BATCHER_NOT_RUNNING:
             raise RuntimeError(NOT_RUNNING) from None
         raise
+
+
+async def call_on_loop(
+    batcher: DynamicBatcher[Any, T],
+    record: Any,
+    options: dict[str, Any],
+    limit_s: float | None,
+    *,
+    task_status: TaskStatus[BatchFuture[T]] = anyio.TASK_STATUS_IGNORED,
+) -> T:
+    """The loop's side of ``SyncBatcher.call()`` and ``submit()``. The caller's
+    timeout is a deadline here, on the loop, where it withdraws the record before
+    the caller hears of it."""
+    with anyio.fail_after(limit_s):
+        with refused_as_not_running():
+            future = await batcher.submit(record, **options)
+        task_status.started(future)
+        try:
+            return await future
+        except BaseException:
+            future.cancel()  # withdraws the record unless it was dispatched
+            raise
+
+
+def withdraw_if_cancelled(loop: Loop, queued: BatchFuture[Any], future: Future[Any]) -> None:
+    """Withdraw the record of a cancelled ``submit`` future on the loop before
+    ``cancel()`` returns (the portal's own cancellation of the task comes later)."""
+    if future.cancelled() and not loop.on_loop_thread():
+        with suppress(RuntimeError):  # the loop has closed: the record was processed
+            loop.portal.call(queued.cancel)

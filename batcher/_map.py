@@ -52,8 +52,10 @@ class MapResults(Generic[T]):
         return_exceptions: bool,
         progress: bool | Progress | None,
         window: int,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self._batcher = batcher
+        self._options = options or {}  # priority and max_queue_delay_s, for every record
         self._records: Iterator[Any] | None = iter(records)
         self._held: Any = _NONE  # a record taken from the input, not yet submitted
         self._total = len(records) if isinstance(records, Sized) else None
@@ -116,12 +118,12 @@ class MapResults(Generic[T]):
             if record is _NONE:
                 return
             try:
-                future = self._batcher.submit_nowait(record)
+                future = self._batcher.submit_nowait(record, **self._options)
             except anyio.WouldBlock:
                 if self._pending():
                     self._held = record  # for the next turn: results are on their way
                     return
-                future = await self._batcher.submit(record)
+                future = await self._batcher.submit(record, **self._options)
             if self._ordered:
                 self._in_flight.append(future)
             else:

@@ -17,7 +17,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from ._assembly import GroupedAssembly, _PaddedBudget
+from ._assembly import GroupedAssembly
+from ._budget import PaddedBudget
 from ._cost_fit import CostFit, choose
 
 __all__ = ("FLOORS", "MeasuredAssembly")
@@ -33,7 +34,7 @@ class _Plan:
 
     __slots__ = ("budget", "items", "per_cost")
 
-    def __init__(self, budget: _PaddedBudget) -> None:
+    def __init__(self, budget: PaddedBudget) -> None:
         self.budget = budget
         self.items: list[Any] = []
         self.per_cost: dict[int, int] = {}
@@ -93,7 +94,7 @@ class MeasuredAssembly(GroupedAssembly[T]):
 
     def _fifo_plan(self) -> _Plan:
         """The longest prefix of the arrival order within the padded budget."""
-        plan = _Plan(_PaddedBudget(self._target, self._max_size, None))
+        plan = _Plan(PaddedBudget(self._target, self._max_size, None))
         taken, live = self._taken, self._live
         for item, cost in zip(self._arrivals, self._arrival_costs, strict=True):
             if item in taken or (live is not None and not live(item)):
@@ -106,7 +107,7 @@ class MeasuredAssembly(GroupedAssembly[T]):
     def _grouped_plan(self, oldest: T, cost: int, floor: float | None) -> _Plan:
         """The oldest record and, outward from its cost, the nearest costs' oldest
         records while the budget and ``floor`` allow (as ``GroupedAssembly`` does)."""
-        plan = _Plan(_PaddedBudget(self._target, self._max_size, floor))
+        plan = _Plan(PaddedBudget(self._target, self._max_size, floor))
         plan.budget.try_add(cost)
         plan.add(oldest, cost)
         costs = self._costs

@@ -180,6 +180,10 @@ class Run(Intake):
         """The aggregator has sent a batch to the (possibly busy) workers."""
         self._free_workers -= 1
 
+    def batch_taken_back(self) -> None:
+        """The aggregator has taken back a batch that no worker had taken."""
+        self._free_workers += 1
+
     def reconfigure(self, settings: Settings) -> None:
         """Apply new settings (checked already): the aggregator picks them up when it
         next decides (it is woken to), and the pool of workers grows or shrinks."""
@@ -197,12 +201,11 @@ class Run(Intake):
             self._workers += 1
         while self._workers > settings.max_concurrent_batches:
             self._workers -= 1
-            try:
-                self.batch_send.send_nowait(RETIRE)  # an idle worker (or the next free) leaves
-            except anyio.WouldBlock:
-                self.retiring += 1  # every worker is busy and batches wait: one leaves after its batch
-            else:
+            if self.batch_send.statistics().tasks_waiting_receive:
+                self.batch_send.send_nowait(RETIRE)  # straight to an idle worker, which leaves
                 self.batch_sent()
+            else:
+                self.retiring += 1  # every worker is busy: the first to finish its batch leaves
 
     def end_fatally(self, exc: BaseException) -> None:
         """Keep ``exc`` for ``stop()`` and cancel the loops."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._protocols import CostModel
 
-__all__ = ("Settings", "check_callable", "check_timeout", "check_int", "check_seconds")
+__all__ = ("Settings", "check_callable", "check_int", "check_options", "check_seconds", "check_timeout")
 
 F = TypeVar("F")
 
@@ -40,6 +40,13 @@ def check_timeout(name: str, value: object) -> float | None:
     return seconds
 
 
+def check_options(priority: object, max_queue_delay_s: object) -> None:
+    """Check the options every way of submitting takes."""
+    if type(priority) is not int:
+        raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+    check_timeout("max_queue_delay_s", max_queue_delay_s)
+
+
 def check_callable(name: str, value: F) -> F:
     if not callable(value):
         raise TypeError(f"{name} must be callable, got {type(value).__name__}")
@@ -68,6 +75,7 @@ class Settings:
     min_padding_efficiency: float | None = None
     max_queued_cost: int | None = None
     max_queue_delay_s: float | None = None
+    priority_aging_s: float | None = 1.0
     target_name: str = "target_batch_cost"
 
     def __post_init__(self) -> None:
@@ -90,6 +98,15 @@ class Settings:
         if self.max_queued_cost is not None:
             check_int("max_queued_cost", self.max_queued_cost, 1)
         check_timeout("max_queue_delay_s", self.max_queue_delay_s)
+        if self.priority_aging_s is not None:
+            check_seconds("priority_aging_s", self.priority_aging_s)
+
+    @classmethod
+    def named(cls, target: tuple[str, int], **settings: Any) -> Settings:
+        """Settings whose ``target_batch_cost`` comes with the name messages give it,
+        as ``("target_batch_tokens", 4096)``."""
+        name, value = target
+        return cls(target_batch_cost=value, target_name=name, **settings)
 
     def _check_efficiency(self, floor: object) -> None:
         if isinstance(floor, bool) or not isinstance(floor, (int, float)):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import anyio
 
-__all__ = ("BatchStats",)
+__all__ = ("BatchStats", "Counters", "event_factory")
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,18 @@ class Counters:
             busy_time_s=self.busy,
             idle_time_s=self.idle,
         )
+
+
+def event_factory() -> Callable[[], anyio.Event]:
+    """Return the cheapest way to make an ``anyio.Event`` on the running loop.
+
+    ``anyio.Event()`` looks up the running backend on every call; the concrete
+    class it returns can be called directly, which halves the cost of each waiter.
+    """
+    event_class = type(anyio.Event())
+    try:
+        if isinstance(event_class(), anyio.Event):
+            return event_class
+    except Exception:
+        pass
+    return anyio.Event

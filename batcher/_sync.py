@@ -7,20 +7,15 @@ import threading
 import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from contextlib import suppress
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, overload
 
-import anyio
-from anyio.abc import TaskStatus
-
 from ._dynamic import DynamicBatcher
-from ._future import BatchFuture
-from ._loop import IN_LOOP, NOT_RUNNING, Loop, refused_as_not_running
+from ._loop import IN_LOOP, NOT_RUNNING, Loop, call_on_loop, withdraw_if_cancelled
 from ._map import Progress
 from ._protocols import RecordT, ResultT
-from ._settings import check_seconds
+from ._settings import check_options, check_seconds
 from ._stats import BatchStats
 from ._sync_map import SyncMapResults
 from ._token import TokenBatcher
@@ -168,6 +163,20 @@ class SyncBatcher(Generic[RecordT, ResultT]):
                 stacklevel=1,
             )
 
+    def configure(self, **settings: Any) -> None:
+        """Change settings as :meth:`DynamicBatcher.configure` does, from any thread
+        but the loop's; before :meth:`start`, for the run to come.
+
+        :raises TypeError: for a setting it cannot change, or of the wrong type
+        :raises ValueError: for a value out of range
+        """
+        loop = self._loop
+        if loop is None:
+            self._batcher.configure(**settings)
+            return
+        with loop.entry():
+            loop.portal.call(partial(self._batcher.configure, **settings))
+
     def _running(self) -> Loop:
         loop = self._loop
         if loop is None:
@@ -183,6 +192,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         estimated_cost: int | None = None,
         estimated_tokens: int | None = None,
         timeout: float | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
     ) -> ResultT:
         """Submit one record, block until its result is ready and return it.
 
@@ -193,6 +204,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :param timeout: seconds to wait, from the call, for the result; if they
             pass, the record is withdrawn unless a worker has already taken it,
             and :exc:`TimeoutError` is raised. ``None`` waits as long as it takes.
+        :param priority: see :class:`DynamicBatcher`: a higher one is dispatched first
+        :param max_queue_delay_s: the record's queue deadline (see :class:`DynamicBatcher`)
         :return: the record's result
         :raises Exception: the exception the process function raised for the
             record's batch, or returned in the record's slot
@@ -201,8 +214,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :raises ValueError: for a negative cost or timeout
         :raises RuntimeError: if it is not running, or when called from the loop's own thread
         """
-        costs = self._costs(estimated_cost, estimated_tokens, timeout)
-        future = self._running().spawn(partial(self._one, record, costs, timeout))
+        options = self._options(estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
+        future = self._running().spawn(partial(call_on_loop, self._batcher, record, options, timeout))
         try:
             return future.result()
         except BaseException:
@@ -216,6 +229,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         estimated_cost: int | None = None,
         estimated_tokens: int | None = None,
         timeout: float | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
     ) -> Future[ResultT]:
         """Queue one record and return a :class:`concurrent.futures.Future` of its result.
 
@@ -227,13 +242,15 @@ class SyncBatcher(Generic[RecordT, ResultT]):
             :exc:`TimeoutError` and the record is withdrawn (unless a worker has
             taken it); if they pass while ``submit`` waits for room, ``submit``
             itself raises :exc:`TimeoutError`.
+        :param priority: as for :meth:`call`
+        :param max_queue_delay_s: as for :meth:`call`
         :raises TypeError: for a cost that is not an integer
         :raises ValueError: for a negative cost or timeout
         :raises RuntimeError: if it is not running, or when called from the loop's own thread
         """
-        costs = self._costs(estimated_cost, estimated_tokens, timeout)
+        options = self._options(estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
         loop = self._running()
-        future, queued = loop.start(partial(self._one, record, costs, timeout))
+        future, queued = loop.start(partial(call_on_loop, self._batcher, record, options, timeout))
         future.add_done_callback(partial(withdraw_if_cancelled, loop, queued))
         return future
 
@@ -245,6 +262,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         ordered: bool = ...,
         return_exceptions: Literal[False] = ...,
         progress: bool | Progress | None = ...,
+        priority: int = ...,
+        max_queue_delay_s: float | None = ...,
     ) -> SyncMapResults[ResultT]: ...
     @overload
     def map(
@@ -254,6 +273,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         ordered: bool = ...,
         return_exceptions: bool,
         progress: bool | Progress | None = ...,
+        priority: int = ...,
+        max_queue_delay_s: float | None = ...,
     ) -> SyncMapResults[ResultT | Exception]: ...
     def map(
         self,
@@ -262,6 +283,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: bool | Progress | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
     ) -> SyncMapResults[ResultT] | SyncMapResults[ResultT | Exception]:
         """Run every record of ``records`` through the batcher, one result per
         record, as :meth:`DynamicBatcher.map` does, and iterate over the results
@@ -271,54 +294,45 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         The arguments mean what they mean there: results in input order unless
         ``ordered=False``; with ``return_exceptions=True`` a failed record's
         exception in its place, else the first failure raised and the rest
-        withdrawn; ``progress=True`` for a tqdm bar, or ``progress(done, total)``
+        withdrawn; ``priority`` and ``max_queue_delay_s`` for every record;
+        ``progress=True`` for a tqdm bar, or ``progress(done, total)``
         after each result. ``records`` is read on the batcher's loop as the map
         needs more (a lazy input should not block), and progress is reported
         from there.
 
         :raises RuntimeError: if it is not running, or when called from the loop's own thread
         """
+        check_options(priority, max_queue_delay_s)
         start_map = partial(
-            self._batcher.map, records, ordered=ordered, return_exceptions=return_exceptions, progress=progress
+            self._batcher.map,
+            records,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            progress=progress,
+            priority=priority,
+            max_queue_delay_s=max_queue_delay_s,
         )
         return SyncMapResults(self._running(), start_map)
 
-    def _costs(
-        self, estimated_cost: int | None, estimated_tokens: int | None, timeout: float | None
-    ) -> dict[str, int | None]:
-        # Checks what the loop cannot check for the batcher, and builds the batcher's cost arguments.
+    def _options(
+        self,
+        estimated_cost: int | None,
+        estimated_tokens: int | None,
+        timeout: float | None,
+        priority: int,
+        max_queue_delay_s: float | None,
+    ) -> dict[str, Any]:
+        # Checks what the loop cannot check for the batcher, and builds the batcher's arguments.
         if timeout is not None:
             check_seconds("timeout", timeout)
-        if estimated_tokens is None:
-            return {"estimated_cost": estimated_cost}
-        if not isinstance(self._batcher, TokenBatcher):
-            raise TypeError(NO_TOKENS)
-        return {"estimated_cost": estimated_cost, "estimated_tokens": estimated_tokens}
-
-    async def _one(
-        self,
-        record: RecordT,
-        costs: dict[str, int | None],
-        limit_s: float | None,
-        *,
-        task_status: TaskStatus[BatchFuture[ResultT]] = anyio.TASK_STATUS_IGNORED,
-    ) -> ResultT:
-        # The loop's side of call() and submit(). The caller's timeout is a deadline
-        # here, on the loop, where it withdraws the record before the caller hears of it.
-        with anyio.fail_after(limit_s):
-            with refused_as_not_running():
-                future = await self._batcher.submit(record, **costs)
-            task_status.started(future)
-            try:
-                return await future
-            except BaseException:
-                future.cancel()  # withdraws the record unless it was dispatched
-                raise
-
-
-def withdraw_if_cancelled(loop: Loop, queued: BatchFuture[Any], future: Future[Any]) -> None:
-    """Withdraw the record of a cancelled ``submit`` future on the loop before
-    ``cancel()`` returns (the portal's own cancellation of the task comes later)."""
-    if future.cancelled() and not loop.on_loop_thread():
-        with suppress(RuntimeError):  # the loop has closed: the record was processed
-            loop.portal.call(queued.cancel)
+        check_options(priority, max_queue_delay_s)
+        options: dict[str, Any] = {
+            "estimated_cost": estimated_cost,
+            "priority": priority,
+            "max_queue_delay_s": max_queue_delay_s,
+        }
+        if estimated_tokens is not None:
+            if not isinstance(self._batcher, TokenBatcher):
+                raise TypeError(NO_TOKENS)
+            options["estimated_tokens"] = estimated_tokens
+        return options

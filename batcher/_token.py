@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Any, SupportsIndex, TypeVar
+from typing import Any, ClassVar, SupportsIndex, TypeVar
 
 import anyio
 
@@ -93,9 +93,17 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
     :param max_queued_cost: load shedding: a call that would queue records past
         this many tokens raises :exc:`BatcherOverloadedError` at once (nothing is
         queued); ``None`` for no limit.
+    :param max_queue_delay_s: a record still queued this many seconds after it was
+        submitted fails with :exc:`QueueTimeoutError`; ``None`` for no deadline.
+    :param priority_aging_s: a record queued this long counts as the highest
+        priority; ``None`` for never. The ``priority`` and ``max_queue_delay_s`` of
+        each record, and ``configure()`` (which also takes ``target_batch_tokens``),
+        are as :class:`DynamicBatcher` describes.
     :raises TypeError: for a setting of the wrong type, naming it
     :raises ValueError: for a setting out of range, naming it
     """
+
+    _synonyms: ClassVar[dict[str, str]] = {"target_batch_tokens": "target_batch_cost"}
 
     def __init__(
         self,
@@ -120,17 +128,17 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         process_timeout_s: float | None = None,
         min_padding_efficiency: float | None = None,
         max_queued_cost: int | None = None,
+        max_queue_delay_s: float | None = None,
+        priority_aging_s: float | None = 1.0,
     ) -> None:
-        target_name, target = either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost)
         self._setup(  # the parts DynamicBatcher.__init__ builds, in token words
             _inference_fn(inference_fn, process_fn),
             _token_pricing(
                 either("token_estimator", token_estimator, "cost_estimator", cost_estimator),
                 either("default_token_estimate", default_token_estimate, "default_cost", default_cost),
             ),
-            Settings(
-                target_batch_cost=target,
-                target_name=target_name,
+            Settings.named(
+                either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost),
                 max_batch_size=max_batch_size,
                 min_batch_size=min_batch_size,
                 batch_timeout_s=batch_timeout_s,
@@ -143,11 +151,19 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
                 process_timeout_s=process_timeout_s,
                 min_padding_efficiency=min_padding_efficiency,
                 max_queued_cost=max_queued_cost,
+                max_queue_delay_s=max_queue_delay_s,
+                priority_aging_s=priority_aging_s,
             ),
         )
 
     async def submit(
-        self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
+        self,
+        record: RecordT,
+        *,
+        estimated_tokens: int | None = None,
+        estimated_cost: int | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
     ) -> BatchFuture[ResultT]:
         """Queue one record and return its future.
 
@@ -162,13 +178,19 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
             thread other than its event loop's
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
-        future = self._new_future(record, cost, name)
-        if not self._run.try_submit(future):
-            await self._run.submit(future)
+        future = self._new_future(record, cost, name, priority, max_queue_delay_s)
+        if not self._run.try_submit(future, max_queue_delay_s):
+            await self._run.submit(future, max_queue_delay_s)
         return future
 
     def submit_nowait(
-        self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
+        self,
+        record: RecordT,
+        *,
+        estimated_tokens: int | None = None,
+        estimated_cost: int | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
     ) -> BatchFuture[ResultT]:
         """Queue one record and return its future, without waiting. Its tokens are
         ``estimated_tokens``, else ``estimated_cost``, else priced as the class
@@ -181,8 +203,8 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
             thread other than its event loop's
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
-        future = self._new_future(record, cost, name)
-        if not self._run.try_submit(future):
+        future = self._new_future(record, cost, name, priority, max_queue_delay_s)
+        if not self._run.try_submit(future, max_queue_delay_s):
             raise anyio.WouldBlock
         return future
 
@@ -192,6 +214,8 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         *,
         estimated_tokens: Collection[SupportsIndex] | None = None,
         estimated_cost: Collection[SupportsIndex] | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
     ) -> list[BatchFuture[ResultT]]:
         """Queue many records; return their futures in the same order.
 
@@ -210,10 +234,16 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
             thread other than its event loop's
         """
         name, costs = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
-        return await self._submit_all(records, costs, name)
+        return await self._submit_all(records, costs, name, priority, max_queue_delay_s)
 
     async def call(
-        self, record: RecordT, *, estimated_tokens: int | None = None, estimated_cost: int | None = None
+        self,
+        record: RecordT,
+        *,
+        estimated_tokens: int | None = None,
+        estimated_cost: int | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
     ) -> ResultT:
         """Submit one record and wait for its result. Its tokens are
         ``estimated_tokens``, else ``estimated_cost``, else priced as the class
@@ -236,7 +266,8 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
             function while ``max_concurrent_batches`` is 1 (it would wait for itself)
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
-        future = self._queue_for_call(self._new_future(record, cost, name))
+        future = self._new_future(record, cost, name, priority, max_queue_delay_s)
+        self._queue_for_call(future, max_queue_delay_s)
         try:  # as DynamicBatcher.call, written out: a parked caller keeps one coroutine
             if (waiting := until_done(future)) is not None:
                 await waiting

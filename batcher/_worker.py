@@ -25,8 +25,9 @@ __all__ = ("RETIRE", "Worker")
 
 logger = logging.getLogger("batcher")
 
-#: Sent into the batch stream to make the worker that takes it leave (``configure()``
-#: shrinking the pool); never filled, and dropped wherever a batch would be failed.
+#: Handed to an idle worker (one waiting in ``receive()``, never through the
+#: stream's buffer) to make it leave when ``configure()`` shrinks the pool; never
+#: filled, so it is dropped wherever a batch would be failed.
 RETIRE: Final[Batch] = []
 
 #: A batch whose results are in, and the results.

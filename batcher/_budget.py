@@ -1,0 +1,88 @@
+"""The budget rule of one growing batch: can a record of this cost join it?
+
+Every batch obeys the budget: its cost (by the cost model) never exceeds the
+target, except a batch of one record whose own cost is over the target, which runs
+alone; and no batch holds more than ``max_size`` records.
+"""
+
+from __future__ import annotations
+
+from ._protocols import CostModel
+
+__all__ = ("Budget", "PaddedBudget", "new_budget")
+
+
+class Budget:
+    """The budget rule for one growing batch under the sum cost model: can a record
+    of this cost join it?"""
+
+    __slots__ = ("count", "exhausted", "max_size", "peak", "target", "total")
+
+    def __init__(self, target: int, max_size: int) -> None:
+        self.target = target
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = self.total = self.peak = 0
+        #: Whether no record of positive cost could join any more.
+        self.exhausted = False
+
+    def try_add(self, cost: int) -> bool:
+        """Add a record of this cost if it fits; return whether it did (a record
+        always fits an empty batch, even an oversized one)."""
+        count = self.count
+        if count and (count >= self.max_size or self.total + cost > self.target):
+            return False
+        count = self.count = count + 1
+        total = self.total = self.total + cost
+        if cost > self.peak:
+            self.peak = cost
+        self.exhausted = count >= self.max_size or total >= self.target
+        return True
+
+    def cost(self) -> int:
+        return self.total
+
+
+class PaddedBudget(Budget):
+    """The budget rule under the padded cost model: a batch costs ``len * max(cost)``.
+
+    With ``min_efficiency``, a record also stays out if the batch's real cost over its
+    padded cost, ``sum(costs) / (len * max(costs))``, would fall below it. Both rules
+    only get stricter for costs further from the batch's, so a batch grown outward
+    from one cost can stop at the first misfit.
+    """
+
+    __slots__ = ("min_efficiency",)
+
+    def __init__(self, target: int, max_size: int, min_efficiency: float | None) -> None:
+        self.min_efficiency = min_efficiency
+        super().__init__(target, max_size)
+
+    def try_add(self, cost: int) -> bool:
+        count = self.count
+        if count:
+            if count >= self.max_size:
+                return False
+            padded = (count + 1) * max(self.peak, cost)
+            if padded > self.target:
+                return False
+            floor = self.min_efficiency
+            if floor is not None and self.total + cost < floor * padded:
+                return False
+        count = self.count = count + 1
+        self.total += cost
+        if cost > self.peak:
+            self.peak = cost
+        self.exhausted = count >= self.max_size or (count + 1) * max(self.peak, 1) > self.target
+        return True
+
+    def cost(self) -> int:
+        return self.count * self.peak
+
+
+def new_budget(target: int, max_size: int, cost_model: CostModel, min_efficiency: float | None) -> Budget:
+    if cost_model == "sum":
+        return Budget(target, max_size)
+    return PaddedBudget(target, max_size, min_efficiency)

@@ -1,0 +1,217 @@
+"""Priorities: a higher ``priority`` is dispatched first, arrival order within one,
+the budget unchanged, and ``priority_aging_s`` keeps low priorities from starving.
+The rule itself (``PriorityAssembly``) is tested with a fake clock; the batcher
+end to end under both backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from batcher import DynamicBatcher, SyncBatcher, TokenBatcher
+from batcher._assembly import make_assembly
+from batcher._budget import new_budget
+from batcher._priority import PriorityAssembly
+
+from .helpers import Recorder, blocked_batcher
+
+_ids = count()
+
+
+@dataclass(frozen=True)
+class Rec:
+    name: str
+    cost: int
+    priority: int = 0
+    serial: int = field(default_factory=lambda: next(_ids))  # records of equal fields stay distinct
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def assembly(
+    *, target: int = 100, size: int = 3, grouped: bool = False, aging_s: float | None = None, clock: Clock | None = None
+) -> PriorityAssembly[Rec]:
+    def level() -> Any:
+        return make_assembly(
+            target_cost=target, max_batch_size=size, cost_model="sum", group_by_cost=grouped, window=1000
+        )
+
+    return PriorityAssembly(
+        make_level=level,
+        make_budget=lambda: new_budget(target, size, "sum", None),
+        window=1000,
+        aging_s=aging_s,
+        priority_of=lambda rec: rec.priority,
+        cost_of=lambda rec: rec.cost,
+        clock=clock or Clock(),
+    )
+
+
+def names(batch: list[Rec]) -> list[str]:
+    return [rec.name for rec in batch]
+
+
+def add(queue: PriorityAssembly[Rec], *recs: Rec) -> None:
+    for rec in recs:
+        queue.add(rec, rec.cost)
+
+
+class TestRule:
+    def test_highest_first_then_arrival_order_and_lower_ones_fill_the_rest(self) -> None:
+        queue = assembly(size=3)
+        add(queue, Rec("a", 1), Rec("b", 1), Rec("x", 1, 5), Rec("m", 1, 1), Rec("y", 1, 5), Rec("c", 1))
+        assert names(queue.take()[0]) == ["x", "y", "m"]
+        assert names(queue.take()[0]) == ["a", "b", "c"]
+        assert len(queue) == 0
+
+    def test_the_budget_holds_across_priorities(self) -> None:
+        queue = assembly(target=10, size=8)
+        add(queue, Rec("low", 3), Rec("high", 8, 2), Rec("small", 2))
+        batch, cost = queue.take()
+        assert (names(batch), cost) == (["high"], 8)  # "low" does not fit; arrival order stops there
+        assert names(queue.take()[0]) == ["low", "small"]
+
+    def test_grouping_happens_within_what_priority_allows(self) -> None:
+        queue = assembly(target=35, size=8, grouped=True)
+        add(queue, Rec("h10", 10, 1), Rec("h50", 50, 1), Rec("l49", 49), Rec("l11", 11), Rec("l12", 12))
+        batch, cost = queue.take()
+        assert (names(batch), cost) == (["h10", "l11", "l12"], 33)  # around the record that must go next
+        assert names(queue.take()[0]) == ["h50"]  # alone: over the target
+        assert names(queue.take()[0]) == ["l49"]
+
+    def test_an_aged_record_goes_next_oldest_first(self) -> None:
+        clock = Clock()
+        queue = assembly(size=1, aging_s=1.0, clock=clock)
+        add(queue, Rec("old-low", 1))
+        clock.now = 0.5
+        add(queue, Rec("low2", 1, -1))
+        clock.now = 0.7
+        for n in range(3):
+            add(queue, Rec(f"h{n}", 1, 9))
+        assert names(queue.take()[0]) == ["h0"]
+        clock.now = 1.2  # "old-low" has waited 1.2 s, "low2" 0.7 s
+        assert names(queue.take()[0]) == ["old-low"]
+        assert names(queue.take()[0]) == ["h1"]
+        clock.now = 1.6  # "low2" too (the high ones have waited 0.9 s)
+        assert names(queue.take()[0]) == ["low2"]
+        assert names(queue.take()[0]) == ["h2"]
+
+    def test_without_aging_a_low_priority_waits_for_every_higher_one(self) -> None:
+        clock = Clock()
+        queue = assembly(size=1, aging_s=None, clock=clock)
+        add(queue, Rec("low", 1), Rec("h0", 1, 1), Rec("h1", 1, 1))
+        clock.now = 1e6
+        assert [names(queue.take()[0]) for _ in range(3)] == [["h0"], ["h1"], ["low"]]
+
+    def test_queued_lists_every_record_in_arrival_order(self) -> None:
+        queue = assembly(size=2)
+        recs = [Rec("a", 1), Rec("x", 1, 3), Rec("b", 1), Rec("y", 1, 3)]
+        add(queue, *recs)
+        assert queue.queued() == recs
+        queue.take()
+        assert names(queue.queued()) == ["a", "b"]
+
+
+class TestBatcher:
+    async def test_higher_priority_is_dispatched_first_fifo_within_one(self) -> None:
+        async with blocked_batcher(max_batch_size=2) as (batcher, model, _):
+            await batcher.submit("a")
+            await batcher.submit("b")
+            await batcher.submit("x", priority=5)
+            await batcher.submit("m", priority=1)
+            await batcher.submit("y", priority=5)
+            futures = await batcher.submit_batch(["c", "d"], priority=-1)
+            model.release()
+            await futures[-1]
+        assert model.batches[1:] == [["x", "y"], ["m", "a"], ["b", "c"], ["d"]]
+
+    async def test_every_entry_point_takes_a_priority(self) -> None:
+        async with blocked_batcher(max_batch_size=10) as (batcher, model, _):
+
+            async def release_once_all_are_queued() -> None:
+                await anyio.wait_all_tasks_blocked()
+                model.release()
+
+            await batcher.submit("submit")
+            batcher.submit_nowait("nowait", priority=1)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: batcher.call("call", priority=2))
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(release_once_all_are_queued)
+                async with batcher.map(["map"], priority=3) as results:
+                    assert [result async for result in results] == [("done", "map")]
+        assert model.batches[1] == ["map", "call", "nowait", "submit"]
+
+    @pytest.mark.parametrize("aging_s", [0.0, None])
+    async def test_aging_bounds_the_wait_of_a_low_priority_under_sustained_high_load(
+        self, aging_s: float | None
+    ) -> None:
+        # 20 closed-loop producers of priority 1 keep 19 records queued at all times.
+        # Aged at once (0 s), "low" waits only for the records queued before it;
+        # never aged (None), it waits until the producers stop.
+        model = Recorder()
+        async with DynamicBatcher(model, max_batch_size=1, priority_aging_s=aging_s) as batcher:
+
+            async def produce() -> None:
+                for _ in range(60):
+                    await batcher.call("high", priority=1)
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(20):
+                        tg.start_soon(produce)
+                    while len(model.records) < 100:
+                        await anyio.lowlevel.checkpoint()
+                    queued_at = len(model.records)
+                    await batcher.call("low")
+        position = model.records.index("low")
+        if aging_s is None:
+            assert position >= len(model.records) - 21
+        else:
+            assert position - queued_at <= 25
+
+    async def test_priority_must_be_an_int(self) -> None:
+        async with DynamicBatcher(Recorder()) as batcher:
+            with pytest.raises(TypeError, match="priority must be an int, got str"):
+                await batcher.submit("a", priority="high")  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="priority must be an int, got bool"):
+                await batcher.call("a", priority=True)
+            with pytest.raises(TypeError, match="priority must be an int, got float"):
+                await batcher.submit_batch(["a"], priority=1.0)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="priority must be an int"):
+                batcher.map(["a"], priority=None)  # type: ignore[call-overload]
+            assert batcher.stats.total_submitted == 0
+
+    async def test_token_batcher_takes_priorities(self) -> None:
+        model = Recorder(hold=True)
+        async with TokenBatcher(model, max_batch_size=1) as batcher:
+            await batcher.submit("first")
+            await model.entered.wait()
+            low = await batcher.submit("low", estimated_tokens=3)
+            high = await batcher.submit("high", estimated_tokens=3, priority=1)
+            model.release()
+            await low
+            assert high.done()
+        assert model.records == ["first", "high", "low"]
+
+
+def test_sync_batcher_takes_priorities() -> None:
+    model = Recorder()
+    with SyncBatcher(DynamicBatcher(model, max_batch_size=4)) as batcher:
+        assert batcher.call("a", priority=2) == ("done", "a")
+        assert batcher.submit("b", priority=-3).result(timeout=5) == ("done", "b")
+        with batcher.map(["c", "d"], priority=1) as results:
+            assert list(results) == [("done", "c"), ("done", "d")]
+        with pytest.raises(TypeError, match="priority must be an int"):
+            batcher.call("e", priority="x")  # type: ignore[arg-type]
