@@ -10,7 +10,7 @@ closed batch no worker has taken yet. A dispatched record is never expired.
 from __future__ import annotations
 
 import math
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from itertools import count
 from time import monotonic
 from typing import Any
@@ -40,6 +40,12 @@ class Deadlines:
     def add(self, future: BatchFuture[Any], delay: float) -> None:
         """Expire ``future`` if it is still queued ``delay`` seconds from now."""
         heap = self._heap
+        if len(heap) > 2 * self._counters.queued + 64:
+            # Most entries are of records gone from the queue, which would be kept
+            # (with their results) until their deadlines: drop them, once per as
+            # many additions as there are entries.
+            heap[:] = [entry for entry in heap if is_pending(entry[2])]
+            heapify(heap)
         deadline = monotonic() + delay
         heappush(heap, (deadline, next(self._order), future))
         if heap[0][2] is future and self._wake is not None:  # the earliest: keep() sleeps too long

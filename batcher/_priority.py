@@ -46,6 +46,7 @@ class PriorityAssembly(Generic[T]):
         "_arrivals",
         "_clock",
         "_cost_of",
+        "_count",
         "_levels",
         "_live",
         "_make_budget",
@@ -78,9 +79,10 @@ class PriorityAssembly(Generic[T]):
         # taken (or withdrawn) leave lazily, when they come first.
         self._arrivals: dict[int, deque[tuple[float, T]]] = {}
         self._taken: set[T] = set()
+        self._count = 0  # records queued, over all levels
 
     def __len__(self) -> int:
-        return sum(len(level) for level in self._levels.values())
+        return self._count
 
     def add(self, item: T, cost: int, arrived: float | None = None) -> bool:
         """Queue ``item`` (at its priority), whose cost is ``cost``; return :meth:`full`."""
@@ -92,7 +94,8 @@ class PriorityAssembly(Generic[T]):
             insort(self._order, priority)
         level.add(item, cost)
         self._arrivals[priority].append((self._clock() if arrived is None else arrived, item))
-        return self.full()
+        self._count += 1
+        return self._count >= self.window
 
     def adopt(self, items: Iterable[T], arrived: float) -> None:
         """Queue records that arrived no later than ``arrived``, oldest first."""
@@ -101,7 +104,7 @@ class PriorityAssembly(Generic[T]):
 
     def full(self) -> bool:
         """Whether ``window`` records are queued."""
-        return len(self) >= self.window
+        return self._count >= self.window
 
     def queued(self) -> list[T]:
         """The queued records, oldest first."""
@@ -119,6 +122,7 @@ class PriorityAssembly(Generic[T]):
             self._levels[priority] = fresh = make_level()
             for item in level.queued():
                 fresh.add(item, self._cost_of(item))
+        self._count = sum(len(level) for level in self._levels.values())
 
     def take(self) -> tuple[list[T], int]:
         """Remove and return the next batch (possibly not full) and its cost."""
@@ -136,6 +140,7 @@ class PriorityAssembly(Generic[T]):
                 break
         self._taken.update(batch)
         self._drop_empty()
+        self._count = sum(len(level) for level in self._levels.values())
         return batch, budget.cost()
 
     def _line(self, now: float) -> list[int]:

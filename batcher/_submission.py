@@ -9,8 +9,8 @@ queued, and a record with a queue deadline is handed to the run's
 
 from __future__ import annotations
 
-import threading
 from collections import deque
+from threading import get_ident
 from typing import Any
 
 import anyio
@@ -58,7 +58,7 @@ class Intake:
         self.settings = settings
         self.counters = counters
         #: The thread of the event loop the run belongs to.
-        self.thread = threading.get_ident()
+        self.thread = get_ident()
         self.submit_send, self.submit_receive = anyio.create_memory_object_stream[Submission](settings.max_queue_size)
         #: The queue deadlines of the records that have one.
         self.deadlines = Deadlines(counters)
@@ -83,7 +83,7 @@ class Intake:
 
         :raises RuntimeError: if called from another thread, or once input has ended
         """
-        if self.thread != threading.get_ident():  # check_thread(), written out: once per record
+        if self.thread != get_ident():  # check_thread(), written out: once per record
             raise RuntimeError(OTHER_THREAD)
         settings = self.settings
         if settings.max_queued_cost is not None and not admitted:
@@ -109,7 +109,7 @@ class Intake:
 
     def check_thread(self) -> None:
         """:raises RuntimeError: if called from a thread other than the run's event loop's"""
-        if self.thread != threading.get_ident():
+        if self.thread != get_ident():
             raise RuntimeError(OTHER_THREAD)
 
     def admit(self, cost: int, records: int = 1) -> None:
@@ -196,7 +196,9 @@ class Intake:
         sent = 0
         try:
             for start in range(0, len(futures), INTAKE):  # a turn of the event loop per chunk
-                for future in futures[start : start + INTAKE]:
+                chunk = futures[start : start + INTAKE]
+                sent += self._send_at_once(chunk, delay)
+                for future in chunk[sent - start :]:  # the stream is full: these wait for room
                     if not self.try_submit(future, delay, admitted=True):
                         await self.submit(future, delay)
                     sent += 1
@@ -207,6 +209,32 @@ class Intake:
             raise
         finally:
             self._reserved -= total
+
+    def _send_at_once(self, futures: list[BatchFuture[Any]], delay: float | None) -> int:
+        """Send the first of ``futures`` that the submission stream has room for, as
+        :meth:`try_submit` would one by one (admitted already); return how many."""
+        self.check_thread()
+        if self.overflow:
+            return 0
+        send, sent, cost = self.submit_send.send_nowait, 0, 0
+        try:
+            for future in futures:
+                send(future)
+                sent += 1
+                cost += future._cost
+        except anyio.WouldBlock:
+            pass
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            if not sent:
+                raise RuntimeError(NOT_RUNNING) from None
+        self.counters.submitted += sent
+        self.counters.queued_cost += cost
+        if delay is None:
+            delay = self.settings.max_queue_delay_s
+        if delay is not None:
+            for future in futures[:sent]:
+                self.deadlines.add(future, delay)
+        return sent
 
     def end_input(self) -> None:
         """End of input: the aggregator drains the stream and the overflow, flushes, finishes."""

@@ -118,6 +118,15 @@ class TestDeadlines:
         assert_accounted(batcher)
 
 
+async def test_records_that_left_the_queue_are_not_kept_until_their_deadlines() -> None:
+    async with DynamicBatcher(Recorder(), max_queue_delay_s=3600) as batcher:
+        for _ in range(20):
+            for future in await batcher.submit_batch(range(500)):
+                await future
+        entries = len(batcher._run.deadlines._heap)  # type: ignore[union-attr]
+    assert entries <= 1_100, f"{entries} deadlines kept for 10,000 records processed"
+
+
 def test_sync_batcher_takes_deadlines() -> None:
     entered, gate = threading.Event(), threading.Event()
 

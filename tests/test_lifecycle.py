@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import gc
 import subprocess
@@ -296,10 +297,15 @@ def test_a_batcher_collected_while_running_warns(anyio_backend: str) -> None:
     script = NEVER_STOPPED.format(backend=anyio_backend)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == (
-        "[('ResourceWarning', \"<DynamicBatcher running queued=0 in_flight=0> was garbage-collected "
-        "without being stopped; use 'async with batcher:' or stop()\")]\n"
+    caught = ast.literal_eval(done.stdout)
+    assert caught[0] == (
+        "ResourceWarning",
+        "<DynamicBatcher running queued=0 in_flight=0> was garbage-collected "
+        "without being stopped; use 'async with batcher:' or stop()",
     )
+    # The abandoned loops' streams may be collected before the loops, now and then
+    # under trio, and anyio warns of those too.
+    assert all(message.startswith("Unclosed <MemoryObject") for _, message in caught[1:]), caught
 
 
 async def test_a_stopped_batcher_does_not_warn() -> None:

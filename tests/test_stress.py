@@ -1,8 +1,9 @@
 """Randomised fault injection through the whole batcher, and a memory soak.
 
 Thousands of records from many concurrent producers meet random costs, delays,
-batch failures, wrong-length results, per-record errors, withdrawals and a
-``stop()`` at a random moment. Whatever happens, every future ends exactly once
+priorities, queue deadlines, batch failures, wrong-length results, per-record
+errors, withdrawals, load shedding, ``configure()`` calls and a ``stop()`` at a
+random moment. Whatever happens, every future ends exactly once
 with its own record's outcome, nothing is processed twice, and the statistics
 balance. Every run is bounded by ``anyio.fail_after``.
 """
@@ -21,7 +22,14 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
-from batcher import BatcherClosedError, BatcherOverloadedError, BatchFuture, DynamicBatcher, RecordCancelledError
+from batcher import (
+    BatcherClosedError,
+    BatcherOverloadedError,
+    BatchFuture,
+    DynamicBatcher,
+    QueueTimeoutError,
+    RecordCancelledError,
+)
 from batcher._assembly import batch_cost
 
 from .helpers import NOT_RUNNING
@@ -53,6 +61,8 @@ class Settings:
     p_batch_failure: float
     p_wrong_length: float
     p_slot_failure: float
+    p_priority: float  # how often a record gets a priority other than 0
+    p_configure: float  # how often a producer changes the settings
     stop_after: int  # end the run once this many records were submitted (may never happen)
     abort: bool  # end it by cancelling everything, instead of stop()
 
@@ -77,12 +87,17 @@ class Settings:
             kwargs["min_padding_efficiency"] = rng.choice([0.5, 0.9])
         if rng.random() < 0.3:
             kwargs["max_queued_cost"] = rng.randint(1, 2000)
+        if rng.random() < 0.3:
+            kwargs["max_queue_delay_s"] = rng.choice([0.001, 0.005, 0.02])
+        kwargs["priority_aging_s"] = rng.choice([None, 0.0, 0.001, 0.01, 1.0])
         return cls(
             kwargs=kwargs,
             sync_fn=rng.random() < 0.25,
             p_batch_failure=rng.choice([0.0, 0.05, 0.2]),
             p_wrong_length=rng.choice([0.0, 0.03]),
             p_slot_failure=rng.choice([0.0, 0.05]),
+            p_priority=rng.choice([0.0, 0.0, 0.3, 0.9]),
+            p_configure=rng.choice([0.0, 0.0, 0.01]),
             # A normal stop may come after the producers are done; an abort comes amid them.
             stop_after=rng.randint(PRODUCERS, total if abort else 2 * total),
             abort=abort,
@@ -98,6 +113,7 @@ class Ledger:
     withdrawn: set[int] = field(default_factory=set)  # cancel() returned True
     call_results: dict[int, Any] = field(default_factory=dict)
     closed_calls: dict[int, BaseException] = field(default_factory=dict)  # call() failed by an abort
+    expired_calls: set[int] = field(default_factory=set)  # call() raised QueueTimeoutError
     shed: int = 0  # records refused with BatcherOverloadedError
     refused: list[str] = field(default_factory=list)  # messages of submits refused at stop
     submitted: int = 0
@@ -114,6 +130,10 @@ class FaultyModel:
         self.target = settings.kwargs["target_batch_cost"]
         self.max_size = settings.kwargs["max_batch_size"]
         self.cost_model = settings.kwargs["cost_model"]
+
+    def loosen(self, target: int, max_size: int) -> None:
+        """``configure()`` set this budget: a batch closed under either one is within budget."""
+        self.target, self.max_size = max(self.target, target), max(self.max_size, max_size)
 
     def check_and_decide(self, batch: list[Record]) -> tuple[float, str]:
         ledger = self.ledger
@@ -174,6 +194,27 @@ async def run_scenario(seed: int) -> tuple[Settings, Ledger, DynamicBatcher[Reco
         ids = iter(range(producer * RECORDS_PER_PRODUCER, (producer + 1) * RECORDS_PER_PRODUCER))
         mine: list[tuple[int, BatchFuture[Any]]] = []
 
+        def options() -> dict[str, Any]:
+            chosen: dict[str, Any] = {}
+            if prng.random() < settings.p_priority:
+                chosen["priority"] = prng.randint(-2, 2)
+            if prng.random() < 0.1:
+                chosen["max_queue_delay_s"] = prng.choice([0.001, 0.01, 1.0])
+            return chosen
+
+        def reconfigure() -> None:
+            max_size = prng.randint(1, 32)
+            target_cost = prng.randint(1, 300)
+            model.loosen(target_cost, max_size)
+            batcher.configure(
+                target_batch_cost=target_cost,
+                max_batch_size=max_size,
+                min_batch_size=prng.randint(1, min(4, max_size)),
+                max_concurrent_batches=prng.randint(1, 3),
+                max_queue_delay_s=prng.choice([None, 0.005]),
+                priority_aging_s=prng.choice([None, 0.0, 0.01]),
+            )
+
         def record(rid: int) -> Record:
             cost = prng.randint(0, target) if prng.random() < 0.9 else prng.randint(target + 1, 2 * target)
             return Record(rid, cost)
@@ -181,11 +222,11 @@ async def run_scenario(seed: int) -> tuple[Settings, Ledger, DynamicBatcher[Reco
         async def submit_one(rid: int, nowait: bool) -> None:
             rec = record(rid)
             try:
-                future = batcher.submit_nowait(rec, estimated_cost=rec.cost) if nowait else None
+                future = batcher.submit_nowait(rec, estimated_cost=rec.cost, **options()) if nowait else None
             except anyio.WouldBlock:
                 future = None
             if future is None:
-                future = await batcher.submit(rec, estimated_cost=rec.cost)
+                future = await batcher.submit(rec, estimated_cost=rec.cost, **options())
             ledger.futures[rid] = future
             mine.append((rid, future))
             submitted()
@@ -194,7 +235,7 @@ async def run_scenario(seed: int) -> tuple[Settings, Ledger, DynamicBatcher[Reco
             records = [record(rid), *(record(next(ids, -1)) for _ in range(prng.randint(0, 3)))]
             records = [r for r in records if r.id >= 0]
             try:
-                futures = await batcher.submit_batch(records, estimated_cost=[r.cost for r in records])
+                futures = await batcher.submit_batch(records, estimated_cost=[r.cost for r in records], **options())
             except BatcherOverloadedError:
                 ledger.shed += len(records)
                 return
@@ -207,9 +248,11 @@ async def run_scenario(seed: int) -> tuple[Settings, Ledger, DynamicBatcher[Reco
             rec = record(rid)
             with anyio.move_on_after(prng.choice([0, 0.001, 0.01, 0.1, 1.0])):
                 try:
-                    ledger.call_results[rid] = await batcher.call(rec, estimated_cost=rec.cost)
+                    ledger.call_results[rid] = await batcher.call(rec, estimated_cost=rec.cost, **options())
                 except (BatchFailure, SlotFailure, ValueError) as exc:  # the record's own failure
                     ledger.call_results[rid] = exc
+                except QueueTimeoutError:
+                    ledger.expired_calls.add(rid)
                 except BatcherClosedError as exc:  # aborted before this caller's own cancellation landed
                     ledger.closed_calls[rid] = exc
             submitted()
@@ -226,6 +269,8 @@ async def run_scenario(seed: int) -> tuple[Settings, Ledger, DynamicBatcher[Reco
                         await call_one(rid)
                 except BatcherOverloadedError:  # load shedding: nothing was queued
                     ledger.shed += 1
+                if prng.random() < settings.p_configure:
+                    reconfigure()
                 if mine and prng.random() < 0.15:
                     victim_id, victim = prng.choice(mine)
                     if victim.cancel():
@@ -272,6 +317,9 @@ class TestRandomFaults:
                 continue
             assert rid not in ledger.withdrawn
             error = future.exception()
+            if isinstance(error, QueueTimeoutError):
+                assert rid not in ledger.processed, "an expired record reached the model"
+                continue
             if isinstance(error, BatcherClosedError):
                 assert settings.abort, "the batcher closed although it was stopped normally"
                 continue
@@ -284,12 +332,13 @@ class TestRandomFaults:
                 assert isinstance(error, (BatchFailure, ValueError)), repr(error)
         assert settings.abort or not ledger.closed_calls, "call() saw a closed batcher although it stopped normally"
         assert not set(ledger.closed_calls) & set(ledger.processed), "a record failed as closed was processed"
+        assert not ledger.expired_calls & set(ledger.processed), "an expired call's record reached the model"
         for rid, outcome in ledger.call_results.items():
             assert rid in ledger.processed
             assert outcome == ("ok", rid) or isinstance(outcome, (BatchFailure, SlotFailure, ValueError))
             assert not isinstance(outcome, SlotFailure) or outcome.args == (rid,)
         stats = batcher.stats
-        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled + stats.total_expired
         assert stats.total_shed == ledger.shed
         assert batcher._counters.queued_cost == 0, "queued cost not given back"
         if not settings.abort:
