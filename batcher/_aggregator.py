@@ -154,7 +154,6 @@ class Aggregator:
             aging_s=settings.priority_aging_s,
             priority_of=attrgetter("_priority"),
             cost_of=attrgetter("_cost"),
-            live=is_pending,
         )
         assembly.adopt(self._take_back_closed(), self._opened_at)
         assembly.adopt(queued.queued(), self._opened_at)

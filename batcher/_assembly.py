@@ -90,6 +90,18 @@ class FifoAssembly(Generic[T]):
         self._reopen()
         return batch, cost
 
+    def oldest(self) -> tuple[T, int] | None:
+        """The oldest record and its cost, left in place."""
+        return (self._items[0], self._costs[0]) if self._items else None
+
+    def pop_oldest(self) -> tuple[T, int] | None:
+        """Remove and return the oldest record and its cost."""
+        if not self._items:
+            return None
+        oldest = self._items.popleft(), self._costs.popleft()
+        self._reopen()
+        return oldest
+
     def fill(self, budget: Budget, batch: list[T], near: int) -> None:
         """Move records from the front of the queue into ``batch``, a batch of
         another assembly that ``budget`` prices, while they fit (``near`` is unused)."""
@@ -181,7 +193,7 @@ class GroupedAssembly(Generic[T]):
         """Remove and return the next batch (possibly not full) and its cost."""
         budget = self._budget
         budget.reset()
-        oldest = self._pop_oldest()
+        oldest = self.pop_oldest()
         if oldest is None:
             return [], 0
         item, cost = oldest
@@ -195,18 +207,30 @@ class GroupedAssembly(Generic[T]):
         another assembly that ``budget`` prices, while they fit."""
         self._grow_around(near, batch, budget)
 
-    def _pop_oldest(self) -> tuple[T, int] | None:
-        """Remove the oldest live record from its bucket (where it is the first)."""
+    def oldest(self) -> tuple[T, int] | None:
+        """The oldest live record and its cost, left in place: taken and withdrawn
+        ones at the front of the arrival order are dropped on the way."""
         arrivals, costs, taken, live = self._arrivals, self._arrival_costs, self._taken, self._live
         while arrivals:
-            item, cost = arrivals.popleft(), costs.popleft()
+            item, cost = arrivals[0], costs[0]
             if item in taken:
                 taken.discard(item)
-                continue
-            self._pop_first(cost)
-            if live is None or live(item):
+            elif live is not None and not live(item):
+                self._pop_first(cost)  # withdrawn: the oldest of its cost as well
+            else:
                 return item, cost
+            arrivals.popleft()
+            costs.popleft()
         return None
+
+    def pop_oldest(self) -> tuple[T, int] | None:
+        """Remove and return the oldest live record and its cost (the first of its cost's FIFO)."""
+        oldest = self.oldest()
+        if oldest is not None:
+            self._arrivals.popleft()
+            self._arrival_costs.popleft()
+            self._pop_first(oldest[1])
+        return oldest
 
     def _grow_around(self, cost: int, batch: list[T], budget: Budget) -> None:
         """Fill the budget from the records nearest in cost to ``cost``: its own

@@ -66,7 +66,7 @@ class MeasuredAssembly(GroupedAssembly[T]):
 
     def take(self) -> tuple[list[T], int]:
         """Remove and return the chosen candidate batch and its padded cost."""
-        oldest = self._first_live()
+        oldest = self.oldest()
         if oldest is None:
             return [], 0
         # Grouped with no floor first: the choice during warm-up, as with group_by_cost.
@@ -75,22 +75,6 @@ class MeasuredAssembly(GroupedAssembly[T]):
         plan = plans[choose(shapes, self._fit)]
         self._take_out(plan)
         return plan.items, plan.budget.cost()
-
-    def _first_live(self) -> tuple[T, int] | None:
-        """The oldest live record, left in place: taken and withdrawn ones at the
-        front of the arrival order are dropped on the way."""
-        arrivals, costs, taken, live = self._arrivals, self._arrival_costs, self._taken, self._live
-        while arrivals:
-            item, cost = arrivals[0], costs[0]
-            if item in taken:
-                taken.discard(item)
-            elif live is not None and not live(item):
-                self._pop_first(cost)  # withdrawn: the oldest of its cost as well
-            else:
-                return item, cost
-            arrivals.popleft()
-            costs.popleft()
-        return None
 
     def _fifo_plan(self) -> _Plan:
         """The longest prefix of the arrival order within the padded budget."""

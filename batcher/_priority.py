@@ -1,16 +1,16 @@
 """Batches by priority: the assembly once records of more than one priority are queued.
 
 Each priority has an assembly of its own (``_assembly.py``, as the settings ask:
-arrival order, grouped by cost, or measured). A batch starts with the batch the
-first level in line would take, then fills what budget is left from the levels
-after it, in line: a lower priority never displaces a higher one, it only takes
-room the higher one could not use.
+arrival order, grouped by cost, or measured), and so do the aged records: those
+queued ``aging_s`` or longer, whatever their priority, moved there oldest first as
+they age. A batch starts with the batch the first level in line would take, then
+fills what budget is left from the levels after it, in line: a lower priority never
+displaces a higher one, it only takes room the higher one could not use.
 
-The line is: first the levels whose oldest record has waited ``aging_s`` or more,
-oldest first (so no record waits much longer than ``aging_s`` plus the batches of
-what aged before it), then the others, highest priority first. The record that
-must go next is thus the oldest aged record if there is one, else the oldest (or,
-grouped, the anchor) of the highest priority.
+The line is the aged records first, then the priorities, highest first. So the
+record that must go next is the oldest aged record if there is one, else the oldest
+(or, grouped, the anchor) of the highest priority; and no record waits much longer
+than ``aging_s`` plus the batches of the records queued before it.
 
 Plain synchronous code with no awaits, like the other assemblies.
 """
@@ -18,7 +18,6 @@ Plain synchronous code with no awaits, like the other assemblies.
 from __future__ import annotations
 
 from bisect import insort
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from time import monotonic
 from typing import Generic, TypeVar
@@ -38,22 +37,20 @@ class PriorityAssembly(Generic[T]):
     :param make_budget: a new, empty budget (as the levels' own) for a batch
     :param window: :meth:`full` once this many records are queued, so that the
         batch a free worker takes is chosen among all of them
-    :param aging_s: after how long a queued record counts as the highest priority
-        (``None``: never)
+    :param aging_s: after how long a queued record counts as aged (``None``: never)
     """
 
     __slots__ = (
-        "_arrivals",
+        "_aged",
+        "_arrived",
         "_clock",
         "_cost_of",
         "_count",
         "_levels",
-        "_live",
         "_make_budget",
         "_make_level",
         "_order",
         "_priority_of",
-        "_taken",
         "aging_s",
         "window",
     )
@@ -67,18 +64,15 @@ class PriorityAssembly(Generic[T]):
         aging_s: float | None,
         priority_of: Callable[[T], int],
         cost_of: Callable[[T], int],
-        live: Callable[[T], bool] | None = None,
         clock: Callable[[], float] = monotonic,
     ) -> None:
         self._make_level, self._make_budget = make_level, make_budget
         self.window, self.aging_s = window, aging_s
-        self._priority_of, self._cost_of, self._live, self._clock = priority_of, cost_of, live, clock
+        self._priority_of, self._cost_of, self._clock = priority_of, cost_of, clock
         self._levels: dict[int, Assembly[T]] = {}
         self._order: list[int] = []  # the priorities queued, lowest first
-        # Per priority, when each record arrived, oldest first; records already
-        # taken (or withdrawn) leave lazily, when they come first.
-        self._arrivals: dict[int, deque[tuple[float, T]]] = {}
-        self._taken: set[T] = set()
+        self._aged = make_level()
+        self._arrived: dict[T, float] = {}  # when each record queued arrived
         self._count = 0  # records queued, over all levels
 
     def __len__(self) -> int:
@@ -90,10 +84,9 @@ class PriorityAssembly(Generic[T]):
         level = self._levels.get(priority)
         if level is None:
             level = self._levels[priority] = self._make_level()
-            self._arrivals[priority] = deque()
             insort(self._order, priority)
         level.add(item, cost)
-        self._arrivals[priority].append((self._clock() if arrived is None else arrived, item))
+        self._arrived[item] = self._clock() if arrived is None else arrived
         self._count += 1
         return self._count >= self.window
 
@@ -108,28 +101,30 @@ class PriorityAssembly(Generic[T]):
 
     def queued(self) -> list[T]:
         """The queued records, oldest first."""
-        arrivals = sorted(
-            ((arrived, n, item) for queue in self._arrivals.values() for n, (arrived, item) in enumerate(queue)),
-            key=lambda entry: entry[:2],
-        )
-        queued = {item for level in self._levels.values() for item in level.queued()}
-        return [item for _, _, item in arrivals if item in queued]
+        return sorted(self._queued(), key=self._arrived.__getitem__)
+
+    def _queued(self) -> list[T]:
+        return [item for level in (self._aged, *self._levels.values()) for item in level.queued()]
 
     def rebuild(self, make_level: Callable[[], Assembly[T]], make_budget: Callable[[], Budget], window: int) -> None:
         """Move the queued records into new levels (new settings), keeping their arrival times."""
         self._make_level, self._make_budget, self.window = make_level, make_budget, window
+        self._aged = self._moved(self._aged)
         for priority, level in self._levels.items():
-            self._levels[priority] = fresh = make_level()
-            for item in level.queued():
-                fresh.add(item, self._cost_of(item))
-        self._count = sum(len(level) for level in self._levels.values())
+            self._levels[priority] = self._moved(level)
+
+    def _moved(self, level: Assembly[T]) -> Assembly[T]:
+        fresh = self._make_level()
+        for item in level.queued():
+            fresh.add(item, self._cost_of(item))
+        return fresh
 
     def take(self) -> tuple[list[T], int]:
         """Remove and return the next batch (possibly not full) and its cost."""
+        self._promote(self._clock())
         batch: list[T] = []
         budget = self._make_budget()
-        for priority in self._line(self._clock()):
-            level = self._levels[priority]
+        for level in (self._aged, *(self._levels[priority] for priority in reversed(self._order))):
             if not batch:
                 batch, _ = level.take()
                 for item in batch:
@@ -138,42 +133,31 @@ class PriorityAssembly(Generic[T]):
                 level.fill(budget, batch, self._cost_of(batch[0]))
             if budget.exhausted:
                 break
-        self._taken.update(batch)
-        self._drop_empty()
-        self._count = sum(len(level) for level in self._levels.values())
+        self._forget(batch)
         return batch, budget.cost()
 
-    def _line(self, now: float) -> list[int]:
-        """The priorities in the order their records go: aged first, oldest first,
-        then the rest, highest first."""
-        by_rank = self._order[::-1]
+    def _promote(self, now: float) -> None:
+        """Move the records queued ``aging_s`` or longer to the aged level, oldest first."""
         if self.aging_s is None:
-            return by_rank
-        aged = []
-        for priority in by_rank:
-            oldest = self._oldest(priority)
-            if oldest is not None and now - oldest >= self.aging_s:
-                aged.append((oldest, -priority))
-        if not aged:
-            return by_rank
-        first = [-negated for _, negated in sorted(aged)]
-        return first + [priority for priority in by_rank if priority not in first]
+            return
+        born_by, arrived = now - self.aging_s, self._arrived
+        aged: list[tuple[float, int, T, int]] = []
+        for priority, level in self._levels.items():
+            while (oldest := level.oldest()) is not None and arrived[oldest[0]] <= born_by:
+                level.pop_oldest()
+                aged.append((arrived[oldest[0]], -priority, *oldest))
+        aged.sort(key=lambda entry: entry[:2])  # of equal age, the higher priority first
+        for *_, item, cost in aged:
+            self._aged.add(item, cost)
 
-    def _oldest(self, priority: int) -> float | None:
-        """When the oldest record still queued at ``priority`` arrived."""
-        arrivals, taken, live = self._arrivals[priority], self._taken, self._live
-        while arrivals:
-            arrived, item = arrivals[0]
-            if item in taken:
-                taken.discard(item)
-            elif live is None or live(item):
-                return arrived
-            arrivals.popleft()
-        return None
-
-    def _drop_empty(self) -> None:
+    def _forget(self, batch: list[T]) -> None:
+        """Drop the batch's records, and the levels it emptied."""
+        arrived = self._arrived
+        for item in batch:
+            del arrived[item]
         for priority in [p for p in self._order if not len(self._levels[p])]:
             del self._levels[priority]
             self._order.remove(priority)
-            for _, item in self._arrivals.pop(priority):
-                self._taken.discard(item)
+        self._count = len(self._aged) + sum(len(level) for level in self._levels.values())
+        if len(arrived) > 2 * self._count + 64:  # withdrawn records the levels dropped
+            self._arrived = {item: arrived[item] for item in self._queued()}

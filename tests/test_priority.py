@@ -12,9 +12,11 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batcher import DynamicBatcher, SyncBatcher, TokenBatcher
-from batcher._assembly import make_assembly
+from batcher._assembly import batch_cost, make_assembly
 from batcher._budget import new_budget
 from batcher._priority import PriorityAssembly
 
@@ -107,6 +109,17 @@ class TestRule:
         assert names(queue.take()[0]) == ["low2"]
         assert names(queue.take()[0]) == ["h2"]
 
+    def test_only_the_aged_records_go_ahead_not_their_younger_peers(self) -> None:
+        clock = Clock()
+        queue = assembly(size=2, aging_s=1.0, clock=clock)
+        add(queue, Rec("old-low", 1))
+        clock.now = 1.5
+        add(queue, Rec("young-low", 1))
+        add(queue, Rec("high", 1, 1))
+        clock.now = 1.7
+        assert names(queue.take()[0]) == ["old-low", "high"]
+        assert names(queue.take()[0]) == ["young-low"]
+
     def test_without_aging_a_low_priority_waits_for_every_higher_one(self) -> None:
         clock = Clock()
         queue = assembly(size=1, aging_s=None, clock=clock)
@@ -115,9 +128,12 @@ class TestRule:
         assert [names(queue.take()[0]) for _ in range(3)] == [["h0"], ["h1"], ["low"]]
 
     def test_queued_lists_every_record_in_arrival_order(self) -> None:
-        queue = assembly(size=2)
+        clock = Clock()
+        queue = assembly(size=2, clock=clock)
         recs = [Rec("a", 1), Rec("x", 1, 3), Rec("b", 1), Rec("y", 1, 3)]
-        add(queue, *recs)
+        for rec in recs:
+            clock.now += 1
+            add(queue, rec)
         assert queue.queued() == recs
         queue.take()
         assert names(queue.queued()) == ["a", "b"]
@@ -215,3 +231,86 @@ def test_sync_batcher_takes_priorities() -> None:
             assert list(results) == [("done", "c"), ("done", "d")]
         with pytest.raises(TypeError, match="priority must be an int"):
             batcher.call("e", priority="x")  # type: ignore[arg-type]
+
+
+class TestRuleProperties:
+    """For any records and settings, drained in one go."""
+
+    @staticmethod
+    def drain(queue: PriorityAssembly[Rec]) -> list[tuple[list[Rec], int]]:
+        batches = []
+        while len(queue):
+            batches.append(queue.take())
+        return batches
+
+    @given(
+        records=st.lists(st.tuples(st.integers(0, 30), st.integers(-2, 2)), min_size=1, max_size=60),
+        target=st.integers(1, 40),
+        size=st.integers(1, 8),
+        cost_model=st.sampled_from(["sum", "padded"]),
+        grouped=st.booleans(),
+        aging_s=st.sampled_from([None, 0.0, 1.0]),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_budget_holds_and_every_record_lands_once(
+        self,
+        records: list[tuple[int, int]],
+        target: int,
+        size: int,
+        cost_model: str,
+        grouped: bool,
+        aging_s: float | None,
+    ) -> None:
+        model: Any = cost_model
+
+        def level() -> Any:
+            return make_assembly(
+                target_cost=target, max_batch_size=size, cost_model=model, group_by_cost=grouped, window=1000
+            )
+
+        clock = Clock()
+        queue = PriorityAssembly(
+            make_level=level,
+            make_budget=lambda: new_budget(target, size, model, None),
+            window=1000,
+            aging_s=aging_s,
+            priority_of=lambda rec: rec.priority,
+            cost_of=lambda rec: rec.cost,
+            clock=clock,
+        )
+        recs = [Rec(f"r{n}", cost, priority) for n, (cost, priority) in enumerate(records)]
+        for rec in recs:
+            clock.now += 0.3
+            queue.add(rec, rec.cost)
+        batches = self.drain(queue)
+        taken = [rec for batch, _ in batches for rec in batch]
+        assert sorted(taken, key=recs.index) == recs
+        for batch, cost in batches:
+            assert cost == batch_cost([rec.cost for rec in batch], model)
+            assert len(batch) <= size
+            assert len(batch) == 1 or cost <= target
+
+    @given(
+        priorities=st.lists(st.integers(-3, 3), min_size=1, max_size=60),
+        size=st.integers(1, 8),
+        grouped=st.booleans(),
+        aging_s=st.sampled_from([None, 0.0]),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_with_equal_costs_records_go_by_priority_then_arrival(
+        self, priorities: list[int], size: int, grouped: bool, aging_s: float | None
+    ) -> None:
+        # Strict priorities (no aging) take the records highest first, in arrival
+        # order within one; aged at once (0 s), every record counts as the highest,
+        # which is arrival order.
+        clock = Clock()
+        queue = assembly(target=1000, size=size, grouped=grouped, aging_s=aging_s, clock=clock)
+        recs = [Rec(f"r{n}", 5, priority) for n, priority in enumerate(priorities)]
+        for rec in recs:
+            clock.now += 0.1
+            add(queue, rec)
+        taken = [rec for batch, _ in self.drain(queue) for rec in batch]
+        if aging_s is None:
+            assert taken == sorted(recs, key=lambda rec: -rec.priority)  # a stable sort keeps arrival order
+        else:
+            assert taken == recs
