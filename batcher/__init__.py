@@ -8,6 +8,7 @@ from ._exceptions import BatcherClosedError as BatcherClosedError
 from ._exceptions import BatcherOverloadedError as BatcherOverloadedError
 from ._exceptions import QueueTimeoutError as QueueTimeoutError
 from ._exceptions import RecordCancelledError as RecordCancelledError
+from ._exceptions import StreamLagError as StreamLagError
 from ._future import BatchFuture as BatchFuture
 from ._hf import hf_token_estimator as hf_token_estimator
 from ._protocols import CostEstimator as CostEstimator
@@ -18,6 +19,10 @@ from ._protocols import ProcessFn as ProcessFn
 from ._protocols import TokenEstimator as TokenEstimator
 from ._protocols import TokenEstimatorFn as TokenEstimatorFn
 from ._stats import BatchStats as BatchStats
+from ._streaming import END as END
+from ._streaming import RecordStream as RecordStream
+from ._streaming import StreamingBatch as StreamingBatch
+from ._streaming import current_batch as current_batch
 from ._sync import SyncBatcher as SyncBatcher
 from ._token import Prompt as Prompt
 from ._token import TokenBatcher as TokenBatcher
@@ -32,6 +37,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was no
     __version__ = "0+unknown"
 
 __all__ = (
+    "END",
     "BatchFuture",
     "BatchStats",
     "BatcherClosedError",
@@ -45,10 +51,14 @@ __all__ = (
     "Prompt",
     "QueueTimeoutError",
     "RecordCancelledError",
+    "RecordStream",
+    "StreamLagError",
+    "StreamingBatch",
     "SyncBatcher",
     "TokenBatcher",
     "TokenEstimator",
     "TokenEstimatorFn",
     "__version__",
+    "current_batch",
     "hf_token_estimator",
 )

@@ -19,7 +19,8 @@ from ._lifecycle import Lifecycle
 from ._map import MapResults, Progress
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
-from ._settings import Settings, check_callable, check_options
+from ._settings import check_callable, check_options
+from ._streaming import RecordStream, StreamFuture, open_stream
 
 __all__ = ("DynamicBatcher",)
 
@@ -36,7 +37,9 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
 
     :param process_fn: takes ``list[record]``, returns one result per record in the
         same order. ``async def`` runs on the event loop; a plain function runs in a
-        worker thread so it does not stall the loop.
+        worker thread so it does not stall the loop. An async generator function
+        streams: each step yields one item per record (see :meth:`stream`; a
+        record's result is then the list of its items).
     :param cost_estimator: ``record -> int`` cost, used when ``submit`` gets no
         explicit cost.
     :param target_batch_cost: a batch's cost never exceeds this, except a batch of
@@ -72,6 +75,11 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     :param priority_aging_s: a record queued this long counts as the highest
         priority (the oldest of those first), so sustained load of a higher
         priority cannot starve it; ``None`` for never.
+    :param stream_buffer: with a streaming process function, how many items of one
+        record may wait for its consumer of :meth:`stream`.
+    :param stream_stall_s: how long a step of a streaming batch waits, in all, for
+        consumers whose ``stream_buffer`` is full; those still full then fail with
+        :exc:`StreamLagError`, and the batch goes on without them.
     :param process_timeout_s: a batch whose process function runs longer fails with
         :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs in a
         daemon thread of its worker, so a stuck call cannot hold the program at exit.
@@ -98,27 +106,29 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         max_queued_cost: int | None = None,
         max_queue_delay_s: float | None = None,
         priority_aging_s: float | None = 1.0,
+        stream_buffer: int = 64,
+        stream_stall_s: float = 1.0,
     ) -> None:
         self._setup(
             check_callable("process_fn", process_fn),
             Pricing(("cost_estimator", cost_estimator), ("default_cost", default_cost), ("estimate_cost",)),
-            Settings(
-                target_batch_cost=target_batch_cost,
-                max_batch_size=max_batch_size,
-                min_batch_size=min_batch_size,
-                batch_timeout_s=batch_timeout_s,
-                max_queue_size=max_queue_size,
-                prefetch_batches=prefetch_batches,
-                eager_dispatch=eager_dispatch,
-                max_concurrent_batches=max_concurrent_batches,
-                cost_model=cost_model,
-                group_by_cost=group_by_cost,
-                process_timeout_s=process_timeout_s,
-                min_padding_efficiency=min_padding_efficiency,
-                max_queued_cost=max_queued_cost,
-                max_queue_delay_s=max_queue_delay_s,
-                priority_aging_s=priority_aging_s,
-            ),
+            ("target_batch_cost", target_batch_cost),
+            max_batch_size=max_batch_size,
+            min_batch_size=min_batch_size,
+            batch_timeout_s=batch_timeout_s,
+            max_queue_size=max_queue_size,
+            prefetch_batches=prefetch_batches,
+            eager_dispatch=eager_dispatch,
+            max_concurrent_batches=max_concurrent_batches,
+            cost_model=cost_model,
+            group_by_cost=group_by_cost,
+            process_timeout_s=process_timeout_s,
+            min_padding_efficiency=min_padding_efficiency,
+            max_queued_cost=max_queued_cost,
+            max_queue_delay_s=max_queue_delay_s,
+            priority_aging_s=priority_aging_s,
+            stream_buffer=stream_buffer,
+            stream_stall_s=stream_stall_s,
         )
 
     # ---------------------------------------------------------------- submit
@@ -217,12 +227,46 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
             raise
         return future.result()
 
+    def stream(
+        self,
+        record: RecordT,
+        *,
+        estimated_cost: int | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
+    ) -> RecordStream[Any]:
+        """Submit one record to a streaming batcher (its process function is an async
+        generator function) and return the async iterator of the record's items::
+
+            async with batcher.stream(prompt) as tokens:
+                async for token in tokens:
+                    ...
+
+        The record is queued at once, without waiting for room; see :class:`RecordStream`.
+
+        :raises TypeError: if the process function does not stream, and as :meth:`submit`
+        :raises ValueError: as :meth:`submit`
+        :raises BatcherOverloadedError: as :meth:`submit`
+        :raises RuntimeError: as :meth:`submit`
+        """
+        return self._open_stream(
+            self._new_future(record, estimated_cost, "estimated_cost", priority, max_queue_delay_s), max_queue_delay_s
+        )
+
+    def _open_stream(self, future: BatchFuture[Any], delay: float | None) -> RecordStream[Any]:
+        if not isinstance(future, StreamFuture):
+            raise TypeError(
+                "stream() needs a streaming process_fn: an async generator function yielding one item per record"
+            )
+        self._queue_for_call(future, delay)
+        return open_stream(future, self._settings.stream_buffer)
+
     def _new_future(
         self, record: Any, cost: Any, name: str, priority: int, delay: float | None
     ) -> BatchFuture[ResultT]:
         if type(priority) is not int or delay is not None:
             check_options(priority, delay)
-        return BatchFuture(record, self._pricing.price(record, cost, name), self._counters, priority)
+        return self._future_type(record, self._pricing.price(record, cost, name), self._counters, priority)
 
     def _queue_for_call(self, future: BatchFuture[ResultT], delay: float | None) -> None:
         if not self._run.try_submit(future, delay):
@@ -297,7 +341,8 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         futures: list[BatchFuture[ResultT]] = []
         for start, priced in zip(count(0, INTAKE), self._pricing.priced(records, costs, name, INTAKE), strict=False):
             chunk = records[start : start + INTAKE]  # a chunk at a turn of the event loop
-            futures.extend([BatchFuture(r, cost, counters, priority) for r, cost in zip(chunk, priced, strict=True)])
+            make = self._future_type
+            futures.extend([make(r, cost, counters, priority) for r, cost in zip(chunk, priced, strict=True)])
             await checkpoint()
         await self._run.submit_all(futures, delay)
         return futures

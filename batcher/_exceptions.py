@@ -7,6 +7,7 @@ __all__ = (
     "BatcherOverloadedError",
     "QueueTimeoutError",
     "RecordCancelledError",
+    "StreamLagError",
     "closed_error",
     "queue_timeout",
 )
@@ -34,6 +35,12 @@ class RecordCancelledError(Exception):
     """Raised when awaiting a future whose record was withdrawn, by
     :meth:`BatchFuture.cancel` or by a cancelled :meth:`DynamicBatcher.call`,
     before it reached the process function."""
+
+
+class StreamLagError(Exception):
+    """Raised by a record's stream whose consumer let it fill up (``stream_buffer``
+    items) and took none for ``stream_stall_s``: the rest of the batch went on
+    without it, and its later items were dropped."""
 
 
 def closed_error() -> BatcherClosedError:

@@ -28,6 +28,7 @@ __all__ = (
     "BatchFuture",
     "State",
     "dispatch",
+    "end",
     "expire",
     "fail",
     "fail_queued",
@@ -306,6 +307,13 @@ def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: 
             event.set()
     counters.completed += len(batch)
     counters.failed += failed
+
+
+def end(future: BatchFuture[Any], value: Any, counters: Counters) -> None:
+    """End a dispatched ``future`` with ``value``, unless it has ended."""
+    if future._state < RESULT:
+        future._finish(RESULT, value)
+        counters.completed += 1
 
 
 def fail(batch: Sequence[BatchFuture[Any]], exc: BaseException, counters: Counters) -> None:

@@ -15,13 +15,14 @@ from typing import Any, ClassVar, Self
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._future import WORKER_OF
+from ._future import WORKER_OF, BatchFuture
 from ._model import Model
 from ._pricing import Pricing
 from ._protocols import ProcessFn
 from ._run import STOPPED, NotRunning, Run
 from ._settings import Settings
 from ._stats import BatchStats, Counters, event_factory
+from ._streaming import StreamFuture
 
 __all__ = ("LIVE_SETTINGS", "Lifecycle")
 
@@ -46,15 +47,27 @@ class Lifecycle:
     _synonyms: ClassVar[dict[str, str]] = {}
 
     _model: Model
+    _future_type: type[BatchFuture[Any]]
     _pricing: Pricing
     _settings: Settings
     _counters: Counters
     _run: Run | NotRunning
 
-    def _setup(self, process_fn: ProcessFn[Any, Any], pricing: Pricing, settings: Settings) -> None:
-        self._model = Model(process_fn, settings.process_timeout_s)
+    def _setup(
+        self, process_fn: ProcessFn[Any, Any], pricing: Pricing, target: tuple[str, int], **settings: Any
+    ) -> None:
+        """Build the parts of a batcher from its checked arguments; ``target`` is the
+        target batch cost with its name (``("target_batch_tokens", 4096)``).
+
+        :raises TypeError: for a setting of the wrong type, naming it
+        :raises ValueError: for a setting out of range, naming it
+        """
+        checked = Settings.named(target, **settings)
+        self._model = Model(process_fn, checked.process_timeout_s)
+        #: What a record's future is: with a streaming process function, one with a sink for its items.
+        self._future_type = StreamFuture if self._model.streaming else BatchFuture
         self._pricing = pricing
-        self._settings = settings
+        self._settings = checked
         self._counters = Counters()
         self._run: Run | NotRunning = STOPPED
 

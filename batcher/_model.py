@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import threading
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Set
 from queue import SimpleQueue
 from typing import Any
 
@@ -21,6 +21,11 @@ __all__ = ("Model", "ModelThread")
 def _is_async(fn: object) -> bool:
     call = type(fn).__call__ if not inspect.isroutine(fn) else None  # an object with async __call__
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _is_async_generator(fn: object) -> bool:
+    call = type(fn).__call__ if not inspect.isroutine(fn) else None
+    return inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(call)
 
 
 def as_results(results: Any) -> list[Any]:
@@ -60,11 +65,13 @@ class Model:
     ``async def``, say), that is awaited on the event loop.
     """
 
-    __slots__ = ("_fn", "_is_async", "timeout_s")
+    __slots__ = ("_fn", "_is_async", "streaming", "timeout_s")
 
     def __init__(self, process_fn: ProcessFn[Any, Any], timeout_s: float | None) -> None:
         self._fn = process_fn
         self._is_async = _is_async(process_fn)
+        #: Whether the process function is an async generator function (``_streaming.py``).
+        self.streaming = _is_async_generator(process_fn)
         self.timeout_s = timeout_s
 
     async def __call__(self, records: list[Any], thread: ModelThread, limiter: anyio.CapacityLimiter) -> list[Any]:
@@ -98,6 +105,16 @@ class Model:
         if isinstance(results, _Pending):
             return as_results(await results.awaitable)
         return results
+
+    def generate(self, records: list[Any]) -> AsyncIterator[Any]:
+        """Start a streaming process function on ``records``: its steps.
+
+        :raises TypeError: if it did not return an async iterator
+        """
+        steps = self._fn(records)
+        if not isinstance(steps, AsyncIterator):
+            raise TypeError(f"a streaming process_fn must return an async iterator, got {type(steps).__name__}")
+        return steps
 
     def _call_in_thread(self, records: list[Any]) -> list[Any] | _Pending:
         results = self._fn(records)

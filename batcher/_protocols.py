@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 __all__ = (
     "CostEstimator",
@@ -28,10 +28,11 @@ CostModel: TypeAlias = Literal["sum", "padded", "measured"]
 #: (an ``Exception`` instance in a slot fails only that record): a list, or any
 #: ordered iterable (a generator is read where the function ran). ``async def``
 #: runs on the event loop; a plain function runs in a worker thread, and if it
-#: returns an awaitable, that is awaited on the event loop.
+#: returns an awaitable, that is awaited on the event loop. An async generator
+#: function streams: each step yields one item per record (``_streaming.py``).
 ProcessFn: TypeAlias = Callable[
     [list[RecordT]],
-    Awaitable[Iterable[ResultT | Exception]] | Iterable[ResultT | Exception],
+    Awaitable[Iterable[ResultT | Exception]] | Iterable[ResultT | Exception] | AsyncIterator[Sequence[Any]],
 ]
 InferenceFn: TypeAlias = ProcessFn[RecordT, ResultT]
 

@@ -76,6 +76,8 @@ class Settings:
     max_queued_cost: int | None = None
     max_queue_delay_s: float | None = None
     priority_aging_s: float | None = 1.0
+    stream_buffer: int = 64
+    stream_stall_s: float = 1.0
     target_name: str = "target_batch_cost"
 
     def __post_init__(self) -> None:
@@ -100,6 +102,9 @@ class Settings:
         check_timeout("max_queue_delay_s", self.max_queue_delay_s)
         if self.priority_aging_s is not None:
             check_seconds("priority_aging_s", self.priority_aging_s)
+        check_int("stream_buffer", self.stream_buffer, 1)
+        if check_timeout("stream_stall_s", self.stream_stall_s) is None:
+            raise TypeError("stream_stall_s must be a number, got NoneType")
 
     @classmethod
     def named(cls, target: tuple[str, int], **settings: Any) -> Settings:

@@ -12,7 +12,8 @@ from ._dynamic import DynamicBatcher
 from ._future import BatchFuture, until_done
 from ._pricing import Pricing
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
-from ._settings import Settings, check_callable
+from ._settings import check_callable
+from ._streaming import RecordStream
 
 __all__ = ("Prompt", "TokenBatcher")
 
@@ -99,6 +100,10 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         priority; ``None`` for never. The ``priority`` and ``max_queue_delay_s`` of
         each record, and ``configure()`` (which also takes ``target_batch_tokens``),
         are as :class:`DynamicBatcher` describes.
+    :param stream_buffer: with a streaming inference function (an async generator
+        function), how many items of one record may wait for its consumer.
+    :param stream_stall_s: how long a step of a streaming batch waits, in all, for
+        consumers whose buffer is full before it fails them with :exc:`StreamLagError`.
     :raises TypeError: for a setting of the wrong type, naming it
     :raises ValueError: for a setting out of range, naming it
     """
@@ -130,30 +135,29 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         max_queued_cost: int | None = None,
         max_queue_delay_s: float | None = None,
         priority_aging_s: float | None = 1.0,
+        stream_buffer: int = 64,
+        stream_stall_s: float = 1.0,
     ) -> None:
         self._setup(  # the parts DynamicBatcher.__init__ builds, in token words
             _inference_fn(inference_fn, process_fn),
-            _token_pricing(
-                either("token_estimator", token_estimator, "cost_estimator", cost_estimator),
-                either("default_token_estimate", default_token_estimate, "default_cost", default_cost),
-            ),
-            Settings.named(
-                either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost),
-                max_batch_size=max_batch_size,
-                min_batch_size=min_batch_size,
-                batch_timeout_s=batch_timeout_s,
-                max_queue_size=max_queue_size,
-                prefetch_batches=prefetch_batches,
-                eager_dispatch=eager_dispatch,
-                max_concurrent_batches=max_concurrent_batches,
-                cost_model=cost_model,
-                group_by_cost=group_by_cost,
-                process_timeout_s=process_timeout_s,
-                min_padding_efficiency=min_padding_efficiency,
-                max_queued_cost=max_queued_cost,
-                max_queue_delay_s=max_queue_delay_s,
-                priority_aging_s=priority_aging_s,
-            ),
+            _token_pricing(token_estimator, cost_estimator, default_token_estimate, default_cost),
+            either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost),
+            max_batch_size=max_batch_size,
+            min_batch_size=min_batch_size,
+            batch_timeout_s=batch_timeout_s,
+            max_queue_size=max_queue_size,
+            prefetch_batches=prefetch_batches,
+            eager_dispatch=eager_dispatch,
+            max_concurrent_batches=max_concurrent_batches,
+            cost_model=cost_model,
+            group_by_cost=group_by_cost,
+            process_timeout_s=process_timeout_s,
+            min_padding_efficiency=min_padding_efficiency,
+            max_queued_cost=max_queued_cost,
+            max_queue_delay_s=max_queue_delay_s,
+            priority_aging_s=priority_aging_s,
+            stream_buffer=stream_buffer,
+            stream_stall_s=stream_stall_s,
         )
 
     async def submit(
@@ -276,6 +280,32 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
             raise
         return future.result()
 
+    def stream(
+        self,
+        record: RecordT,
+        *,
+        estimated_tokens: int | None = None,
+        estimated_cost: int | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
+    ) -> RecordStream[Any]:
+        """Submit one record to a streaming batcher (its inference function is an
+        async generator function) and return the async iterator of the record's
+        items, as :meth:`DynamicBatcher.stream` does. Its tokens are
+        ``estimated_tokens``, else ``estimated_cost``, else priced as the class
+        describes.
+
+        :raises TypeError: if the inference function does not stream, or the token
+            count is not an integer
+        :raises ValueError: if the token count is negative
+        :raises BatcherOverloadedError: if the record would take the queued tokens
+            past ``max_queued_cost``
+        :raises RuntimeError: if the batcher is not running, or is called from a
+            thread other than its event loop's
+        """
+        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
+        return self._open_stream(self._new_future(record, cost, name, priority, max_queue_delay_s), max_queue_delay_s)
+
 
 def _inference_fn(
     inference_fn: ProcessFn[RecordT, ResultT] | None, process_fn: ProcessFn[RecordT, ResultT] | None
@@ -287,12 +317,21 @@ def _inference_fn(
     return check_callable(name, function)
 
 
-def _token_pricing(estimator: tuple[str, CostEstimatorFn[Any] | None], default: tuple[str, int]) -> Pricing:
+def _token_pricing(
+    token_estimator: CostEstimatorFn[Any] | None,
+    cost_estimator: CostEstimatorFn[Any] | None,
+    default_token_estimate: int | None,
+    default_cost: int,
+) -> Pricing:
     """TokenBatcher's pricing: the estimator and default by whichever name was given,
     then ``estimate_tokens()`` or ``estimate_cost()``; a ``str`` is priced by its text,
     and a record that falls back to the default is warned about once per type."""
     return Pricing(
-        estimator, default, ("estimate_tokens", "estimate_cost"), by_type={str: text_tokens}, warn_default=True
+        either("token_estimator", token_estimator, "cost_estimator", cost_estimator),
+        either("default_token_estimate", default_token_estimate, "default_cost", default_cost),
+        ("estimate_tokens", "estimate_cost"),
+        by_type={str: text_tokens},
+        warn_default=True,
     )
 
 

@@ -17,6 +17,7 @@ from ._exceptions import closed_error
 from ._future import WORKER_OF, Batch, BatchFuture, dispatch, fail, fail_queued, settle
 from ._model import Model, ModelThread
 from ._stats import Counters
+from ._streaming import run_streaming
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -118,6 +119,9 @@ class Worker:
         cost = batch_cost([future._cost for future in batch], self._cost_model)
         counters.batch_cost += cost
         try:
+            if self._model.streaming:
+                await self._stream(batch)  # ends each future as its stream ends
+                return None
             results = await self._call_model(batch, cost)
         except Exception as exc:
             self._fail_batch(batch, exc)
@@ -147,6 +151,14 @@ class Worker:
         if fit is not None:  # cost_model="measured": what this batch cost, for the next ones
             fit.add(len(batch), cost, perf_counter() - started)
         return results
+
+    async def _stream(self, batch: Batch) -> None:
+        counters = self._counters
+        counters.sole_worker_in_model = self._run.settings.max_concurrent_batches == 1
+        try:
+            await run_streaming(self._model, batch, counters, self._run.settings.stream_stall_s)  # type: ignore[arg-type]
+        finally:
+            counters.sole_worker_in_model = False
 
     def _fail_batch(self, batch: Batch, exc: Exception) -> None:
         logger.error("process_fn failed on a batch of %d records: %r", len(batch), exc, exc_info=exc)

@@ -1,0 +1,252 @@
+"""Streaming: a process function that is an async generator function yields, at
+each step, one item per record of its batch, and each record's items go to that
+record's own stream as they come.
+
+The consumer side is :class:`RecordStream` (what ``stream()`` returns), over an
+anyio memory object stream of ``stream_buffer`` items. The worker side is
+:func:`run_streaming`: it runs the generator, routes each step's items, ends each
+record as its stream ends, and closes the generator once no record's items are
+wanted any more. A record submitted with ``call()``, ``submit()`` or ``map()``
+collects its items in a list, which is its result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, Final, Generic, Self, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._exceptions import StreamLagError
+from ._future import BatchFuture, end, fail
+from ._model import Model
+from ._stats import Counters
+
+__all__ = ("END", "RecordStream", "StreamFuture", "StreamingBatch", "current_batch", "open_stream", "run_streaming")
+
+T = TypeVar("T")
+
+
+class _End:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "batcher.END"
+
+
+#: Yielded in a record's slot, ends that record's stream while the others go on;
+#: the generator's later items for that record are ignored.
+END: Final = _End()
+
+Sink = list[Any] | MemoryObjectSendStream[Any]
+
+
+class StreamFuture(BatchFuture[T]):
+    """The future of a record of a streaming batcher: its items go to its sink, a
+    list (its result) until :func:`open_stream` gives it a stream instead."""
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, record: Any, cost: int, counters: Counters, priority: int = 0) -> None:
+        super().__init__(record, cost, counters, priority)
+        self._sink: Sink = []
+
+
+class RecordStream(Generic[T]):
+    """The items of one record, as the process function yields them::
+
+        async with batcher.stream(prompt) as tokens:
+            async for token in tokens:
+                ...
+
+    Iteration ends when the record's stream ends (:data:`END` in its slot, or the
+    generator finished). It raises what failed the record: the generator's
+    exception, an ``Exception`` yielded in the record's slot, ``QueueTimeoutError``,
+    :exc:`StreamLagError`. Leaving the ``async with`` (a ``break``, an exception, a
+    cancellation), or a cancellation of the iterating task, closes the stream: a
+    record not dispatched yet is withdrawn, and later items are dropped.
+    """
+
+    __slots__ = ("_future", "_receive")
+
+    def __init__(self, future: StreamFuture[Any], receive: MemoryObjectReceiveStream[T]) -> None:
+        self._future = future
+        self._receive = receive
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            pass
+        except anyio.ClosedResourceError:  # closed by its consumer
+            raise StopAsyncIteration from None
+        except BaseException:
+            self.close()  # a cancelled consumer has gone
+            raise
+        self._future.result()  # raises the record's exception, if it failed
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        """Stop the stream: withdraw the record if no worker has taken it, and drop
+        its later items."""
+        self._receive.close()
+        self._future.cancel()
+
+    def __del__(self) -> None:
+        receive = getattr(self, "_receive", None)
+        if receive is not None:
+            receive.close()  # an abandoned iterator: its consumer has gone
+
+
+def open_stream(future: StreamFuture[Any], buffer: int) -> RecordStream[Any]:
+    """Give ``future`` (queued just now) a stream of ``buffer`` items, closed when it ends."""
+    send, receive = anyio.create_memory_object_stream[Any](buffer)
+    future._sink = send
+    future.add_done_callback(_close_sink)
+    return RecordStream(future, receive)
+
+
+def _close_sink(future: BatchFuture[Any]) -> None:
+    sink = getattr(future, "_sink", None)
+    if isinstance(sink, MemoryObjectSendStream):
+        sink.close()
+
+
+class StreamingBatch:
+    """The batch a streaming process function runs, as it may see it with
+    :func:`current_batch`: ``len(batch)``, and ``batch.wanted(i)``, whether record
+    ``i``'s items are still wanted (its stream has not ended and its consumer has
+    not gone), so a model can stop generating for it."""
+
+    __slots__ = ("_counters", "_futures", "_stall_s")
+
+    def __init__(self, futures: list[StreamFuture[Any]], counters: Counters, stall_s: float) -> None:
+        self._futures = futures
+        self._counters = counters
+        self._stall_s = stall_s
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def wanted(self, index: int) -> bool:
+        """Whether record ``index``'s items are still wanted."""
+        future = self._futures[index]
+        if future.done():
+            return False
+        sink = future._sink
+        return isinstance(sink, list) or sink.statistics().open_receive_streams > 0
+
+    def any_wanted(self) -> bool:
+        """Whether any record's items are still wanted."""
+        return any(self.wanted(index) for index in range(len(self._futures)))
+
+    async def deliver(self, step: Sequence[Any]) -> None:
+        """Route one step's items to their records' sinks, waiting for room in a
+        full stream at most ``stall_s`` in all for the step."""
+        futures = self._futures
+        if isinstance(step, (str, bytes)) or not isinstance(step, Sequence) or len(step) != len(futures):
+            shape = f"{len(step)} items" if isinstance(step, Sequence) else f"a {type(step).__name__}"
+            raise ValueError(f"process_fn yielded {shape} for a batch of {len(futures)} records; yield one per record")
+        deadline = None
+        for future, item in zip(futures, step, strict=True):
+            if future.done():
+                continue
+            if item is END:
+                self._end(future)
+            elif isinstance(item, Exception):
+                fail((future,), item, self._counters)
+            elif isinstance(future._sink, list):
+                future._sink.append(item)
+            else:
+                deadline = await self._send(future, future._sink, item, deadline)
+
+    async def _send(
+        self, future: StreamFuture[Any], sink: MemoryObjectSendStream[Any], item: Any, deadline: float | None
+    ) -> float | None:
+        try:
+            sink.send_nowait(item)
+            return deadline
+        except anyio.WouldBlock:
+            pass
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._end(future)  # its consumer has gone
+            return deadline
+        if deadline is None:
+            deadline = anyio.current_time() + self._stall_s
+        with anyio.move_on_after(deadline - anyio.current_time()):
+            try:
+                await sink.send(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._end(future)
+            return deadline
+        lag = StreamLagError(
+            f"the record's consumer let its stream fill up (stream_buffer items) and took none for "
+            f"{self._stall_s} s (stream_stall_s); the batch went on without it"
+        )
+        fail((future,), lag, self._counters)
+        return deadline
+
+    def end_all(self) -> None:
+        """The generator has finished: every record still open ends."""
+        for future in self._futures:
+            self._end(future)
+
+    def _end(self, future: StreamFuture[Any]) -> None:
+        sink = future._sink
+        end(future, sink if isinstance(sink, list) else None, self._counters)
+
+
+#: In a streaming process function's task: the batch it runs.
+CURRENT_BATCH: ContextVar[StreamingBatch | None] = ContextVar("batcher_current_batch", default=None)
+
+
+def current_batch() -> StreamingBatch:
+    """The batch the streaming process function calling this runs (see :class:`StreamingBatch`).
+
+    :raises RuntimeError: if not called from a streaming process function
+    """
+    batch = CURRENT_BATCH.get()
+    if batch is None:
+        raise RuntimeError("current_batch() must be called from a streaming process function (an async generator)")
+    return batch
+
+
+async def run_streaming(model: Model, futures: list[StreamFuture[Any]], counters: Counters, stall_s: float) -> None:
+    """Run a dispatched batch through a streaming process function, within the
+    model's time limit, ending each record's future as its stream ends. An
+    exception from the generator propagates (the caller fails the records still open)."""
+    batch = StreamingBatch(futures, counters, stall_s)
+    reset = CURRENT_BATCH.set(batch)
+    try:
+        with anyio.fail_after(model.timeout_s):
+            steps = model.generate([future._record for future in futures])
+            try:
+                async for step in steps:
+                    await batch.deliver(step)
+                    if not batch.any_wanted():
+                        break  # every record has ended or lost its consumer: stop generating
+            finally:
+                await _aclose(steps)
+        batch.end_all()
+    finally:
+        CURRENT_BATCH.reset(reset)
+
+
+async def _aclose(steps: AsyncIterator[Any]) -> None:
+    aclose = getattr(steps, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,0 +1,310 @@
+"""Streaming: an async generator process function yields one item per record a
+step; each record's items reach its own stream, in order, under asyncio and trio."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from batcher import (
+    END,
+    BatcherOverloadedError,
+    DynamicBatcher,
+    QueueTimeoutError,
+    RecordCancelledError,
+    StreamLagError,
+    TokenBatcher,
+    current_batch,
+)
+
+from .helpers import Recorder
+
+
+class Generator:
+    """A simulated LLM: record ``(name, length)`` gets ``length`` tokens ``name:i``,
+    then its stream ends. It notes each batch, what was wanted at each step, and
+    whether it was closed before it finished."""
+
+    def __init__(self, *, hold: anyio.Event | None = None) -> None:
+        self.batches: list[list[Any]] = []
+        self.closed_early = 0
+        self.finished = 0
+        self.hold = hold
+
+    async def __call__(self, records: list[tuple[str, int]]) -> AsyncIterator[list[Any]]:
+        self.batches.append([name for name, _ in records])
+        if self.hold is not None:
+            await self.hold.wait()
+        done = False
+        try:
+            for step in range(max(length for _, length in records)):
+                yield [f"{name}:{step}" if step < length else END for name, length in records]
+                await anyio.lowlevel.checkpoint()
+            done = True
+        finally:
+            if done:
+                self.finished += 1
+            else:
+                self.closed_early += 1
+
+
+def streaming(model: Any, **settings: Any) -> DynamicBatcher[Any, list[Any]]:
+    """A batcher of a streaming model; a record's result is the list of its items."""
+    return DynamicBatcher(model, **settings)
+
+
+async def collect(batcher: DynamicBatcher[Any, Any], record: Any, **options: Any) -> list[Any]:
+    async with batcher.stream(record, **options) as items:
+        return [item async for item in items]
+
+
+class TestItems:
+    async def test_each_record_gets_its_own_items_in_order_and_ends_on_its_own(self) -> None:
+        model = Generator(hold=anyio.Event())
+        results: dict[str, list[Any]] = {}
+        async with streaming(model, max_batch_size=8) as batcher:
+
+            async def client(name: str, length: int) -> None:
+                results[name] = await collect(batcher, (name, length))
+
+            async with anyio.create_task_group() as tg:
+                for name, length in [("a", 1), ("b", 4), ("c", 0), ("d", 2)]:
+                    tg.start_soon(client, name, length)
+                await anyio.wait_all_tasks_blocked()
+                assert model.hold is not None
+                model.hold.set()
+        assert [sorted(batch) for batch in model.batches] == [["a", "b", "c", "d"]]
+        assert results == {"a": ["a:0"], "b": [f"b:{i}" for i in range(4)], "c": [], "d": ["d:0", "d:1"]}
+        assert model.finished == 1
+        stats = batcher.stats
+        assert (stats.total_completed, stats.total_failed) == (4, 0)
+
+    async def test_call_submit_and_map_return_the_list_of_items(self) -> None:
+        async with streaming(Generator()) as batcher:
+            assert await batcher.call(("x", 3)) == ["x:0", "x:1", "x:2"]
+            future = await batcher.submit(("y", 1))
+            assert await future == ["y:0"]
+            async with batcher.map([("m", 2), ("n", 0)]) as results:
+                assert [result async for result in results] == [["m:0", "m:1"], []]
+
+    async def test_many_concurrent_streams(self) -> None:
+        rng = random.Random(7)
+        lengths = {f"r{n}": rng.randint(0, 30) for n in range(300)}
+        got: dict[str, list[Any]] = {}
+        async with streaming(Generator(), max_batch_size=32, max_concurrent_batches=2) as batcher:
+
+            async def client(name: str) -> None:
+                got[name] = await collect(batcher, (name, lengths[name]))
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    for name in lengths:
+                        tg.start_soon(client, name)
+        assert got == {name: [f"{name}:{i}" for i in range(length)] for name, length in lengths.items()}
+
+    async def test_token_batcher_streams_with_token_names(self) -> None:
+        async with TokenBatcher[Any, list[Any]](Generator(), target_batch_tokens=100) as batcher:
+            async with batcher.stream(("t", 2), estimated_tokens=40, priority=1) as tokens:
+                assert [token async for token in tokens] == ["t:0", "t:1"]
+
+
+class TestFailures:
+    async def test_an_exception_from_the_generator_fails_every_record_still_open(self) -> None:
+        async def model(records: list[str]) -> AsyncIterator[list[Any]]:
+            yield [END if record == "short" else f"{record}:0" for record in records]
+            raise KeyError("the model broke")
+
+        async with streaming(model, max_batch_size=4) as batcher:
+            seen: list[Any] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: collect(batcher, "short"))  # ended before the failure: no error
+
+                async def long() -> None:
+                    async with batcher.stream("long") as items:
+                        seen.append(await items.__anext__())
+                        with pytest.raises(KeyError, match="the model broke"):
+                            await items.__anext__()
+
+                tg.start_soon(long)
+        assert seen == ["long:0"]
+        assert batcher.stats.total_failed == 1
+
+    async def test_an_exception_in_a_slot_fails_that_record_alone(self) -> None:
+        async def model(records: list[str]) -> AsyncIterator[list[Any]]:
+            yield [ValueError(record) if record == "bad" else f"{record}:0" for record in records]
+            yield [f"{record}:1" for record in records]
+
+        async with streaming(model, max_batch_size=4) as batcher:
+            async with anyio.create_task_group() as tg:
+
+                async def bad() -> None:
+                    with pytest.raises(ValueError, match="bad"):
+                        await collect(batcher, "bad")
+
+                async def good() -> None:
+                    assert await collect(batcher, "good") == ["good:0", "good:1"]
+
+                tg.start_soon(bad)
+                tg.start_soon(good)
+
+    async def test_a_step_of_the_wrong_length_fails_the_batch(self) -> None:
+        async def model(records: list[str]) -> AsyncIterator[list[Any]]:
+            yield ["only one"]
+
+        async with streaming(model, max_batch_size=2) as batcher:
+            futures = await batcher.submit_batch(["a", "b"])
+            for future in futures:
+                with pytest.raises(ValueError, match="yielded 1 items for a batch of 2 records"):
+                    await future
+
+    async def test_process_timeout_bounds_the_whole_stream(self) -> None:
+        async def model(records: list[str]) -> AsyncIterator[list[Any]]:
+            yield ["first"]
+            await anyio.sleep_forever()
+            yield ["never"]
+
+        async with streaming(model, process_timeout_s=0.05) as batcher:
+            with anyio.fail_after(5):
+                async with batcher.stream("x") as items:
+                    assert await items.__anext__() == "first"
+                    with pytest.raises(TimeoutError):
+                        await items.__anext__()
+
+    async def test_a_queue_deadline_and_shedding_reach_the_stream(self) -> None:
+        hold = anyio.Event()
+        async with streaming(Generator(hold=hold), max_batch_size=1, max_queued_cost=2) as batcher:
+            first = batcher.stream(("first", 1))
+            await anyio.wait_all_tasks_blocked()  # "first" is in the model, held
+            with pytest.raises(QueueTimeoutError):
+                await collect(batcher, ("late", 1), max_queue_delay_s=0.01)
+            queued = batcher.stream(("queued", 1), estimated_cost=2)
+            with pytest.raises(BatcherOverloadedError):
+                batcher.stream(("refused", 1))
+            hold.set()
+            async with first, queued:
+                assert [item async for item in first] == ["first:0"]
+                assert [item async for item in queued] == ["queued:0"]
+
+
+class TestConsumersLeaving:
+    async def test_a_consumer_that_breaks_out_drops_its_items_and_the_rest_go_on(self) -> None:
+        wanted: list[dict[str, bool]] = []
+
+        async def model(records: list[str]) -> AsyncIterator[list[Any]]:
+            batch = current_batch()
+            for step in range(5):
+                wanted.append({record: batch.wanted(i) for i, record in enumerate(records)})
+                yield [f"{record}:{step}" for record in records]
+                await anyio.wait_all_tasks_blocked()  # let the consumers read
+
+        async with streaming(model, max_batch_size=2) as batcher:
+            async with anyio.create_task_group() as tg:
+
+                async def leaver() -> None:
+                    async with batcher.stream("leaver") as items:
+                        async for item in items:
+                            assert item == "leaver:0"
+                            break
+
+                async def stayer() -> None:
+                    assert await collect(batcher, "stayer") == [f"stayer:{i}" for i in range(5)]
+
+                tg.start_soon(leaver)
+                tg.start_soon(stayer)
+        assert wanted[0] == {"leaver": True, "stayer": True}
+        assert wanted[-1] == {"leaver": False, "stayer": True}
+
+    async def test_the_generator_is_closed_once_every_consumer_has_gone(self) -> None:
+        model = Generator()
+        async with streaming(model, max_batch_size=4) as batcher:
+            for name in ("a", "b"):
+                async with batcher.stream((name, 1_000)) as items:
+                    async for _ in items:
+                        break
+            await batcher.call(("c", 1))  # the batches before have ended
+        assert model.closed_early == 2
+        assert model.finished == 1
+
+    async def test_an_abandoned_iterator_counts_as_gone(self) -> None:
+        model = Generator()
+        async with streaming(model) as batcher:
+            async for _ in batcher.stream(("abandoned", 1_000)):
+                break  # no async with: dropping the iterator closes it
+            await batcher.call(("after", 1))
+        assert model.closed_early == 1
+
+    async def test_a_cancelled_consumer_has_gone(self) -> None:
+        model = Generator()
+        async with streaming(model) as batcher:
+            items = batcher.stream(("cancelled", 1_000))
+            with anyio.move_on_after(0.05):
+                async for _ in items:
+                    await anyio.sleep(0.01)
+            await batcher.call(("after", 1))
+        assert model.closed_early == 1
+
+    async def test_leaving_before_dispatch_withdraws_the_record(self) -> None:
+        hold = anyio.Event()
+        model = Generator(hold=hold)
+        async with streaming(model, max_batch_size=1) as batcher:
+            first = batcher.stream(("first", 1))
+            await anyio.wait_all_tasks_blocked()
+            queued = batcher.stream(("withdrawn", 1))
+            queued.close()
+            hold.set()
+            async with first:
+                assert [item async for item in first] == ["first:0"]
+            assert [item async for item in queued] == []
+        assert model.batches == [["first"]]
+        assert batcher.stats.total_cancelled == 1
+
+
+class TestBackpressure:
+    async def test_a_slow_consumer_within_the_stall_bound_gets_every_item(self) -> None:
+        async with streaming(Generator(), stream_buffer=2, stream_stall_s=5) as batcher:
+            got = []
+            async with batcher.stream(("slow", 20)) as items:
+                async for item in items:
+                    got.append(item)
+                    await anyio.sleep(0.001)
+        assert got == [f"slow:{i}" for i in range(20)]
+
+    async def test_a_stuck_consumer_is_cut_off_and_the_others_go_on(self) -> None:
+        async with streaming(Generator(), max_batch_size=2, stream_buffer=2, stream_stall_s=0.05) as batcher:
+            stuck = batcher.stream(("stuck", 50))
+            with anyio.fail_after(5):
+                assert await collect(batcher, ("reader", 50)) == [f"reader:{i}" for i in range(50)]
+            async with stuck:
+                assert [await stuck.__anext__() for _ in range(2)] == ["stuck:0", "stuck:1"]  # the buffer
+                with pytest.raises(StreamLagError, match="stream_stall_s"):
+                    await stuck.__anext__()
+
+
+class TestMisuse:
+    async def test_stream_needs_a_streaming_process_function(self) -> None:
+        async with streaming(Recorder()) as plain:
+            with pytest.raises(TypeError, match="stream\\(\\) needs a streaming process_fn"):
+                plain.stream("x")
+            assert plain.stats.total_submitted == 0
+
+    def test_current_batch_outside_a_streaming_process_function(self) -> None:
+        with pytest.raises(RuntimeError, match="must be called from a streaming process function"):
+            current_batch()
+
+    async def test_stream_settings_are_checked(self) -> None:
+        with pytest.raises(ValueError, match="stream_buffer must be >= 1, got 0"):
+            DynamicBatcher(Generator(), stream_buffer=0)
+        with pytest.raises(ValueError, match="stream_stall_s must be > 0 or None, got 0"):
+            TokenBatcher(Generator(), stream_stall_s=0)
+
+    async def test_a_withdrawn_stream_raises_nothing_more(self) -> None:
+        async with streaming(Generator()) as batcher:
+            items = batcher.stream(("x", 3))
+            items.close()
+            assert [item async for item in items] == []
+            with pytest.raises(RecordCancelledError):
+                items._future.result()
