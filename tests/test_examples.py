@@ -6,7 +6,15 @@ from collections.abc import Callable, Sized
 
 import pytest
 
-from examples import embed_minilm, quickstart_asyncio, quickstart_trio, service_flask, simulated_llm, sync_threads
+from examples import (
+    embed_minilm,
+    quickstart_asyncio,
+    quickstart_trio,
+    service_flask,
+    simulated_llm,
+    stream_tokens,
+    sync_threads,
+)
 
 
 @pytest.mark.parametrize(
@@ -22,6 +30,14 @@ def test_simulated_llm(backend: str) -> None:
     stats = simulated_llm.main(clients=20, requests_per_client=5, backend=backend)
     assert stats.total_completed == 100
     assert stats.total_batches < 100  # requests were batched
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_stream_tokens(backend: str) -> None:
+    stats = stream_tokens.main(clients=40, backend=backend, quiet=True)  # it checks each client's tokens itself
+    assert stats.total_completed == 40
+    assert stats.total_failed == 0
+    assert stats.total_batches < 40  # the streams were batched
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
