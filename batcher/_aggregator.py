@@ -2,7 +2,10 @@
 
 It pulls submitted futures into the assembly (``_assembly.py``), asks the pure
 rule :func:`~batcher._decide.next_step` what to do, and does it: close a batch
-and send it to the workers, yield once, wait for a record, or finish.
+and send it to the workers, yield once, wait for a record, or finish. When the
+first record of a priority other than 0 comes, it moves to batches by priority
+(``_priority.py``); when ``configure()`` changed the settings, it takes them up
+before it next decides.
 """
 
 from __future__ import annotations

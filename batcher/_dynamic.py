@@ -24,6 +24,8 @@ from ._streaming import RecordStream, StreamFuture, open_stream
 
 __all__ = ("DynamicBatcher",)
 
+_DEFAULT_PRIORITY = 0  # the object the default is (an int equal to it that is another object is checked)
+
 
 class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     """Collects records submitted by many tasks into cost-budgeted batches and runs
@@ -264,7 +266,7 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     def _new_future(
         self, record: Any, cost: Any, name: str, priority: int, delay: float | None
     ) -> BatchFuture[ResultT]:
-        if type(priority) is not int or delay is not None:
+        if priority is not _DEFAULT_PRIORITY or delay is not None:  # a fast path for the defaults
             check_options(priority, delay)
         return self._future_type(record, self._pricing.price(record, cost, name), self._counters, priority)
 

@@ -187,7 +187,7 @@ class Run(Intake):
     def reconfigure(self, settings: Settings) -> None:
         """Apply new settings (checked already): the aggregator picks them up when it
         next decides (it is woken to), and the pool of workers grows or shrinks."""
-        self.settings = settings
+        self.apply(settings)
         self.limiter.total_tokens = settings.max_concurrent_batches
         self._wake_aggregator()
         loops, model = self.loops, self.model

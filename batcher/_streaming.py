@@ -88,8 +88,14 @@ class RecordStream(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
+        receive = self._receive
         try:
-            return await self._receive.receive()
+            try:
+                # Items already buffered (stream_buffer at most) are taken without a
+                # turn of the event loop each; with none, it waits as receive() does.
+                return receive.receive_nowait()
+            except anyio.WouldBlock:
+                return await receive.receive()
         except anyio.EndOfStream:
             pass
         except anyio.ClosedResourceError:  # closed by its consumer

@@ -44,7 +44,9 @@ class Intake:
         "_newest",
         "_reserved",
         "_room",
+        "_shed_above",
         "counters",
+        "default_delay",
         "deadlines",
         "overflow",
         "settings",
@@ -54,8 +56,11 @@ class Intake:
     )
 
     def __init__(self, settings: Settings, counters: Counters) -> None:
-        #: The settings in force (``configure()`` replaces them while the run goes on).
+        #: The settings in force (``configure()`` replaces them, through :meth:`apply`).
         self.settings = settings
+        self._shed_above = settings.max_queued_cost  # read once per record: kept at hand
+        #: The queue deadline of a record that has none of its own.
+        self.default_delay = settings.max_queue_delay_s
         self.counters = counters
         #: The thread of the event loop the run belongs to.
         self.thread = get_ident()
@@ -85,8 +90,7 @@ class Intake:
         """
         if self.thread != get_ident():  # check_thread(), written out: once per record
             raise RuntimeError(OTHER_THREAD)
-        settings = self.settings
-        if settings.max_queued_cost is not None and not admitted:
+        if self._shed_above is not None and not admitted:
             self.admit(future._cost)
         if self.overflow:  # callers wait already: nobody passes them
             if self._input_ended:
@@ -102,10 +106,16 @@ class Intake:
         counters.submitted += 1
         counters.queued_cost += future._cost
         if delay is None:
-            delay = settings.max_queue_delay_s
+            delay = self.default_delay
         if delay is not None:
             self.deadlines.add(future, delay)
         return True
+
+    def apply(self, settings: Settings) -> None:
+        """Put new settings in force for the records that come from now on."""
+        self.settings = settings
+        self._shed_above = settings.max_queued_cost
+        self.default_delay = settings.max_queue_delay_s
 
     def check_thread(self) -> None:
         """:raises RuntimeError: if called from a thread other than the run's event loop's"""
@@ -139,7 +149,7 @@ class Intake:
         counters.submitted += 1
         counters.queued_cost += future._cost
         if delay is None:
-            delay = self.settings.max_queue_delay_s
+            delay = self.default_delay
         if delay is not None:
             self.deadlines.add(future, delay)
 
@@ -230,7 +240,7 @@ class Intake:
         self.counters.submitted += sent
         self.counters.queued_cost += cost
         if delay is None:
-            delay = self.settings.max_queue_delay_s
+            delay = self.default_delay
         if delay is not None:
             for future in futures[:sent]:
                 self.deadlines.add(future, delay)

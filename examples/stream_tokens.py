@@ -44,7 +44,7 @@ async def simulated_llm(batch: list[Request]) -> AsyncIterator[list[object]]:
             return
         await anyio.sleep(0.001 + 1e-6 * len(live))  # one decoding step for the sequences still generating
         step: list[object] = []
-        for i, request in enumerate(batch):
+        for i in range(len(batch)):
             if i in live:
                 step.append(rng.choice(WORDS))
                 generated[i] += 1
