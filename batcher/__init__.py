@@ -3,7 +3,13 @@
 import logging as _logging
 from importlib import metadata as _metadata
 
+from . import metrics as metrics
 from ._dynamic import DynamicBatcher as DynamicBatcher
+from ._events import BatchDispatched as BatchDispatched
+from ._events import BatchEnded as BatchEnded
+from ._events import Event as Event
+from ._events import Observer as Observer
+from ._events import RecordsDropped as RecordsDropped
 from ._exceptions import BatcherClosedError as BatcherClosedError
 from ._exceptions import BatcherOverloadedError as BatcherOverloadedError
 from ._exceptions import QueueTimeoutError as QueueTimeoutError
@@ -11,6 +17,7 @@ from ._exceptions import RecordCancelledError as RecordCancelledError
 from ._exceptions import StreamLagError as StreamLagError
 from ._future import BatchFuture as BatchFuture
 from ._hf import hf_token_estimator as hf_token_estimator
+from ._pricing import Prompt as Prompt
 from ._protocols import CostEstimator as CostEstimator
 from ._protocols import CostEstimatorFn as CostEstimatorFn
 from ._protocols import CostModel as CostModel
@@ -24,7 +31,6 @@ from ._streaming import RecordStream as RecordStream
 from ._streaming import StreamingBatch as StreamingBatch
 from ._streaming import current_batch as current_batch
 from ._sync import SyncBatcher as SyncBatcher
-from ._token import Prompt as Prompt
 from ._token import TokenBatcher as TokenBatcher
 
 # Failures are logged on the "batcher" logger; they reach stderr only where the
@@ -38,6 +44,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was no
 
 __all__ = (
     "END",
+    "BatchDispatched",
+    "BatchEnded",
     "BatchFuture",
     "BatchStats",
     "BatcherClosedError",
@@ -46,12 +54,15 @@ __all__ = (
     "CostEstimatorFn",
     "CostModel",
     "DynamicBatcher",
+    "Event",
     "InferenceFn",
+    "Observer",
     "ProcessFn",
     "Prompt",
     "QueueTimeoutError",
     "RecordCancelledError",
     "RecordStream",
+    "RecordsDropped",
     "StreamLagError",
     "StreamingBatch",
     "SyncBatcher",
@@ -61,4 +72,5 @@ __all__ = (
     "__version__",
     "current_batch",
     "hf_token_estimator",
+    "metrics",
 )

@@ -14,6 +14,7 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._aggregator import INTAKE
+from ._events import Observer
 from ._future import BatchFuture, until_done
 from ._lifecycle import Lifecycle
 from ._map import MapResults, Progress
@@ -82,6 +83,8 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     :param stream_stall_s: how long a step of a streaming batch waits, in all, for
         consumers whose ``stream_buffer`` is full; those still full then fail with
         :exc:`StreamLagError`, and the batch goes on without them.
+    :param observers: called with an event for every batch dispatched and ended and
+        for records dropped (see :meth:`add_observer`, :mod:`batcher.metrics`).
     :param process_timeout_s: a batch whose process function runs longer fails with
         :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs in a
         daemon thread of its worker, so a stuck call cannot hold the program at exit.
@@ -110,11 +113,13 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         priority_aging_s: float | None = 1.0,
         stream_buffer: int = 64,
         stream_stall_s: float = 1.0,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self._setup(
             check_callable("process_fn", process_fn),
             Pricing(("cost_estimator", cost_estimator), ("default_cost", default_cost), ("estimate_cost",)),
             ("target_batch_cost", target_batch_cost),
+            observers,
             max_batch_size=max_batch_size,
             min_batch_size=min_batch_size,
             batch_timeout_s=batch_timeout_s,
@@ -238,18 +243,12 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         max_queue_delay_s: float | None = None,
     ) -> RecordStream[Any]:
         """Submit one record to a streaming batcher (its process function is an async
-        generator function) and return the async iterator of the record's items::
-
-            async with batcher.stream(prompt) as tokens:
-                async for token in tokens:
-                    ...
-
-        The record is queued at once, without waiting for room; see :class:`RecordStream`.
+        generator function) and return the async iterator of the record's items, a
+        :class:`RecordStream`: ``async with batcher.stream(x) as items: async for ...``.
+        The record is queued at once, without waiting for room.
 
         :raises TypeError: if the process function does not stream, and as :meth:`submit`
-        :raises ValueError: as :meth:`submit`
-        :raises BatcherOverloadedError: as :meth:`submit`
-        :raises RuntimeError: as :meth:`submit`
+        :raises ValueError, BatcherOverloadedError, RuntimeError: as :meth:`submit`
         """
         return self._open_stream(
             self._new_future(record, estimated_cost, "estimated_cost", priority, max_queue_delay_s), max_queue_delay_s
@@ -257,9 +256,7 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
 
     def _open_stream(self, future: BatchFuture[Any], delay: float | None) -> RecordStream[Any]:
         if not isinstance(future, StreamFuture):
-            raise TypeError(
-                "stream() needs a streaming process_fn: an async generator function yielding one item per record"
-            )
+            raise TypeError("stream() needs a streaming process_fn: an async generator yielding one item per record")
         self._queue_for_call(future, delay)
         return open_stream(future, self._settings.stream_buffer)
 

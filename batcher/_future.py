@@ -9,7 +9,6 @@ no other module writes a future's private attributes.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from contextvars import ContextVar
 from enum import IntEnum
@@ -18,6 +17,8 @@ from typing import Any, Generic, TypeAlias, cast
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._callbacks import Callbacks, call_back
+from ._events import RecordsDropped
 from ._exceptions import RecordCancelledError, queue_timeout
 from ._protocols import ResultT
 from ._stats import Counters
@@ -50,8 +51,6 @@ class State(IntEnum):
     CANCELLED = 4
 
 
-logger = logging.getLogger("batcher")
-
 # Module-level names for the states: the loops compare them once per record.
 PENDING, DISPATCHED, RESULT, ERROR, CANCELLED = State
 
@@ -80,16 +79,17 @@ class BatchFuture(Generic[ResultT]):
 
     # One of these exists per queued record: keep it small. The event is created
     # only when someone waits on a future that is not done yet.
-    __slots__ = ("_cost", "_counters", "_event", "_priority", "_record", "_state", "_value")
+    __slots__ = ("_cost", "_counters", "_event", "_priority", "_queued_at", "_record", "_state", "_value")
 
     def __init__(self, record: Any, cost: int, counters: Counters, priority: int = 0) -> None:
         self._record = record
         self._cost = cost
         self._priority = priority
+        self._queued_at = 0.0  # when it was queued, if it is timed (monotonic clock)
         self._counters = counters
         self._state = PENDING
         self._value: Any = None
-        self._event: anyio.Event | _Callbacks | None = None
+        self._event: anyio.Event | Callbacks | None = None
 
     def __repr__(self) -> str:
         return f"<BatchFuture {self._state.name.lower()}>"
@@ -113,8 +113,11 @@ class BatchFuture(Generic[ResultT]):
         """
         if self._state != PENDING:
             return False
-        self._counters.cancelled += 1
+        counters = self._counters
+        counters.cancelled += 1
         self._finish(CANCELLED, None)
+        if counters.observe is not None:
+            counters.observe(RecordsDropped("withdrawn", 1, self._cost))
         return True
 
     def result(self) -> ResultT:
@@ -158,11 +161,11 @@ class BatchFuture(Generic[ResultT]):
         must not block. An exception it raises is logged and otherwise ignored.
         """
         if self._state >= RESULT:
-            _call_back(function, self)
+            call_back(function, self)
             return
         event = self._event
-        if not isinstance(event, _Callbacks):
-            event = self._event = _Callbacks(self, event)
+        if not isinstance(event, Callbacks):
+            event = self._event = Callbacks(self, event)
         event.functions.append(function)
 
     async def wait(self) -> ResultT:
@@ -195,36 +198,6 @@ class BatchFuture(Generic[ResultT]):
         event = self._event
         if event is not None:
             event.set()
-
-
-class _Callbacks:
-    """What a future's event slot holds once someone asked to be called back: it
-    is set as the event is, and keeps the event of those awaiting the future."""
-
-    __slots__ = ("event", "functions", "future")
-
-    def __init__(self, future: BatchFuture[Any], event: anyio.Event | None) -> None:
-        self.future = future
-        self.event = event
-        self.functions: list[Callable[[BatchFuture[Any]], object]] = []
-
-    def set(self) -> None:
-        if self.event is not None:
-            self.event.set()
-        for function in self.functions:
-            _call_back(function, self.future)
-
-    def wait(self) -> Coroutine[Any, Any, None]:
-        if self.event is None:
-            self.event = self.future._counters.new_event()
-        return self.event.wait()
-
-
-def _call_back(function: Callable[[BatchFuture[Any]], object], future: BatchFuture[Any]) -> None:
-    try:
-        function(future)
-    except Exception:
-        logger.exception("a done callback of a BatchFuture raised")
 
 
 #: A closed batch, as the batch stream carries it.
@@ -334,6 +307,8 @@ def expire(future: BatchFuture[Any], counters: Counters) -> None:
         counters.expired += 1
         error = queue_timeout()
         future._finish(ERROR, (error, error.__traceback__))
+        if counters.observe is not None:
+            counters.observe(RecordsDropped("expired", 1, future._cost))
 
 
 def fail_queued(stream: MemoryObjectReceiveStream[Any], exc: BaseException, counters: Counters) -> None:

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._events import Observer, Observers
 from ._future import WORKER_OF, BatchFuture
 from ._model import Model
 from ._pricing import Pricing
 from ._protocols import ProcessFn
 from ._run import STOPPED, NotRunning, Run
 from ._settings import Settings
-from ._stats import BatchStats, Counters, event_factory
+from ._stats import SAMPLE_EVERY, BatchStats, Counters, event_factory
 from ._streaming import StreamFuture
 
 __all__ = ("LIVE_SETTINGS", "Lifecycle")
@@ -51,10 +53,16 @@ class Lifecycle:
     _pricing: Pricing
     _settings: Settings
     _counters: Counters
+    _observers: Observers
     _run: Run | NotRunning
 
     def _setup(
-        self, process_fn: ProcessFn[Any, Any], pricing: Pricing, target: tuple[str, int], **settings: Any
+        self,
+        process_fn: ProcessFn[Any, Any],
+        pricing: Pricing,
+        target: tuple[str, int],
+        observers: Iterable[Observer],
+        **settings: Any,
     ) -> None:
         """Build the parts of a batcher from its checked arguments; ``target`` is the
         target batch cost with its name (``("target_batch_tokens", 4096)``).
@@ -69,6 +77,8 @@ class Lifecycle:
         self._pricing = pricing
         self._settings = checked
         self._counters = Counters()
+        self._observers = Observers(observers)
+        self._watch()
         self._run: Run | NotRunning = STOPPED
 
     @property
@@ -174,6 +184,31 @@ class Lifecycle:
                 await run.close(abort=abort, in_worker=self._in_own_worker())
             finally:
                 self._forget(run)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(event)`` with every event from now on (see :mod:`batcher.metrics`
+        and ``BatchDispatched``, ``BatchEnded``, ``RecordsDropped``). It runs in the
+        task that caused the event: it must be quick and must not block; an exception
+        it raises is logged and ignored.
+
+        :raises TypeError: if ``observer`` is not callable
+        """
+        self._observers.add(observer)
+        self._watch()
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop calling ``observer``.
+
+        :raises ValueError: if it was not added
+        """
+        self._observers.remove(observer)
+        self._watch()
+
+    def _watch(self) -> None:
+        # With observers, every record is timed to dispatch; without, one in SAMPLE_EVERY.
+        counters, observers = self._counters, self._observers
+        counters.observe = observers if observers else None
+        counters.sample_every = 1 if observers else SAMPLE_EVERY
 
     def configure(self, **settings: Any) -> None:
         """Change settings while the batcher runs (or before it starts): any of

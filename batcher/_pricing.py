@@ -1,17 +1,19 @@
 """What a record costs: the explicit cost, the estimator, the record's own method,
-or the default, with the names that error messages use for each."""
+or the default, with the names that error messages use for each; and ``Prompt``,
+a text that knows its own token count."""
 
 from __future__ import annotations
 
 import logging
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set, Sized
+from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
 from ._protocols import CostEstimatorFn
 from ._settings import check_int
 
-__all__ = ("Pricing", "check_cost")
+__all__ = ("Pricing", "Prompt", "check_cost", "text_tokens")
 
 logger = logging.getLogger("batcher")
 
@@ -146,3 +148,19 @@ class Pricing:
                 )
         self._method_of[kind] = entry
         return entry
+
+
+@dataclass(slots=True)
+class Prompt:
+    """A text prompt that estimates its own token count (about 4 characters a token)."""
+
+    text: str
+
+    def estimate_tokens(self) -> int:
+        return text_tokens(self.text)
+
+
+def text_tokens(text: str) -> int:
+    """About how many tokens a text has: 4 characters a token (how ``TokenBatcher``
+    prices a ``str`` record and a :class:`Prompt`)."""
+    return len(text) // 4 + 1

@@ -40,6 +40,7 @@ class Run(Intake):
 
     __slots__ = (
         "_free_workers",
+        "_spawned",
         "_workers",
         "batch_receive",
         "batch_send",
@@ -77,6 +78,7 @@ class Run(Intake):
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
         self._workers = settings.max_concurrent_batches  # how many will stay
+        self._spawned = settings.max_concurrent_batches  # how many were started (the next one's index)
         #: Workers to leave when they next look for a batch (``configure()`` shrank the pool).
         self.retiring = 0
         #: The task group of the aggregator and the workers, and the model, while they run.
@@ -110,8 +112,8 @@ class Run(Intake):
                     await keeper.start(self.deadlines.keep)
                     async with anyio.create_task_group() as loops:
                         await loops.start(Aggregator(self, counters).run)
-                        for _ in range(self.settings.max_concurrent_batches):
-                            await loops.start(Worker(self, model, counters).run)
+                        for index in range(self.settings.max_concurrent_batches):
+                            await loops.start(Worker(self, model, counters, index).run)
                         self.loops, self.model = loops, model
                         task_status.started()
                     keeper.cancel_scope.cancel()  # every record has been dispatched or has ended
@@ -197,7 +199,7 @@ class Run(Intake):
             if self.retiring:
                 self.retiring -= 1  # a busy worker asked to leave stays after all
             else:
-                loops.start_soon(Worker(self, model, self.counters).run)
+                loops.start_soon(Worker(self, model, self.counters, self._next_index()).run)
             self._workers += 1
         while self._workers > settings.max_concurrent_batches:
             self._workers -= 1
@@ -206,6 +208,11 @@ class Run(Intake):
                 self.batch_sent()
             else:
                 self.retiring += 1  # every worker is busy: the first to finish its batch leaves
+
+    def _next_index(self) -> int:
+        # The index of a worker started now, and one more started.
+        self._spawned += 1
+        return self._spawned - 1
 
     def end_fatally(self, exc: BaseException) -> None:
         """Keep ``exc`` for ``stop()`` and cancel the loops."""

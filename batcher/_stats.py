@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
-__all__ = ("BatchStats", "Counters", "event_factory")
+if TYPE_CHECKING:
+    from ._events import Event
+
+__all__ = ("SAMPLE_EVERY", "WINDOW", "BatchStats", "Counters", "event_factory")
+
+#: How many recent samples the percentiles of :class:`BatchStats` are over.
+WINDOW = 1024
+#: Without an observer, one submitted record in this many is timed to dispatch.
+SAMPLE_EVERY = 16
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,12 @@ class BatchStats:
     never dispatched); ``total_shed`` counts records refused with
     :exc:`BatcherOverloadedError` (never submitted). Once a batcher has stopped,
     ``total_submitted == total_completed + total_cancelled + total_expired``.
+
+    ``queued``, ``queued_cost`` and ``batches_in_flight`` are the state when the
+    snapshot was taken. The percentiles (``None`` before any sample) are over a
+    recent window: the process-function time of the last ``WINDOW`` batches, and
+    the queue wait (submit to dispatch) of the last ``WINDOW`` timed records. One
+    record in ``SAMPLE_EVERY`` is timed, or every one while an observer is attached.
     """
 
     total_submitted: int = 0
@@ -36,6 +52,15 @@ class BatchStats:
     avg_batch_cost: float = 0.0
     busy_time_s: float = 0.0
     idle_time_s: float = 0.0
+    queued: int = 0
+    queued_cost: int = 0
+    batches_in_flight: int = 0
+    queue_wait_p50_s: float | None = None
+    queue_wait_p90_s: float | None = None
+    queue_wait_p99_s: float | None = None
+    batch_duration_p50_s: float | None = None
+    batch_duration_p90_s: float | None = None
+    batch_duration_p99_s: float | None = None
 
     @property
     def utilization(self) -> float:
@@ -57,14 +82,19 @@ class Counters:
         "cancelled",
         "completed",
         "dispatched",
+        "durations",
         "expired",
         "failed",
         "idle",
         "new_event",
+        "observe",
         "queued_cost",
+        "running",
+        "sample_every",
         "shed",
         "sole_worker_in_model",
         "submitted",
+        "waits",
     )
 
     def __init__(self) -> None:
@@ -85,6 +115,13 @@ class Counters:
         self.batch_cost = 0
         self.busy = 0.0
         self.idle = 0.0
+        #: The batcher's observers, or ``None`` while it has none (see ``_events.py``).
+        self.observe: Callable[[Event], None] | None = None
+        #: Every how many submitted records one is timed from submit to dispatch.
+        self.sample_every = SAMPLE_EVERY
+        self.waits: deque[float] = deque(maxlen=WINDOW)  # queue waits of timed records, seconds
+        self.durations: deque[float] = deque(maxlen=WINDOW)  # process-function time of batches
+        self.running = 0  # batches in the process function
 
     @property
     def queued(self) -> int:
@@ -111,7 +148,21 @@ class Counters:
             avg_batch_cost=self.batch_cost / batches if batches else 0.0,
             busy_time_s=self.busy,
             idle_time_s=self.idle,
+            queued=self.queued,
+            queued_cost=self.queued_cost,
+            batches_in_flight=self.running,
+            **_percentiles("queue_wait", self.waits),
+            **_percentiles("batch_duration", self.durations),
         )
+
+
+def _percentiles(name: str, samples: deque[float]) -> dict[str, float | None]:
+    """p50, p90 and p99 of ``samples`` (nearest rank) as ``BatchStats`` fields."""
+    ordered = sorted(samples)
+    count = len(ordered)
+    return {
+        f"{name}_p{rank}_s": ordered[min(count - 1, (rank * count) // 100)] if count else None for rank in (50, 90, 99)
+    }
 
 
 def event_factory() -> Callable[[], anyio.Event]:

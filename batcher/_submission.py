@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from threading import get_ident
+from time import monotonic
 from typing import Any
 
 import anyio
@@ -18,6 +19,7 @@ from anyio.lowlevel import checkpoint
 
 from ._aggregator import INTAKE, Submission
 from ._deadlines import Deadlines
+from ._events import RecordsDropped
 from ._exceptions import BatcherOverloadedError
 from ._future import BatchFuture, fail, make_event
 from ._settings import Settings
@@ -93,9 +95,7 @@ class Intake:
         if self._shed_above is not None and not admitted:
             self.admit(future._cost)
         if self.overflow:  # callers wait already: nobody passes them
-            if self._input_ended:
-                raise RuntimeError(NOT_RUNNING)
-            return False
+            return self._behind_others()
         try:
             self.submit_send.send_nowait(future)
         except anyio.WouldBlock:
@@ -105,11 +105,19 @@ class Intake:
         counters = self.counters
         counters.submitted += 1
         counters.queued_cost += future._cost
+        if not counters.submitted % counters.sample_every:
+            future._queued_at = monotonic()  # timed to dispatch (stats, observers)
         if delay is None:
             delay = self.default_delay
         if delay is not None:
             self.deadlines.add(future, delay)
         return True
+
+    def _behind_others(self) -> bool:
+        # try_submit() while callers wait behind the full stream: no room for this one.
+        if self._input_ended:
+            raise RuntimeError(NOT_RUNNING)
+        return False
 
     def apply(self, settings: Settings) -> None:
         """Put new settings in force for the records that come from now on."""
@@ -134,6 +142,8 @@ class Intake:
         if self._input_ended:
             raise RuntimeError(NOT_RUNNING)
         counters.shed += records
+        if counters.observe is not None:
+            counters.observe(RecordsDropped("shed", records, cost))
         raise BatcherOverloadedError(
             f"the batcher is overloaded: {counters.queued_cost} of max_queued_cost={limit} is queued, "
             f"and {cost} more would not fit; try again later"
@@ -148,6 +158,7 @@ class Intake:
         counters = self.counters
         counters.submitted += 1
         counters.queued_cost += future._cost
+        future._queued_at = monotonic()  # the overflow is the slow path: every one is timed
         if delay is None:
             delay = self.default_delay
         if delay is not None:
@@ -239,6 +250,9 @@ class Intake:
                 raise RuntimeError(NOT_RUNNING) from None
         self.counters.submitted += sent
         self.counters.queued_cost += cost
+        now = monotonic()
+        for future in futures[:sent]:
+            future._queued_at = now
         if delay is None:
             delay = self.default_delay
         if delay is not None:

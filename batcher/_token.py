@@ -1,40 +1,24 @@
-"""TokenBatcher: DynamicBatcher in the words of LLM inference, and Prompt."""
+"""TokenBatcher: DynamicBatcher in the words of LLM inference."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar, SupportsIndex, TypeVar
 
 import anyio
 
 from ._dynamic import DynamicBatcher
+from ._events import Observer
 from ._future import BatchFuture, until_done
-from ._pricing import Pricing
+from ._pricing import Pricing, text_tokens
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
 from ._settings import check_callable
 from ._streaming import RecordStream
 
-__all__ = ("Prompt", "TokenBatcher")
+__all__ = ("TokenBatcher",)
 
 T = TypeVar("T")
 U = TypeVar("U")
-
-
-@dataclass(slots=True)
-class Prompt:
-    """A text prompt that estimates its own token count (about 4 characters a token)."""
-
-    text: str
-
-    def estimate_tokens(self) -> int:
-        return text_tokens(self.text)
-
-
-def text_tokens(text: str) -> int:
-    """About how many tokens a text has: 4 characters a token (how ``TokenBatcher``
-    prices a ``str`` record and a :class:`Prompt`)."""
-    return len(text) // 4 + 1
 
 
 class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
@@ -104,6 +88,8 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         function), how many items of one record may wait for its consumer.
     :param stream_stall_s: how long a step of a streaming batch waits, in all, for
         consumers whose buffer is full before it fails them with :exc:`StreamLagError`.
+    :param observers: called with an event for every batch dispatched and ended and
+        for records dropped (see :meth:`add_observer`, :mod:`batcher.metrics`).
     :raises TypeError: for a setting of the wrong type, naming it
     :raises ValueError: for a setting out of range, naming it
     """
@@ -137,11 +123,12 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         priority_aging_s: float | None = 1.0,
         stream_buffer: int = 64,
         stream_stall_s: float = 1.0,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self._setup(  # the parts DynamicBatcher.__init__ builds, in token words
-            _inference_fn(inference_fn, process_fn),
-            _token_pricing(token_estimator, cost_estimator, default_token_estimate, default_cost),
+            *_parts(inference_fn, process_fn, token_estimator, cost_estimator, default_token_estimate, default_cost),
             either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost),
+            observers,
             max_batch_size=max_batch_size,
             min_batch_size=min_batch_size,
             batch_timeout_s=batch_timeout_s,
@@ -315,6 +302,19 @@ def _inference_fn(
     if function is None:
         raise TypeError("TokenBatcher requires either inference_fn or process_fn")
     return check_callable(name, function)
+
+
+def _parts(
+    inference_fn: ProcessFn[RecordT, ResultT] | None,
+    process_fn: ProcessFn[RecordT, ResultT] | None,
+    token_estimator: CostEstimatorFn[Any] | None,
+    cost_estimator: CostEstimatorFn[Any] | None,
+    default_token_estimate: int | None,
+    default_cost: int,
+) -> tuple[ProcessFn[RecordT, ResultT], Pricing]:
+    """The inference function and the pricing, from TokenBatcher's arguments."""
+    pricing = _token_pricing(token_estimator, cost_estimator, default_token_estimate, default_cost)
+    return _inference_fn(inference_fn, process_fn), pricing
 
 
 def _token_pricing(

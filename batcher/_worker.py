@@ -13,6 +13,7 @@ from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 
 from ._assembly import batch_cost
+from ._events import BatchWatch, Outcome
 from ._exceptions import closed_error
 from ._future import WORKER_OF, Batch, BatchFuture, dispatch, fail, fail_queued, settle
 from ._model import Model, ModelThread
@@ -38,10 +39,11 @@ _Finished = tuple[list[BatchFuture[Any]], list[Any]]
 class Worker:
     """One of a run's workers; :meth:`run` is its loop."""
 
-    __slots__ = ("_batches", "_cost_model", "_counters", "_model", "_run", "_thread")
+    __slots__ = ("_batches", "_cost_model", "_counters", "_index", "_model", "_run", "_thread")
 
-    def __init__(self, run: Run, model: Model, counters: Counters) -> None:
+    def __init__(self, run: Run, model: Model, counters: Counters, index: int) -> None:
         self._run = run
+        self._index = index  # which of the run's workers (for observers)
         self._model = model
         self._counters = counters
         self._cost_model = run.settings.cost_model
@@ -109,7 +111,7 @@ class Worker:
 
     async def _process(self, closed_batch: Batch) -> _Finished | None:
         """Run one batch through the model. Return it with its results, or ``None``
-        if it failed (its futures have ended) or had no record left."""
+        if it failed or streamed (its futures have ended) or had no record left."""
         batch = dispatch(closed_batch, self._counters)
         if not batch:
             return None
@@ -118,24 +120,35 @@ class Worker:
         counters.dispatched += len(batch)
         cost = batch_cost([future._cost for future in batch], self._cost_model)
         counters.batch_cost += cost
+        watch = BatchWatch(counters, counters.batches, self._index, batch, cost, self._run.settings.target_batch_cost)
+        results: list[Any] | None = None
+        outcome: Outcome = "closed"  # unless the batch gets further
+        try:
+            results, outcome = await self._run_batch(batch, cost)
+        finally:
+            watch.ended(outcome, results)
+        return None if results is None else (batch, results)
+
+    async def _run_batch(self, batch: Batch, cost: int) -> tuple[list[Any] | None, Outcome]:
+        """The batch's results (``None``: its futures have ended), and its outcome."""
         try:
             if self._model.streaming:
                 await self._stream(batch)  # ends each future as its stream ends
-                return None
-            results = await self._call_model(batch, cost)
+                return None, "ok"
+            return await self._call_model(batch, cost), "ok"
         except Exception as exc:
             self._fail_batch(batch, exc)
-            return None
+            timed_out = isinstance(exc, TimeoutError) and self._model.timeout_s is not None
+            return None, "timed_out" if timed_out else "failed"
         except BaseException as exc:
             if not isinstance(exc, anyio.get_cancelled_exc_class()):
                 self._end_run(batch, exc)
-            elif anyio.current_effective_deadline() == -math.inf:  # the batcher is being cancelled
-                fail(batch, closed_error(), counters)
+                return None, "closed"
+            if anyio.current_effective_deadline() == -math.inf:  # the batcher is being cancelled
+                fail(batch, closed_error(), self._counters)
                 raise
-            else:
-                self._fail_batch(batch, _stray(exc))
-            return None
-        return batch, results
+            self._fail_batch(batch, _stray(exc))
+            return None, "failed"
 
     async def _call_model(self, batch: Batch, cost: int) -> list[Any]:
         # While the only worker is in the process function, its own futures must not

@@ -1,0 +1,151 @@
+"""What a batcher tells its observers: one small immutable event when a batch is
+dispatched and when it ends, and one when records leave without reaching the
+model (withdrawn, expired, or refused by load shedding).
+
+An observer is any callable taking an event; it runs in the task that caused the
+event (a worker, a submitter), so it must be quick and must not block. One that
+raises is logged and never breaks the batcher.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from time import monotonic, perf_counter
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from ._future import BatchFuture
+    from ._stats import Counters
+
+__all__ = ("BatchDispatched", "BatchEnded", "BatchWatch", "Event", "Observer", "Observers", "Outcome", "RecordsDropped")
+
+logger = logging.getLogger("batcher")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDispatched:
+    """A worker has taken a batch and is about to run it."""
+
+    batch: int  #: the batch's number in the batcher's life, from 1
+    worker: int  #: which worker runs it, from 0
+    size: int  #: its records
+    cost: int  #: its cost by the cost model (``padded``: ``size * max(costs)``)
+    records_cost: int  #: the sum of its records' own costs (tokens, for a padded model)
+    fill_ratio: float  #: ``cost / target_batch_cost`` (above 1 for one oversized record)
+    queue_waits_s: tuple[float, ...]  #: each record's time from submit to dispatch, in seconds
+    queued: int  #: records still queued, after this batch left the queue
+    queued_cost: int  #: their cost
+    batches_in_flight: int  #: batches in the process function, this one included
+
+
+Outcome: TypeAlias = Literal["ok", "failed", "timed_out", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEnded:
+    """A batch has ended: ``outcome`` is ``"ok"`` (results handed out; ``failed``
+    of them were exceptions in their slots), ``"failed"`` (the process function
+    raised), ``"timed_out"`` (``process_timeout_s``) or ``"closed"`` (the batcher
+    was cancelled or ended by a fatal exception)."""
+
+    batch: int
+    worker: int
+    size: int
+    cost: int
+    duration_s: float  #: time in the process function
+    outcome: Outcome
+    failed: int  #: records that ended with an exception
+    queued: int  #: records queued as it ended
+    queued_cost: int  #: their cost
+    batches_in_flight: int  #: batches still in the process function
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsDropped:
+    """Records left without reaching the model: ``"withdrawn"`` (cancelled before
+    dispatch), ``"expired"`` (``QueueTimeoutError``) or ``"shed"`` (refused with
+    ``BatcherOverloadedError``; never queued)."""
+
+    reason: Literal["withdrawn", "expired", "shed"]
+    records: int
+    cost: int
+
+
+Event: TypeAlias = BatchDispatched | BatchEnded | RecordsDropped
+Observer: TypeAlias = Callable[[Event], object]
+
+
+class Observers:
+    """The observers of one batcher, called in the order they were added."""
+
+    __slots__ = ("_observers",)
+
+    def __init__(self, observers: Iterable[Observer] = ()) -> None:
+        self._observers: tuple[Observer, ...] = ()
+        for observer in observers:
+            self.add(observer)
+
+    def __bool__(self) -> bool:
+        return bool(self._observers)
+
+    def add(self, observer: Observer) -> None:
+        """:raises TypeError: if ``observer`` is not callable"""
+        if not callable(observer):
+            raise TypeError(f"an observer must be callable, got {type(observer).__name__}")
+        self._observers = (*self._observers, observer)
+
+    def remove(self, observer: Observer) -> None:
+        """:raises ValueError: if ``observer`` was not added"""
+        if observer not in self._observers:
+            raise ValueError("remove_observer() got an observer that was not added")
+        observers = list(self._observers)
+        observers.remove(observer)
+        self._observers = tuple(observers)
+
+    def __call__(self, event: Event) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                logger.exception("observer %r raised on %r; the batcher goes on", observer, event)
+
+
+class BatchWatch:
+    """One batch from dispatch to its end, as the statistics and the observers see
+    it: the queue waits of its timed records, the time in the process function,
+    and the batches in flight."""
+
+    __slots__ = ("_batch", "_cost", "_counters", "_number", "_started", "_worker")
+
+    def __init__(
+        self, counters: Counters, number: int, worker: int, batch: list[BatchFuture[Any]], cost: int, target: int
+    ) -> None:
+        self._counters, self._number, self._worker, self._batch, self._cost = counters, number, worker, batch, cost
+        now = monotonic()
+        waits = [now - queued_at for future in batch if (queued_at := future._queued_at)]
+        counters.waits.extend(waits)
+        counters.running += 1
+        self._started = perf_counter()
+        if counters.observe is not None:
+            records_cost = sum(future._cost for future in batch)
+            shape = (number, worker, len(batch), cost, records_cost, cost / target, tuple(waits))
+            counters.observe(BatchDispatched(*shape, counters.queued, counters.queued_cost, counters.running))
+
+    def ended(self, outcome: Outcome, results: list[Any] | None) -> None:
+        """The batch has ended with ``outcome`` (``results``: those it returned, if any)."""
+        duration = perf_counter() - self._started
+        counters = self._counters
+        counters.running -= 1
+        counters.durations.append(duration)
+        if counters.observe is not None:
+            batch = self._batch
+            if outcome != "ok":
+                failed = len(batch)
+            elif results is not None:
+                failed = sum(isinstance(result, Exception) for result in results)
+            else:  # a streamed batch: its futures have ended
+                failed = sum(future.exception() is not None for future in batch if not future.cancelled())
+            shape = (self._number, self._worker, len(batch), self._cost, duration, outcome, failed)
+            counters.observe(BatchEnded(*shape, counters.queued, counters.queued_cost, counters.running))

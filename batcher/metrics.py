@@ -1,0 +1,198 @@
+"""Observers that export a batcher's events as metrics: :class:`PrometheusObserver`
+(the ``prometheus`` extra, ``prometheus_client``) and :class:`OpenTelemetryObserver`
+(the ``otel`` extra, ``opentelemetry-api``). Each is a callable to pass in
+``observers=[...]`` or to :meth:`DynamicBatcher.add_observer`::
+
+    from batcher.metrics import PrometheusObserver
+
+    batcher = TokenBatcher(embed, observers=[PrometheusObserver(labels={"batcher": "embed"})])
+
+Both record the same instruments: the queue wait of every record and the duration,
+size, cost and fill ratio of every batch (histograms); the queue depth in records
+and in cost and the batches in flight (gauges, as of the last batch event); and
+records and batches by outcome (counters). Records' outcomes are ``ok``,
+``failed``, ``withdrawn``, ``expired`` and ``shed``; batches' are those of
+:class:`~batcher.BatchEnded`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import weakref
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from ._events import BatchDispatched, BatchEnded, Event
+
+__all__ = (
+    "COST_BUCKETS",
+    "FILL_BUCKETS",
+    "SECONDS_BUCKETS",
+    "SIZE_BUCKETS",
+    "OpenTelemetryObserver",
+    "PrometheusObserver",
+)
+
+#: Histogram buckets: seconds (queue wait, batch duration), from 1 ms to 64 s by powers of two.
+SECONDS_BUCKETS = tuple(2.0**n / 1000 for n in range(17))
+#: Records in a batch: powers of two up to 4,096.
+SIZE_BUCKETS = tuple(float(2**n) for n in range(13))
+#: A batch's cost (tokens): powers of two up to about a million.
+COST_BUCKETS = tuple(float(2**n) for n in range(21))
+#: A batch's cost over the target: tenths, and one oversized record above 1.
+FILL_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0)
+
+
+def _require(module: str, extra: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{module} is needed for this observer; install it with pip install 'batcher[{extra}]'"
+        ) from exc
+
+
+class PrometheusObserver:
+    """Export a batcher's events to Prometheus (``prometheus_client``).
+
+    :param registry: where the metrics are registered (default: the global registry)
+    :param namespace: the prefix of every metric's name
+    :param labels: constant labels for this batcher's series, such as
+        ``{"batcher": "embed"}``: several batchers in one process share the metrics
+        (created once per registry, namespace and label names) and are told apart
+        by these
+    """
+
+    def __init__(
+        self, registry: Any = None, namespace: str = "batcher", labels: Mapping[str, str] | None = None
+    ) -> None:
+        client = _require("prometheus_client", "prometheus")
+        registry = client.REGISTRY if registry is None else registry
+        self._labels = dict(labels or {})
+        metrics = _prometheus_metrics(client, registry, namespace, tuple(sorted(self._labels)))
+        values = self._labels
+        self._wait = metrics["queue_wait_seconds"].labels(**values)
+        self._duration = metrics["batch_duration_seconds"].labels(**values)
+        self._size = metrics["batch_size"].labels(**values)
+        self._cost = metrics["batch_cost"].labels(**values)
+        self._fill = metrics["batch_fill_ratio"].labels(**values)
+        self._depth = metrics["queue_depth"].labels(**values)
+        self._depth_cost = metrics["queued_cost"].labels(**values)
+        self._in_flight = metrics["batches_in_flight"].labels(**values)
+        self._records = metrics["records"]
+        self._batches = metrics["batches"]
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, BatchDispatched):
+            for wait in event.queue_waits_s:
+                self._wait.observe(wait)
+            self._size.observe(event.size)
+            self._cost.observe(event.cost)
+            self._fill.observe(event.fill_ratio)
+        elif isinstance(event, BatchEnded):
+            self._duration.observe(event.duration_s)
+            self._batches.labels(outcome=event.outcome, **self._labels).inc()
+            self._count_records("ok", event.size - event.failed)
+            self._count_records("failed", event.failed)
+        else:
+            self._count_records(event.reason, event.records)
+            return
+        self._depth.set(event.queued)
+        self._depth_cost.set(event.queued_cost)
+        self._in_flight.set(event.batches_in_flight)
+
+    def _count_records(self, outcome: str, records: int) -> None:
+        if records:
+            self._records.labels(outcome=outcome, **self._labels).inc(records)
+
+
+# Per registry (kept no longer than the registry), the families of each namespace and set of label names.
+_PROMETHEUS: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _prometheus_metrics(client: ModuleType, registry: Any, namespace: str, labels: tuple[str, ...]) -> dict[str, Any]:
+    """The metric families of one registry, namespace and set of label names, made once."""
+    made = _PROMETHEUS.setdefault(registry, {})
+    key = (namespace, labels)
+    if key not in made:
+        common = {"namespace": namespace, "labelnames": labels, "registry": registry}
+        histograms = {
+            "queue_wait_seconds": ("Time a record waited from submit to dispatch.", SECONDS_BUCKETS),
+            "batch_duration_seconds": ("Time a batch spent in the process function.", SECONDS_BUCKETS),
+            "batch_size": ("Records per batch.", SIZE_BUCKETS),
+            "batch_cost": ("Cost (tokens) per batch, by the cost model.", COST_BUCKETS),
+            "batch_fill_ratio": ("A batch's cost over the target batch cost.", FILL_BUCKETS),
+        }
+        gauges = {
+            "queue_depth": "Records queued, not yet dispatched.",
+            "queued_cost": "Cost (tokens) of the records queued.",
+            "batches_in_flight": "Batches in the process function.",
+        }
+        metrics: dict[str, Any] = {
+            name: client.Histogram(name, text, buckets=buckets, **common)
+            for name, (text, buckets) in histograms.items()
+        }
+        metrics |= {name: client.Gauge(name, text, **common) for name, text in gauges.items()}
+        outcome = {**common, "labelnames": (*labels, "outcome")}
+        metrics["records"] = client.Counter("records", "Records by how they ended.", **outcome)
+        metrics["batches"] = client.Counter("batches", "Batches by how they ended.", **outcome)
+        made[key] = metrics
+    return made[key]
+
+
+class OpenTelemetryObserver:
+    """Export a batcher's events through the OpenTelemetry metrics API.
+
+    :param meter_provider: the provider to get the ``batcher`` meter from (default:
+        the global one, ``opentelemetry.metrics.get_meter_provider()``)
+    :param attributes: attributes of every measurement, such as ``{"batcher": "embed"}``
+    """
+
+    def __init__(self, meter_provider: Any = None, attributes: Mapping[str, str] | None = None) -> None:
+        metrics = _require("opentelemetry.metrics", "otel")
+        provider = metrics.get_meter_provider() if meter_provider is None else meter_provider
+        meter = provider.get_meter("batcher")
+        self._attributes = dict(attributes or {})
+        self._wait = meter.create_histogram(
+            "batcher.queue.wait", unit="s", description="Time a record waited from submit to dispatch."
+        )
+        self._duration = meter.create_histogram(
+            "batcher.batch.duration", unit="s", description="Time a batch spent in the process function."
+        )
+        self._size = meter.create_histogram("batcher.batch.size", unit="{record}", description="Records per batch.")
+        self._cost = meter.create_histogram("batcher.batch.cost", unit="{token}", description="Cost per batch.")
+        self._fill = meter.create_histogram("batcher.batch.fill_ratio", unit="1", description="Cost over target.")
+        self._depth = meter.create_gauge("batcher.queue.depth", unit="{record}", description="Records queued.")
+        self._depth_cost = meter.create_gauge("batcher.queue.cost", unit="{token}", description="Cost queued.")
+        self._in_flight = meter.create_gauge(
+            "batcher.batches.in_flight", unit="{batch}", description="Batches running."
+        )
+        self._records = meter.create_counter("batcher.records", unit="{record}", description="Records by outcome.")
+        self._batches = meter.create_counter("batcher.batches", unit="{batch}", description="Batches by outcome.")
+
+    def __call__(self, event: Event) -> None:
+        attributes = self._attributes
+        if isinstance(event, BatchDispatched):
+            for wait in event.queue_waits_s:
+                self._wait.record(wait, attributes)
+            self._size.record(event.size, attributes)
+            self._cost.record(event.cost, attributes)
+            self._fill.record(event.fill_ratio, attributes)
+        elif isinstance(event, BatchEnded):
+            self._duration.record(event.duration_s, attributes)
+            self._batches.add(1, {**attributes, "outcome": event.outcome})
+            self._count_records("ok", event.size - event.failed)
+            self._count_records("failed", event.failed)
+        else:
+            self._count_records(event.reason, event.records)
+            return
+        self._depth.set(event.queued, attributes)
+        self._depth_cost.set(event.queued_cost, attributes)
+        self._in_flight.set(event.batches_in_flight, attributes)
+
+    def _count_records(self, outcome: str, records: int) -> None:
+        if records:
+            self._records.add(records, {**self._attributes, "outcome": outcome})

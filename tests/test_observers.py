@@ -1,0 +1,252 @@
+"""Observers, the statistics' distributions, and the Prometheus and OpenTelemetry
+exporters, checked by value: known batches give known events, counts, sums and
+bucket placements, under asyncio and trio."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import anyio
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client import CollectorRegistry
+
+from batcher import (
+    BatchDispatched,
+    BatchEnded,
+    BatcherOverloadedError,
+    DynamicBatcher,
+    Event,
+    QueueTimeoutError,
+    RecordsDropped,
+)
+from batcher.metrics import OpenTelemetryObserver, PrometheusObserver
+
+from .helpers import Recorder, blocked_batcher
+
+
+class Log:
+    """An observer that keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+async def model(batch: list[Any]) -> list[Any]:
+    """Fails a batch holding "boom"; answers a ValueError in the slot of "bad"."""
+    if "boom" in batch:
+        raise RuntimeError("boom")
+    return [ValueError("bad") if record == "bad" else record for record in batch]
+
+
+class Held(Recorder):
+    """A held recorder that answers as :func:`model` does once released."""
+
+    async def __call__(self, batch: list[Any]) -> list[Any]:
+        await super().__call__(batch)
+        return await model(batch)
+
+
+async def run_known_batches(*observers: Any) -> DynamicBatcher[Any, Any]:
+    """Three batches: ["first"] (cost 1, held in the model while the observers are
+    added), ["a", "bad"] (costs 3 and 5), ["boom"] (cost 2); one record withdrawn,
+    one expired, one refused."""
+    held = Held(hold=True)
+    with anyio.fail_after(5):
+        async with DynamicBatcher(held, max_batch_size=2, target_batch_cost=10, max_queued_cost=11) as batcher:
+            await batcher.submit("first", estimated_cost=1)
+            await held.entered.wait()
+            for observer in observers:
+                batcher.add_observer(observer)
+            pair = await batcher.submit_batch(["a", "bad"], estimated_cost=[3, 5])
+            boom = await batcher.submit("boom", estimated_cost=2)
+            withdrawn = await batcher.submit("withdrawn", estimated_cost=1)
+            assert withdrawn.cancel()
+            expired = await batcher.submit("expired", estimated_cost=1, max_queue_delay_s=0.001)
+            with pytest.raises(QueueTimeoutError):
+                await expired
+            with pytest.raises(BatcherOverloadedError):
+                await batcher.submit("refused", estimated_cost=4)
+            held.release()
+            assert await pair[0] == "a"
+            with pytest.raises(RuntimeError, match="boom"):
+                await boom
+    return batcher
+
+
+class TestEvents:
+    async def test_known_batches_give_known_events(self) -> None:
+        log = Log()
+        await run_known_batches(log)
+        dispatched, ended = log.of(BatchDispatched), log.of(BatchEnded)
+        assert [(e.size, e.cost, e.records_cost, e.fill_ratio) for e in dispatched] == [(2, 8, 8, 0.8), (1, 2, 2, 0.2)]
+        assert all(e.worker == 0 for e in dispatched)
+        assert [len(e.queue_waits_s) for e in dispatched] == [2, 1]  # every record timed while observed
+        assert all(wait >= 0 for e in dispatched for wait in e.queue_waits_s)
+        # "first" ended after the observer came, its dispatch before: only its end is seen.
+        assert [(e.size, e.outcome, e.failed) for e in ended] == [(1, "ok", 0), (2, "ok", 1), (1, "failed", 1)]
+        assert [e.batch for e in ended] == [1, 2, 3]
+        dropped = [(e.reason, e.records, e.cost) for e in log.of(RecordsDropped)]
+        assert dropped == [("withdrawn", 1, 1), ("expired", 1, 1), ("shed", 1, 4)]
+
+    async def test_a_timed_out_batch_and_the_state_it_reports(self) -> None:
+        log = Log()
+        gate = anyio.Event()
+
+        async def hangs(batch: list[Any]) -> list[Any]:
+            await gate.wait()
+            return batch
+
+        async with DynamicBatcher(hangs, process_timeout_s=0.05, observers=[log]) as batcher:
+            with pytest.raises(TimeoutError):
+                await batcher.call("x")
+            gate.set()
+        (dispatched,) = log.of(BatchDispatched)
+        assert (dispatched.queued, dispatched.batches_in_flight) == (0, 1)
+        (ended,) = log.of(BatchEnded)
+        assert (ended.outcome, ended.failed, ended.batches_in_flight) == ("timed_out", 1, 0)
+        assert ended.duration_s >= 0.05
+
+    async def test_an_observer_that_raises_is_logged_and_ignored(self, caplog: pytest.LogCaptureFixture) -> None:
+        def broken(event: Event) -> None:
+            raise KeyError("observer bug")
+
+        log = Log()
+        with caplog.at_level(logging.ERROR, logger="batcher"):
+            async with DynamicBatcher(Recorder(), observers=[broken, log]) as batcher:
+                assert await batcher.call("x") == ("done", "x")
+        assert len(log.of(BatchEnded)) == 1  # the next observer still ran
+        assert "observer" in caplog.text
+        assert "KeyError" in caplog.text
+
+    async def test_adding_and_removing_observers(self) -> None:
+        log = Log()
+        async with DynamicBatcher(Recorder()) as batcher:
+            await batcher.call(1)
+            batcher.add_observer(log)
+            await batcher.call(2)
+            batcher.remove_observer(log)
+            await batcher.call(3)
+            with pytest.raises(ValueError, match="not added"):
+                batcher.remove_observer(log)
+            with pytest.raises(TypeError, match="an observer must be callable, got int"):
+                batcher.add_observer(3)  # type: ignore[arg-type]
+        assert [e.batch for e in log.of(BatchEnded)] == [2]
+        with pytest.raises(TypeError, match="an observer must be callable"):
+            DynamicBatcher(Recorder(), observers=["not callable"])  # type: ignore[list-item]
+
+
+class TestStats:
+    async def test_state_and_percentiles(self) -> None:
+        async with blocked_batcher(max_batch_size=1) as (batcher, held, _):
+            for n in range(40):
+                await batcher.submit(n, estimated_cost=2)
+            stats = batcher.stats
+            assert (stats.queued, stats.queued_cost, stats.batches_in_flight) == (40, 80, 1)
+            assert stats.batch_duration_p50_s is None  # no batch has ended yet
+            held.release()
+        stats = batcher.stats
+        assert (stats.queued, stats.queued_cost, stats.batches_in_flight) == (0, 0, 0)
+        assert stats.batch_duration_p50_s is not None
+        assert stats.batch_duration_p99_s is not None
+        assert 0 <= stats.batch_duration_p50_s <= stats.batch_duration_p90_s <= stats.batch_duration_p99_s  # type: ignore[operator]
+        # One record in 16 is timed without an observer: 40 records give 2 or 3.
+        assert stats.queue_wait_p50_s is not None
+        assert stats.queue_wait_p50_s >= 0
+
+
+def samples(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+class TestPrometheus:
+    async def test_known_batches_give_known_metrics(self) -> None:
+        registry = CollectorRegistry()
+        await run_known_batches(PrometheusObserver(registry=registry, labels={"batcher": "known"}))
+        label = {"batcher": "known"}
+        assert samples(registry, "batcher_batch_size_count", **label) == 2
+        assert samples(registry, "batcher_batch_size_sum", **label) == 3
+        assert samples(registry, "batcher_batch_size_bucket", le="1.0", **label) == 1
+        assert samples(registry, "batcher_batch_size_bucket", le="2.0", **label) == 2
+        assert samples(registry, "batcher_batch_cost_sum", **label) == 10
+        assert samples(registry, "batcher_batch_cost_bucket", le="4.0", **label) == 1  # the cost of 2
+        assert samples(registry, "batcher_batch_cost_bucket", le="8.0", **label) == 2
+        assert samples(registry, "batcher_batch_fill_ratio_bucket", le="0.2", **label) == 1
+        assert samples(registry, "batcher_queue_wait_seconds_count", **label) == 3
+        assert samples(registry, "batcher_batch_duration_seconds_count", **label) == 3
+        records = {
+            outcome: samples(registry, "batcher_records_total", outcome=outcome, **label)
+            for outcome in ("ok", "failed", "withdrawn", "expired", "shed")
+        }
+        assert records == {"ok": 2, "failed": 2, "withdrawn": 1, "expired": 1, "shed": 1}
+        assert samples(registry, "batcher_batches_total", outcome="ok", **label) == 2
+        assert samples(registry, "batcher_batches_total", outcome="failed", **label) == 1
+        assert samples(registry, "batcher_queue_depth", **label) == 0
+        assert samples(registry, "batcher_batches_in_flight", **label) == 0
+
+    async def test_two_batchers_share_the_metrics_told_apart_by_a_label(self) -> None:
+        registry = CollectorRegistry()
+        async with (
+            DynamicBatcher(Recorder(), observers=[PrometheusObserver(registry, labels={"batcher": "a"})]) as a,
+            DynamicBatcher(Recorder(), observers=[PrometheusObserver(registry, labels={"batcher": "b"})]) as b,
+        ):
+            await a.call(1)
+            await b.submit_batch([1, 2])
+            await (await b.submit(3))
+        assert samples(registry, "batcher_records_total", outcome="ok", batcher="a") == 1
+        assert samples(registry, "batcher_records_total", outcome="ok", batcher="b") == 3
+
+
+def otel_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {
+        metric.name: list(metric.data.data_points)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+
+
+class TestOpenTelemetry:
+    async def test_known_batches_give_known_measurements(self) -> None:
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        await run_known_batches(OpenTelemetryObserver(provider, attributes={"batcher": "known"}))
+        points = otel_points(reader)
+        (size,) = points["batcher.batch.size"]
+        assert (size.count, size.sum, dict(size.attributes)) == (2, 3, {"batcher": "known"})
+        (cost,) = points["batcher.batch.cost"]
+        assert (cost.count, cost.sum) == (2, 10)
+        assert points["batcher.queue.wait"][0].count == 3
+        assert points["batcher.batch.duration"][0].count == 3
+        records = {point.attributes["outcome"]: point.value for point in points["batcher.records"]}
+        assert records == {"ok": 2, "failed": 2, "withdrawn": 1, "expired": 1, "shed": 1}
+        batches = {point.attributes["outcome"]: point.value for point in points["batcher.batches"]}
+        assert batches == {"ok": 2, "failed": 1}
+        assert points["batcher.queue.depth"][0].value == 0
+        provider.shutdown()
+
+
+def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.import_module
+
+    def without_clients(name: str, package: str | None = None) -> Any:
+        if name in ("prometheus_client", "opentelemetry.metrics"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", without_clients)
+    with pytest.raises(ImportError, match=r"pip install 'batcher\[prometheus\]'"):
+        PrometheusObserver()
+    with pytest.raises(ImportError, match=r"pip install 'batcher\[otel\]'"):
+        OpenTelemetryObserver()
