@@ -4,7 +4,8 @@ model (withdrawn, expired, or refused by load shedding).
 
 An observer is any callable taking an event; it runs in the task that caused the
 event (a worker, a submitter), so it must be quick and must not block. One that
-raises is logged and never breaks the batcher.
+raises is logged and never breaks the batcher. A batch's two events are told to the
+observers there were when it was dispatched.
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 if TYPE_CHECKING:
     from ._future import BatchFuture
     from ._stats import Counters
 
-__all__ = ("BatchDispatched", "BatchEnded", "BatchWatch", "Event", "Observer", "Observers", "Outcome", "RecordsDropped")
+__all__ = (
+    "BatchDispatched",
+    "BatchEnded",
+    "Event",
+    "Observer",
+    "Observers",
+    "Outcome",
+    "RecordsDropped",
+    "batch_dispatched",
+    "batch_ended",
+)
 
 logger = logging.getLogger("batcher")
 
@@ -112,40 +122,38 @@ class Observers:
                 logger.exception("observer %r raised on %r; the batcher goes on", observer, event)
 
 
-class BatchWatch:
-    """One batch from dispatch to its end, as the statistics and the observers see
-    it: the queue waits of its timed records, the time in the process function,
-    and the batches in flight."""
+def batch_dispatched(
+    counters: Counters,
+    number: int,
+    worker: int,
+    batch: list[BatchFuture[Any]],
+    cost: int,
+    target: int,
+    waits: list[float],
+) -> None:
+    """Tell the observers (there are some) that a batch was dispatched."""
+    records_cost = sum(future._cost for future in batch)
+    shape = (number, worker, len(batch), cost, records_cost, cost / target, tuple(waits))
+    counters.observe(BatchDispatched(*shape, counters.queued, counters.queued_cost, counters.running))  # type: ignore[misc]
 
-    __slots__ = ("_batch", "_cost", "_counters", "_number", "_started", "_worker")
 
-    def __init__(
-        self, counters: Counters, number: int, worker: int, batch: list[BatchFuture[Any]], cost: int, target: int
-    ) -> None:
-        self._counters, self._number, self._worker, self._batch, self._cost = counters, number, worker, batch, cost
-        now = monotonic()
-        waits = [now - queued_at for future in batch if (queued_at := future._queued_at)]
-        counters.waits.extend(waits)
-        counters.running += 1
-        self._started = perf_counter()
-        if counters.observe is not None:
-            records_cost = sum(future._cost for future in batch)
-            shape = (number, worker, len(batch), cost, records_cost, cost / target, tuple(waits))
-            counters.observe(BatchDispatched(*shape, counters.queued, counters.queued_cost, counters.running))
-
-    def ended(self, outcome: Outcome, results: list[Any] | None) -> None:
-        """The batch has ended with ``outcome`` (``results``: those it returned, if any)."""
-        duration = perf_counter() - self._started
-        counters = self._counters
-        counters.running -= 1
-        counters.durations.append(duration)
-        if counters.observe is not None:
-            batch = self._batch
-            if outcome != "ok":
-                failed = len(batch)
-            elif results is not None:
-                failed = sum(isinstance(result, Exception) for result in results)
-            else:  # a streamed batch: its futures have ended
-                failed = sum(future.exception() is not None for future in batch if not future.cancelled())
-            shape = (self._number, self._worker, len(batch), self._cost, duration, outcome, failed)
-            counters.observe(BatchEnded(*shape, counters.queued, counters.queued_cost, counters.running))
+def batch_ended(
+    counters: Counters,
+    number: int,
+    worker: int,
+    batch: list[BatchFuture[Any]],
+    cost: int,
+    duration: float,
+    outcome: Outcome,
+    results: list[Any] | None,
+) -> None:
+    """Tell the observers (there are some) that a batch ended with ``outcome``
+    (``results``: those it returned, if any)."""
+    if outcome != "ok":
+        failed = len(batch)
+    elif results is not None:
+        failed = sum(isinstance(result, Exception) for result in results)
+    else:  # a streamed batch: its futures have ended
+        failed = sum(future.exception() is not None for future in batch if not future.cancelled())
+    shape = (number, worker, len(batch), cost, duration, outcome, failed)
+    counters.observe(BatchEnded(*shape, counters.queued, counters.queued_cost, counters.running))  # type: ignore[misc]

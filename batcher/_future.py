@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from contextvars import ContextVar
 from enum import IntEnum
+from time import monotonic
 from typing import Any, Generic, TypeAlias, cast
 
 import anyio
@@ -246,19 +247,24 @@ def is_pending(future: BatchFuture[Any]) -> bool:
     return future._state == PENDING
 
 
-def dispatch(batch: Sequence[BatchFuture[Any]], counters: Counters) -> list[BatchFuture[Any]]:
-    """Mark the still-pending futures of a closed batch dispatched and return them.
+def dispatch(batch: Sequence[BatchFuture[Any]], counters: Counters) -> tuple[list[BatchFuture[Any]], list[float]]:
+    """Mark the still-pending futures of a closed batch dispatched and return them,
+    with the queue waits (seconds) of those that were timed.
 
     Records withdrawn while their batch waited for a worker are left out; from
     here on the others can no longer be withdrawn.
     """
     taken = [future for future in batch if future._state == PENDING]
     cost = 0
+    waits = []
+    now = monotonic()
     for future in taken:
         future._state = DISPATCHED
         cost += future._cost
+        if future._queued_at:
+            waits.append(now - future._queued_at)
     counters.queued_cost -= cost
-    return taken
+    return taken, waits
 
 
 def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: Counters) -> None:

@@ -13,7 +13,7 @@ from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 
 from ._assembly import batch_cost
-from ._events import BatchWatch, Outcome
+from ._events import Outcome, batch_dispatched, batch_ended
 from ._exceptions import closed_error
 from ._future import WORKER_OF, Batch, BatchFuture, dispatch, fail, fail_queued, settle
 from ._model import Model, ModelThread
@@ -80,7 +80,9 @@ class Worker:
                     return
                 busy_from = perf_counter()
                 finished = await self._process(batch)
-                counters.busy += perf_counter() - busy_from
+                busy = perf_counter() - busy_from
+                counters.busy += busy
+                counters.durations.append(busy)
             run.retiring -= 1  # configure() shrank the pool while every worker was busy
         except BaseException:
             fail_queued(self._batches, closed_error(), counters)
@@ -112,21 +114,31 @@ class Worker:
     async def _process(self, closed_batch: Batch) -> _Finished | None:
         """Run one batch through the model. Return it with its results, or ``None``
         if it failed or streamed (its futures have ended) or had no record left."""
-        batch = dispatch(closed_batch, self._counters)
+        batch, waits = dispatch(closed_batch, self._counters)
         if not batch:
             return None
         counters = self._counters
-        counters.batches += 1
+        number = counters.batches = counters.batches + 1
         counters.dispatched += len(batch)
         cost = batch_cost([future._cost for future in batch], self._cost_model)
         counters.batch_cost += cost
-        watch = BatchWatch(counters, counters.batches, self._index, batch, cost, self._run.settings.target_batch_cost)
+        if waits:
+            counters.waits.extend(waits)
+        counters.running += 1
+        observed = counters.observe is not None
+        if observed:
+            target = self._run.settings.target_batch_cost
+            batch_dispatched(counters, number, self._index, batch, cost, target, waits)
+        started = perf_counter()
         results: list[Any] | None = None
         outcome: Outcome = "closed"  # unless the batch gets further
         try:
             results, outcome = await self._run_batch(batch, cost)
         finally:
-            watch.ended(outcome, results)
+            counters.running -= 1
+            if observed:
+                duration = perf_counter() - started
+                batch_ended(counters, number, self._index, batch, cost, duration, outcome, results)
         return None if results is None else (batch, results)
 
     async def _run_batch(self, batch: Batch, cost: int) -> tuple[list[Any] | None, Outcome]:

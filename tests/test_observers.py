@@ -92,9 +92,9 @@ class TestEvents:
         assert all(e.worker == 0 for e in dispatched)
         assert [len(e.queue_waits_s) for e in dispatched] == [2, 1]  # every record timed while observed
         assert all(wait >= 0 for e in dispatched for wait in e.queue_waits_s)
-        # "first" ended after the observer came, its dispatch before: only its end is seen.
-        assert [(e.size, e.outcome, e.failed) for e in ended] == [(1, "ok", 0), (2, "ok", 1), (1, "failed", 1)]
-        assert [e.batch for e in ended] == [1, 2, 3]
+        # "first" was dispatched before the observer came: neither of its events is seen.
+        assert [(e.size, e.outcome, e.failed) for e in ended] == [(2, "ok", 1), (1, "failed", 1)]
+        assert [e.batch for e in ended] == [e.batch for e in dispatched] == [2, 3]
         dropped = [(e.reason, e.records, e.cost) for e in log.of(RecordsDropped)]
         assert dropped == [("withdrawn", 1, 1), ("expired", 1, 1), ("shed", 1, 4)]
 
@@ -140,7 +140,7 @@ class TestEvents:
                 batcher.remove_observer(log)
             with pytest.raises(TypeError, match="an observer must be callable, got int"):
                 batcher.add_observer(3)  # type: ignore[arg-type]
-        assert [e.batch for e in log.of(BatchEnded)] == [2]
+        assert [e.batch for e in log.of(BatchEnded)] == [2]  # only the batch dispatched while observed
         with pytest.raises(TypeError, match="an observer must be callable"):
             DynamicBatcher(Recorder(), observers=["not callable"])  # type: ignore[list-item]
 
@@ -182,13 +182,13 @@ class TestPrometheus:
         assert samples(registry, "batcher_batch_cost_bucket", le="8.0", **label) == 2
         assert samples(registry, "batcher_batch_fill_ratio_bucket", le="0.2", **label) == 1
         assert samples(registry, "batcher_queue_wait_seconds_count", **label) == 3
-        assert samples(registry, "batcher_batch_duration_seconds_count", **label) == 3
+        assert samples(registry, "batcher_batch_duration_seconds_count", **label) == 2
         records = {
             outcome: samples(registry, "batcher_records_total", outcome=outcome, **label)
             for outcome in ("ok", "failed", "withdrawn", "expired", "shed")
         }
-        assert records == {"ok": 2, "failed": 2, "withdrawn": 1, "expired": 1, "shed": 1}
-        assert samples(registry, "batcher_batches_total", outcome="ok", **label) == 2
+        assert records == {"ok": 1, "failed": 2, "withdrawn": 1, "expired": 1, "shed": 1}  # "first" unobserved
+        assert samples(registry, "batcher_batches_total", outcome="ok", **label) == 1
         assert samples(registry, "batcher_batches_total", outcome="failed", **label) == 1
         assert samples(registry, "batcher_queue_depth", **label) == 0
         assert samples(registry, "batcher_batches_in_flight", **label) == 0
@@ -228,11 +228,11 @@ class TestOpenTelemetry:
         (cost,) = points["batcher.batch.cost"]
         assert (cost.count, cost.sum) == (2, 10)
         assert points["batcher.queue.wait"][0].count == 3
-        assert points["batcher.batch.duration"][0].count == 3
+        assert points["batcher.batch.duration"][0].count == 2
         records = {point.attributes["outcome"]: point.value for point in points["batcher.records"]}
-        assert records == {"ok": 2, "failed": 2, "withdrawn": 1, "expired": 1, "shed": 1}
+        assert records == {"ok": 1, "failed": 2, "withdrawn": 1, "expired": 1, "shed": 1}  # "first" unobserved
         batches = {point.attributes["outcome"]: point.value for point in points["batcher.batches"]}
-        assert batches == {"ok": 2, "failed": 1}
+        assert batches == {"ok": 1, "failed": 1}
         assert points["batcher.queue.depth"][0].value == 0
         provider.shutdown()
 
