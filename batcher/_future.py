@@ -36,6 +36,7 @@ __all__ = (
     "fail_queued",
     "is_pending",
     "make_event",
+    "mark_queued",
     "settle",
     "until_done",
     "withdrawn",
@@ -80,16 +81,15 @@ class BatchFuture(Generic[ResultT]):
 
     # One of these exists per queued record: keep it small. The event is created
     # only when someone waits on a future that is not done yet.
-    __slots__ = ("_cost", "_counters", "_event", "_priority", "_queued_at", "_record", "_state", "_value")
+    __slots__ = ("_cost", "_counters", "_event", "_priority", "_record", "_state", "_value")
 
     def __init__(self, record: Any, cost: int, counters: Counters, priority: int = 0) -> None:
         self._record = record
         self._cost = cost
         self._priority = priority
-        self._queued_at = 0.0  # when it was queued, if it is timed (monotonic clock)
         self._counters = counters
         self._state = PENDING
-        self._value: Any = None
+        self._value: Any = None  # while queued: when it was queued, if it is timed
         self._event: anyio.Event | Callbacks | None = None
 
     def __repr__(self) -> str:
@@ -242,6 +242,12 @@ def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
     return event.wait()
 
 
+def mark_queued(future: BatchFuture[Any], now: float) -> None:
+    """Time ``future``, queued at ``now`` (the monotonic clock), until it is
+    dispatched. The time is kept where its result will go, unused until then."""
+    future._value = now
+
+
 def is_pending(future: BatchFuture[Any]) -> bool:
     """Whether the future's record is still queued (not withdrawn, not dispatched)."""
     return future._state == PENDING
@@ -261,8 +267,9 @@ def dispatch(batch: Sequence[BatchFuture[Any]], counters: Counters) -> tuple[lis
     for future in taken:
         future._state = DISPATCHED
         cost += future._cost
-        if future._queued_at:
-            waits.append(now - future._queued_at)
+        if future._value is not None:  # timed while it was queued
+            waits.append(now - future._value)
+            future._value = None
     counters.queued_cost -= cost
     return taken, waits
 

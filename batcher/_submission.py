@@ -21,7 +21,7 @@ from ._aggregator import INTAKE, Submission
 from ._deadlines import Deadlines
 from ._events import RecordsDropped
 from ._exceptions import BatcherOverloadedError
-from ._future import BatchFuture, fail, make_event
+from ._future import BatchFuture, fail, make_event, mark_queued
 from ._settings import Settings
 from ._stats import Counters
 
@@ -106,7 +106,7 @@ class Intake:
         counters.submitted += 1
         counters.queued_cost += future._cost
         if not counters.submitted % counters.sample_every:
-            future._queued_at = monotonic()  # timed to dispatch (stats, observers)
+            mark_queued(future, monotonic())  # timed to dispatch (stats, observers)
         if delay is None:
             delay = self.default_delay
         if delay is not None:
@@ -158,7 +158,7 @@ class Intake:
         counters = self.counters
         counters.submitted += 1
         counters.queued_cost += future._cost
-        future._queued_at = monotonic()  # the overflow is the slow path: every one is timed
+        mark_queued(future, monotonic())  # the overflow is the slow path: every one is timed
         if delay is None:
             delay = self.default_delay
         if delay is not None:
@@ -252,7 +252,7 @@ class Intake:
         self.counters.queued_cost += cost
         now = monotonic()
         for future in futures[: sent : self.counters.sample_every]:  # timed, as try_submit() times them
-            future._queued_at = now
+            mark_queued(future, now)
         if delay is None:
             delay = self.default_delay
         if delay is not None:
