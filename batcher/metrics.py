@@ -72,14 +72,18 @@ class PrometheusObserver:
         self._labels = dict(labels or {})
         metrics = _prometheus_metrics(client, registry, namespace, tuple(sorted(self._labels)))
         values = self._labels
-        self._wait = metrics["queue_wait_seconds"].labels(**values)
-        self._duration = metrics["batch_duration_seconds"].labels(**values)
-        self._size = metrics["batch_size"].labels(**values)
-        self._cost = metrics["batch_cost"].labels(**values)
-        self._fill = metrics["batch_fill_ratio"].labels(**values)
-        self._depth = metrics["queue_depth"].labels(**values)
-        self._depth_cost = metrics["queued_cost"].labels(**values)
-        self._in_flight = metrics["batches_in_flight"].labels(**values)
+
+        def series(name: str) -> Any:  # this batcher's series of a family
+            return metrics[name].labels(**values) if values else metrics[name]
+
+        self._wait = series("queue_wait_seconds")
+        self._duration = series("batch_duration_seconds")
+        self._size = series("batch_size")
+        self._cost = series("batch_cost")
+        self._fill = series("batch_fill_ratio")
+        self._depth = series("queue_depth")
+        self._depth_cost = series("queued_cost")
+        self._in_flight = series("batches_in_flight")
         self._records = metrics["records"]
         self._batches = metrics["batches"]
 

@@ -193,6 +193,13 @@ class TestPrometheus:
         assert samples(registry, "batcher_queue_depth", **label) == 0
         assert samples(registry, "batcher_batches_in_flight", **label) == 0
 
+    async def test_without_labels(self) -> None:
+        registry = CollectorRegistry()
+        async with DynamicBatcher(Recorder(), observers=[PrometheusObserver(registry)]) as batcher:
+            await batcher.call(1)
+        assert samples(registry, "batcher_batch_size_count") == 1
+        assert samples(registry, "batcher_records_total", outcome="ok") == 1
+
     async def test_two_batchers_share_the_metrics_told_apart_by_a_label(self) -> None:
         registry = CollectorRegistry()
         async with (

@@ -1,0 +1,102 @@
+"""An embedding service on FastAPI and uvicorn (asyncio), with a TokenBatcher
+started in the app's lifespan and its metrics in Prometheus text format.
+
+``POST /embed`` with ``{"text": "..."}`` answers ``{"embedding": [...]}``, or
+HTTP 503 when the batcher sheds the request (``max_queued_cost``) and HTTP 504 when
+the request waited in the queue past its deadline (``max_queue_delay_s``) without
+reaching the model. ``GET /metrics`` serves the batcher's metrics. Stopping the
+server lets every request it accepted finish: uvicorn waits for them, then the
+lifespan leaves ``async with batcher``, which drains what is queued.
+
+The model is a stand-in shaped like a real one (10 ms a call plus 1 µs a padded
+token; unit vectors from each text's hash); ``--minilm`` embeds with
+all-MiniLM-L6-v2 instead (in a worker thread). Needs the ``examples`` extra
+(FastAPI, uvicorn, prometheus_client, and torch for ``--minilm``)::
+
+    python examples/service_fastapi.py             # serves on 127.0.0.1:8000
+    python examples/service_fastapi.py --minilm 8001
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import uvicorn
+from fastapi import FastAPI, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
+
+from batcher import BatcherOverloadedError, QueueTimeoutError, TokenBatcher
+from batcher.metrics import PrometheusObserver
+
+
+class EmbedRequest(BaseModel):
+    text: str
+
+
+def hash_vector(text: str, dim: int = 16) -> list[float]:
+    """A unit vector derived from the text's hash: what the stand-in model answers."""
+    raw = [byte - 127.5 for byte in hashlib.blake2b(text.encode(), digest_size=dim).digest()]
+    norm = sum(x * x for x in raw) ** 0.5
+    return [x / norm for x in raw]
+
+
+async def simulated_embed(texts: list[str]) -> list[list[float]]:
+    """The stand-in model, awaited on the event loop (it sleeps instead of computing)."""
+    padded_tokens = len(texts) * max(len(text) // 4 + 1 for text in texts)
+    await anyio.sleep(0.01 + 1e-6 * padded_tokens)
+    return [hash_vector(text) for text in texts]
+
+
+def minilm_embed() -> Callable[[list[str]], list[list[float]]]:
+    """all-MiniLM-L6-v2, a plain function the batcher runs in a worker thread."""
+    from embed_minilm import MiniLM  # beside this file; torch and transformers
+
+    model = MiniLM()
+    return lambda texts: [vector.tolist() for vector in model.embed(texts)]
+
+
+def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: Any) -> FastAPI:
+    """The ASGI app; ``settings`` go to its ``TokenBatcher``."""
+    registry = CollectorRegistry()
+    options: dict[str, Any] = {"target_batch_tokens": 8_192, "max_batch_size": 128, "max_queued_cost": 200_000}
+    batcher = TokenBatcher(embed, observers=[PrometheusObserver(registry)], **(options | settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with batcher:  # leaving it processes every record still queued
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.batcher = batcher
+
+    @app.post("/embed")
+    async def embed_text(request: EmbedRequest) -> dict[str, list[float]]:
+        try:
+            return {"embedding": await batcher.call(request.text)}
+        except BatcherOverloadedError:
+            raise HTTPException(503, "overloaded; try again later") from None
+        except QueueTimeoutError:
+            raise HTTPException(504, "the request waited too long for the model") from None
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    embed = minilm_embed() if "--minilm" in args else simulated_embed
+    ports = [arg for arg in args if arg.isdigit()]
+    uvicorn.run(create_app(embed), host="127.0.0.1", port=int(ports[0]) if ports else 8000)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The embedding service of ``service_fastapi.py`` on trio: Quart-Trio on
+Hypercorn's trio worker, with the same routes and answers.
+
+The batcher runs in the server's own nursery (``batcher.serve``), started before
+the server takes requests and stopped after it has finished them, so a stopped
+server lets every request it accepted finish. Needs the ``examples`` extra
+(Quart-Trio, Hypercorn, prometheus_client)::
+
+    python examples/service_trio.py          # serves on 127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from batcher import BatcherOverloadedError, QueueTimeoutError, TokenBatcher
+from batcher.metrics import PrometheusObserver
+
+try:
+    from .service_fastapi import simulated_embed
+except ImportError:  # run as a script
+    from service_fastapi import simulated_embed  # type: ignore[no-redef]
+
+
+def create_app(**settings: Any) -> QuartTrio:
+    """The ASGI app; ``settings`` go to its ``TokenBatcher``."""
+    registry = CollectorRegistry()
+    options: dict[str, Any] = {"target_batch_tokens": 8_192, "max_batch_size": 128, "max_queued_cost": 200_000}
+    batcher = TokenBatcher(simulated_embed, observers=[PrometheusObserver(registry)], **(options | settings))
+    app = QuartTrio(__name__)
+    app.config["batcher"] = batcher
+
+    @app.before_serving
+    async def start_batcher() -> None:
+        await app.nursery.start(batcher.serve)
+
+    @app.after_serving
+    async def stop_batcher() -> None:
+        await batcher.stop()  # every request has been answered: this drains nothing
+
+    @app.post("/embed")
+    async def embed_text() -> Any:
+        body = await request.get_json()
+        try:
+            return {"embedding": await batcher.call(body["text"])}
+        except BatcherOverloadedError:
+            return {"detail": "overloaded; try again later"}, 503
+        except QueueTimeoutError:
+            return {"detail": "the request waited too long for the model"}, 504
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def run(app: QuartTrio, bind: str, shutdown: trio.Event | None = None) -> None:
+    """Serve ``app`` on ``bind`` (``host:port``, or ``fd://N``) until ``shutdown`` is set."""
+    config = Config()
+    config.bind = [bind]
+    config.graceful_timeout = 30
+    trigger = trio.Event() if shutdown is None else shutdown
+    await serve(app, config, shutdown_trigger=trigger.wait)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    port = int(args[0]) if args else 8000
+    trio.run(run, create_app(), f"127.0.0.1:{port}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The HTTP services of the examples, each started as a real server on 127.0.0.1
+on a free port in a thread of its own, driven with httpx, and always stopped:
+FastAPI on uvicorn (asyncio) and Quart-Trio on Hypercorn (trio)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import trio
+import uvicorn
+
+from batcher import TokenBatcher
+from examples import service_fastapi, service_trio
+from examples.service_fastapi import hash_vector
+
+REQUESTS = 500
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+@contextmanager
+def fastapi_server(**settings: Any) -> Iterator[tuple[str, TokenBatcher[str, Any], Callable[[], None]]]:
+    """Serve the FastAPI example; yield its URL, its batcher, and a function that
+    begins a graceful stop. The server is stopped and joined on the way out."""
+    app = service_fastapi.create_app(**settings)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    sock = free_socket()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(1000):  # up to 10 s for the lifespan to start the batcher
+            if server.started or not thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        assert server.started, "the server did not start"
+
+        def stop() -> None:
+            server.should_exit = True
+
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.batcher, stop
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+    assert not thread.is_alive(), "the server did not stop"
+
+
+@contextmanager
+def trio_server(**settings: Any) -> Iterator[tuple[str, TokenBatcher[str, Any], Callable[[], None]]]:
+    """Serve the Quart-Trio example on Hypercorn's trio worker, as above."""
+    app = service_trio.create_app(**settings)
+    sock = free_socket()
+    port, fd = sock.getsockname()[1], sock.detach()  # hypercorn owns the socket, and closes it
+    started, token = threading.Event(), []
+    shutdown: list[trio.Event] = []
+
+    async def main() -> None:
+        shutdown.append(trio.Event())
+        token.append(trio.lowlevel.current_trio_token())
+
+        @app.before_serving
+        async def ready() -> None:
+            started.set()
+
+        await service_trio.run(app, f"fd://{fd}", shutdown[0])
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        if token and thread.is_alive():
+            token[0].run_sync_soon(shutdown[0].set)  # from any thread, even another trio run's
+
+    try:
+        assert started.wait(10), "the server did not start"
+        yield f"http://127.0.0.1:{port}", app.config["batcher"], stop
+    finally:
+        stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive(), "the server did not stop"
+
+
+SERVERS = {"fastapi": fastapi_server, "trio": trio_server}
+
+
+async def embed_all(url: str, texts: list[str]) -> list[httpx.Response]:
+    responses: list[httpx.Response] = [None] * len(texts)  # type: ignore[list-item]
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
+        async def one(index: int) -> None:
+            responses[index] = await client.post("/embed", json={"text": texts[index]})
+
+        async with anyio.create_task_group() as tg:
+            for index in range(len(texts)):
+                tg.start_soon(one, index)
+    return responses
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    selector = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    pattern = rf"^{re.escape(name)}{{{re.escape(selector)}}} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    assert found, f"{name} {labels} not in the metrics"
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("kind", list(SERVERS))
+class TestServices:
+    async def test_concurrent_requests_are_batched_and_counted(self, kind: str) -> None:
+        texts = [f"request {n} " + "word " * (n % 40) for n in range(REQUESTS)]
+        with SERVERS[kind]() as (url, batcher, _):
+            with anyio.fail_after(60):
+                responses = await embed_all(url, texts)
+                async with httpx.AsyncClient(base_url=url) as client:
+                    metrics = (await client.get("/metrics")).text
+        assert [response.status_code for response in responses] == [200] * REQUESTS
+        assert [response.json()["embedding"] for response in responses] == [hash_vector(text) for text in texts]
+        stats = batcher.stats
+        assert stats.total_completed == REQUESTS
+        assert stats.total_batches < REQUESTS / 2, "the requests were not batched"
+        assert metric(metrics, "batcher_records_total", outcome="ok") == REQUESTS
+        assert metric(metrics, "batcher_batches_total", outcome="ok") == stats.total_batches
+        assert metric(metrics, "batcher_batch_size_count") == stats.total_batches
+
+    async def test_shed_and_expired_requests_get_503_and_504(self, kind: str) -> None:
+        texts = ["x " * 20] * 200
+        with SERVERS[kind](max_queued_cost=100) as (url, _, _), anyio.fail_after(60):
+            shed = await embed_all(url, texts)
+        codes = {response.status_code for response in shed}
+        assert codes == {200, 503}, codes
+        # One at a time, 10 ms each: most of 50 requests wait past 20 ms before dispatch.
+        with SERVERS[kind](max_queue_delay_s=0.02, max_batch_size=1) as (url, batcher, _), anyio.fail_after(60):
+            late = await embed_all(url, texts[:50])
+        codes = {response.status_code for response in late}
+        assert 504 in codes
+        assert codes <= {200, 504}
+        assert [response.status_code for response in late].count(504) == batcher.stats.total_expired
+
+    async def test_stopping_lets_every_accepted_request_finish(self, kind: str) -> None:
+        texts = [f"in flight {n}" for n in range(100)]
+        with SERVERS[kind]() as (url, batcher, stop), anyio.fail_after(60):
+            # Set, on the server's loop, at the dispatch of the batch holding the last request.
+            accepted = threading.Event()
+
+            def on_event(_: object) -> None:
+                if batcher.stats.total_submitted >= len(texts):
+                    accepted.set()
+
+            batcher.add_observer(on_event)
+            async with anyio.create_task_group() as tg:
+                results: list[list[httpx.Response]] = []
+
+                async def send() -> None:
+                    results.append(await embed_all(url, texts))
+
+                tg.start_soon(send)
+                assert await anyio.to_thread.run_sync(accepted.wait, 30)
+                stop()  # while the last batch is in the model
+        assert [response.status_code for response in results[0]] == [200] * len(texts)
