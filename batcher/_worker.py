@@ -129,7 +129,7 @@ class Worker:
         if observed:
             target = self._run.settings.target_batch_cost
             batch_dispatched(counters, number, self._index, batch, cost, target, waits)
-        started = perf_counter()
+        started = perf_counter() if observed else 0.0
         results: list[Any] | None = None
         outcome: Outcome = "closed"  # unless the batch gets further
         try:
