@@ -118,22 +118,25 @@ class Worker:
         if not batch:
             return None
         counters = self._counters
-        number = counters.batches = counters.batches + 1
-        counters.dispatched += len(batch)
-        cost = batch_cost([future._cost for future in batch], self._cost_model)
-        counters.batch_cost += cost
-        if waits:
-            counters.waits.extend(waits)
-        counters.running += 1
+        number, cost = self._count(batch, waits)
         observed = counters.observe is not None
         if observed:
             target = self._run.settings.target_batch_cost
             batch_dispatched(counters, number, self._index, batch, cost, target, waits)
         started = perf_counter() if observed else 0.0
         results: list[Any] | None = None
-        outcome: Outcome = "closed"  # unless the batch gets further
+        outcome: Outcome = "ok"
         try:
-            results, outcome = await self._run_batch(batch, cost)
+            if self._model.streaming:
+                await self._stream(batch)  # ends each future as its stream ends
+            else:
+                results = await self._call_model(batch, cost)
+        except BaseException as exc:
+            failed = self._failed(batch, exc)
+            if failed is None:
+                outcome = "closed"
+                raise  # the batcher is being cancelled; the batch's futures have failed
+            outcome = failed
         finally:
             counters.running -= 1
             if observed:
@@ -141,26 +144,32 @@ class Worker:
                 batch_ended(counters, number, self._index, batch, cost, duration, outcome, results)
         return None if results is None else (batch, results)
 
-    async def _run_batch(self, batch: Batch, cost: int) -> tuple[list[Any] | None, Outcome]:
-        """The batch's results (``None``: its futures have ended), and its outcome."""
-        try:
-            if self._model.streaming:
-                await self._stream(batch)  # ends each future as its stream ends
-                return None, "ok"
-            return await self._call_model(batch, cost), "ok"
-        except Exception as exc:
+    def _count(self, batch: Batch, waits: list[float]) -> tuple[int, int]:
+        """Count a dispatched batch in; return its number and its cost."""
+        counters = self._counters
+        counters.batches += 1
+        counters.dispatched += len(batch)
+        cost = batch_cost([future._cost for future in batch], self._cost_model)
+        counters.batch_cost += cost
+        if waits:
+            counters.waits.extend(waits)
+        counters.running += 1
+        return counters.batches, cost
+
+    def _failed(self, batch: Batch, exc: BaseException) -> Outcome | None:
+        """End the futures of a batch whose model call raised ``exc``; return the
+        outcome, or ``None`` if the batcher is being cancelled (then re-raise)."""
+        if isinstance(exc, Exception):
             self._fail_batch(batch, exc)
-            timed_out = isinstance(exc, TimeoutError) and self._model.timeout_s is not None
-            return None, "timed_out" if timed_out else "failed"
-        except BaseException as exc:
-            if not isinstance(exc, anyio.get_cancelled_exc_class()):
-                self._end_run(batch, exc)
-                return None, "closed"
-            if anyio.current_effective_deadline() == -math.inf:  # the batcher is being cancelled
-                fail(batch, closed_error(), self._counters)
-                raise
-            self._fail_batch(batch, _stray(exc))
-            return None, "failed"
+            return "timed_out" if isinstance(exc, TimeoutError) and self._model.timeout_s is not None else "failed"
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            self._end_run(batch, exc)
+            return "closed"
+        if anyio.current_effective_deadline() == -math.inf:  # the batcher is being cancelled
+            fail(batch, closed_error(), self._counters)
+            return None
+        self._fail_batch(batch, _stray(exc))
+        return "failed"
 
     async def _call_model(self, batch: Batch, cost: int) -> list[Any]:
         # While the only worker is in the process function, its own futures must not
