@@ -36,8 +36,8 @@ __all__ = (
     "fail_queued",
     "is_pending",
     "make_event",
-    "mark_queued",
     "settle",
+    "time_queued",
     "until_done",
     "withdrawn",
 )
@@ -242,10 +242,16 @@ def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
     return event.wait()
 
 
-def mark_queued(future: BatchFuture[Any], now: float) -> None:
-    """Time ``future``, queued at ``now`` (the monotonic clock), until it is
-    dispatched. The time is kept where its result will go, unused until then."""
-    future._value = now
+def time_queued(future: BatchFuture[Any], now: float) -> None:
+    """Time ``future``, queued at ``now`` (the monotonic clock), until it is dispatched,
+    if it is to be timed: every record while the batcher is observed, else one at a
+    time (``counters.timed``). The time is kept where its result will go."""
+    counters = future._counters
+    if counters.observe is not None:
+        future._value = now
+    elif counters.timed is None:
+        future._value = now
+        counters.timed = future
 
 
 def is_pending(future: BatchFuture[Any]) -> bool:
@@ -262,16 +268,32 @@ def dispatch(batch: Sequence[BatchFuture[Any]], counters: Counters) -> tuple[lis
     """
     taken = [future for future in batch if future._state == PENDING]
     cost = 0
-    waits = []
-    now = monotonic()
     for future in taken:
         future._state = DISPATCHED
         cost += future._cost
-        if future._value is not None:  # timed while it was queued
+    counters.queued_cost -= cost
+    if counters.observe is not None:
+        return taken, _waits(taken)
+    timed = counters.timed
+    if timed is None or timed._state == PENDING:
+        return taken, []
+    counters.timed = None  # the next record submitted is timed
+    if timed._state != DISPATCHED or timed._value is None:
+        return taken, []  # it never reached a worker (its value is its outcome)
+    wait = monotonic() - timed._value
+    timed._value = None
+    return taken, [wait]
+
+
+def _waits(taken: list[BatchFuture[Any]]) -> list[float]:
+    # Every record is timed while the batcher is observed.
+    now = monotonic()
+    waits = []
+    for future in taken:
+        if future._value is not None:
             waits.append(now - future._value)
             future._value = None
-    counters.queued_cost -= cost
-    return taken, waits
+    return waits
 
 
 def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: Counters) -> None:

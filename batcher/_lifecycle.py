@@ -23,7 +23,7 @@ from ._pricing import Pricing
 from ._protocols import ProcessFn
 from ._run import STOPPED, NotRunning, Run
 from ._settings import Settings
-from ._stats import SAMPLE_EVERY, BatchStats, Counters, event_factory
+from ._stats import BatchStats, Counters, event_factory
 from ._streaming import StreamFuture
 
 __all__ = ("LIVE_SETTINGS", "Lifecycle")
@@ -205,10 +205,10 @@ class Lifecycle:
         self._watch()
 
     def _watch(self) -> None:
-        # With observers, every record is timed to dispatch; without, one in SAMPLE_EVERY.
+        # With observers, every record is timed to dispatch; without, one at a time.
         counters, observers = self._counters, self._observers
         counters.observe = observers if observers else None
-        counters.sample_every = 1 if observers else SAMPLE_EVERY
+        counters.timed = None
 
     def configure(self, **settings: Any) -> None:
         """Change settings while the batcher runs (or before it starts): any of

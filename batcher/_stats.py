@@ -5,19 +5,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 if TYPE_CHECKING:
     from ._events import Event
 
-__all__ = ("SAMPLE_EVERY", "WINDOW", "BatchStats", "Counters", "event_factory")
+__all__ = ("WINDOW", "BatchStats", "Counters", "event_factory")
 
 #: How many recent samples the percentiles of :class:`BatchStats` are over.
 WINDOW = 1024
-#: Without an observer, one submitted record in this many is timed to dispatch.
-SAMPLE_EVERY = 16
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,8 @@ class BatchStats:
     snapshot was taken. The percentiles (``None`` before any sample) are over a
     recent window: the process-function time of the last ``WINDOW`` batches, and
     the queue wait (submit to dispatch) of the last ``WINDOW`` timed records. One
-    record in ``SAMPLE_EVERY`` is timed, or every one while an observer is attached.
+    record at a time is timed (the first submitted after the last timed one was
+    dispatched: about one a batch), or every one while an observer is attached.
     """
 
     total_submitted: int = 0
@@ -90,10 +89,10 @@ class Counters:
         "observe",
         "queued_cost",
         "running",
-        "sample_every",
         "shed",
         "sole_worker_in_model",
         "submitted",
+        "timed",
         "waits",
     )
 
@@ -117,8 +116,8 @@ class Counters:
         self.idle = 0.0
         #: The batcher's observers, or ``None`` while it has none (see ``_events.py``).
         self.observe: Callable[[Event], None] | None = None
-        #: Every how many submitted records one is timed from submit to dispatch.
-        self.sample_every = SAMPLE_EVERY
+        #: Without observers, the one record being timed from submit to dispatch.
+        self.timed: Any = None
         self.waits: deque[float] = deque(maxlen=WINDOW)  # queue waits of timed records, seconds
         self.durations: deque[float] = deque(maxlen=WINDOW)  # process-function time of batches
         self.running = 0  # batches in the process function

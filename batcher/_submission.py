@@ -21,7 +21,7 @@ from ._aggregator import INTAKE, Submission
 from ._deadlines import Deadlines
 from ._events import RecordsDropped
 from ._exceptions import BatcherOverloadedError
-from ._future import BatchFuture, fail, make_event, mark_queued
+from ._future import BatchFuture, fail, make_event, time_queued
 from ._settings import Settings
 from ._stats import Counters
 
@@ -105,8 +105,8 @@ class Intake:
         counters = self.counters
         counters.submitted += 1
         counters.queued_cost += future._cost
-        if not counters.submitted % counters.sample_every:
-            mark_queued(future, monotonic())  # timed to dispatch (stats, observers)
+        if counters.timed is None:  # one record at a time is timed to dispatch (every one while observed)
+            time_queued(future, monotonic())
         if delay is None:
             delay = self.default_delay
         if delay is not None:
@@ -158,7 +158,8 @@ class Intake:
         counters = self.counters
         counters.submitted += 1
         counters.queued_cost += future._cost
-        mark_queued(future, monotonic())  # the overflow is the slow path: every one is timed
+        if counters.timed is None:
+            time_queued(future, monotonic())
         if delay is None:
             delay = self.default_delay
         if delay is not None:
@@ -250,9 +251,10 @@ class Intake:
                 raise RuntimeError(NOT_RUNNING) from None
         self.counters.submitted += sent
         self.counters.queued_cost += cost
-        now = monotonic()
-        for future in futures[: sent : self.counters.sample_every]:  # timed, as try_submit() times them
-            mark_queued(future, now)
+        if sent and self.counters.timed is None:  # timed as try_submit() times them
+            now = monotonic()
+            for future in futures[:sent] if self.counters.observe is not None else futures[:1]:
+                time_queued(future, now)
         if delay is None:
             delay = self.default_delay
         if delay is not None:
