@@ -224,10 +224,9 @@ def withdrawn() -> BatchFuture[Any]:
 
 
 def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
-    """What to await until ``future`` ends (its event's ``wait()``), or ``None`` if it has.
-
-    ``call()`` awaits this directly rather than the future: a parked caller then
-    keeps one coroutine fewer, and no generator (see BENCHMARKS.md, "Scaling").
+    """What to await until ``future`` ends (its event's ``wait()``), or ``None`` if it
+    has: ``call()`` awaits this, not the future, so a parked caller keeps one coroutine
+    fewer and no generator (BENCHMARKS.md, "Scaling").
 
     :raises RuntimeError: if the batcher's only worker would wait for itself
     """
@@ -260,33 +259,27 @@ def is_pending(future: BatchFuture[Any]) -> bool:
 
 
 def dispatch(batch: Sequence[BatchFuture[Any]], counters: Counters) -> tuple[list[BatchFuture[Any]], list[float]]:
-    """Mark the still-pending futures of a closed batch dispatched and return them,
-    with the queue waits (seconds) of those that were timed.
-
-    Records withdrawn while their batch waited for a worker are left out; from
-    here on the others can no longer be withdrawn.
-    """
+    """Mark the still-pending futures of a closed batch dispatched; return them and
+    the queue waits (seconds) of those timed. Records withdrawn while their batch
+    waited are left out; from here on the others can no longer be withdrawn."""
     taken = [future for future in batch if future._state == PENDING]
     cost = 0
     for future in taken:
         future._state = DISPATCHED
         cost += future._cost
     counters.queued_cost -= cost
-    if counters.observe is not None:
-        return taken, _waits(taken)
-    timed = counters.timed
-    if timed is None or timed._state == PENDING:
-        return taken, []
-    counters.timed = None  # the next record submitted is timed
-    if timed._state != DISPATCHED or timed._value is None:
-        return taken, []  # it never reached a worker (its value is its outcome)
-    wait = monotonic() - timed._value
-    timed._value = None
-    return taken, [wait]
+    return taken, _waits(taken, counters)
 
 
-def _waits(taken: list[BatchFuture[Any]]) -> list[float]:
-    # Every record is timed while the batcher is observed.
+def _waits(taken: list[BatchFuture[Any]], counters: Counters) -> list[float]:
+    # The waits of the timed records taken: all while observed; else the one being
+    # timed, once it left the queue (if it reached a worker), and the next is timed.
+    if counters.observe is None:
+        timed = counters.timed
+        if timed is None or timed._state == PENDING:
+            return []
+        counters.timed = None
+        taken = [timed] if timed._state == DISPATCHED else []
     now = monotonic()
     waits = []
     for future in taken:
@@ -340,21 +333,17 @@ def expire(future: BatchFuture[Any], counters: Counters) -> None:
     """Fail ``future`` with :exc:`QueueTimeoutError` if its record is still queued."""
     if future._state == PENDING:
         counters.expired += 1
-        error = queue_timeout()
-        future._finish(ERROR, (error, error.__traceback__))
+        future._finish(ERROR, (queue_timeout(), None))  # a new exception: no traceback yet
         if counters.observe is not None:
             counters.observe(RecordsDropped("expired", 1, future._cost))
 
 
 def fail_queued(stream: MemoryObjectReceiveStream[Any], exc: BaseException, counters: Counters) -> None:
-    """Fail every future still queued in ``stream`` (single futures or batches of
-    them; anything else, such as a wake-up, is dropped) without waiting."""
+    """Fail every future still queued in ``stream`` (single futures, the wake-up among
+    them, or batches of them) without waiting."""
     while True:
         try:
             item = stream.receive_nowait()
         except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
             return
-        if isinstance(item, BatchFuture):
-            fail((item,), exc, counters)
-        elif isinstance(item, list):
-            fail(item, exc, counters)
+        fail((item,) if isinstance(item, BatchFuture) else item, exc, counters)

@@ -251,16 +251,20 @@ class Intake:
                 raise RuntimeError(NOT_RUNNING) from None
         self.counters.submitted += sent
         self.counters.queued_cost += cost
-        if sent and self.counters.timed is None:  # timed as try_submit() times them
-            now = monotonic()
-            for future in futures[:sent] if self.counters.observe is not None else futures[:1]:
-                time_queued(future, now)
+        self._time_sent(futures[:sent])
         if delay is None:
             delay = self.default_delay
         if delay is not None:
             for future in futures[:sent]:
                 self.deadlines.add(future, delay)
         return sent
+
+    def _time_sent(self, futures: list[BatchFuture[Any]]) -> None:
+        # Time records sent together as try_submit() times them one by one.
+        if futures and self.counters.timed is None:
+            now = monotonic()
+            for future in futures if self.counters.observe is not None else futures[:1]:
+                time_queued(future, now)
 
     def end_input(self) -> None:
         """End of input: the aggregator drains the stream and the overflow, flushes, finishes."""
