@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 if TYPE_CHECKING:
@@ -114,15 +115,22 @@ class Observers:
         observers.remove(observer)
         self._observers = tuple(observers)
 
-    def __call__(self, event: Event) -> None:
-        for observer in self._observers:
-            try:
-                observer(event)
-            except Exception:
-                logger.exception("observer %r raised on %r; the batcher goes on", observer, event)
+    def frozen(self) -> Callable[[Event], None]:
+        """A call of the observers there are now, unchanged by later adds and removes
+        (so a batch's end goes to those that saw it dispatched)."""
+        return partial(_tell, self._observers)
+
+
+def _tell(observers: tuple[Observer, ...], event: Event) -> None:
+    for observer in observers:
+        try:
+            observer(event)
+        except Exception:
+            logger.exception("observer %r raised on %r; the batcher goes on", observer, event)
 
 
 def batch_dispatched(
+    observe: Observer,
     counters: Counters,
     number: int,
     worker: int,
@@ -134,10 +142,11 @@ def batch_dispatched(
     """Tell the observers (there are some) that a batch was dispatched."""
     records_cost = sum(future._cost for future in batch)
     shape = (number, worker, len(batch), cost, records_cost, cost / target, tuple(waits))
-    counters.observe(BatchDispatched(*shape, counters.queued, counters.queued_cost, counters.running))  # type: ignore[misc]
+    observe(BatchDispatched(*shape, counters.queued, counters.queued_cost, counters.running))
 
 
 def batch_ended(
+    observe: Observer,
     counters: Counters,
     number: int,
     worker: int,
@@ -156,4 +165,4 @@ def batch_ended(
     else:  # a streamed batch: its futures have ended
         failed = sum(future.exception() is not None for future in batch if not future.cancelled())
     shape = (number, worker, len(batch), cost, duration, outcome, failed)
-    counters.observe(BatchEnded(*shape, counters.queued, counters.queued_cost, counters.running))  # type: ignore[misc]
+    observe(BatchEnded(*shape, counters.queued, counters.queued_cost, counters.running))

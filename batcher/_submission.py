@@ -10,6 +10,7 @@ queued, and a record with a queue deadline is handed to the run's
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from threading import get_ident
 from time import monotonic
 from typing import Any
@@ -107,7 +108,7 @@ class Intake:
         counters.queued_cost += future._cost
         if counters.timed is None:  # one record at a time is timed to dispatch (every one while observed)
             time_queued(future, monotonic())
-        if delay is None:
+        if delay is None:  # _add_deadlines(), written out: once per record
             delay = self.default_delay
         if delay is not None:
             self.deadlines.add(future, delay)
@@ -160,10 +161,7 @@ class Intake:
         counters.queued_cost += future._cost
         if counters.timed is None:
             time_queued(future, monotonic())
-        if delay is None:
-            delay = self.default_delay
-        if delay is not None:
-            self.deadlines.add(future, delay)
+        self._add_deadlines((future,), delay)
 
     async def submit(self, future: BatchFuture[Any], delay: float | None = None) -> None:
         """Queue ``future`` behind the full submission stream and wait until the
@@ -252,12 +250,16 @@ class Intake:
         self.counters.submitted += sent
         self.counters.queued_cost += cost
         self._time_sent(futures[:sent])
+        self._add_deadlines(futures[:sent], delay)
+        return sent
+
+    def _add_deadlines(self, futures: Sequence[BatchFuture[Any]], delay: float | None) -> None:
+        # The queue deadline of records just queued: ``delay`` from now, or the setting's.
         if delay is None:
             delay = self.default_delay
         if delay is not None:
-            for future in futures[:sent]:
+            for future in futures:
                 self.deadlines.add(future, delay)
-        return sent
 
     def _time_sent(self, futures: list[BatchFuture[Any]]) -> None:
         # Time records sent together as try_submit() times them one by one.

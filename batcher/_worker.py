@@ -119,11 +119,11 @@ class Worker:
             return None
         counters = self._counters
         number, cost = self._count(batch, waits)
-        observed = counters.observe is not None
-        if observed:
+        observe = counters.observe  # those there are now see both of the batch's events
+        if observe is not None:
             target = self._run.settings.target_batch_cost
-            batch_dispatched(counters, number, self._index, batch, cost, target, waits)
-        started = perf_counter() if observed else 0.0
+            batch_dispatched(observe, counters, number, self._index, batch, cost, target, waits)
+        started = perf_counter() if observe is not None else 0.0
         results: list[Any] | None = None
         outcome: Outcome = "ok"
         try:
@@ -139,9 +139,9 @@ class Worker:
             outcome = failed
         finally:
             counters.running -= 1
-            if observed:
+            if observe is not None:
                 duration = perf_counter() - started
-                batch_ended(counters, number, self._index, batch, cost, duration, outcome, results)
+                batch_ended(observe, counters, number, self._index, batch, cost, duration, outcome, results)
         return None if results is None else (batch, results)
 
     def _count(self, batch: Batch, waits: list[float]) -> tuple[int, int]:

@@ -128,6 +128,14 @@ class TestEvents:
         assert "observer" in caplog.text
         assert "KeyError" in caplog.text
 
+    async def test_an_observer_removed_while_its_batch_runs_sees_its_end(self) -> None:
+        log = Log()
+        async with blocked_batcher(observers=[log]) as (batcher, model, first):
+            batcher.remove_observer(log)
+            model.release()
+            await first
+        assert [e.batch for e in log.of(BatchEnded)] == [1]
+
     async def test_adding_and_removing_observers(self) -> None:
         log = Log()
         async with DynamicBatcher(Recorder()) as batcher:
