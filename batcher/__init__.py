@@ -12,6 +12,7 @@ from ._events import Observer as Observer
 from ._events import RecordsDropped as RecordsDropped
 from ._exceptions import BatcherClosedError as BatcherClosedError
 from ._exceptions import BatcherOverloadedError as BatcherOverloadedError
+from ._exceptions import NoLiveReplicaError as NoLiveReplicaError
 from ._exceptions import QueueTimeoutError as QueueTimeoutError
 from ._exceptions import RecordCancelledError as RecordCancelledError
 from ._exceptions import StreamLagError as StreamLagError
@@ -56,6 +57,7 @@ __all__ = (
     "DynamicBatcher",
     "Event",
     "InferenceFn",
+    "NoLiveReplicaError",
     "Observer",
     "ProcessFn",
     "Prompt",

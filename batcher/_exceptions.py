@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = (
     "BatcherClosedError",
     "BatcherOverloadedError",
+    "NoLiveReplicaError",
     "QueueTimeoutError",
     "RecordCancelledError",
     "StreamLagError",
@@ -23,6 +24,12 @@ class BatcherOverloadedError(Exception):
     the batcher's ``max_queued_cost``; nothing of the call was queued. A service
     answers it with HTTP 503. A direct subclass of :exc:`Exception`: the batcher
     is running and the request may be retried later."""
+
+
+class NoLiveReplicaError(RuntimeError):
+    """Raised by a batch sent to model replicas (:class:`batcher.ray.RayReplicas`)
+    when every replica has died and none could be restarted or replaced; the
+    records of the batch fail with it."""
 
 
 class QueueTimeoutError(TimeoutError):

@@ -7,8 +7,9 @@ import contextvars
 import inspect
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Set
+from contextlib import AbstractAsyncContextManager, nullcontext
 from queue import SimpleQueue
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from anyio.lowlevel import current_token
@@ -44,6 +45,9 @@ def as_results(results: Any) -> list[Any]:
     if isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
         raise TypeError(f"process_fn must return a list, got {type(results).__name__}")
     return list(results)
+
+
+_NO_SESSION: AbstractAsyncContextManager[object] = nullcontext()
 
 
 class _Pending:
@@ -105,6 +109,15 @@ class Model:
         if isinstance(results, _Pending):
             return as_results(await results.awaitable)
         return results
+
+    def session(self) -> AbstractAsyncContextManager[object]:
+        """What the run enters before its loops start and exits after they end: the
+        process function itself if it is an async context manager (it starts and
+        stops what it needs, such as model replicas), else nothing."""
+        kind = type(self._fn)
+        if hasattr(kind, "__aenter__") and hasattr(kind, "__aexit__"):
+            return cast(AbstractAsyncContextManager[object], self._fn)
+        return _NO_SESSION
 
     def generate(self, records: list[Any]) -> AsyncIterator[Any]:
         """Start a streaming process function on ``records``: its steps.

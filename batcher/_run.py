@@ -96,7 +96,10 @@ class Run(Intake):
             await owner.start(serve, self)
         except BaseException as exc:
             owner.cancel_scope.cancel()
-            await owner.__aexit__(type(exc), exc, exc.__traceback__)
+            try:
+                await owner.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup:
+                pass  # it holds exc, the one error of serve(), its one task: raised alone below
             self.owner = None
             self.close_streams()
             self.stopped.set()
@@ -108,7 +111,7 @@ class Run(Intake):
         counters = self.counters
         try:
             with self.scope:
-                async with anyio.create_task_group() as keeper:
+                async with model.session(), anyio.create_task_group() as keeper:
                     await keeper.start(self.deadlines.keep)
                     async with anyio.create_task_group() as loops:
                         await loops.start(Aggregator(self, counters).run)

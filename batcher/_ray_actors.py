@@ -1,0 +1,157 @@
+"""The Ray side of :mod:`batcher.ray`: making, calling, waiting for, replacing and
+killing the replicas' actors. Every wait on Ray runs ``ray.get`` in a worker
+thread, which works alike under asyncio and trio and never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+import anyio
+
+from ._replicas import Pool, Replica
+
+__all__ = ("REPLICA_LOST", "Actors", "is_actor_class", "ray")
+
+logger = logging.getLogger("batcher")
+
+
+def _require_ray() -> ModuleType:
+    try:
+        return importlib.import_module("ray")
+    except ImportError as exc:
+        raise ImportError("batcher.ray needs Ray; install it with pip install 'batcher[ray]'") from exc
+
+
+ray = _require_ray()
+_errors = importlib.import_module("ray.exceptions")
+#: The model's own exception, raised by Ray as a ``RayTaskError`` that is also an
+#: instance of the model's exception class.
+MODEL_ERROR: type[BaseException] = _errors.RayTaskError
+#: A batch that failed with one of these found its replica gone (the actor died, its
+#: process crashed, its node went away): it is retried once on another replica.
+REPLICA_LOST: tuple[type[BaseException], ...] = (
+    _errors.RayActorError,
+    _errors.WorkerCrashedError,
+    _errors.NodeDiedError,
+    _errors.LocalRayletDiedError,
+)
+#: Waiting for a lost replica's actor to answer again failed with one of these.
+_NOT_READY: tuple[type[BaseException], ...] = (TimeoutError, *REPLICA_LOST)
+
+
+def is_actor_class(obj: object) -> bool:
+    """Whether ``obj`` is a ``@ray.remote`` class."""
+    return isinstance(obj, ray.actor.ActorClass)
+
+
+class Actors:
+    """How to make the replicas' actors (or that they were given and are not ours),
+    and every call to Ray about them."""
+
+    __slots__ = ("_args", "_kwargs", "_limiter", "_model_class", "_options", "given", "max_restarts", "ready_timeout_s")
+
+    def __init__(
+        self,
+        model_class: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        options: Mapping[str, Any],
+        *,
+        given: list[Any] | None,
+        max_restarts: int,
+        ready_timeout_s: float | None,
+    ) -> None:
+        self._model_class = model_class
+        self._args, self._kwargs, self._options = args, kwargs, options
+        #: Actors the user made (never killed or replaced), or ``None`` if the pool makes its own.
+        self.given = given
+        self.max_restarts = max_restarts
+        self.ready_timeout_s = ready_timeout_s
+        self._limiter: anyio.CapacityLimiter | None = None  # the threads that wait on Ray
+
+    def open(self, threads: int) -> None:
+        """Get ready to serve (on the event loop): at most ``threads`` threads wait on Ray at once."""
+        self._limiter = anyio.CapacityLimiter(threads)
+
+    def new(self) -> Any:
+        """A new actor, starting (it builds the model)."""
+        model_class = self._model_class
+        actor_class = model_class if is_actor_class(model_class) else ray.remote(model_class)
+        return actor_class.options(**self._options).remote(*self._args, **self._kwargs)
+
+    async def start(self, count: int) -> list[Any]:
+        """The actors of ``count`` replicas, each ready (made now, unless given)."""
+        handles = self.given or [self.new() for _ in range(count)]
+        try:
+            await self.wait_ready(handles, f"{len(handles)} replicas")
+        except BaseException:
+            self.kill(handles)
+            raise
+        return handles
+
+    def kill(self, handles: list[Any]) -> None:
+        """Kill these actors, unless they were given."""
+        if self.given is not None:
+            return
+        for handle in handles:
+            try:
+                ray.kill(handle)
+            except Exception as exc:  # already gone, or the cluster is shutting down
+                logger.debug("could not kill replica actor: %r", exc)
+
+    async def wait_ready(self, handles: list[Any], what: str) -> None:
+        """Wait until every actor in ``handles`` answers (its model is built).
+
+        :raises TimeoutError: if that takes longer than ``ready_timeout_s``
+        :raises RayActorError: if an actor died (its constructor raised, say)
+        """
+        refs = [handle.__ray_ready__.remote() for handle in handles]
+        try:
+            await self.get(refs, self.ready_timeout_s)
+        except _errors.GetTimeoutError:
+            raise TimeoutError(
+                f"{what} not ready after ready_timeout_s={self.ready_timeout_s} s "
+                "(does the cluster have the resources actor_options ask for?)"
+            ) from None
+
+    async def get(self, ref: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (Ray's own timeout)
+        """``ray.get(ref)`` in a worker thread; if cancelled, ask Ray to cancel the task."""
+        try:
+            return await anyio.to_thread.run_sync(
+                lambda: ray.get(ref, timeout=timeout), abandon_on_cancel=True, limiter=self._limiter
+            )
+        except anyio.get_cancelled_exc_class():
+            _cancel(ref if isinstance(ref, list) else [ref])
+            raise
+
+    async def revive(self, pool: Pool, replica: Replica) -> None:
+        """Bring a lost replica back: wait for its actor (Ray may restart it), or
+        replace the actor if it is ours; give the replica up if neither works."""
+        while True:
+            try:
+                await self.wait_ready([replica.handle], f"replica {replica.index}")
+            except _NOT_READY as exc:
+                if not replica.owned or replica.replacements_in_a_row >= self.max_restarts:
+                    logger.error("replica %d given up: %s", replica.index, exc)
+                    pool.bury(replica)
+                    return
+                self.kill([replica.handle])
+                pool.replace(replica, self.new())
+                logger.warning("replica %d replaced by a new actor", replica.index)
+                continue
+            pool.back(replica)
+            logger.info("replica %d back in rotation", replica.index)
+            return
+
+
+def _cancel(refs: list[Any]) -> None:
+    for ref in refs:
+        try:
+            ray.cancel(ref)
+        except Exception as exc:  # already finished, or not cancellable
+            logger.debug("could not cancel a Ray task: %r", exc)

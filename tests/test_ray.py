@@ -1,0 +1,313 @@
+"""batcher.ray on a local Ray cluster (one per test session): routing, capacity,
+failover, shutdown and errors, under asyncio and trio.
+
+Tests synchronise with the actors through a Gate actor that counts the batches
+that entered the model and holds them until it is opened; every wait on Ray is
+bounded by ``anyio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+ray = pytest.importorskip("ray", reason="needs the 'ray' extra")
+
+from batcher import DynamicBatcher, NoLiveReplicaError, SyncBatcher  # noqa: E402
+from batcher.ray import RayReplicas  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[None]:
+    """A local Ray cluster for the whole session (started once: about 3 s)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@ray.remote
+class Gate:
+    """Counts the batches that entered a model and holds them until opened."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.opened = asyncio.Event()
+        self.changed = asyncio.Condition()
+
+    async def enter(self) -> None:
+        async with self.changed:
+            self.entered += 1
+            self.changed.notify_all()
+        await self.opened.wait()
+
+    async def wait_entered(self, count: int) -> int:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.entered >= count)
+        return self.entered
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+class Upper:
+    """The model: answers ``(record.upper(), its process id)``; with a gate, each
+    batch waits there first. A record ``"boom"`` fails the batch, ``"bad"`` only itself."""
+
+    def __init__(self, gate: Any = None, *, prefix: str = "") -> None:
+        self.gate = gate
+        self.prefix = prefix
+        self.running = 0
+        self.peak = 0
+
+    async def __call__(self, records: list[str]) -> list[Any]:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            if self.gate is not None:
+                await self.gate.enter.remote()
+            if "boom" in records:
+                raise ValueError("the model failed")
+            pid = os.getpid()
+            return [ValueError("bad record") if r == "bad" else (self.prefix + r.upper(), pid) for r in records]
+        finally:
+            self.running -= 1
+
+    def get_peak(self) -> int:
+        return self.peak
+
+
+class Broken:
+    def __init__(self) -> None:
+        raise OSError("cannot load the model")
+
+    def __call__(self, records: list[str]) -> list[str]:
+        return records
+
+
+async def get(ref: Any) -> Any:
+    """``ray.get`` without blocking the event loop."""
+    return await anyio.to_thread.run_sync(ray.get, ref)
+
+
+async def is_dead(actor: Any) -> bool:
+    try:
+        await get(actor.__ray_ready__.remote())
+    except ray.exceptions.RayActorError:
+        return True
+    return False
+
+
+class TestRouting:
+    async def test_results_in_order_and_batches_spread_over_replicas(self) -> None:
+        replicas = RayReplicas(Upper, num_replicas=2)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher(max_batch_size=4) as batcher:
+                results = [result async for result in batcher.map([f"r{n}" for n in range(40)])]
+        assert [text for text, _ in results] == [f"R{n}" for n in range(40)]
+        assert len({pid for _, pid in results}) == 2  # both replicas served
+        stats = replicas.stats
+        assert sum(s.records for s in stats) == 40
+        assert all(s.batches > 0 and s.in_flight == 0 and s.state == "up" for s in stats)
+
+    async def test_a_batch_goes_to_the_replica_with_least_in_flight(self) -> None:
+        gate = Gate.remote()  # type: ignore[attr-defined]
+        replicas = RayReplicas(Upper, gate, num_replicas=2)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher(max_batch_size=1) as batcher:
+                first = await batcher.submit("a", estimated_cost=1)
+                await get(gate.wait_entered.remote(1))
+                second = await batcher.submit("b", estimated_cost=1)
+                await get(gate.wait_entered.remote(2))
+                assert [s.in_flight for s in replicas.stats] == [1, 1]
+                gate.open.remote()
+                (_, pid_a), (_, pid_b) = await first, await second
+        assert pid_a != pid_b
+
+    async def test_never_more_than_batches_per_replica_at_once(self) -> None:
+        replicas = RayReplicas(Upper, num_replicas=1, batches_per_replica=2)
+        assert replicas.capacity == 2
+        with anyio.fail_after(60):
+            # More workers than the replicas take: the extra batches wait for room.
+            async with replicas.dynamic_batcher(max_batch_size=1, max_concurrent_batches=6) as batcher:
+                results = [result async for result in batcher.map([f"r{n}" for n in range(30)])]
+                peak = await get(replicas.actors[0].get_peak.remote())
+        assert [text for text, _ in results] == [f"R{n}" for n in range(30)]
+        assert 1 <= peak <= 2
+
+    async def test_token_batcher_gets_the_capacity(self) -> None:
+        replicas = RayReplicas(Upper, num_replicas=2, batches_per_replica=3, prefix="x")
+        batcher = replicas.token_batcher(target_batch_tokens=64)
+        assert batcher._settings.max_concurrent_batches == 6
+        with anyio.fail_after(60):
+            async with batcher:
+                assert (await batcher.call("a", estimated_tokens=1))[0] == "xA"
+
+
+class TestErrors:
+    async def test_the_models_exception_fails_the_batch_and_is_not_retried(self) -> None:
+        replicas = RayReplicas(Upper, num_replicas=2)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher(max_batch_size=2, batch_timeout_s=1) as batcher:
+                boom = await batcher.submit("boom", estimated_cost=1)
+                other = await batcher.submit("x", estimated_cost=1)
+                with pytest.raises(ValueError, match="the model failed"):
+                    await boom
+                with pytest.raises(ValueError, match="the model failed"):
+                    await other
+                bad, good = await batcher.submit("bad", estimated_cost=1), await batcher.submit("ok", estimated_cost=1)
+                with pytest.raises(ValueError, match="bad record"):
+                    await bad
+                assert (await good)[0] == "OK"
+        assert sum(s.failures for s in replicas.stats) == 0
+
+    async def test_a_model_that_cannot_start_fails_start(self) -> None:
+        batcher = RayReplicas(Broken, num_replicas=1).dynamic_batcher()
+        with anyio.fail_after(60), pytest.raises(ray.exceptions.RayActorError, match="cannot load the model"):
+            await batcher.start()
+        assert not batcher.is_running
+
+    async def test_a_replica_the_cluster_cannot_place_times_out(self) -> None:
+        replicas = RayReplicas(Upper, actor_options={"num_gpus": 1}, ready_timeout_s=0.5)
+        batcher = replicas.dynamic_batcher()
+        with anyio.fail_after(60), pytest.raises(TimeoutError, match=r"ready_timeout_s=0\.5"):
+            await batcher.start()
+
+    async def test_called_outside_a_running_batcher(self) -> None:
+        replicas = RayReplicas(Upper)
+        with pytest.raises(RuntimeError, match="start the batcher"):
+            await replicas(["a"])
+
+    async def test_one_set_of_replicas_serves_one_batcher_at_a_time(self) -> None:
+        replicas = RayReplicas(Upper)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher():
+                other = replicas.dynamic_batcher()
+                with pytest.raises(RuntimeError, match="already serves a running batcher"):
+                    await other.start()
+                assert not other.is_running
+
+    async def test_no_cluster_is_started_implicitly(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        with pytest.raises(RuntimeError, match=r"call ray\.init\(\)"):
+            await RayReplicas(Upper).dynamic_batcher().start()
+
+
+class TestFailover:
+    async def test_a_replica_killed_while_it_holds_a_batch(self) -> None:
+        gate = Gate.remote()  # type: ignore[attr-defined]
+        replicas = RayReplicas(Upper, gate, num_replicas=2)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher(max_batch_size=1) as batcher:
+                held = await batcher.submit("held", estimated_cost=1)
+                await get(gate.wait_entered.remote(1))
+                holder = next(s.index for s in replicas.stats if s.in_flight)
+                victim = replicas.actors[holder]
+                ray.kill(victim)
+                # The batch is retried on the other replica, where it waits at the gate again.
+                await get(gate.wait_entered.remote(2))
+                gate.open.remote()
+                text, _ = await held
+                results = [result async for result in batcher.map([f"r{n}" for n in range(20)])]
+                await replicas.wait_ready()  # the replacement comes back
+                assert replicas.stats[holder].state == "up"
+                after = [result async for result in batcher.map([f"s{n}" for n in range(20)])]
+            assert await is_dead(victim)
+        assert text == "HELD"
+        assert [t for t, _ in results] == [f"R{n}" for n in range(20)]
+        assert [t for t, _ in after] == [f"S{n}" for n in range(20)]
+        stats = replicas.stats[holder]
+        assert (stats.failures, stats.replacements) == (1, 1)
+        assert batcher.stats.total_completed == 41
+
+    async def test_every_replica_gone_fails_with_no_live_replica(self) -> None:
+        replicas = RayReplicas(Upper, num_replicas=1, max_restarts=0)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher() as batcher:
+                assert (await batcher.call("a", estimated_cost=1))[0] == "A"
+                ray.kill(replicas.actors[0])
+                with pytest.raises(NoLiveReplicaError, match="every replica"):
+                    await batcher.call("b", estimated_cost=1)
+                with pytest.raises(NoLiveReplicaError):
+                    await batcher.call("c", estimated_cost=1)
+        assert replicas.stats[0].state == "dead"
+
+    async def test_a_cancelled_call_keeps_its_replica_busy_until_the_actor_ends_it(self) -> None:
+        gate = Gate.remote()  # type: ignore[attr-defined]
+        replicas = RayReplicas(Upper, gate, num_replicas=1)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher(process_timeout_s=0.5) as batcher:
+                with pytest.raises(TimeoutError):
+                    await batcher.call("slow", estimated_cost=1)
+                assert replicas.stats[0].in_flight == 1  # the actor still runs it
+                gate.open.remote()
+                assert (await batcher.call("next", estimated_cost=1))[0] == "NEXT"
+            assert replicas.stats[0].in_flight == 0
+
+
+class TestLifecycle:
+    async def test_owned_actors_are_killed_when_the_batcher_stops(self) -> None:
+        replicas = RayReplicas(Upper, num_replicas=2)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher() as batcher:
+                await batcher.call("a", estimated_cost=1)
+                actors = replicas.actors
+            assert replicas.actors == []
+            assert [await is_dead(actor) for actor in actors] == [True, True]
+
+    async def test_given_actors_are_left_alone(self) -> None:
+        actors = [ray.remote(Upper).remote(prefix=f"{n}:") for n in range(2)]
+        replicas = RayReplicas.from_actors(actors)
+        with anyio.fail_after(60):
+            async with DynamicBatcher(replicas, max_concurrent_batches=replicas.capacity, max_batch_size=1) as batcher:
+                results = [result async for result in batcher.map(["a", "b", "c", "d"])]
+            assert {text for text, _ in results} <= {"0:A", "0:B", "0:C", "0:D", "1:A", "1:B", "1:C", "1:D"}
+            assert [await is_dead(actor) for actor in actors] == [False, False]
+            async with DynamicBatcher(replicas) as batcher:  # served again
+                assert (await batcher.call("e", estimated_cost=1))[0] in ("0:E", "1:E")
+        for actor in actors:
+            ray.kill(actor)
+
+
+def test_sync_batcher(anyio_backend: str) -> None:
+    replicas = RayReplicas(Upper, num_replicas=2)
+    with SyncBatcher(replicas.dynamic_batcher(max_batch_size=4), backend=anyio_backend) as batcher:
+        results = list(batcher.map([f"r{n}" for n in range(12)]))
+    assert [text for text, _ in results] == [f"R{n}" for n in range(12)]
+
+
+class TestValidation:
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "name"),
+        [
+            ({"num_replicas": 0}, ValueError, "num_replicas"),
+            ({"num_replicas": 1.5}, TypeError, "num_replicas"),
+            ({"batches_per_replica": 0}, ValueError, "batches_per_replica"),
+            ({"max_restarts": -1}, ValueError, "max_restarts"),
+            ({"ready_timeout_s": 0}, ValueError, "ready_timeout_s"),
+            ({"ready_timeout_s": "1"}, TypeError, "ready_timeout_s"),
+            ({"actor_options": [1]}, TypeError, "actor_options"),
+            ({"method": ""}, TypeError, "method"),
+        ],
+    )
+    def test_bad_arguments_name_the_parameter(self, kwargs: dict[str, Any], error: type[Exception], name: str) -> None:
+        with pytest.raises(error, match=name):
+            RayReplicas(Upper, **kwargs)
+
+    def test_model_class_must_be_a_class(self) -> None:
+        with pytest.raises(TypeError, match="model_class"):
+            RayReplicas(Upper())
+
+    def test_from_actors_needs_actor_handles(self) -> None:
+        with pytest.raises(TypeError, match="actors"):
+            RayReplicas.from_actors([])
+        with pytest.raises(TypeError, match="actors"):
+            RayReplicas.from_actors([Upper()])
