@@ -6,6 +6,7 @@
     python -m benchmarks --with-model    # A-E and F (real embedding model)
     python -m benchmarks --only S        # the scaling section alone (issue 11)
     python -m benchmarks --gpu           # also G, batching on a CUDA device (skipped without one)
+    python -m benchmarks --with-ray      # also R, batches served by Ray actor replicas
 
 After A-E comes S, the scaling section (:mod:`benchmarks.scaling`): the cost per
 record against producers, backlog, batch size and grouping pool, the bytes per
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures += _run_model_workload(args.quick)
     if args.gpu:
         failures += _run_gpu_workload(args.quick)
+    if args.with_ray:
+        failures += _run_ray_workload(args.quick)
     return _finish(results, failures)
 
 
@@ -79,6 +82,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions per system (default 3, quick 1)")
     parser.add_argument("--with-model", action="store_true", help="also run F, the real embedding model")
     parser.add_argument("--gpu", action="store_true", help="also run G, batching on a CUDA device (skipped without)")
+    parser.add_argument("--with-ray", action="store_true", help="also run R, batches served by Ray actor replicas")
     parser.add_argument(
         "--load",
         type=float,
@@ -216,6 +220,19 @@ def _run_gpu_workload(quick: bool) -> list[str]:
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         return [f"G: {type(exc).__name__}: {exc}"]
+    return []
+
+
+def _run_ray_workload(quick: bool) -> list[str]:
+    """Workload R (``benchmarks/bench_ray.py``): throughput against Ray replicas, the Ray hop, failover."""
+    print()
+    try:
+        print(importlib.import_module("benchmarks.bench_ray").run(quick=quick))
+    except ImportError as exc:
+        print(f"R  skipped: it needs the ray extra (pip install -e '.[ray]'): {exc}")
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return [f"R: {type(exc).__name__}: {exc}"]
     return []
 
 

@@ -76,3 +76,16 @@ def test_embed_corpus_yields_in_input_order() -> None:
     assert len(vectors) == 48
     for vector, expected in zip([vectors[0], vectors[17], vectors[47]], alone, strict=True):
         assert torch.allclose(torch.as_tensor(vector), torch.as_tensor(expected), atol=1e-5)
+
+
+@pytest.mark.usefixtures("cluster")
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ray_replicas(backend: str) -> None:
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    from examples import ray_replicas
+
+    one, two, failover = ray_replicas.main(records=300, replica_counts=(1, 2), backend=backend)
+    assert [run.records for run in (one, two, failover)] == [300, 300, 300]  # each run checked every answer
+    assert all(stats.batches > 0 for stats in two.per_replica)
+    lost = failover.per_replica[0]
+    assert (lost.failures, lost.replacements) == (1, 1)

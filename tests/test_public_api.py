@@ -17,7 +17,8 @@ import batcher
 
 def test_every_public_name_is_exported() -> None:
     public = {name for name in dir(batcher) if not name.startswith("_")}
-    assert public <= set(batcher.__all__)
+    # batcher.ray needs the ray extra: a submodule imported on demand, never by batcher itself.
+    assert public - {"ray"} <= set(batcher.__all__)
     for name in batcher.__all__:
         assert hasattr(batcher, name), name
 
@@ -79,3 +80,16 @@ def test_a_handled_failure_prints_nothing_without_logging_configured(anyio_backe
     script = HANDLED_FAILURE.format(backend=anyio_backend)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "handled\n", "")
+
+
+def test_ray_is_imported_only_by_batcher_ray() -> None:
+    script = "import sys, batcher; assert 'ray' not in sys.modules; print('ok')"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "ok\n")
+
+
+def test_batcher_ray_without_ray_names_the_extra() -> None:
+    script = "import sys; sys.modules['ray'] = None; import batcher.ray"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install 'batcher[ray]'" in done.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -20,16 +19,6 @@ ray = pytest.importorskip("ray", reason="needs the 'ray' extra")
 
 from batcher import DynamicBatcher, NoLiveReplicaError, SyncBatcher  # noqa: E402
 from batcher.ray import RayReplicas  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[None]:
-    """A local Ray cluster for the whole session (started once: about 3 s)."""
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
