@@ -75,6 +75,7 @@ async def serve_corpus(
             answers = [answer async for answer in results]
         seconds = time.perf_counter() - started
     assert answers == [len(prompt.text) for prompt in prompts], "an answer is missing, wrong or out of place"
+    assert batcher.stats.total_completed == len(prompts), "a future ended twice or not at all"
     return Run(replicas, len(prompts), seconds, pool.stats)
 
 

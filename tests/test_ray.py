@@ -65,6 +65,8 @@ class Upper:
                 await self.gate.enter.remote()
             if "boom" in records:
                 raise ValueError("the model failed")
+            if "crash" in records:
+                os._exit(1)  # the actor's process dies
             pid = os.getpid()
             return [ValueError("bad record") if r == "bad" else (self.prefix + r.upper(), pid) for r in records]
         finally:
@@ -216,6 +218,17 @@ class TestFailover:
         stats = replicas.stats[holder]
         assert (stats.failures, stats.replacements) == (1, 1)
         assert batcher.stats.total_completed == 41
+
+    async def test_a_batch_that_crashes_every_replica_it_reaches_fails_after_one_retry(self) -> None:
+        replicas = RayReplicas(Upper, num_replicas=2)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher(max_batch_size=1) as batcher:
+                with pytest.raises(ray.exceptions.RayActorError):
+                    await batcher.call("crash", estimated_cost=1)
+                await replicas.wait_ready()
+                assert [s.state for s in replicas.stats] == ["up", "up"]
+                assert (await batcher.call("fine", estimated_cost=1))[0] == "FINE"
+        assert [(s.failures, s.replacements) for s in replicas.stats] == [(1, 1), (1, 1)]
 
     async def test_every_replica_gone_fails_with_no_live_replica(self) -> None:
         replicas = RayReplicas(Upper, num_replicas=1, max_restarts=0)
