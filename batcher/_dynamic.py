@@ -42,7 +42,8 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         same order. ``async def`` runs on the event loop; a plain function runs in a
         worker thread so it does not stall the loop. An async generator function
         streams: each step yields one item per record (see :meth:`stream`; a
-        record's result is then the list of its items).
+        record's result is then the list of its items). One that is an async context
+        manager is entered as each run starts and exited after its last batch.
     :param cost_estimator: ``record -> int`` cost, used when ``submit`` gets no
         explicit cost.
     :param target_batch_cost: a batch's cost never exceeds this, except a batch of

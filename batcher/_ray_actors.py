@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -40,6 +41,8 @@ REPLICA_LOST: tuple[type[BaseException], ...] = (
     _errors.NodeDiedError,
     _errors.LocalRayletDiedError,
 )
+#: How long stopping waits for the killed actors to be gone.
+STOP_WAIT_S = 10.0
 #: Waiting for a lost replica's actor to answer again failed with one of these.
 _NOT_READY: tuple[type[BaseException], ...] = (TimeoutError, *REPLICA_LOST)
 
@@ -94,6 +97,17 @@ class Actors:
             raise
         return handles
 
+    async def stop(self, handles: list[Any]) -> None:
+        """Kill these actors (unless given) and wait until each is gone, at most
+        ``STOP_WAIT_S``, so that what they held (a GPU) is free once the batcher has
+        stopped. Shielded: it runs to the end even when the batcher is cancelled."""
+        if self.given is not None:
+            return
+        self.kill(handles)
+        deadline = time.monotonic() + STOP_WAIT_S
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_wait_gone, handles, deadline, limiter=self._limiter)
+
     def kill(self, handles: list[Any]) -> None:
         """Kill these actors, unless they were given."""
         if self.given is not None:
@@ -147,6 +161,20 @@ class Actors:
             pool.back(replica)
             logger.info("replica %d back in rotation", replica.index)
             return
+
+
+def _wait_gone(handles: list[Any], deadline: float) -> None:
+    # Ray has no call that waits for an actor's death: ask each killed actor whether
+    # it still answers until it does not (a kill lands within milliseconds).
+    for handle in handles:
+        while time.monotonic() < deadline:
+            try:
+                ray.get(handle.__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 0.001))
+            except REPLICA_LOST:
+                break
+            except _errors.GetTimeoutError:
+                return
+            time.sleep(0.005)
 
 
 def _cancel(refs: list[Any]) -> None:

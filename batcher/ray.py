@@ -230,7 +230,7 @@ class RayReplicas:
         finally:
             self._last_stats = tuple(replica.snapshot() for replica in pool.replicas)
             self._pool = self._tasks = None
-            self._actors.kill([replica.handle for replica in pool.replicas])
+            await self._actors.stop([replica.handle for replica in pool.replicas])
 
     # ----------------------------------------------------------------- a batch
 
