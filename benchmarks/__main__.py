@@ -212,27 +212,24 @@ def _run_model_workload(quick: bool) -> list[str]:
 
 def _run_gpu_workload(quick: bool) -> list[str]:
     """Workload G (``benchmarks/bench_gpu.py``): it says why it skipped when there is no CUDA device."""
-    print()
-    try:
-        print(importlib.import_module("benchmarks.bench_gpu").run(quick=quick))
-    except ImportError as exc:
-        print(f"G  skipped: it needs the examples extra (pip install -e '.[examples]'): {exc}")
-    except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        return [f"G: {type(exc).__name__}: {exc}"]
-    return []
+    return _run_optional("G", "benchmarks.bench_gpu", "examples", quick)
 
 
 def _run_ray_workload(quick: bool) -> list[str]:
     """Workload R (``benchmarks/bench_ray.py``): throughput against Ray replicas, the Ray hop, failover."""
+    return _run_optional("R", "benchmarks.bench_ray", "ray", quick)
+
+
+def _run_optional(key: str, module: str, extra: str, quick: bool) -> list[str]:
+    """Print the report of ``module.run(quick=...)``; skip it, saying so, if ``extra`` is not installed."""
     print()
     try:
-        print(importlib.import_module("benchmarks.bench_ray").run(quick=quick))
+        print(importlib.import_module(module).run(quick=quick))
     except ImportError as exc:
-        print(f"R  skipped: it needs the ray extra (pip install -e '.[ray]'): {exc}")
+        print(f"{key}  skipped: it needs the {extra} extra (pip install -e '.[{extra}]'): {exc}")
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
-        return [f"R: {type(exc).__name__}: {exc}"]
+        return [f"{key}: {type(exc).__name__}: {exc}"]
     return []
 
 
