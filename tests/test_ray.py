@@ -17,7 +17,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="needs the 'ray' extra")
 
-from batcher import DynamicBatcher, NoLiveReplicaError, SyncBatcher  # noqa: E402
+from batcher import BatchEnded, DynamicBatcher, Event, NoLiveReplicaError, SyncBatcher  # noqa: E402
 from batcher.ray import RayReplicas  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("cluster")
@@ -51,9 +51,10 @@ class Upper:
     """The model: answers ``(record.upper(), its process id)``; with a gate, each
     batch waits there first. A record ``"boom"`` fails the batch, ``"bad"`` only itself."""
 
-    def __init__(self, gate: Any = None, *, prefix: str = "") -> None:
+    def __init__(self, gate: Any = None, *, prefix: str = "", delay_s: float = 0.0) -> None:
         self.gate = gate
         self.prefix = prefix
+        self.delay_s = delay_s
         self.running = 0
         self.peak = 0
 
@@ -63,6 +64,7 @@ class Upper:
         try:
             if self.gate is not None:
                 await self.gate.enter.remote()
+            await asyncio.sleep(self.delay_s)
             if "boom" in records:
                 raise ValueError("the model failed")
             if "crash" in records:
@@ -87,6 +89,14 @@ class Broken:
 async def get(ref: Any) -> Any:
     """``ray.get`` without blocking the event loop."""
     return await anyio.to_thread.run_sync(ray.get, ref)
+
+
+async def kill(actor: Any) -> None:
+    """Kill ``actor`` and return once it is gone (``ray.kill`` returns before the kill
+    lands: a call right after it may still be answered)."""
+    ray.kill(actor)
+    while not await is_dead(actor):
+        pass
 
 
 async def is_dead(actor: Any) -> bool:
@@ -230,12 +240,34 @@ class TestFailover:
                 assert (await batcher.call("fine", estimated_cost=1))[0] == "FINE"
         assert [(s.failures, s.replacements) for s in replicas.stats] == [(1, 1), (1, 1)]
 
+    async def test_replicas_killed_again_and_again_lose_no_record(self) -> None:
+        replicas = RayReplicas(Upper, num_replicas=3, delay_s=0.01)
+        kills: list[int] = []
+
+        def kill_when_all_are_up(event: Event) -> None:
+            # One kill at a time, each once the last killed replica is back: a batch is
+            # retried once, so two replicas lost under one batch fail it (see the crash test).
+            if isinstance(event, BatchEnded) and len(kills) < 3:
+                if all(s.state == "up" and s.failures == 1 for s in replicas.stats[: len(kills)]):
+                    kills.append(len(kills))
+                    ray.kill(replicas.actors[kills[-1]])
+
+        records = [f"r{n}" for n in range(600)]
+        with anyio.fail_after(90):
+            async with replicas.dynamic_batcher(max_batch_size=4, observers=[kill_when_all_are_up]) as batcher:
+                results = [result async for result in batcher.map(records)]
+                await replicas.wait_ready()
+        assert [text for text, _ in results] == [record.upper() for record in records]
+        assert batcher.stats.total_completed == len(records)
+        assert len(kills) >= 2
+        assert [s.failures for s in replicas.stats][: len(kills) - 1] == [1] * (len(kills) - 1)
+
     async def test_every_replica_gone_fails_with_no_live_replica(self) -> None:
         replicas = RayReplicas(Upper, num_replicas=1, max_restarts=0)
         with anyio.fail_after(60):
             async with replicas.dynamic_batcher() as batcher:
                 assert (await batcher.call("a", estimated_cost=1))[0] == "A"
-                ray.kill(replicas.actors[0])
+                await kill(replicas.actors[0])
                 with pytest.raises(NoLiveReplicaError, match="every replica"):
                     await batcher.call("b", estimated_cost=1)
                 with pytest.raises(NoLiveReplicaError):
