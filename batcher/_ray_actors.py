@@ -106,7 +106,8 @@ class Actors:
         self.kill(handles)
         deadline = time.monotonic() + STOP_WAIT_S
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_wait_gone, handles, deadline, limiter=self._limiter)
+            # Not through the limiter: threads of batches cancelled on a stuck actor may hold it.
+            await anyio.to_thread.run_sync(_wait_gone, handles, deadline)
 
     def kill(self, handles: list[Any]) -> None:
         """Kill these actors, unless they were given."""
