@@ -110,13 +110,30 @@ async def serve(batcher: DynamicBatcher[Any, Any], *, task_status: TaskStatus[No
     :meth:`SyncBatcher.stop` to raise: raised here, it would cancel every task of
     the portal, callers waiting on their futures included.
     """
+    status = _Status(task_status)
     try:
-        await batcher.serve(task_status=task_status)
+        await batcher.serve(task_status=status)
     except anyio.get_cancelled_exc_class():
         raise
     except BaseException as exc:
+        if not status.started_:
+            raise  # it could not start (its process function failed to enter): start() raises it
         return exc
     return None
+
+
+class _Status:
+    """A task status that notes whether the batcher has started."""
+
+    __slots__ = ("_status", "started_")
+
+    def __init__(self, status: TaskStatus[None]) -> None:
+        self._status = status
+        self.started_ = False
+
+    def started(self, value: None = None) -> None:
+        self.started_ = True
+        self._status.started(value)
 
 
 @contextmanager

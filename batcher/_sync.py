@@ -115,6 +115,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         batcher accepts records.
 
         :raises RuntimeError: if it is already running, or the batcher was started elsewhere
+        :raises Exception: what kept the batcher from starting (its process function
+            failed to enter, say)
         """
         with self._lock:
             if self._loop is not None:

@@ -103,3 +103,14 @@ def test_sync_batcher_enters_it_on_its_loop(anyio_backend: str) -> None:
         assert model.open
         assert batcher.call(5, estimated_cost=1, timeout=5) == 10
     assert model.log == ["enter", "batch 1", "exit"]
+
+
+def test_sync_batcher_start_raises_the_error_entering_it(anyio_backend: str) -> None:
+    model = Session(fail_on_enter=True)
+    batcher = SyncBatcher(DynamicBatcher(model), backend=anyio_backend)
+    with pytest.raises(OSError, match="no model here"):
+        batcher.start()
+    assert not batcher.is_running
+    model.fail_on_enter = False
+    with batcher:
+        assert batcher.call(1, estimated_cost=1, timeout=5) == 2
