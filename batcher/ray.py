@@ -116,6 +116,8 @@ class RayReplicas:
             model_class, init_args, init_kwargs, options, given=None, max_restarts=max_restarts, ready_timeout_s=0
         )
         self._init(actors, num_replicas, batches_per_replica, method, ready_timeout_s)
+        if isinstance(model_class, type) and not callable(getattr(model_class, method, None)):
+            raise TypeError(f"method: {model_class.__name__} has no method {method!r}")
         self._name = getattr(model_class, "__name__", "model")
 
     def _init(
@@ -158,6 +160,8 @@ class RayReplicas:
         for actor in actors:
             if not isinstance(actor, ray.actor.ActorHandle):
                 raise TypeError(f"actors must hold Ray actor handles, got {type(actor).__name__}")
+            if not hasattr(actor, method):
+                raise TypeError(f"method: the actors have no method {method!r}")
         replicas = cls.__new__(cls)
         given = Actors(None, (), {}, {}, given=list(actors), max_restarts=0, ready_timeout_s=0)
         replicas._init(given, len(actors), batches_per_replica, method, ready_timeout_s)

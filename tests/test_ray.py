@@ -299,6 +299,8 @@ class TestLifecycle:
 
     async def test_given_actors_are_left_alone(self) -> None:
         actors = [ray.remote(Upper).remote(prefix=f"{n}:") for n in range(2)]
+        with pytest.raises(TypeError, match="method: the actors have no method 'embed'"):
+            RayReplicas.from_actors(actors, method="embed")
         replicas = RayReplicas.from_actors(actors)
         with anyio.fail_after(60):
             async with DynamicBatcher(replicas, max_concurrent_batches=replicas.capacity, max_batch_size=1) as batcher:
@@ -339,6 +341,10 @@ class TestValidation:
     def test_model_class_must_be_a_class(self) -> None:
         with pytest.raises(TypeError, match="model_class"):
             RayReplicas(Upper())
+
+    def test_method_must_exist(self) -> None:
+        with pytest.raises(TypeError, match="method: Upper has no method 'embed'"):
+            RayReplicas(Upper, method="embed")
 
     def test_from_actors_needs_actor_handles(self) -> None:
         with pytest.raises(TypeError, match="actors"):
