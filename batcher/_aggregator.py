@@ -25,10 +25,11 @@ from ._budget import Budget, new_budget
 from ._cost_fit import CostFit
 from ._decide import CLOSE, FINISH, PULL, YIELD, Step, next_step
 from ._exceptions import closed_error
-from ._future import PENDING, BatchFuture, fail, fail_queued, is_pending, withdrawn
+from ._future import PENDING, BatchFuture, is_pending, withdrawn
 from ._measured import MeasuredAssembly
 from ._priority import PriorityAssembly
 from ._stats import Counters
+from ._transitions import fail, fail_queued
 
 if TYPE_CHECKING:
     from ._run import Run

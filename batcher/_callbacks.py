@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,7 +18,8 @@ logger = logging.getLogger("batcher")
 
 class Callbacks:
     """What a future's event slot holds once someone asked to be called back: it
-    is set as the event is, and keeps the event of those awaiting the future."""
+    is set as the event is, and keeps the event of those awaiting the future
+    (``until_done`` gives it one)."""
 
     __slots__ = ("event", "functions", "future")
 
@@ -32,11 +33,6 @@ class Callbacks:
             self.event.set()
         for function in self.functions:
             call_back(function, self.future)
-
-    def wait(self) -> Coroutine[Any, Any, None]:
-        if self.event is None:
-            self.event = self.future._counters.new_event()
-        return self.event.wait()
 
 
 def call_back(function: Callable[[BatchFuture[Any]], object], future: BatchFuture[Any]) -> None:

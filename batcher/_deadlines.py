@@ -18,8 +18,9 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ._future import BatchFuture, expire, is_pending
+from ._future import BatchFuture, is_pending
 from ._stats import Counters
+from ._transitions import expire
 
 __all__ = ("Deadlines",)
 

@@ -11,11 +11,11 @@ from itertools import count
 from typing import Any, Generic, Literal, SupportsIndex, overload
 
 import anyio
-from anyio.lowlevel import checkpoint
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._aggregator import INTAKE
 from ._events import Observer
-from ._future import BatchFuture, until_done
+from ._future import ERROR, BatchFuture, until_done
 from ._lifecycle import Lifecycle
 from ._map import MapResults, Progress
 from ._pricing import Pricing
@@ -228,11 +228,13 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         future = self._new_future(record, estimated_cost, "estimated_cost", priority, max_queue_delay_s)
         self._queue_for_call(future, max_queue_delay_s)
         try:
-            if (waiting := until_done(future)) is not None:
+            while (waiting := until_done(future)) is not None:
                 await waiting  # here, not in a helper: a parked caller keeps one coroutine
         except BaseException:
             future.cancel()  # withdraws the record unless it was already dispatched
             raise
+        if future._state == ERROR:  # a cancellation that came meanwhile wins (see until_done)
+            await checkpoint_if_cancelled()
         return future.result()
 
     def stream(

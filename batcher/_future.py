@@ -1,26 +1,25 @@
-"""The future a caller gets back from ``submit``, and every change of its state.
+"""The future a caller gets back from ``submit``, and how callers wait for it.
 
 A future is ``PENDING`` while its record is queued, ``DISPATCHED`` once a worker
 has taken its batch, then ends exactly once: ``RESULT``, ``ERROR`` or
-``CANCELLED``. The loops end futures only through the functions at the bottom of
-this module (:func:`dispatch`, :func:`settle`, :func:`fail`, :func:`fail_queued`);
-no other module writes a future's private attributes.
+``CANCELLED``. The loops change its state only through the functions of
+``_transitions.py``; no module but these two writes a future's private attributes.
+Callers that wait share events (:func:`park`, :func:`until_done`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator
 from contextvars import ContextVar
 from enum import IntEnum
-from time import monotonic
 from typing import Any, Generic, TypeAlias, cast
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._callbacks import Callbacks, call_back
 from ._events import RecordsDropped
-from ._exceptions import RecordCancelledError, queue_timeout
+from ._exceptions import RecordCancelledError
 from ._protocols import ResultT
 from ._stats import Counters
 
@@ -29,15 +28,9 @@ __all__ = (
     "Batch",
     "BatchFuture",
     "State",
-    "dispatch",
-    "end",
-    "expire",
-    "fail",
-    "fail_queued",
     "is_pending",
     "make_event",
-    "settle",
-    "time_queued",
+    "park",
     "until_done",
     "withdrawn",
 )
@@ -175,13 +168,10 @@ class BatchFuture(Generic[ResultT]):
 
     def __await__(self) -> Generator[Any, Any, ResultT]:
         if self._state < RESULT:
-            # until_done(), written out: this runs once per awaited record.
-            if self._counters.sole_worker_in_model and WORKER_OF.get() is self._counters:
-                raise RuntimeError(SELF_WAIT)
-            event = self._event
-            if event is None:
-                event = self._event = self._counters.new_event()
-            yield from event.wait().__await__()
+            while (waiting := until_done(self)) is not None:
+                yield from waiting.__await__()
+            if self._state == ERROR:  # a cancellation that came meanwhile wins (see until_done)
+                yield from checkpoint_if_cancelled().__await__()
         if self._state == RESULT:
             return cast(ResultT, self._value)
         return self.result()  # raises
@@ -205,15 +195,32 @@ class BatchFuture(Generic[ResultT]):
 Batch: TypeAlias = "list[BatchFuture[Any]]"
 
 
-# ------------------------------------------------ the loops' transitions
+# ------------------------------------------------ waiting for a future
+
+
+#: How many waiting callers share one event (``park``).
+PARKED = 64
+
+
+def park(counters: Counters) -> anyio.Event:
+    """The event a caller about to wait on a future parks on: shared by up to
+    ``PARKED`` callers that park one after another, and set when the first of
+    their futures ends. The others then park again (``until_done``): callers that
+    park together mostly end together (their records are consecutive), and a
+    parked caller costs a share of an event, not a whole one."""
+    event = counters.parked
+    if event is None or counters.parked_left == 0 or event.is_set():
+        event = counters.parked = counters.new_event()
+        counters.parked_left = PARKED
+    counters.parked_left -= 1
+    return event
 
 
 def make_event(future: BatchFuture[Any]) -> None:
     """Give ``future`` its event now, for a caller that will wait on it (a ``submit()``
-    parked behind a full stream makes it as it parks, while the last record's objects
-    are being freed, so that the cyclic GC sees allocation and release alternate)."""
+    parked behind a full stream takes it as it parks)."""
     if future._event is None:
-        future._event = future._counters.new_event()
+        future._event = park(future._counters)
 
 
 def withdrawn() -> BatchFuture[Any]:
@@ -224,9 +231,16 @@ def withdrawn() -> BatchFuture[Any]:
 
 
 def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
-    """What to await until ``future`` ends (its event's ``wait()``), or ``None`` if it
-    has: ``call()`` awaits this, not the future, so a parked caller keeps one coroutine
-    fewer and no generator (BENCHMARKS.md, "Scaling").
+    """What to await next while ``future`` has not ended (an event's ``wait()``), or
+    ``None`` once it has: await it in a loop. ``call()`` does, rather than awaiting
+    the future, so a parked caller keeps one coroutine fewer and no generator.
+
+    Callers share their event (:func:`park`): woken by another future's end, a
+    caller parks again on a fresh one (where a cancellation that came meanwhile is
+    delivered). One that finds its future failed takes a checkpoint before it raises
+    (``call()``, ``__await__``), so that, as when each caller had an event of its
+    own, a cancelled caller raises the cancellation, not the error of a batcher
+    that closed under it.
 
     :raises RuntimeError: if the batcher's only worker would wait for itself
     """
@@ -235,115 +249,18 @@ def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
     counters = future._counters
     if counters.sole_worker_in_model and WORKER_OF.get() is counters:
         raise RuntimeError(SELF_WAIT)
-    event = future._event
-    if event is None:
-        event = future._event = counters.new_event()
-    return event.wait()
-
-
-def time_queued(future: BatchFuture[Any], now: float) -> None:
-    """Time ``future``, queued at ``now`` (the monotonic clock), until it is dispatched,
-    if it is to be timed: every record while the batcher is observed, else one at a
-    time (``counters.timed``). The time is kept where its result will go."""
-    counters = future._counters
-    if counters.observe is not None:
-        future._value = now
-    elif counters.timed is None:
-        future._value = now
-        counters.timed = future
+    slot = future._event
+    event = slot.event if isinstance(slot, Callbacks) else slot
+    if event is not None and not event.is_set():
+        return event.wait()
+    fresh = park(counters)
+    if isinstance(slot, Callbacks):
+        slot.event = fresh
+    else:
+        future._event = fresh
+    return fresh.wait()
 
 
 def is_pending(future: BatchFuture[Any]) -> bool:
     """Whether the future's record is still queued (not withdrawn, not dispatched)."""
     return future._state == PENDING
-
-
-def dispatch(batch: Sequence[BatchFuture[Any]], counters: Counters) -> tuple[list[BatchFuture[Any]], list[float]]:
-    """Mark the still-pending futures of a closed batch dispatched; return them and
-    the queue waits (seconds) of those timed. Records withdrawn while their batch
-    waited are left out; from here on the others can no longer be withdrawn."""
-    taken = [future for future in batch if future._state == PENDING]
-    cost = 0
-    for future in taken:
-        future._state = DISPATCHED
-        cost += future._cost
-    counters.queued_cost -= cost
-    return taken, _waits(taken, counters)
-
-
-def _waits(taken: list[BatchFuture[Any]], counters: Counters) -> list[float]:
-    # The waits of the timed records taken: all while observed; else the one being
-    # timed, once it left the queue (if it reached a worker), and the next is timed.
-    if counters.observe is None:
-        timed = counters.timed
-        if timed is None or timed._state == PENDING:
-            return []
-        counters.timed = None
-        taken = [timed] if timed._state == DISPATCHED else []
-    now = monotonic()
-    waits = []
-    for future in taken:
-        if future._value is not None:
-            waits.append(now - future._value)
-            future._value = None
-    return waits
-
-
-def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: Counters) -> None:
-    """End each future of a dispatched batch with its result; an ``Exception``
-    in a slot fails that future alone."""
-    failed = 0
-    for future, result in zip(batch, results, strict=True):
-        # _finish() for a dispatched future, written out: this runs once per record,
-        # and the call cost 2-3 % of throughput (BENCHMARKS.md, "Against an earlier
-        # revision").
-        if isinstance(result, Exception):
-            failed += 1
-            future._state, future._value = ERROR, (result, result.__traceback__)
-        else:
-            future._state, future._value = RESULT, result
-        future._record = None
-        event = future._event
-        if event is not None:
-            event.set()
-    counters.completed += len(batch)
-    counters.failed += failed
-
-
-def end(future: BatchFuture[Any], value: Any, counters: Counters) -> None:
-    """End a dispatched ``future`` with ``value``, unless it has ended."""
-    if future._state < RESULT:
-        future._finish(RESULT, value)
-        counters.completed += 1
-
-
-def fail(batch: Sequence[BatchFuture[Any]], exc: BaseException, counters: Counters) -> None:
-    """End every unfinished future of ``batch`` with ``exc``."""
-    ended = 0
-    error = (exc, exc.__traceback__)
-    for future in batch:
-        if future._state < RESULT:
-            ended += 1
-            future._finish(ERROR, error)
-    counters.completed += ended
-    counters.failed += ended
-
-
-def expire(future: BatchFuture[Any], counters: Counters) -> None:
-    """Fail ``future`` with :exc:`QueueTimeoutError` if its record is still queued."""
-    if future._state == PENDING:
-        counters.expired += 1
-        future._finish(ERROR, (queue_timeout(), None))  # a new exception: no traceback yet
-        if counters.observe is not None:
-            counters.observe(RecordsDropped("expired", 1, future._cost))
-
-
-def fail_queued(stream: MemoryObjectReceiveStream[Any], exc: BaseException, counters: Counters) -> None:
-    """Fail every future still queued in ``stream`` (single futures, the wake-up among
-    them, or batches of them) without waiting."""
-    while True:
-        try:
-            item = stream.receive_nowait()
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return
-        fail((item,) if isinstance(item, BatchFuture) else item, exc, counters)

@@ -155,6 +155,7 @@ class Lifecycle:
         if self._run is not STOPPED:
             raise RuntimeError("batcher is already running; stop() it before starting it again")
         self._counters.new_event = event_factory()
+        self._counters.parked = None  # an event of the last run's loop
         run = self._run = Run(self._settings, owner, self._counters)
         return run
 

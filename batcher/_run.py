@@ -15,11 +15,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._aggregator import WAKE_UP, Aggregator
 from ._cost_fit import CostFit
 from ._exceptions import closed_error
-from ._future import Batch, fail_queued
+from ._future import Batch
 from ._model import Model
 from ._settings import Settings
 from ._stats import Counters
 from ._submission import NOT_RUNNING, Intake
+from ._transitions import fail_queued
 from ._worker import RETIRE, Worker
 
 __all__ = ("NOT_RUNNING", "STOPPED", "NotRunning", "Run")

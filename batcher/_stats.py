@@ -87,6 +87,8 @@ class Counters:
         "idle",
         "new_event",
         "observe",
+        "parked",
+        "parked_left",
         "queued_cost",
         "running",
         "shed",
@@ -98,6 +100,10 @@ class Counters:
 
     def __init__(self) -> None:
         self.new_event: Callable[[], anyio.Event] = anyio.Event
+        #: The event callers park on now, shared by up to PARKED of them (``_future.park``),
+        #: and how many more may join it.
+        self.parked: anyio.Event | None = None
+        self.parked_left = 0
         #: Whether the batcher's only worker is inside the process function (which
         #: then must not wait for its own results).
         self.sole_worker_in_model = False

@@ -21,9 +21,10 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import StreamLagError
-from ._future import BatchFuture, end, fail
+from ._future import BatchFuture
 from ._model import Model
 from ._stats import Counters
+from ._transitions import end, fail
 
 __all__ = ("END", "RecordStream", "StreamFuture", "StreamingBatch", "current_batch", "open_stream", "run_streaming")
 

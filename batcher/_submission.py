@@ -22,9 +22,10 @@ from ._aggregator import INTAKE, Submission
 from ._deadlines import Deadlines
 from ._events import RecordsDropped
 from ._exceptions import BatcherOverloadedError
-from ._future import BatchFuture, fail, make_event, time_queued
+from ._future import BatchFuture, make_event
 from ._settings import Settings
 from ._stats import Counters
+from ._transitions import fail, time_queued
 
 __all__ = ("COHORT", "NOT_RUNNING", "OTHER_THREAD", "Intake")
 

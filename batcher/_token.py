@@ -6,10 +6,11 @@ from collections.abc import Collection, Iterable
 from typing import Any, ClassVar, SupportsIndex, TypeVar
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._dynamic import DynamicBatcher
 from ._events import Observer
-from ._future import BatchFuture, until_done
+from ._future import ERROR, BatchFuture, until_done
 from ._pricing import Pricing, text_tokens
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
 from ._settings import check_callable
@@ -260,11 +261,13 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         future = self._new_future(record, cost, name, priority, max_queue_delay_s)
         self._queue_for_call(future, max_queue_delay_s)
         try:  # as DynamicBatcher.call, written out: a parked caller keeps one coroutine
-            if (waiting := until_done(future)) is not None:
+            while (waiting := until_done(future)) is not None:
                 await waiting
         except BaseException:
             future.cancel()
             raise
+        if future._state == ERROR:  # a cancellation that came meanwhile wins (see until_done)
+            await checkpoint_if_cancelled()
         return future.result()
 
     def stream(

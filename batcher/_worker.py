@@ -15,10 +15,11 @@ from anyio.lowlevel import checkpoint
 from ._assembly import batch_cost
 from ._events import Outcome, batch_dispatched, batch_ended
 from ._exceptions import closed_error
-from ._future import WORKER_OF, Batch, BatchFuture, dispatch, fail, fail_queued, settle
+from ._future import WORKER_OF, Batch, BatchFuture
 from ._model import Model, ModelThread
 from ._stats import Counters
 from ._streaming import run_streaming
+from ._transitions import dispatch, fail, fail_queued, settle
 
 if TYPE_CHECKING:
     from ._run import Run

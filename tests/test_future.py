@@ -221,3 +221,60 @@ class TestDoneCallbacks:
 
 async def double_all(batch: list[int]) -> list[int]:
     return [x * 2 for x in batch]
+
+
+class TestSharedEvents:
+    """Callers that wait share events (``_future.park``): one event per 64 callers
+    that park one after another, set when the first of their futures ends; the others
+    park again. Every caller still gets its own record's outcome, and a cancelled
+    caller raises the cancellation as it would have with an event of its own."""
+
+    async def test_waiting_callers_share_events_and_get_their_own_results(self) -> None:
+        async with blocked_batcher(max_batch_size=7) as (batcher, model, _):
+            futures = [await batcher.submit(n, estimated_cost=1) for n in range(200)]
+            results: dict[int, Any] = {}
+
+            async def wait(n: int) -> None:
+                results[n] = await futures[n]
+
+            async with anyio.create_task_group() as tg:
+                for n in range(200):
+                    tg.start_soon(wait, n)
+                await anyio.wait_all_tasks_blocked()
+                assert len({id(future._event) for future in futures}) == 4  # ceil(200 / 64)
+                model.release()  # batches of 7 end futures of each event at different times
+        assert results == {n: ("done", n) for n in range(200)}
+
+    @pytest.mark.parametrize("own_end", ["still queued", "failed as closed"])
+    async def test_a_caller_woken_by_another_future_then_cancelled_raises_the_cancellation(self, own_end: str) -> None:
+        from batcher._exceptions import closed_error
+        from batcher._transitions import fail
+
+        async with blocked_batcher(max_batch_size=1) as (batcher, _, _):
+            other = await batcher.submit("other", estimated_cost=1)
+            mine = await batcher.submit("mine", estimated_cost=1)
+            waiter = anyio.CancelScope()
+            seen: list[str] = []
+
+            async def wait_for_mine() -> None:
+                with waiter:
+                    await mine
+                    seen.append("returned")
+                seen.append("cancelled" if waiter.cancelled_caught else "left")
+
+            async def wait_for_other() -> None:
+                with pytest.raises(RecordCancelledError):
+                    await other
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_other)
+                tg.start_soon(wait_for_mine)
+                await anyio.wait_all_tasks_blocked()
+                assert other._event is mine._event
+                # In one step, before the waiter runs: another future ends (which wakes
+                # it), its own may fail as closed, and its scope is cancelled.
+                assert other.cancel()
+                if own_end == "failed as closed":
+                    fail([mine], closed_error(), batcher._counters)
+                waiter.cancel()
+            assert seen == ["cancelled"]
