@@ -151,6 +151,7 @@ class Aggregator:
         come): the records queued so far are priority 0, and count as arrived with
         the oldest of them."""
         settings, queued = self._settings, self._assembly
+        self._counters.park_group = 1  # batches no longer follow arrival order (see _future.park)
         self._assembly = assembly = PriorityAssembly(
             make_level=self._new_level,
             make_budget=_budget_for(settings),

@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._events import Observer, Observers
-from ._future import WORKER_OF, BatchFuture
+from ._future import PARKED, WORKER_OF, BatchFuture
 from ._model import Model
 from ._pricing import Pricing
 from ._protocols import ProcessFn
@@ -154,8 +154,11 @@ class Lifecycle:
     def _begin(self, owner: TaskGroup | None) -> Run:
         if self._run is not STOPPED:
             raise RuntimeError("batcher is already running; stop() it before starting it again")
-        self._counters.new_event = event_factory()
-        self._counters.parked = None  # an event of the last run's loop
+        counters, settings = self._counters, self._settings
+        counters.new_event = event_factory()
+        counters.parked = None  # an event of the last run's loop
+        in_arrival_order = not settings.group_by_cost and settings.cost_model != "measured"
+        counters.park_group = PARKED if in_arrival_order else 1  # see _future.park
         run = self._run = Run(self._settings, owner, self._counters)
         return run
 

@@ -87,6 +87,7 @@ class Counters:
         "idle",
         "new_event",
         "observe",
+        "park_group",
         "parked",
         "parked_left",
         "queued_cost",
@@ -100,10 +101,13 @@ class Counters:
 
     def __init__(self) -> None:
         self.new_event: Callable[[], anyio.Event] = anyio.Event
-        #: The event callers park on now, shared by up to PARKED of them (``_future.park``),
-        #: and how many more may join it.
+        #: The event callers park on now, shared by up to ``park_group`` of them
+        #: (``_future.park``), and how many more may join it.
         self.parked: anyio.Event | None = None
         self.parked_left = 0
+        #: How many callers one parking event takes: 1 (none shared) unless batches
+        #: follow arrival order.
+        self.park_group = 1
         #: Whether the batcher's only worker is inside the process function (which
         #: then must not wait for its own results).
         self.sole_worker_in_model = False

@@ -224,10 +224,11 @@ async def double_all(batch: list[int]) -> list[int]:
 
 
 class TestSharedEvents:
-    """Callers that wait share events (``_future.park``): one event per 64 callers
-    that park one after another, set when the first of their futures ends; the others
-    park again. Every caller still gets its own record's outcome, and a cancelled
-    caller raises the cancellation as it would have with an event of its own."""
+    """Callers that wait share events (``_future.park``) while batches follow arrival
+    order: one event per 16 callers that park one after another, set when the first
+    of their futures ends; the others park again, each on an event of its own. Every
+    caller still gets its own record's outcome, and a cancelled caller raises the
+    cancellation as it would have with an event of its own."""
 
     async def test_waiting_callers_share_events_and_get_their_own_results(self) -> None:
         async with blocked_batcher(max_batch_size=7) as (batcher, model, _):
@@ -241,9 +242,53 @@ class TestSharedEvents:
                 for n in range(200):
                     tg.start_soon(wait, n)
                 await anyio.wait_all_tasks_blocked()
-                assert len({id(future._event) for future in futures}) == 4  # ceil(200 / 64)
+                assert len({id(future._event) for future in futures}) == 13  # ceil(200 / PARKED=16)
                 model.release()  # batches of 7 end futures of each event at different times
         assert results == {n: ("done", n) for n in range(200)}
+
+    @pytest.mark.parametrize(
+        "settings",
+        [{"group_by_cost": True, "cost_model": "padded"}, {"cost_model": "measured"}],
+        ids=["grouped", "measured"],
+    )
+    async def test_no_sharing_when_batches_do_not_follow_arrival_order(self, settings: dict[str, Any]) -> None:
+        async with blocked_batcher(**settings) as (batcher, model, _):
+            futures = [await batcher.submit(n, estimated_cost=1) for n in range(40)]
+            async with anyio.create_task_group() as tg:
+                for future in futures:
+                    tg.start_soon(future.wait)
+                await anyio.wait_all_tasks_blocked()
+                assert len({id(future._event) for future in futures}) == 40
+                model.release()
+
+    async def test_no_sharing_once_priorities_are_in_use(self) -> None:
+        batcher = DynamicBatcher(double_all)
+        with anyio.fail_after(5):
+            async with batcher:
+                assert batcher._counters.park_group == 16
+                assert await batcher.call(1, priority=1) == 2  # the aggregator took it in
+                assert batcher._counters.park_group == 1
+
+    async def test_a_caller_woken_early_parks_again_alone(self) -> None:
+        async with blocked_batcher() as (batcher, model, _):
+            first, second = [await batcher.submit(n, estimated_cost=1) for n in range(2)]
+
+            async def wait_for_first() -> None:
+                with pytest.raises(RecordCancelledError):
+                    await first
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_first)
+                tg.start_soon(second.wait)
+                await anyio.wait_all_tasks_blocked()
+                shared = second._event
+                assert first._event is shared
+                assert first.cancel()  # ends first: second's waiter wakes early
+                await anyio.wait_all_tasks_blocked()
+                assert not second.done()
+                assert second._event is not shared  # parked again, on an event of its own
+                assert second._event is not batcher._counters.parked
+                model.release()
 
     @pytest.mark.parametrize("own_end", ["still queued", "failed as closed"])
     async def test_a_caller_woken_by_another_future_then_cancelled_raises_the_cancellation(self, own_end: str) -> None:
