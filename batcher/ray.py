@@ -36,6 +36,7 @@ from ._dynamic import DynamicBatcher
 from ._exceptions import NoLiveReplicaError
 from ._ray_actors import MODEL_ERROR, REPLICA_LOST, Actors, is_actor_class, ray
 from ._replicas import Pool, Replica, ReplicaStats
+from ._settings import check_int, check_timeout
 from ._token import TokenBatcher
 
 __all__ = ("NoLiveReplicaError", "RayReplicas", "ReplicaStats")
@@ -107,10 +108,10 @@ class RayReplicas:
     ) -> None:
         if not isinstance(model_class, type) and not is_actor_class(model_class):
             raise TypeError(f"model_class must be a class or a Ray actor class, got {type(model_class).__name__}")
-        _check_count("num_replicas", num_replicas, 1)
+        check_int("num_replicas", num_replicas, 1)
         if actor_options is not None and not isinstance(actor_options, Mapping):
             raise TypeError(f"actor_options must be a mapping, got {type(actor_options).__name__}")
-        _check_count("max_restarts", max_restarts, 0)
+        check_int("max_restarts", max_restarts, 0)
         options = {"max_concurrency": batches_per_replica, **(actor_options or {})}
         actors = Actors(
             model_class, init_args, init_kwargs, options, given=None, max_restarts=max_restarts, ready_timeout_s=0
@@ -123,15 +124,10 @@ class RayReplicas:
     def _init(
         self, actors: Actors, count: int, batches_per_replica: int, method: str, ready_timeout_s: float | None
     ) -> None:
-        _check_count("batches_per_replica", batches_per_replica, 1)
+        check_int("batches_per_replica", batches_per_replica, 1)
         if not isinstance(method, str) or not method:
             raise TypeError(f"method must be the name of the model's batch method, got {method!r}")
-        if ready_timeout_s is not None:
-            if isinstance(ready_timeout_s, bool) or not isinstance(ready_timeout_s, int | float):
-                raise TypeError(f"ready_timeout_s must be a number of seconds or None, got {ready_timeout_s!r}")
-            if not ready_timeout_s > 0:
-                raise ValueError(f"ready_timeout_s must be > 0, got {ready_timeout_s!r}")
-        actors.ready_timeout_s = ready_timeout_s
+        actors.ready_timeout_s = check_timeout("ready_timeout_s", ready_timeout_s)
         self._actors = actors
         self._num_replicas = count
         self._per_replica = batches_per_replica
@@ -296,10 +292,3 @@ class RayReplicas:
         logger.warning("replica %d lost (%s); its batch is retried elsewhere", replica.index, type(exc).__name__)
         assert self._tasks is not None
         self._tasks.start_soon(self._actors.revive, pool, replica)
-
-
-def _check_count(name: str, value: object, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < least:
-        raise ValueError(f"{name} must be >= {least}, got {value}")
