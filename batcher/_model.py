@@ -1,5 +1,6 @@
 """Calling the process function: an ``async def`` on the event loop, a plain
-function in a daemon thread; within the time limit; its results checked."""
+function on its worker's own long-lived thread; within the time limit; its
+results checked."""
 
 from __future__ import annotations
 
@@ -63,10 +64,9 @@ class _Pending:
 class Model:
     """The process function, called the way its kind needs, within the time limit.
 
-    A plain function runs in a worker thread (an AnyIO worker thread, or with a
-    time limit the worker's daemon :class:`ModelThread`), where its results are
-    also read in full; if it returns an awaitable (a lambda around an
-    ``async def``, say), that is awaited on the event loop.
+    A plain function runs on the worker's own :class:`ModelThread`, where its
+    results are also read in full; if it returns an awaitable (a lambda around
+    an ``async def``, say), that is awaited on the event loop.
     """
 
     __slots__ = ("_fn", "_is_async", "streaming", "timeout_s")
@@ -78,7 +78,7 @@ class Model:
         self.streaming = _is_async_generator(process_fn)
         self.timeout_s = timeout_s
 
-    async def __call__(self, records: list[Any], thread: ModelThread, limiter: anyio.CapacityLimiter) -> list[Any]:
+    async def __call__(self, records: list[Any], thread: ModelThread) -> list[Any]:
         """Return one result per record, in order.
 
         :raises TimeoutError: if the call outlasts the time limit
@@ -86,26 +86,18 @@ class Model:
         :raises ValueError: if there are not as many results as records
         """
         if self.timeout_s is None:
-            results = await self._invoke(records, thread, limiter)
+            results = await self._invoke(records, thread)
         else:
             with anyio.fail_after(self.timeout_s):
-                results = await self._invoke(records, thread, limiter)
+                results = await self._invoke(records, thread)
         if len(results) != len(records):
             raise ValueError(f"process_fn returned {len(results)} results for a batch of {len(records)} records")
         return results
 
-    async def _invoke(self, records: list[Any], thread: ModelThread, limiter: anyio.CapacityLimiter) -> list[Any]:
+    async def _invoke(self, records: list[Any], thread: ModelThread) -> list[Any]:
         if self._is_async:
             return as_results(await self._fn(records))  # type: ignore[misc]
-        if self.timeout_s is None:
-            # An AnyIO worker thread, where the function may call anyio.from_thread.
-            results = await anyio.to_thread.run_sync(
-                self._call_in_thread, records, limiter=limiter, abandon_on_cancel=True
-            )
-        else:
-            # With a time limit, a call may be abandoned while it is stuck: a daemon
-            # thread of the worker's own keeps that from holding the program at exit.
-            results = await thread.run(self._call_in_thread, records)
+        results: list[Any] | _Pending = await thread.run(self._call_in_thread, records)
         if isinstance(results, _Pending):
             return as_results(await results.awaitable)
         return results
@@ -137,8 +129,17 @@ class Model:
 
 
 class ModelThread:
-    """A worker's own daemon thread for a plain process function with a time limit,
-    started on first use.
+    """A worker's own daemon thread for a plain process function, started on first
+    use and kept until the worker ends, so that every batch of the worker runs on
+    the same thread.
+
+    Why one thread: GPU frameworks keep state per thread (PyTorch's cuBLAS
+    handles and their choices per shape, for one). Measured on an H200
+    (``benchmarks/bench_gpu.py``), a batch shape that a thread had not run yet
+    took 48-72 ms against 4-6 ms once that thread had run it, while a warmed
+    thread ran as fast as the main thread. A pool hands each call to whichever
+    thread is free (and AnyIO's ends a thread idle for 10 s), so every new thread
+    pays the warm-up again.
 
     Calls run one at a time. A call that is cancelled (at its time limit, or as the
     batcher stops) is abandoned: its thread finishes it and exits, and the next

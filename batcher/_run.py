@@ -1,8 +1,8 @@
 """One run of a batcher's loops, from ``start()`` (or ``serve()``) until they
 have ended: the loops themselves (the aggregator, the workers and the deadline
 keeper, children of one task group) and their shared state: the two streams (the
-submission side is :class:`~batcher._submission.Intake`), the thread limiter, the
-loops' cancel scope, the free-worker count and the fatal exception, if any."""
+submission side is :class:`~batcher._submission.Intake`), the loops' cancel scope,
+the free-worker count and the fatal exception, if any."""
 
 from __future__ import annotations
 
@@ -47,7 +47,6 @@ class Run(Intake):
         "batch_send",
         "cost_fit",
         "fatal",
-        "limiter",
         "loops",
         "model",
         "owner",
@@ -65,8 +64,6 @@ class Run(Intake):
         #: With ``cost_model="measured"``: the fit of batch times the workers feed and the
         #: aggregator's assembly reads.
         self.cost_fit = CostFit() if settings.cost_model == "measured" else None
-        #: Threads for a plain process function without a time limit, one per concurrent batch.
-        self.limiter = anyio.CapacityLimiter(settings.max_concurrent_batches)
         #: Set once the loops have ended and every future they held has ended.
         self.stopped = anyio.Event()
         #: Encloses the loops; cancelled to end them at once.
@@ -194,7 +191,6 @@ class Run(Intake):
         """Apply new settings (checked already): the aggregator picks them up when it
         next decides (it is woken to), and the pool of workers grows or shrinks."""
         self.apply(settings)
-        self.limiter.total_tokens = settings.max_concurrent_batches
         self._wake_aggregator()
         loops, model = self.loops, self.model
         if loops is None or model is None or self._input_ended:

@@ -179,7 +179,7 @@ class Worker:
         counters.sole_worker_in_model = self._run.settings.max_concurrent_batches == 1
         started = perf_counter()
         try:
-            results = await self._model([future._record for future in batch], self._thread, self._run.limiter)
+            results = await self._model([future._record for future in batch], self._thread)
         finally:
             counters.sole_worker_in_model = False
         fit = self._run.cost_fit

@@ -25,10 +25,11 @@ measurement)::
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -52,7 +53,7 @@ class Sizes:
     thread_batches: int
 
 
-FULL = Sizes(4096, 16_384, {"small (6 x 384)": (6, 384, 12), "large (24 x 1024)": (24, 1024, 16)}, 64)
+FULL = Sizes(4096, 16_384, {"small (6 x 384)": (6, 384, 12), "large (24 x 1024)": (24, 1024, 16)}, 32)
 QUICK = Sizes(256, 2_048, {"tiny (2 x 64)": (2, 64, 2)}, 8)
 
 
@@ -78,9 +79,46 @@ class Encoder:
         self.lengths = lengths
         generator = torch.Generator().manual_seed(5)
         self.ids = [torch.randint(1000, 30000, (n,), generator=generator) for n in lengths]
-        self.real = self.padded = self.batches = 0
+        self.reset()
 
     def embed(self, batch: Sequence[int]) -> list[Any]:
+        """The batch's embeddings, waiting for the device (a blocking model)."""
+        pooled, _ = self.launch(batch)
+        return list(pooled.float().cpu())
+
+    def launch(self, batch: Sequence[int]) -> tuple[Any, Any]:
+        """Queue the batch's work on the device; its pooled output and an event that is
+        set once that work is done (on the CPU, done already)."""
+        torch = self.torch
+        ids, mask = self._inputs(batch)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(out.dtype)
+            pooled = (out * weights).sum(1) / weights.sum(1)
+        done = torch.cuda.Event() if self.device == "cuda" else _Done()
+        done.record()
+        return pooled, done
+
+    def stages(self, batch: Sequence[int]) -> tuple[float, float, float, float]:
+        """Seconds spent filling the inputs, copying them over, running the model
+        (launch and wait) and copying the output back, each waited for."""
+        torch, sync = self.torch, self._sync
+        started = time.perf_counter()
+        ids, mask = self._inputs(batch)
+        filled = time.perf_counter()
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        sync()
+        copied = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            pooled = (out * mask.unsqueeze(-1).to(out.dtype)).sum(1)
+        sync()
+        ran = time.perf_counter()
+        pooled.float().cpu()
+        return filled - started, copied - filled, ran - copied, time.perf_counter() - ran
+
+    def _inputs(self, batch: Sequence[int]) -> tuple[Any, Any]:
         torch = self.torch
         width = max(self.lengths[i] for i in batch)
         ids = torch.zeros((len(batch), width), dtype=torch.long)
@@ -88,18 +126,32 @@ class Encoder:
         for row, index in enumerate(batch):
             ids[row, : self.lengths[index]] = self.ids[index]
             mask[row, : self.lengths[index]] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            weights = mask.unsqueeze(-1).to(out.dtype)
-            pooled = ((out * weights).sum(1) / weights.sum(1)).float().cpu()  # waits for the GPU
         self.batches += 1
+        if self._record:
+            self.seen.append(list(batch))
         self.real += sum(self.lengths[i] for i in batch)
         self.padded += len(batch) * width
-        return list(pooled)
+        return ids, mask
 
-    def reset(self) -> None:
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def reset(self, record: bool = False) -> None:
+        """Zero the counts; with ``record``, keep each batch from now on in ``seen``."""
         self.real = self.padded = self.batches = 0
+        self.seen: list[list[int]] = []
+        self._record = record
+
+
+class _Done:
+    """A CPU stand-in for a CUDA event: the work is done when it is launched."""
+
+    def record(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
 
 
 def corpus_lengths(texts: int) -> list[int]:
@@ -132,10 +184,22 @@ def thread_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
         lines.append(f"one persistent thread, 1st / 2nd pass {first:8.2f} / {second:.2f} ms/batch")
         cold = thread.submit(_per_batch_ms, embed, shapes).result()
         warm = thread.submit(_per_batch_ms, embed, shapes).result()
+        in_thread = thread.submit(_stage_ms, encoder, same).result()
     lines.append(f"distinct shapes, persistent thread    {cold:8.2f} cold, {warm:.2f} warm ms/batch")
     cold, warm = _per_batch_ms(embed, shapes), _per_batch_ms(embed, shapes)
     lines.append(f"distinct shapes, main thread          {cold:8.2f} cold (after the thread), {warm:.2f} warm")
+    lines.append("stages: fill / copy in / model / copy out, each waited for, ms/batch")
+    lines.append(f"  main thread                         {_stage_ms(encoder, same)}")
+    lines.append(f"  persistent thread                   {in_thread}")
     return lines
+
+
+def _stage_ms(encoder: Encoder, batches: list[list[int]]) -> str:
+    totals = [0.0] * 4
+    for batch in batches:
+        for stage, seconds in enumerate(encoder.stages(batch)):
+            totals[stage] += seconds
+    return " / ".join(f"{total / len(batches) * 1e3:.2f}" for total in totals)
 
 
 async def _in_anyio_thread(embed: Callable[[Sequence[int]], object], batches: list[list[int]]) -> float:
@@ -153,27 +217,61 @@ async def _closed_loop(batcher: Any, records: int) -> None:
             tg.start_soon(produce, first)
 
 
+def launch_then_wait(encoder: Encoder) -> Callable[[list[int]], Awaitable[list[Any]]]:
+    """An ``async def`` process function that launches the model's work from the event
+    loop and waits for the device in a worker thread."""
+
+    async def process(batch: list[int]) -> list[Any]:
+        pooled, done = encoder.launch(batch)
+        await anyio.to_thread.run_sync(done.synchronize)
+        return list(pooled.float().cpu())
+
+    return process
+
+
 def mode_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
-    """Item 2: the batcher's execution modes, closed loop, with the loop's longest stall."""
+    """Item 2: the batcher's execution modes in a closed loop, steady state (a second
+    pass in the same batcher), against the bare model on the same batches in the
+    main thread, with the event loop's longest stall."""
     records = len(encoder.lengths)
 
     async def on_loop(batch: list[int]) -> list[Any]:
-        return encoder.embed(batch)  # blocks the event loop while the GPU runs
+        return encoder.embed(batch)  # blocks the event loop while the device runs
 
+    async def pool_thread(batch: list[int]) -> list[Any]:
+        return await anyio.to_thread.run_sync(encoder.embed, batch)  # the default up to 0.x
+
+    modes: list[tuple[str, Any]] = [
+        ("plain function (the worker's own thread)", encoder.embed),
+        ("async def + anyio.to_thread (pool thread)", pool_thread),
+        ("async def, model on the loop", on_loop),
+        ("async def, launch on loop, wait in thread", launch_then_wait(encoder)),
+    ]
     lines = []
-    for name, function in (("plain function (worker thread)", encoder.embed), ("async def (on the loop)", on_loop)):
+    for name, function in modes:
 
-        async def run(function: Any = function) -> tuple[float, float]:
-            batcher = TokenBatcher(function, target_batch_tokens=sizes.budget)
-            async with batcher:
+        async def run(function: Any = function) -> tuple[float, float, float]:
+            async with TokenBatcher(function, target_batch_tokens=sizes.budget) as batcher:
+                started = time.perf_counter()
+                await _closed_loop(batcher, records)  # every shape met once, in its thread
+                cold = time.perf_counter() - started
+                encoder.reset(record=True)
                 started = time.perf_counter()
                 stall = await longest_gap_ms(partial(_closed_loop, batcher, records))
                 elapsed = time.perf_counter() - started
-            return elapsed / max(1, encoder.batches) * 1e3, stall
+            return cold, elapsed, stall
 
         encoder.reset()
-        per_batch, stall = anyio.run(run)
-        lines.append(f"batcher, {name:<31} {per_batch:8.2f} ms/batch, longest loop stall {stall:.1f} ms")
+        cold, elapsed, stall = anyio.run(run)
+        batches, seen = encoder.batches, encoder.seen
+        encoder.reset()
+        per_batch = elapsed / max(1, batches) * 1e3
+        _per_batch_ms(encoder.embed, seen)
+        bare = _per_batch_ms(encoder.embed, seen)
+        lines.append(
+            f"{name:<42} {per_batch:6.2f} ms/batch ({per_batch / bare:4.2f}x bare {bare:.2f}), "
+            f"1st pass {cold / max(1, batches) * 1e3:6.2f}, loop stall {stall:5.1f} ms"
+        )
     return lines
 
 
@@ -187,28 +285,36 @@ def _opener(system: str, encoder: Encoder, budget: int) -> Callable[[], Any]:
 
         return lambda: module.TokenBatcher(inference_fn=inference, target_batch_tokens=budget)
     options = {
-        "batcher FIFO sum": {},
+        "batcher FIFO sum": dict[str, Any](),
         "batcher padded grouped": {"cost_model": "padded", "group_by_cost": True},
         "batcher measured": {"cost_model": "measured"},
+        "measured, loop launch": {"cost_model": "measured"},
     }[system]
     queue = max(5_000, len(encoder.lengths))
-    return lambda: TokenBatcher(encoder.embed, target_batch_tokens=budget, max_queue_size=queue, **options)
+    function = launch_then_wait(encoder) if "loop launch" in system else encoder.embed
+    return lambda: TokenBatcher(function, target_batch_tokens=budget, max_queue_size=queue, **options)
 
 
 def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool) -> float:
+    """Throughput of a second pass over the corpus in the same batcher: the first
+    one meets the shapes (a thread's first batch of a shape costs far more)."""
     records = len(encoder.lengths)
+
+    async def one_pass(batcher: Any) -> None:
+        if closed:
+            await _closed_loop(batcher, records)
+        else:
+            for future in await batcher.submit_batch(range(records), estimated_cost=encoder.lengths):
+                await future
 
     async def run() -> float:
         async with open_batcher() as batcher:
+            await one_pass(batcher)
+            encoder.reset()
             started = time.perf_counter()
-            if closed:
-                await _closed_loop(batcher, records)
-            else:
-                for future in await batcher.submit_batch(range(records), estimated_cost=encoder.lengths):
-                    await future
+            await one_pass(batcher)
             return records / (time.perf_counter() - started)
 
-    encoder.reset()
     return float(anyio.run(run))
 
 
@@ -227,7 +333,7 @@ def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     """Item 3: the systems in both loops, against the offline sorted bound."""
     bound = _offline(encoder, sizes.budget)
     lines = [f"offline sorted bound             {bound:9.0f} texts/s"]
-    systems = ["batcher FIFO sum", "batcher padded grouped", "batcher measured"]
+    systems = ["batcher FIFO sum", "batcher padded grouped", "batcher measured", "measured, loop launch"]
     if flyte_ref.load().module is not None:
         systems.insert(0, "flyte FIFO sum")
     for closed in (False, True):
@@ -242,31 +348,46 @@ def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     return lines
 
 
-def run(quick: bool = False, device: str = "auto") -> str:
-    """Workload G; the report as text (a line saying why, without a CUDA device)."""
+def report(quick: bool = False, device: str = "auto") -> Iterator[str]:
+    """Workload G, line by line as it is measured (one line saying why, without a CUDA device)."""
     import torch
 
     if device == "auto":
         if not torch.cuda.is_available():
-            return SKIPPED
+            yield SKIPPED
+            return
         device = "cuda"
     sizes = QUICK if quick else FULL
     lengths = corpus_lengths(sizes.texts)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    lines = [
-        f"G  BERT-style encoders, random weights, on {name}; torch {torch.__version__}; {sizes.texts} texts, "
-        f"tokens median {statistics.median(lengths):g} max {max(lengths)}; budget {sizes.budget}",
-    ]
+    yield (
+        f"G  BERT-style encoders, random weights, on {name}; torch {torch.__version__}; anyio {_version('anyio')}; "
+        f"{sizes.texts} texts, tokens median {statistics.median(lengths):g} max {max(lengths)}; budget {sizes.budget}"
+    )
+    began = time.perf_counter()
     for model_name, shape in sizes.models.items():
         encoder = Encoder(shape, device, lengths)
         encoder.embed(list(range(PRODUCERS)))
-        lines.append(f"== {model_name}")
+        yield f"== {model_name}"
         for part in (thread_lines, mode_lines, batching_lines):
-            lines += [f"   {line}" for line in part(encoder, sizes)]
+            for line in part(encoder, sizes):
+                yield f"   {line}"
+            yield f"   ({part.__name__} done at {time.perf_counter() - began:.0f} s)"
         del encoder
         if device == "cuda":
             torch.cuda.empty_cache()
-    return "\n".join(lines)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def run(quick: bool = False, device: str = "auto") -> str:
+    """Workload G; the report as text (a line saying why, without a CUDA device)."""
+    return "\n".join(report(quick, device))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -274,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny model and 256 texts: checks the code")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda, else skip")
     args = parser.parse_args(argv)
-    print(run(quick=args.quick, device=args.device))
+    for line in report(quick=args.quick, device=args.device):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

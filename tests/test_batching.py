@@ -176,10 +176,11 @@ class TestConcurrency:
         release = threading.Event()
         entered = anyio.Event()
         threads: list[threading.Thread] = []
+        token = anyio.lowlevel.current_token()
 
         def fn(batch: list[int]) -> list[int]:
             threads.append(threading.current_thread())
-            anyio.from_thread.run_sync(entered.set)
+            anyio.from_thread.run_sync(entered.set, token=token)
             assert release.wait(5)
             return [x + 1 for x in batch]
 
@@ -191,6 +192,30 @@ class TestConcurrency:
                 assert await future == 2
         [thread] = threads
         assert thread is not threading.main_thread()
+
+    @pytest.mark.parametrize("workers", [1, 2])
+    async def test_each_worker_keeps_one_thread(self, workers: int) -> None:
+        # GPU frameworks keep per-thread state (warmed-up shapes): every batch of a
+        # worker runs on the worker's own thread, a daemon that ends with the batcher.
+        threads: list[threading.Thread] = []
+
+        def fn(batch: list[int]) -> list[int]:
+            threads.append(threading.current_thread())
+            return batch
+
+        with anyio.fail_after(10):
+            async with DynamicBatcher(fn, max_batch_size=1, max_concurrent_batches=workers) as batcher:
+                for _ in range(5):  # one at a time, idle in between
+                    await batcher.call(0)
+                async for _ in batcher.map(range(20)):
+                    pass
+        owned = set(threads)
+        assert len(threads) == 25
+        assert len(owned) <= workers
+        assert all(thread.daemon and thread.name == "batcher process_fn" for thread in owned)
+        for thread in owned:  # each exits once the batcher has stopped
+            await anyio.to_thread.run_sync(thread.join, 5)
+            assert not thread.is_alive()
 
 
 class TestResults:
