@@ -2,13 +2,21 @@
 batches that ran, and the rule that picks the next batch by it.
 
 The workers time every batch. :class:`CostFit` fits its time as a fixed cost plus
-a cost per record plus a cost per padded token (rows times the longest row), over
-the last ``WINDOW`` batches, by least squares with no negative term. When the
-aggregator closes a batch, it offers candidate batches (``_measured.py``) and
-:func:`choose` takes the one with the most records per predicted second. A small
-model on a GPU, where the fixed cost dominates, then gets few large batches; a
-model whose time grows with padding (a CPU, a large model) gets batches of similar
-length. Plain synchronous code, tested without an event loop.
+a cost per record plus a cost per padded token (rows times the longest row) plus a
+cost the first time a worker runs a batch of that shape, over the last ``WINDOW``
+batches, by least squares with no negative term. When the aggregator closes a
+batch, it offers candidate batches (``_measured.py``) and :func:`choose` takes the
+one whose predicted time goes most to its records' own work. A small model on a
+GPU, where the fixed cost dominates, then gets few large batches; a model whose
+time grows with padding (a CPU, a large model) gets batches of similar length.
+
+The new-shape term is there for GPUs: on an H200, PyTorch ran a batch shape that
+its thread had not run before in 48-85 ms against 4-30 ms warm
+(``benchmarks/bench_gpu.py``). Fitted as a fixed cost, those first runs made every
+batch look ten times dearer than it is; fitted apart, they leave the other terms
+right, and a candidate of a shape already run is preferred by what it saves. On a
+CPU the term comes out near zero and changes nothing. Plain synchronous code,
+tested without an event loop.
 """
 
 from __future__ import annotations
@@ -24,61 +32,100 @@ WINDOW = 64
 #: How many batches run before the fit is trusted; until then the first candidate goes.
 WARMUP = 8
 
-#: A timed batch: ``(records, padded tokens, seconds)``.
-Sample = tuple[int, int, float]
-#: ``(fixed seconds, seconds per record, seconds per padded token)``.
-Coefficients = tuple[float, float, float]
+#: How many batch shapes it remembers; past that it forgets them all (they then count
+#: as new until they run again, which only makes the choice more cautious).
+SHAPES = 1 << 16
 
-# Every non-empty subset of the three terms, for the fit with no negative term.
-_TERMS = [terms for size in (1, 2, 3) for terms in combinations(range(3), size)]
+#: A timed batch: ``(records, padded tokens, 1 if its worker ran that shape for the
+#: first time else 0, seconds)``.
+Sample = tuple[int, int, int, float]
+#: ``(fixed seconds, seconds per record, seconds per padded token, seconds for a new shape)``.
+Coefficients = tuple[float, float, float, float]
+
+# Every non-empty subset of the four terms, for the fit with no negative term.
+_TERMS = [terms for size in (1, 2, 3, 4) for terms in combinations(range(4), size)]
+_TERMS_KNOWN = [terms for terms in _TERMS if 3 not in terms]
 
 
 class CostFit:
-    """The batch times seen lately, and the fit of them (``None`` during warm-up)."""
+    """The batch times seen lately, the fit of them (``None`` during warm-up), and the
+    batch shapes each worker has run."""
 
-    __slots__ = ("_samples", "coefficients")
+    __slots__ = ("_samples", "_shapes", "_worker_shapes", "coefficients")
 
     def __init__(self) -> None:
         self._samples: deque[Sample] = deque(maxlen=WINDOW)
+        self._shapes: set[tuple[int, int]] = set()  # run by any worker
+        self._worker_shapes: set[tuple[int, int, int]] = set()
         self.coefficients: Coefficients | None = None
 
-    def add(self, records: int, padded: int, seconds: float) -> None:
-        """Note a batch that ran, and refit once ``WARMUP`` batches are in."""
-        self._samples.append((records, padded, seconds))
+    def add(self, records: int, padded: int, seconds: float, worker: int = 0) -> None:
+        """Note a batch that ``worker`` ran, and refit once ``WARMUP`` batches are in."""
+        shape = (worker, records, padded)
+        new = shape not in self._worker_shapes
+        if new:
+            if len(self._worker_shapes) >= SHAPES:
+                self._worker_shapes.clear()
+                self._shapes.clear()
+            self._worker_shapes.add(shape)
+            self._shapes.add((records, padded))
+        self._samples.append((records, padded, int(new), seconds))
         if len(self._samples) >= WARMUP:
             self.coefficients = fit_batch_time(self._samples)
 
-    def predict(self, records: int, padded: int) -> float:
-        """The predicted seconds of a batch (0.0 before the fit exists)."""
+    def known(self, records: int, padded: int) -> bool:
+        """Whether some worker has run a batch of this shape."""
+        return (records, padded) in self._shapes
+
+    def predict(self, records: int, padded: int, new: bool = False) -> float:
+        """The predicted seconds of a batch, ``new`` if of a shape not run before (0.0
+        before the fit exists)."""
         if self.coefficients is None:
             return 0.0
-        fixed, per_record, per_token = self.coefficients
-        return fixed + per_record * records + per_token * padded
+        fixed, per_record, per_token, per_new = self.coefficients
+        return fixed + per_record * records + per_token * padded + (per_new if new else 0.0)
 
 
 def fit_batch_time(samples: Sequence[Sample]) -> Coefficients:
-    """Least-squares ``time = fixed + per_record * records + per_token * padded``
-    with every coefficient >= 0: of the fits on each subset of the terms whose
-    coefficients are all non-negative, the one with the smallest squared error
-    (with none, the mean time as a fixed cost).
+    """Least-squares ``time = fixed + per_record * records + per_token * padded +
+    per_new * new`` with every coefficient >= 0: of the fits on each subset of the
+    terms whose coefficients are all non-negative, the one with the smallest squared
+    error (with none, the mean time as a fixed cost).
 
     The sums of the normal equations are taken once over the samples; each subset's
-    fit and its error come from them (about 80 µs for 64 samples on this project's
-    CI machine, against 460 µs summing per subset), once per batch that ran."""
-    times = [seconds for _, _, seconds in samples]
-    gram, moments, squares = _normal_sums(samples, times)
-    fits = [fitted for terms in _TERMS if (fitted := _fit_terms(gram, moments, squares, terms)) is not None]
+    fit and its error come from them. The fit on every term comes first: if none of
+    its coefficients is negative, no subset can do better. Once per batch that ran."""
+    gram, moments, squares = _normal_sums(samples)
+    # Where every batch was of a new shape (or none was), the new-shape cost cannot be
+    # told from the fixed cost: it is left at zero, so a known shape is not predicted free.
+    mixed = 0 < gram[0][3] < gram[0][0]
+    subsets = _TERMS if mixed else _TERMS_KNOWN
+    whole = _fit_terms(gram, moments, squares, subsets[-1])
+    if whole is not None:
+        return whole[1]
+    fits = [fitted for terms in subsets[:-1] if (fitted := _fit_terms(gram, moments, squares, terms)) is not None]
     if not fits:
-        return (sum(times) / len(times), 0.0, 0.0)
+        return (moments[0] / gram[0][0], 0.0, 0.0, 0.0)
     return min(fits)[1]
 
 
-def _normal_sums(samples: Sequence[Sample], times: list[float]) -> tuple[list[list[float]], list[float], float]:
-    """X'X, X'y and y'y of the samples, whose rows x are (1, records, padded)."""
-    rows = [(1.0, float(records), float(padded)) for records, padded, _ in samples]
-    gram = [[sum(x[i] * x[j] for x in rows) for j in range(3)] for i in range(3)]
-    moments = [sum(x[i] * y for x, y in zip(rows, times, strict=True)) for i in range(3)]
-    return gram, moments, sum(y * y for y in times)
+def _normal_sums(samples: Sequence[Sample]) -> tuple[list[list[float]], list[float], float]:
+    """X'X, X'y and y'y of the samples, whose rows x are (1, records, padded, new)."""
+    gram = [[0.0] * 4 for _ in range(4)]
+    moments = [0.0] * 4
+    squares = 0.0
+    for records, padded, new, seconds in samples:
+        x = (1.0, records, padded, new)
+        for i in range(4):
+            moments[i] += x[i] * seconds
+            row = gram[i]
+            for j in range(i, 4):
+                row[j] += x[i] * x[j]
+        squares += seconds * seconds
+    for i in range(4):
+        for j in range(i):
+            gram[i][j] = gram[j][i]
+    return gram, moments, squares
 
 
 def _fit_terms(
@@ -89,17 +136,17 @@ def _fit_terms(
     solved = _solve([[gram[i][j] for j in terms] for i in terms], [moments[i] for i in terms])
     if solved is None or min(solved) < 0:
         return None
-    full = [0.0, 0.0, 0.0]
+    full = [0.0, 0.0, 0.0, 0.0]
     for term, value in zip(terms, solved, strict=True):
         full[term] = value
     # sum((y - c.x)^2) = sum(y^2) - 2 c.(X'y) + c'(X'X)c
-    fitted = sum(full[i] * full[j] * gram[i][j] for i in range(3) for j in range(3))
+    fitted = sum(full[i] * full[j] * gram[i][j] for i in range(4) for j in range(4))
     error = squares - 2 * sum(c * m for c, m in zip(full, moments, strict=True)) + fitted
-    return error, (full[0], full[1], full[2])
+    return error, (full[0], full[1], full[2], full[3])
 
 
 def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None:
-    # Gaussian elimination with partial pivoting on a system of at most 3 unknowns.
+    # Gaussian elimination with partial pivoting on a system of at most 4 unknowns.
     size = len(vector)
     rows = [[*matrix[i], vector[i]] for i in range(size)]
     scale = max((abs(value) for row in rows for value in row[:size]), default=0.0)
@@ -124,18 +171,19 @@ def choose(candidates: Sequence[tuple[int, int, int]], fit: CostFit) -> int:
 
     A record's own work is what it would cost in a batch with no padding and no fixed
     cost (``per_record + per_token * its tokens``); a batch's share of it is that sum
-    over its predicted time. Where the fixed cost dominates, the largest batch has the
-    largest share; where padding does, a batch of similar lengths. (Records per
+    over its predicted time, which counts the new-shape cost for a shape no worker has
+    run. Where the fixed cost dominates, the largest batch has the largest share;
+    where padding does, a batch of similar lengths. (Records per
     second would prefer a batch that mixes short records into a long one's padding,
     and leave the long ones for later.) Ties go to the batch with more records, then
     to the earlier candidate. During warm-up (no fit yet) it is the first candidate.
     """
     if fit.coefficients is None:
         return 0
-    _, per_record, per_token = fit.coefficients
+    _, per_record, per_token, _ = fit.coefficients
     best, best_key = 0, (-1.0, -1)
     for index, (records, padded, real) in enumerate(candidates):
-        seconds = fit.predict(records, padded)
+        seconds = fit.predict(records, padded, new=not fit.known(records, padded))
         share = (per_record * records + per_token * real) / seconds if seconds > 0 else 1.0
         if (share, records) > best_key:
             best, best_key = index, (share, records)

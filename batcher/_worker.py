@@ -184,7 +184,7 @@ class Worker:
             counters.sole_worker_in_model = False
         fit = self._run.cost_fit
         if fit is not None:  # cost_model="measured": what this batch cost, for the next ones
-            fit.add(len(batch), cost, perf_counter() - started)
+            fit.add(len(batch), cost, perf_counter() - started, self._index)
         return results
 
     async def _stream(self, batch: Batch) -> None:

@@ -28,6 +28,7 @@ import argparse
 import importlib.metadata
 import random
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,8 @@ from benchmarks import flyte_ref
 from benchmarks.scaling import longest_gap_ms
 
 PRODUCERS = 64
+#: Passes over the corpus before the timed one, in the same batcher (a steady state).
+WARM_PASSES = 2
 SKIPPED = "G  skipped: no CUDA device (torch.cuda.is_available() is false); `--device cpu` checks the code on the CPU"
 
 
@@ -79,6 +82,7 @@ class Encoder:
         self.lengths = lengths
         generator = torch.Generator().manual_seed(5)
         self.ids = [torch.randint(1000, 30000, (n,), generator=generator) for n in lengths]
+        self._shapes: set[tuple[int, int, int]] = set()  # (thread, rows, width) run so far
         self.reset()
 
     def embed(self, batch: Sequence[int]) -> list[Any]:
@@ -127,6 +131,10 @@ class Encoder:
             ids[row, : self.lengths[index]] = self.ids[index]
             mask[row, : self.lengths[index]] = 1
         self.batches += 1
+        shape = (threading.get_ident(), len(batch), width)
+        if shape not in self._shapes:
+            self._shapes.add(shape)
+            self.new_shapes += 1
         if self._record:
             self.seen.append(list(batch))
         self.real += sum(self.lengths[i] for i in batch)
@@ -139,7 +147,7 @@ class Encoder:
 
     def reset(self, record: bool = False) -> None:
         """Zero the counts; with ``record``, keep each batch from now on in ``seen``."""
-        self.real = self.padded = self.batches = 0
+        self.real = self.padded = self.batches = self.new_shapes = 0
         self.seen: list[list[int]] = []
         self._record = record
 
@@ -288,16 +296,14 @@ def _opener(system: str, encoder: Encoder, budget: int) -> Callable[[], Any]:
         "batcher FIFO sum": dict[str, Any](),
         "batcher padded grouped": {"cost_model": "padded", "group_by_cost": True},
         "batcher measured": {"cost_model": "measured"},
-        "measured, loop launch": {"cost_model": "measured"},
     }[system]
     queue = max(5_000, len(encoder.lengths))
-    function = launch_then_wait(encoder) if "loop launch" in system else encoder.embed
-    return lambda: TokenBatcher(function, target_batch_tokens=budget, max_queue_size=queue, **options)
+    return lambda: TokenBatcher(encoder.embed, target_batch_tokens=budget, max_queue_size=queue, **options)
 
 
 def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool) -> float:
-    """Throughput of a second pass over the corpus in the same batcher: the first
-    one meets the shapes (a thread's first batch of a shape costs far more)."""
+    """Throughput of a pass over the corpus after ``WARM_PASSES`` in the same batcher:
+    those meet the shapes (a thread's first batch of a shape costs far more)."""
     records = len(encoder.lengths)
 
     async def one_pass(batcher: Any) -> None:
@@ -309,7 +315,8 @@ def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool
 
     async def run() -> float:
         async with open_batcher() as batcher:
-            await one_pass(batcher)
+            for _ in range(WARM_PASSES):
+                await one_pass(batcher)
             encoder.reset()
             started = time.perf_counter()
             await one_pass(batcher)
@@ -318,7 +325,7 @@ def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool
     return float(anyio.run(run))
 
 
-def _offline(encoder: Encoder, budget: int) -> float:
+def _offline(encoder: Encoder, budget: int) -> tuple[float, int]:
     """The corpus sorted by length, cut into budget-full padded batches, run back to back."""
     batches: list[list[int]] = [[]]
     for index in sorted(range(len(encoder.lengths)), key=encoder.lengths.__getitem__):
@@ -326,14 +333,15 @@ def _offline(encoder: Encoder, budget: int) -> float:
             batches.append([])
         batches[-1].append(index)
     _per_batch_ms(encoder.embed, batches)  # every shape met once
-    return len(encoder.lengths) / (_per_batch_ms(encoder.embed, batches) * len(batches) / 1e3)
+    rate = len(encoder.lengths) / (_per_batch_ms(encoder.embed, batches) * len(batches) / 1e3)
+    return rate, len(batches)
 
 
 def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     """Item 3: the systems in both loops, against the offline sorted bound."""
-    bound = _offline(encoder, sizes.budget)
-    lines = [f"offline sorted bound             {bound:9.0f} texts/s"]
-    systems = ["batcher FIFO sum", "batcher padded grouped", "batcher measured", "measured, loop launch"]
+    bound, batches = _offline(encoder, sizes.budget)
+    lines = [f"offline sorted bound             {bound:9.0f} texts/s                 batches {batches:5d}"]
+    systems = ["batcher FIFO sum", "batcher padded grouped", "batcher measured"]
     if flyte_ref.load().module is not None:
         systems.insert(0, "flyte FIFO sum")
     for closed in (False, True):
@@ -343,12 +351,15 @@ def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
             loop = "closed 64" if closed else "open     "
             lines.append(
                 f"{loop} {system:<22} {rate:9.0f} texts/s  eff {efficiency:6.1%}  "
-                f"batches {encoder.batches:5d}  x bound {rate / bound:5.2f}"
+                f"batches {encoder.batches:5d} (new shapes {encoder.new_shapes:3d})  x bound {rate / bound:5.2f}"
             )
     return lines
 
 
-def report(quick: bool = False, device: str = "auto") -> Iterator[str]:
+PARTS = ("threads", "modes", "batching")
+
+
+def report(quick: bool = False, device: str = "auto", parts: Sequence[str] = PARTS) -> Iterator[str]:
     """Workload G, line by line as it is measured (one line saying why, without a CUDA device)."""
     import torch
 
@@ -369,7 +380,8 @@ def report(quick: bool = False, device: str = "auto") -> Iterator[str]:
         encoder = Encoder(shape, device, lengths)
         encoder.embed(list(range(PRODUCERS)))
         yield f"== {model_name}"
-        for part in (thread_lines, mode_lines, batching_lines):
+        functions = (thread_lines, mode_lines, batching_lines)
+        for part in [part for name, part in zip(PARTS, functions, strict=True) if name in parts]:
             for line in part(encoder, sizes):
                 yield f"   {line}"
             yield f"   ({part.__name__} done at {time.perf_counter() - began:.0f} s)"
@@ -394,8 +406,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny model and 256 texts: checks the code")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda, else skip")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="which parts to run (all)")
     args = parser.parse_args(argv)
-    for line in report(quick=args.quick, device=args.device):
+    for line in report(quick=args.quick, device=args.device, parts=args.parts):
         print(line, flush=True)
 
 

@@ -12,28 +12,73 @@ from batcher._cost_fit import WARMUP, CostFit, choose, fit_batch_time
 from batcher._measured import MeasuredAssembly
 
 
-def timed(fixed: float, per_record: float, per_token: float, batches: int = 40, seed: int = 0) -> CostFit:
-    """A fit fed ``batches`` batches of random shapes timed by this cost function, with 1 % noise."""
+def timed(
+    fixed: float, per_record: float, per_token: float, batches: int = 40, seed: int = 0, per_new: float = 0.0
+) -> CostFit:
+    """A fit fed ``batches`` batches of random shapes (a few of them again) timed by
+    this cost function, with 1 % noise; ``per_new`` more the first time a shape runs."""
     rng = random.Random(seed)
     fit = CostFit()
+    shapes: list[tuple[int, int]] = []
     for _ in range(batches):
-        records, longest = rng.randint(1, 64), rng.randint(4, 256)
-        padded = records * longest
+        if shapes and rng.random() < 0.3:
+            records, padded = rng.choice(shapes)
+        else:
+            records = rng.randint(1, 64)
+            padded = records * rng.randint(4, 256)
         seconds = (fixed + per_record * records + per_token * padded) * rng.uniform(0.99, 1.01)
+        if (records, padded) not in shapes:
+            shapes.append((records, padded))
+            seconds += per_new
         fit.add(records, padded, seconds)
     return fit
 
 
 class TestFit:
     def test_recovers_the_terms_of_a_linear_cost(self) -> None:
-        fixed, per_record, per_token = timed(2e-3, 1e-5, 2e-7).coefficients or (0, 0, 0)
+        fixed, per_record, per_token, per_new = timed(2e-3, 1e-5, 2e-7).coefficients or (0, 0, 0, 0)
         assert fixed == pytest.approx(2e-3, rel=0.05)
         assert per_record == pytest.approx(1e-5, rel=0.3)
         assert per_token == pytest.approx(2e-7, rel=0.05)
+        assert per_new < 1e-4
+
+    def test_recovers_the_cost_of_a_new_shape_apart(self) -> None:
+        # A GPU's first run of a shape (H200: about 50 ms against 4 ms warm): fitted as
+        # its own term, it leaves the fixed cost where it is.
+        fixed, _, per_token, per_new = timed(2e-3, 0, 2e-7, batches=64, per_new=5e-2).coefficients or (0, 0, 0, 0)
+        assert per_new == pytest.approx(5e-2, rel=0.05)
+        assert fixed == pytest.approx(2e-3, rel=0.3)
+        assert per_token == pytest.approx(2e-7, rel=0.1)
+
+    def test_all_new_shapes_fit_as_a_fixed_cost(self) -> None:
+        # Every batch of a new shape: the two costs cannot be told apart, and a shape
+        # already run must not be predicted free.
+        fit = CostFit()
+        for records in range(1, 20):
+            fit.add(records, records * 10, 0.003)
+        assert fit.coefficients == pytest.approx((0.003, 0, 0, 0))
+        assert fit.predict(5, 50) == pytest.approx(0.003)
+
+    def test_a_shape_is_new_to_each_worker(self) -> None:
+        fit = CostFit()
+        fit.add(4, 40, 0.05, worker=0)
+        fit.add(4, 40, 0.05, worker=1)
+        fit.add(4, 40, 0.001, worker=0)
+        assert [new for _, _, new, _ in fit._samples] == [1, 1, 0]
+        assert fit.known(4, 40)
+        assert not fit.known(4, 41)
+
+    def test_forgets_every_shape_past_its_limit(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("batcher._cost_fit.SHAPES", 3)
+        fit = CostFit()
+        for records in (1, 2, 3, 4):
+            fit.add(records, records, 0.001)
+        assert fit.known(4, 4)
+        assert not fit.known(1, 1)
 
     def test_no_term_is_negative(self) -> None:
         # Time that falls with size: the unconstrained fit would give a negative slope.
-        samples = [(n, n * 10, 0.01 - 1e-5 * n) for n in range(1, 50)]
+        samples = [(n, n * 10, n % 2, 0.01 - 1e-5 * n) for n in range(1, 50)]
         assert min(fit_batch_time(samples)) >= 0
 
     def test_no_prediction_before_warm_up(self) -> None:
@@ -46,10 +91,10 @@ class TestFit:
         assert fit.predict(4, 40) == pytest.approx(0.01)
 
     def test_identical_batches_fit_as_a_fixed_cost(self) -> None:
-        samples = [(8, 800, 0.004)] * 10  # one shape only: the terms cannot be told apart
-        assert fit_batch_time(samples)[0] + 8 * fit_batch_time(samples)[1] + 800 * fit_batch_time(samples)[
-            2
-        ] == pytest.approx(0.004)
+        samples = [(8, 800, 0, 0.004)] * 10  # one shape only: the terms cannot be told apart
+        fixed, per_record, per_token, per_new = fit_batch_time(samples)
+        assert fixed + 8 * per_record + 800 * per_token == pytest.approx(0.004)
+        assert per_new == 0
 
 
 class TestChoose:
@@ -67,8 +112,16 @@ class TestChoose:
         fit = CostFit()
         for records in range(1, 20):
             fit.add(records, records * 10, 0.003)
-        assert fit.coefficients == pytest.approx((0.003, 0, 0))
+        assert fit.coefficients == pytest.approx((0.003, 0, 0, 0))
         assert choose([(3, 30, 30), (9, 90, 90), (5, 50, 50)], fit) == 1
+
+    def test_a_shape_run_before_wins_where_a_new_one_costs_more_than_it_saves(self) -> None:
+        # Fixed cost 2 ms, a new shape 50 ms: the whole queue in a shape never run would
+        # cost far more than the grouped batch of a shape the workers know.
+        fit = timed(2e-3, 0, 2e-7, batches=64, per_new=5e-2)
+        fit.add(40, 40 * 32, 2e-3 + 2e-7 * 40 * 32)
+        assert choose(self.CANDIDATES, fit) == 1
+        assert choose(self.CANDIDATES, timed(2e-3, 0, 2e-7, batches=64)) == 0  # no such cost: the larger
 
     def test_the_first_candidate_during_warm_up(self) -> None:
         assert choose(self.CANDIDATES[::-1], CostFit()) == 0
