@@ -217,10 +217,13 @@ async def _in_anyio_thread(embed: Callable[[Sequence[int]], object], batches: li
     return float(await anyio.to_thread.run_sync(_per_batch_ms, embed, batches))
 
 
-async def _closed_loop(batcher: Any, records: int) -> None:
+async def closed_loop(batcher: Any, lengths: list[int]) -> None:
+    """Each of ``PRODUCERS`` producers submits its share of the corpus (with each text's
+    token count), awaiting each result before its next text."""
+
     async def produce(first: int) -> None:
-        for record in range(first, records, PRODUCERS):
-            await (await batcher.submit(record))
+        for record in range(first, len(lengths), PRODUCERS):
+            await (await batcher.submit(record, estimated_cost=lengths[record]))
 
     async with anyio.create_task_group() as tg:
         for first in range(PRODUCERS):
@@ -243,7 +246,6 @@ def mode_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     """Item 2: the batcher's execution modes in a closed loop, steady state (a second
     pass in the same batcher), against the bare model on the same batches in the
     main thread, with the event loop's longest stall."""
-    records = len(encoder.lengths)
 
     async def on_loop(batch: list[int]) -> list[Any]:
         return encoder.embed(batch)  # blocks the event loop while the device runs
@@ -263,11 +265,11 @@ def mode_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
         async def run(function: Any = function) -> tuple[float, float, float]:
             async with TokenBatcher(function, target_batch_tokens=sizes.budget) as batcher:
                 started = time.perf_counter()
-                await _closed_loop(batcher, records)  # every shape met once, in its thread
+                await closed_loop(batcher, encoder.lengths)  # every shape met once, in its thread
                 cold = time.perf_counter() - started
                 encoder.reset(record=True)
                 started = time.perf_counter()
-                stall = await longest_gap_ms(partial(_closed_loop, batcher, records))
+                stall = await longest_gap_ms(partial(closed_loop, batcher, encoder.lengths))
                 elapsed = time.perf_counter() - started
             return cold, elapsed, stall
 
@@ -310,7 +312,7 @@ def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool
 
     async def one_pass(batcher: Any) -> None:
         if closed:
-            await _closed_loop(batcher, records)
+            await closed_loop(batcher, encoder.lengths)
         else:
             for future in await batcher.submit_batch(range(records), estimated_cost=encoder.lengths):
                 await future
