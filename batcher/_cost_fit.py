@@ -11,7 +11,7 @@ GPU, where the fixed cost dominates, then gets few large batches; a model whose
 time grows with padding (a CPU, a large model) gets batches of similar length.
 
 The new-shape term is there for GPUs: on an H200, PyTorch ran a batch shape that
-its thread had not run before in 48-85 ms against 4-30 ms warm
+its thread had not run before in 48-85 ms against 4-29 ms warm
 (``benchmarks/bench_gpu.py``). Fitted as a fixed cost, those first runs made every
 batch look ten times dearer than it is; fitted apart, they leave the other terms
 right, and a candidate of a shape already run is preferred by what it saves. On a
@@ -51,24 +51,21 @@ class CostFit:
     """The batch times seen lately, the fit of them (``None`` during warm-up), and the
     batch shapes each worker has run."""
 
-    __slots__ = ("_samples", "_shapes", "_worker_shapes", "coefficients")
+    __slots__ = ("_samples", "_shapes", "coefficients")
 
     def __init__(self) -> None:
         self._samples: deque[Sample] = deque(maxlen=WINDOW)
-        self._shapes: set[tuple[int, int]] = set()  # run by any worker
-        self._worker_shapes: set[tuple[int, int, int]] = set()
+        #: Each shape ``(records, padded)`` run so far, with the workers that ran it (bit i: worker i).
+        self._shapes: dict[tuple[int, int], int] = {}
         self.coefficients: Coefficients | None = None
 
     def add(self, records: int, padded: int, seconds: float, worker: int = 0) -> None:
         """Note a batch that ``worker`` ran, and refit once ``WARMUP`` batches are in."""
-        shape = (worker, records, padded)
-        new = shape not in self._worker_shapes
-        if new:
-            if len(self._worker_shapes) >= SHAPES:
-                self._worker_shapes.clear()
-                self._shapes.clear()
-            self._worker_shapes.add(shape)
-            self._shapes.add((records, padded))
+        if len(self._shapes) >= SHAPES:
+            self._shapes.clear()
+        workers = self._shapes.get((records, padded), 0)
+        new = not workers >> worker & 1
+        self._shapes[records, padded] = workers | 1 << worker
         self._samples.append((records, padded, int(new), seconds))
         if len(self._samples) >= WARMUP:
             self.coefficients = fit_batch_time(self._samples)

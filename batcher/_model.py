@@ -136,7 +136,7 @@ class ModelThread:
     Why one thread: GPU frameworks keep state per thread (PyTorch's cuBLAS
     handles and their choices per shape, for one). Measured on an H200
     (``benchmarks/bench_gpu.py``), a batch shape that a thread had not run yet
-    took 48-72 ms against 4-6 ms once that thread had run it, while a warmed
+    took 48-85 ms against 4-29 ms once that thread had run it, while a warmed
     thread ran as fast as the main thread. A pool hands each call to whichever
     thread is free (and AnyIO's ends a thread idle for 10 s), so every new thread
     pays the warm-up again.
