@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 
 from batcher import TokenBatcher
-from benchmarks.bench_gpu import closed_loop, corpus_lengths
+from benchmarks.bench_gpu import corpus_lengths, one_pass
 
 FIXED_S = 2e-3
 PER_TOKEN_S = 1e-7
@@ -64,14 +64,6 @@ class ColdShapeModel:
         return batch
 
 
-async def _one_pass(batcher: Any, lengths: list[int], closed: bool) -> None:
-    if closed:
-        await closed_loop(batcher, lengths)
-    else:
-        for future in await batcher.submit_batch(range(len(lengths)), estimated_cost=lengths):
-            await future
-
-
 async def _passes(options: dict[str, Any], lengths: list[int], closed: bool, cold_s: float) -> list[str]:
     model = ColdShapeModel(lengths, cold_s)
     cells = []
@@ -79,7 +71,7 @@ async def _passes(options: dict[str, Any], lengths: list[int], closed: bool, col
         for _ in range(PASSES):
             model.batches = model.new = 0
             started = time.perf_counter()
-            await _one_pass(batcher, lengths, closed)
+            await one_pass(batcher, lengths, closed)
             rate = len(lengths) / (time.perf_counter() - started)
             cells.append(f"{rate:7.0f}/s {model.batches:4d} b {model.new:4d} new")
     return cells

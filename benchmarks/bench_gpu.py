@@ -230,6 +230,15 @@ async def closed_loop(batcher: Any, lengths: list[int]) -> None:
             tg.start_soon(produce, first)
 
 
+async def one_pass(batcher: Any, lengths: list[int], closed: bool) -> None:
+    """The corpus through ``batcher`` once: in a closed loop, or submitted at once."""
+    if closed:
+        await closed_loop(batcher, lengths)
+    else:
+        for future in await batcher.submit_batch(range(len(lengths)), estimated_cost=lengths):
+            await future
+
+
 def launch_then_wait(encoder: Encoder) -> Callable[[list[int]], Awaitable[list[Any]]]:
     """An ``async def`` process function that launches the model's work from the event
     loop and waits for the device in a worker thread."""
@@ -310,22 +319,15 @@ def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool
     same batcher: those meet the shapes (a thread's first batch of a shape costs far more)."""
     records = len(encoder.lengths)
 
-    async def one_pass(batcher: Any) -> None:
-        if closed:
-            await closed_loop(batcher, encoder.lengths)
-        else:
-            for future in await batcher.submit_batch(range(records), estimated_cost=encoder.lengths):
-                await future
-
     async def run() -> list[float]:
         async with open_batcher() as batcher:
             for _ in range(WARM_PASSES):
-                await one_pass(batcher)
+                await one_pass(batcher, encoder.lengths, closed)
             encoder.reset()
             rates = []
             for _ in range(TIMED_PASSES):
                 started = time.perf_counter()
-                await one_pass(batcher)
+                await one_pass(batcher, encoder.lengths, closed)
                 rates.append(records / (time.perf_counter() - started))
             return rates
 
