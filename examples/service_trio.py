@@ -12,6 +12,7 @@ server lets every request it accepted finish. Needs the ``examples`` extra
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -30,11 +31,11 @@ except ImportError:  # run as a script
     from service_fastapi import simulated_embed  # type: ignore[no-redef]
 
 
-def create_app(**settings: Any) -> QuartTrio:
+def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: Any) -> QuartTrio:
     """The ASGI app; ``settings`` go to its ``TokenBatcher``."""
     registry = CollectorRegistry()
     options: dict[str, Any] = {"target_batch_tokens": 8_192, "max_batch_size": 128, "max_queued_cost": 200_000}
-    batcher = TokenBatcher(simulated_embed, observers=[PrometheusObserver(registry)], **(options | settings))
+    batcher = TokenBatcher(embed, observers=[PrometheusObserver(registry)], **(options | settings))
     app = QuartTrio(__name__)
     app.config["batcher"] = batcher
 
