@@ -78,6 +78,46 @@ class PaddedBudget(Budget):
         self.exhausted = count >= self.max_size or (count + 1) * max(self.peak, 1) > self.target
         return True
 
+    def add_many(self, cost: int, count: int) -> int:
+        """Add up to ``count`` records of one cost, as that many :meth:`try_add` calls
+        would until the first refusal; return how many it added."""
+        added = 0
+        if count > 0 and not self.count:
+            self.try_add(cost)  # a record always fits an empty batch
+            added, count = 1, count - 1
+        peak = max(self.peak, cost)
+        room = min(count, self.max_size - self.count)
+        if peak:
+            room = min(room, self.target // peak - self.count)
+        if room > 0 and self.min_efficiency is not None:
+            room = self._room_at_floor(cost, peak, room)
+        if room <= 0:
+            return added
+        self.count += room
+        self.total += room * cost
+        self.peak = peak
+        self.exhausted = self.count >= self.max_size or (self.count + 1) * max(peak, 1) > self.target
+        return added + room
+
+    def _room_at_floor(self, cost: int, peak: int, room: int) -> int:
+        """How many of ``room`` records of ``cost`` keep the batch at its padding floor,
+        added one by one; the test is :meth:`try_add`'s."""
+        floor, count, total = self.min_efficiency, self.count, self.total
+        assert floor is not None
+
+        def fits(more: int) -> bool:
+            return not total + more * cost < floor * ((count + more) * peak)
+
+        if cost >= floor * peak:  # each record lifts the efficiency: the first decides
+            return room if fits(1) else 0
+        # Each lowers it: solve for the last that fits, then step off rounding.
+        more = min(room, max(0, int((total - floor * count * peak) / (floor * peak - cost))))
+        while more and not fits(more):
+            more -= 1
+        while more < room and fits(more + 1):
+            more += 1
+        return more
+
     def cost(self) -> int:
         return self.count * self.peak
 

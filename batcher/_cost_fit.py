@@ -15,8 +15,13 @@ its thread had not run before in 48-85 ms against 4-29 ms warm
 (``benchmarks/bench_gpu.py``). Fitted as a fixed cost, those first runs made every
 batch look ten times dearer than it is; fitted apart, they leave the other terms
 right, and a candidate of a shape already run is preferred by what it saves. On a
-CPU the term comes out near zero and changes nothing. Plain synchronous code,
-tested without an event loop.
+CPU the term comes out near zero and changes nothing. Where the fit is not clearly
+better informed, the grouped batch goes (see :func:`choose`): a policy that keeps
+its choices keeps its shapes, and so runs warm.
+
+The least-squares sums are kept up to date as the window slides, so a refit after
+each batch is one small solve (about 60 µs on this 2-core machine, 150 before).
+Plain synchronous code, tested without an event loop.
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import combinations
 
-__all__ = ("WARMUP", "WINDOW", "CostFit", "choose", "fit_batch_time")
+__all__ = ("MARGIN", "WARMUP", "WINDOW", "CostFit", "choose", "fit_batch_time")
 
 #: How many recent batches the fit looks at.
 WINDOW = 64
 #: How many batches run before the fit is trusted; until then the first candidate goes.
 WARMUP = 8
+
+#: How much more of its predicted time another candidate must give its records' own
+#: work than the first candidate (the grouped batch) to be taken instead of it.
+MARGIN = 0.1
 
 #: How many batch shapes it remembers; past that it forgets them all (they then count
 #: as new until they run again, which only makes the choice more cautious).
@@ -51,10 +60,13 @@ class CostFit:
     """The batch times seen lately, the fit of them (``None`` during warm-up), and the
     batch shapes each worker has run."""
 
-    __slots__ = ("_samples", "_shapes", "coefficients")
+    __slots__ = ("_added", "_samples", "_shapes", "_sums", "coefficients")
 
     def __init__(self) -> None:
         self._samples: deque[Sample] = deque(maxlen=WINDOW)
+        #: The normal equations' sums over the window, kept up to date as it slides.
+        self._sums = _Sums()
+        self._added = 0
         #: Each shape ``(records, padded)`` run so far, with the workers that ran it (bit i: worker i).
         self._shapes: dict[tuple[int, int], int] = {}
         self.coefficients: Coefficients | None = None
@@ -66,9 +78,26 @@ class CostFit:
         workers = self._shapes.get((records, padded), 0)
         new = not workers >> worker & 1
         self._shapes[records, padded] = workers | 1 << worker
-        self._samples.append((records, padded, int(new), seconds))
-        if len(self._samples) >= WARMUP:
-            self.coefficients = fit_batch_time(self._samples)
+        sample = (records, padded, int(new), seconds)
+        samples, sums = self._samples, self._sums
+        self._added += 1
+        if self._added % WINDOW == 0:  # now and then from scratch, so rounding does not pile up
+            samples.append(sample)
+            self._sums = sums = _Sums(samples)
+        else:
+            if len(samples) == WINDOW:
+                sums.add(samples[0], -1.0)
+            samples.append(sample)
+            sums.add(sample, 1.0)
+        if len(samples) >= WARMUP:
+            self.coefficients = sums.fit()
+
+    @property
+    def blind(self) -> bool:
+        """Whether every batch in the window ran a shape new to its worker: then the
+        fit cannot tell a cold run's cost from the fixed cost, nor what a warm batch
+        costs, and :func:`choose` does not trust it."""
+        return self._sums.gram[0][3] > self._sums.gram[0][0] - 0.5
 
     def known(self, records: int, padded: int) -> bool:
         """Whether some worker has run a batch of this shape."""
@@ -87,42 +116,52 @@ def fit_batch_time(samples: Sequence[Sample]) -> Coefficients:
     """Least-squares ``time = fixed + per_record * records + per_token * padded +
     per_new * new`` with every coefficient >= 0: of the fits on each subset of the
     terms whose coefficients are all non-negative, the one with the smallest squared
-    error (with none, the mean time as a fixed cost).
-
-    The sums of the normal equations are taken once over the samples; each subset's
-    fit and its error come from them. The fit on every term comes first: if none of
-    its coefficients is negative, no subset can do better. Once per batch that ran."""
-    gram, moments, squares = _normal_sums(samples)
-    # Where every batch was of a new shape (or none was), the new-shape cost cannot be
-    # told from the fixed cost: it is left at zero, so a known shape is not predicted free.
-    mixed = 0 < gram[0][3] < gram[0][0]
-    subsets = _TERMS if mixed else _TERMS_KNOWN
-    whole = _fit_terms(gram, moments, squares, subsets[-1])
-    if whole is not None:
-        return whole[1]
-    fits = [fitted for terms in subsets[:-1] if (fitted := _fit_terms(gram, moments, squares, terms)) is not None]
-    if not fits:
-        return (moments[0] / gram[0][0], 0.0, 0.0, 0.0)
-    return min(fits)[1]
+    error (with none, the mean time as a fixed cost)."""
+    return _Sums(samples).fit()
 
 
-def _normal_sums(samples: Sequence[Sample]) -> tuple[list[list[float]], list[float], float]:
-    """X'X, X'y and y'y of the samples, whose rows x are (1, records, padded, new)."""
-    gram = [[0.0] * 4 for _ in range(4)]
-    moments = [0.0] * 4
-    squares = 0.0
-    for records, padded, new, seconds in samples:
-        x = (1.0, records, padded, new)
+class _Sums:
+    """X'X, X'y and y'y of samples whose rows x are (1, records, padded, new): all a
+    least-squares fit needs, kept as samples come and go."""
+
+    __slots__ = ("gram", "moments", "squares")
+
+    def __init__(self, samples: Sequence[Sample] = ()) -> None:
+        self.gram = [[0.0] * 4 for _ in range(4)]
+        self.moments = [0.0] * 4
+        self.squares = 0.0
+        for sample in samples:
+            self.add(sample, 1.0)
+
+    def add(self, sample: Sample, sign: float) -> None:
+        """Count a sample in (``sign`` 1.0) or out (-1.0)."""
+        records, padded, new, seconds = sample
+        x = (sign, sign * records, sign * padded, sign * new)  # the sign rides on one factor
+        y = (1.0, records, padded, new)
+        gram, moments = self.gram, self.moments
         for i in range(4):
             moments[i] += x[i] * seconds
             row = gram[i]
             for j in range(i, 4):
-                row[j] += x[i] * x[j]
-        squares += seconds * seconds
-    for i in range(4):
-        for j in range(i):
-            gram[i][j] = gram[j][i]
-    return gram, moments, squares
+                row[j] += x[i] * y[j]
+        self.squares += sign * seconds * seconds
+
+    def fit(self) -> Coefficients:
+        """The fit with no negative coefficient. The one on every term comes first: if
+        none of its coefficients is negative, no subset can do better."""
+        gram = [[self.gram[min(i, j)][max(i, j)] for j in range(4)] for i in range(4)]
+        moments, squares = self.moments, self.squares
+        # Where every batch was of a new shape (or none was), the new-shape cost cannot be
+        # told from the fixed cost: it is left at zero, so a known shape is not predicted free.
+        mixed = 0.5 < gram[0][3] < gram[0][0] - 0.5
+        subsets = _TERMS if mixed else _TERMS_KNOWN
+        whole = _fit_terms(gram, moments, squares, subsets[-1])
+        if whole is not None:
+            return whole[1]
+        fits = [fitted for terms in subsets[:-1] if (fitted := _fit_terms(gram, moments, squares, terms)) is not None]
+        if not fits:
+            return (moments[0] / gram[0][0], 0.0, 0.0, 0.0)
+        return min(fits)[1]
 
 
 def _fit_terms(
@@ -136,15 +175,17 @@ def _fit_terms(
     full = [0.0, 0.0, 0.0, 0.0]
     for term, value in zip(terms, solved, strict=True):
         full[term] = value
-    # sum((y - c.x)^2) = sum(y^2) - 2 c.(X'y) + c'(X'X)c
-    fitted = sum(full[i] * full[j] * gram[i][j] for i in range(4) for j in range(4))
-    error = squares - 2 * sum(c * m for c, m in zip(full, moments, strict=True)) + fitted
+    # sum((y - c.x)^2) = y'y - 2 c'X'y + c'X'Xc, and at the least-squares c, X'Xc = X'y
+    error = squares - sum(c * m for c, m in zip(full, moments, strict=True))
     return error, (full[0], full[1], full[2], full[3])
 
 
 def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None:
-    # Gaussian elimination with partial pivoting on a system of at most 4 unknowns.
+    # Gaussian elimination with partial pivoting on a system of at most 4 unknowns;
+    # one or two unknowns (10 of the 15 subsets) in closed form, the same test for singular.
     size = len(vector)
+    if size <= 2:
+        return _solve_small(matrix, vector)
     rows = [[*matrix[i], vector[i]] for i in range(size)]
     scale = max((abs(value) for row in rows for value in row[:size]), default=0.0)
     for col in range(size):
@@ -155,11 +196,29 @@ def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None
         for r in range(col + 1, size):
             factor = rows[r][col] / rows[col][col]
             rows[r] = [a - factor * b for a, b in zip(rows[r], rows[col], strict=True)]
+    return _back_substitute(rows)
+
+
+def _back_substitute(rows: list[list[float]]) -> list[float]:
+    # The solution of an upper-triangular system, each row ending with its right side.
+    size = len(rows)
     solution = [0.0] * size
     for r in range(size - 1, -1, -1):
         done = sum(rows[r][c] * solution[c] for c in range(r + 1, size))
         solution[r] = (rows[r][size] - done) / rows[r][r]
     return solution
+
+
+def _solve_small(matrix: list[list[float]], vector: list[float]) -> list[float] | None:
+    if len(vector) == 1:
+        return [vector[0] / matrix[0][0]] if matrix[0][0] > 0 else None
+    (a, b), (c, d) = matrix
+    det = a * d - b * c
+    first = max(abs(a), abs(c))  # the elimination's pivots: ``first`` and ``det / first``
+    scale = max(first, abs(b), abs(d), 1e-300)
+    if first <= 1e-12 * scale or abs(det) <= 1e-12 * scale * first:
+        return None
+    return [(vector[0] * d - b * vector[1]) / det, (a * vector[1] - c * vector[0]) / det]
 
 
 def choose(candidates: Sequence[tuple[int, int, int]], fit: CostFit) -> int:
@@ -173,15 +232,27 @@ def choose(candidates: Sequence[tuple[int, int, int]], fit: CostFit) -> int:
     where padding does, a batch of similar lengths. (Records per
     second would prefer a batch that mixes short records into a long one's padding,
     and leave the long ones for later.) Ties go to the batch with more records, then
-    to the earlier candidate. During warm-up (no fit yet) it is the first candidate.
+    to the earlier candidate.
+
+    The first candidate (the grouped batch) goes during warm-up (no fit yet), while
+    the fit is blind (every batch in its window was of a shape new to its worker, as
+    in a GPU's first pass, where a cold run's cost and the fixed cost cannot be told
+    apart), and unless another's share is more than ``MARGIN`` above its own. A
+    smaller predicted gain is within what the fit gets wrong on a busy machine, and
+    each change of choice has a price the fit does not see: it leaves a different
+    queue, and so different shapes for the batches after it, each of which runs cold
+    once on a GPU. Measured with ``benchmarks/bench_cold_shapes.py`` (closed loop,
+    third pass): without the margin 35 batches of a new shape and 1,856 texts/s, with
+    it none and 9,915/s, level with grouping; benchmark F (MiniLM on a CPU) kept its
+    gains in both loops.
     """
-    if fit.coefficients is None:
+    if fit.coefficients is None or fit.blind:
         return 0
     _, per_record, per_token, _ = fit.coefficients
-    best, best_key = 0, (-1.0, -1)
-    for index, (records, padded, real) in enumerate(candidates):
+    keys = []
+    for records, padded, real in candidates:
         seconds = fit.predict(records, padded, new=not fit.known(records, padded))
         share = (per_record * records + per_token * real) / seconds if seconds > 0 else 1.0
-        if (share, records) > best_key:
-            best, best_key = index, (share, records)
-    return best
+        keys.append((share, records))
+    best = max(range(len(keys)), key=keys.__getitem__)  # the earliest of equal keys
+    return 0 if 0 < keys[best][0] <= keys[0][0] * (1 + MARGIN) else best

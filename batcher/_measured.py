@@ -8,13 +8,17 @@ around the oldest record at each padding-efficiency floor of ``FLOORS`` (with no
 first: the choice while the fit warms up), and the arrival-order prefix. Planning a
 candidate reads the pool without changing it; only the chosen one is taken out.
 Within one cost, every candidate takes the oldest records first, so each takes a
-front part of each cost's FIFO.
+front part of each cost's FIFO: a grouped plan counts how many it takes of each
+cost (``PaddedBudget.add_many``), from fronts read once a take and shared by the
+plans, and only the chosen plan's records are listed. A take from a pool of 4,096
+records costs about 190 µs (490 µs record by record).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from itertools import islice
 from typing import Any, TypeVar
 
 from ._assembly import GroupedAssembly
@@ -25,29 +29,28 @@ __all__ = ("FLOORS", "MeasuredAssembly")
 
 T = TypeVar("T", bound=Hashable)
 
+_NOTHING: Iterator[Any] = iter(())
+
 #: The padding-efficiency floors of the grouped candidates (``None``: none).
 FLOORS = (None, 0.5, 0.75, 0.9)
 
 
 class _Plan:
-    """A candidate batch: its records in order, and how many it takes of each cost."""
+    """A candidate batch: how many it takes of each cost, in the order it took them
+    (or, for the arrival-order one, its records in order)."""
 
     __slots__ = ("budget", "items", "per_cost")
 
     def __init__(self, budget: PaddedBudget) -> None:
         self.budget = budget
-        self.items: list[Any] = []
+        self.items: list[Any] | None = None
         self.per_cost: dict[int, int] = {}
-
-    def add(self, item: Any, cost: int) -> None:
-        self.items.append(item)
-        self.per_cost[cost] = self.per_cost.get(cost, 0) + 1
 
 
 class MeasuredAssembly(GroupedAssembly[T]):
     """Batches chosen among candidates by the records per predicted second of ``fit``."""
 
-    __slots__ = ("_fit", "_max_size", "_target")
+    __slots__ = ("_fit", "_fronts", "_max_size", "_target")
 
     def __init__(
         self,
@@ -63,43 +66,68 @@ class MeasuredAssembly(GroupedAssembly[T]):
         )
         self._target, self._max_size = target_cost, max_batch_size
         self._fit = fit
+        #: Within one take: the live records read so far from the front of each cost's
+        #: FIFO, and the rest of it.
+        self._fronts: dict[int, tuple[list[T], Iterator[T]]] = {}
 
     def take(self) -> tuple[list[T], int]:
         """Remove and return the chosen candidate batch and its padded cost."""
         oldest = self.oldest()
         if oldest is None:
             return [], 0
+        self._fronts.clear()
         # Grouped with no floor first: the choice during warm-up, as with group_by_cost.
-        plans = [*(self._grouped_plan(*oldest, floor) for floor in FLOORS), self._fifo_plan()]
-        shapes = [(len(p.items), p.budget.cost(), p.budget.total) for p in plans]
+        plans = [*(self._grouped_plan(oldest[1], floor) for floor in FLOORS), self._fifo_plan()]
+        shapes = [(p.budget.count, p.budget.cost(), p.budget.total) for p in plans]
         plan = plans[choose(shapes, self._fit)]
-        self._take_out(plan)
-        return plan.items, plan.budget.cost()
+        items = self._items(plan)
+        self._take_out(plan, items)
+        self._fronts.clear()
+        return items, plan.budget.cost()
+
+    def _front(self, cost: int, need: int) -> list[T]:
+        """At least ``need`` of the live records at the front of this cost's FIFO,
+        oldest first (fewer if it has fewer), read once a take and shared by the plans."""
+        entry = self._fronts.get(cost)
+        if entry is None:
+            bucket, live = self._buckets[cost], self._live
+            if len(bucket) <= need:  # all of it, at once (most are short)
+                front = list(bucket) if live is None else [item for item in bucket if live(item)]
+                entry = self._fronts[cost] = (front, _NOTHING)
+                return front
+            entry = self._fronts[cost] = ([], iter(bucket) if live is None else filter(live, bucket))
+        front, rest = entry
+        if len(front) < need:
+            front += islice(rest, need - len(front))
+        return front
 
     def _fifo_plan(self) -> _Plan:
         """The longest prefix of the arrival order within the padded budget."""
         plan = _Plan(PaddedBudget(self._target, self._max_size, None))
-        taken, live = self._taken, self._live
+        items: list[T] = []
+        taken, live, budget, per_cost = self._taken, self._live, plan.budget, plan.per_cost
         for item, cost in zip(self._arrivals, self._arrival_costs, strict=True):
             if item in taken or (live is not None and not live(item)):
                 continue
-            if not plan.budget.try_add(cost):
+            if not budget.try_add(cost):
                 break
-            plan.add(item, cost)
+            items.append(item)
+            per_cost[cost] = per_cost.get(cost, 0) + 1
+        plan.items = items
         return plan
 
-    def _grouped_plan(self, oldest: T, cost: int, floor: float | None) -> _Plan:
-        """The oldest record and, outward from its cost, the nearest costs' oldest
-        records while the budget and ``floor`` allow (as ``GroupedAssembly`` does)."""
+    def _grouped_plan(self, cost: int, floor: float | None) -> _Plan:
+        """The oldest record (the first of its cost) and its cost's next ones, then,
+        outward from its cost, the nearest costs' oldest records while the budget and
+        ``floor`` allow (as ``GroupedAssembly`` does)."""
         plan = _Plan(PaddedBudget(self._target, self._max_size, floor))
-        plan.budget.try_add(cost)
-        plan.add(oldest, cost)
         costs = self._costs
         high = bisect_left(costs, cost)
         low = high - 1
+        high = len(costs) if self._plan_cost(cost, plan) else high + 1
         while low >= 0 or high < len(costs):
             go_left = high >= len(costs) or (low >= 0 and cost - costs[low] <= costs[high] - cost)
-            if self._plan_cost(costs[low if go_left else high], oldest, plan):  # misfit: this side is done
+            if self._plan_cost(costs[low if go_left else high], plan):  # misfit: this side is done
                 low, high = (-1, high) if go_left else (low, len(costs))
             elif go_left:
                 low -= 1
@@ -107,30 +135,50 @@ class MeasuredAssembly(GroupedAssembly[T]):
                 high += 1
         return plan
 
-    def _plan_cost(self, cost: int, oldest: T, plan: _Plan) -> bool:
-        """Add the live records of one cost, oldest first, while they fit; return
-        whether one did not."""
-        live = self._live
-        for item in self._buckets[cost]:
-            if item is oldest or (live is not None and not live(item)):
-                continue
-            if not plan.budget.try_add(cost):
-                return True
-            plan.add(item, cost)
-        return False
+    def _plan_cost(self, cost: int, plan: _Plan) -> bool:
+        """Add the front records of one cost while they fit; return whether one did not."""
+        budget = plan.budget
+        count, peak = budget.count, budget.peak
+        if cost > peak:
+            peak = cost
+        # At most this many more of this cost can join (an empty batch takes one).
+        most = self._max_size if not peak or self._target // peak > self._max_size else self._target // peak
+        most = most - count if most > count else 0 if count else 1
+        front = self._front(cost, most + 1)
+        if not front:  # every record of this cost was withdrawn
+            return False
+        if most == 1 or len(front) == 1:
+            added = int(budget.try_add(cost))
+        else:
+            added = budget.add_many(cost, min(most, len(front)))
+        if added:
+            plan.per_cost[cost] = added
+        return added < len(front)
 
-    def _take_out(self, plan: _Plan) -> None:
+    def _items(self, plan: _Plan) -> list[T]:
+        if plan.items is not None:
+            return plan.items
+        items: list[T] = []
+        for cost, count in plan.per_cost.items():  # in the order the plan took them
+            items += self._fronts[cost][0][:count]
+        return items
+
+    def _take_out(self, plan: _Plan, items: list[T]) -> None:
         """Remove the plan's records from their costs' FIFOs (each a front part of
         its FIFO, with any withdrawn record among them); arrivals skip them later."""
-        planned = set(plan.items)
+        planned, taken = set(items), self._taken
+        taken |= planned
         for cost, count in plan.per_cost.items():
             bucket = self._buckets[cost]
+            popped = 0
             while count:
-                item = bucket[0]
-                self._pop_first(cost, keep_bucket=True)
-                self._taken.add(item)
+                item = bucket.popleft()
+                popped += 1
                 if item in planned:
                     count -= 1
+                else:  # withdrawn
+                    taken.add(item)
+            self._count -= popped
             if not bucket:
                 del self._buckets[cost]
                 del self._costs[bisect_left(self._costs, cost)]

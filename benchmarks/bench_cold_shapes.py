@@ -38,6 +38,7 @@ BUDGET = 16_384
 PASSES = 3
 POLICIES: dict[str, dict[str, Any]] = {
     "FIFO sum": {},
+    "FIFO padded": {"cost_model": "padded"},
     "padded grouped": {"cost_model": "padded", "group_by_cost": True},
     "measured": {"cost_model": "measured"},
 }

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batcher._assembly import FifoAssembly, GroupedAssembly, batch_cost, make_assembly
+from batcher._budget import PaddedBudget
 from batcher._cost_fit import CostFit
 from batcher._measured import MeasuredAssembly
 from batcher._protocols import CostModel
@@ -165,6 +166,30 @@ class TestEveryAssembly:
     ) -> None:
         placed = [item for taken in run(config, record_costs, schedule) for item in taken.batch]
         assert sorted(placed) == list(range(len(record_costs)))
+
+
+class TestPaddedBudget:
+    @settings(max_examples=600, deadline=None)
+    @given(
+        target=st.integers(1, 200),
+        max_size=st.integers(1, 12),
+        floor=st.sampled_from([None, 0.3, 0.5, 0.75, 0.9, 1.0]),
+        before=st.lists(st.integers(0, 80), max_size=5),
+        cost=st.integers(0, 80),
+        count=st.integers(0, 15),
+    )
+    def test_add_many_adds_as_try_add_one_by_one_would(
+        self, target: int, max_size: int, floor: float | None, before: list[int], cost: int, count: int
+    ) -> None:
+        one_by_one, at_once = PaddedBudget(target, max_size, floor), PaddedBudget(target, max_size, floor)
+        for earlier in before:
+            assert one_by_one.try_add(earlier) == at_once.try_add(earlier)
+        added = 0
+        while added < count and one_by_one.try_add(cost):
+            added += 1
+        assert at_once.add_many(cost, count) == added
+        state = ("count", "total", "peak", "exhausted")
+        assert [getattr(at_once, name) for name in state] == [getattr(one_by_one, name) for name in state]
 
 
 class TestFifoAssembly:

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from batcher._cost_fit import WARMUP, CostFit, choose, fit_batch_time
+from batcher._cost_fit import MARGIN, WARMUP, WINDOW, CostFit, choose, fit_batch_time
 from batcher._measured import MeasuredAssembly
 
 
@@ -90,6 +90,18 @@ class TestFit:
         fit.add(4, 40, 0.01)
         assert fit.predict(4, 40) == pytest.approx(0.01)
 
+    def test_the_sliding_sums_fit_as_the_window_does(self) -> None:
+        # The sums are kept up to date as samples come and go, and now and then redone.
+        rng = random.Random(3)
+        fit = CostFit()
+        for count in range(1, 3 * WINDOW + 10):
+            records = rng.randint(1, 64)
+            fit.add(records, records * rng.choice((32, 64, 128)), rng.uniform(1e-3, 5e-3), rng.randint(0, 1))
+            if count >= WARMUP:
+                window = list(fit._samples)
+                assert len(window) == min(count, WINDOW)
+                assert fit.coefficients == pytest.approx(fit_batch_time(window), rel=1e-6, abs=1e-12)
+
     def test_identical_batches_fit_as_a_fixed_cost(self) -> None:
         samples = [(8, 800, 0, 0.004)] * 10  # one shape only: the terms cannot be told apart
         fixed, per_record, per_token, per_new = fit_batch_time(samples)
@@ -110,7 +122,7 @@ class TestChoose:
 
     def test_without_a_per_record_or_token_cost_the_larger_batch_wins(self) -> None:
         fit = CostFit()
-        for records in range(1, 20):
+        for records in (*range(1, 20), 1):  # one shape again: the fit is not blind
             fit.add(records, records * 10, 0.003)
         assert fit.coefficients == pytest.approx((0.003, 0, 0, 0))
         assert choose([(3, 30, 30), (9, 90, 90), (5, 50, 50)], fit) == 1
@@ -122,6 +134,27 @@ class TestChoose:
         fit.add(40, 40 * 32, 2e-3 + 2e-7 * 40 * 32)
         assert choose(self.CANDIDATES, fit) == 1
         assert choose(self.CANDIDATES, timed(2e-3, 0, 2e-7, batches=64)) == 0  # no such cost: the larger
+
+    @pytest.mark.parametrize(("gain", "chosen"), [(MARGIN / 2, 0), (MARGIN * 2, 1)])
+    def test_the_first_candidate_goes_unless_another_gains_more_than_the_margin(self, gain: float, chosen: int) -> None:
+        # Time is per padded token only, so a batch's share is its real over padded tokens.
+        fit = timed(0, 0, 1e-6)
+        first = (10, 1000, 500)
+        other = (10, 1000, round(500 * (1 + gain)))
+        assert choose([first, other], fit) == chosen
+
+    def test_the_first_candidate_while_every_batch_was_of_a_new_shape(self) -> None:
+        # As in a GPU's first pass, no shape has run twice: the fit cannot tell a cold
+        # run's cost from the fixed cost, so its choice is not taken (here it is right).
+        fit = CostFit()
+        shapes = [(records, records * (40 + 30 * (records % 5))) for records in range(1, 20)]
+        for records, padded in shapes:
+            fit.add(records, padded, 1e-4 + 1e-6 * padded)
+        assert fit.blind
+        assert choose(self.CANDIDATES, fit) == 0
+        fit.add(*shapes[-1], 1e-4 + 1e-6 * shapes[-1][1])  # a shape again
+        assert not fit.blind
+        assert choose(self.CANDIDATES, fit) == 1
 
     def test_the_first_candidate_during_warm_up(self) -> None:
         assert choose(self.CANDIDATES[::-1], CostFit()) == 0
