@@ -78,6 +78,14 @@ class PaddedBudget(Budget):
         self.exhausted = count >= self.max_size or (count + 1) * max(self.peak, 1) > self.target
         return True
 
+    def room(self, cost: int) -> int:
+        """How many more records of this cost the size limit and the padded budget
+        allow (at least one in an empty batch); the floor may allow fewer."""
+        peak = cost if cost > self.peak else self.peak
+        most = self.target // peak if peak and self.target // peak < self.max_size else self.max_size
+        count = self.count
+        return most - count if most > count else 0 if count else 1
+
     def add_many(self, cost: int, count: int) -> int:
         """Add up to ``count`` records of one cost, as that many :meth:`try_add` calls
         would until the first refusal; return how many it added."""
@@ -86,9 +94,7 @@ class PaddedBudget(Budget):
             self.try_add(cost)  # a record always fits an empty batch
             added, count = 1, count - 1
         peak = max(self.peak, cost)
-        room = min(count, self.max_size - self.count)
-        if peak:
-            room = min(room, self.target // peak - self.count)
+        room = min(count, self.room(cost))
         if room > 0 and self.min_efficiency is not None:
             room = self._room_at_floor(cost, peak, room)
         if room <= 0:

@@ -75,14 +75,15 @@ class MeasuredAssembly(GroupedAssembly[T]):
         oldest = self.oldest()
         if oldest is None:
             return [], 0
-        self._fronts.clear()
-        # Grouped with no floor first: the choice during warm-up, as with group_by_cost.
-        plans = [*(self._grouped_plan(oldest[1], floor) for floor in FLOORS), self._fifo_plan()]
-        shapes = [(p.budget.count, p.budget.cost(), p.budget.total) for p in plans]
-        plan = plans[choose(shapes, self._fit)]
-        items = self._items(plan)
+        try:
+            # Grouped with no floor first: the choice during warm-up, as with group_by_cost.
+            plans = [*(self._grouped_plan(oldest[1], floor) for floor in FLOORS), self._fifo_plan()]
+            shapes = [(p.budget.count, p.budget.cost(), p.budget.total) for p in plans]
+            plan = plans[choose(shapes, self._fit)]
+            items = self._items(plan)
+        finally:
+            self._fronts.clear()  # the fronts read the FIFOs that the take-out changes
         self._take_out(plan, items)
-        self._fronts.clear()
         return items, plan.budget.cost()
 
     def _front(self, cost: int, need: int) -> list[T]:
@@ -138,16 +139,11 @@ class MeasuredAssembly(GroupedAssembly[T]):
     def _plan_cost(self, cost: int, plan: _Plan) -> bool:
         """Add the front records of one cost while they fit; return whether one did not."""
         budget = plan.budget
-        count, peak = budget.count, budget.peak
-        if cost > peak:
-            peak = cost
-        # At most this many more of this cost can join (an empty batch takes one).
-        most = self._max_size if not peak or self._target // peak > self._max_size else self._target // peak
-        most = most - count if most > count else 0 if count else 1
-        front = self._front(cost, most + 1)
+        most = budget.room(cost)
+        front = self._front(cost, most + 1)  # one more than fits tells a misfit
         if not front:  # every record of this cost was withdrawn
             return False
-        if most == 1 or len(front) == 1:
+        if most == 1 or len(front) == 1:  # one record to try, as most costs hold
             added = int(budget.try_add(cost))
         else:
             added = budget.add_many(cost, min(most, len(front)))
