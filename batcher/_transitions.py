@@ -65,10 +65,11 @@ def _waits(taken: list[BatchFuture[Any]], counters: Counters) -> list[float]:
     return waits
 
 
-def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: Counters) -> None:
+def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: Counters) -> int:
     """End each future of a dispatched batch with its result; an ``Exception``
-    in a slot fails that future alone."""
-    failed = 0
+    in a slot fails that future alone. Return how many had a caller waiting (an
+    event: those callers share as many events or fewer)."""
+    failed = waited = 0
     for future, result in zip(batch, results, strict=True):
         # _finish() for a dispatched future, written out: this runs once per record,
         # and the call cost 2-3 % of throughput (BENCHMARKS.md, "Against an earlier
@@ -82,8 +83,10 @@ def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: 
         event = future._event
         if event is not None:
             event.set()
+            waited += 1
     counters.completed += len(batch)
     counters.failed += failed
+    return waited
 
 
 def end(future: BatchFuture[Any], value: Any, counters: Counters) -> None:

@@ -33,6 +33,11 @@ logger = logging.getLogger("batcher")
 #: filled, so it is dropped wherever a batch would be failed.
 RETIRE: Final[Batch] = []
 
+#: A settled batch that woke at least this many waiting callers makes the worker
+#: wait one more turn of the event loop before it settles the next (see
+#: ``Worker._handover``).
+CROWD: Final = 128
+
 #: A batch whose results are in, and the results.
 _Finished = tuple[list[BatchFuture[Any]], list[Any]]
 
@@ -67,13 +72,14 @@ class Worker:
     async def _take_batches(self) -> None:
         counters, run = self._counters, self._run
         finished: _Finished | None = None  # results in, not yet handed to the futures
+        crowd = False  # the last batch settled woke a crowd of waiting callers
         try:
             while not run.retiring:
                 run.worker_ready()
                 batch = None
                 if finished is not None:
-                    batch = await self._handover()
-                    settle(*finished, counters)
+                    batch = await self._handover(crowd)
+                    crowd = settle(*finished, counters) >= CROWD
                     finished = None
                 if batch is None:
                     batch = await self._next_batch()
@@ -102,11 +108,20 @@ class Worker:
         self._counters.idle += perf_counter() - idle_from
         return batch
 
-    async def _handover(self) -> Batch | None:
+    async def _handover(self, crowd: bool) -> Batch | None:
         """Give the aggregator, just woken, a turn to hand over the batch that grew
         while the model ran, and take it if it is there. The model starts on it
-        before the callers of the finished batch resume and compete for the loop."""
+        before the callers of the finished batch resume and compete for the loop.
+
+        After waking a ``crowd`` (``CROWD`` waiting callers or more), wait a second turn,
+        so that its callers have run before the next batch's are woken (trio runs
+        a turn's tasks in either order). Each wake-up allocates, and what they free
+        is counted only once they run: two crowds woken back to back pass the cyclic
+        GC's threshold, and each collection then scans every caller still parked (on
+        trio with 10,000 closed-loop callers: 11.5 µs a record, 7.4 with the turn)."""
         await checkpoint()
+        if crowd:
+            await checkpoint()
         try:
             return self._batches.receive_nowait()
         except (anyio.WouldBlock, anyio.EndOfStream):

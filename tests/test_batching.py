@@ -11,6 +11,7 @@ import pytest
 
 from batcher import BatchFuture, DynamicBatcher
 from batcher._submission import COHORT
+from batcher._worker import CROWD
 
 from .helpers import Recorder, blocked_batcher
 
@@ -216,6 +217,34 @@ class TestConcurrency:
         for thread in owned:  # each exits once the batcher has stopped
             await anyio.to_thread.run_sync(thread.join, 5)
             assert not thread.is_alive()
+
+    async def test_callers_of_a_crowded_batch_run_before_the_next_batch_is_settled(self) -> None:
+        # Each wake-up allocates, and trio runs a turn's tasks in either order: a
+        # worker that settled the next batch before the last crowd ran would push the
+        # cyclic GC past its threshold (Worker._handover). The model is called for
+        # batch n + 2 just after batch n + 1 settles: by then every caller of batch n
+        # has returned whenever batch n woke CROWD callers or more.
+        returned: set[int] = set()
+        batches: list[list[int]] = []
+        late: list[int] = []
+
+        async def fn(batch: list[int]) -> list[int]:
+            if len(batches) >= 2 and len(batches[-2]) >= CROWD:
+                late.extend(record for record in batches[-2] if record not in returned)
+            batches.append(batch)
+            return batch
+
+        async def caller(record: int) -> None:
+            assert await batcher.call(record) == record
+            returned.add(record)
+
+        with anyio.fail_after(10):
+            async with DynamicBatcher(fn, max_batch_size=CROWD, max_queue_size=20 * CROWD) as batcher:
+                async with anyio.create_task_group() as tg:
+                    for record in range(12 * CROWD):
+                        tg.start_soon(caller, record)
+        assert sum(len(batch) >= CROWD for batch in batches) >= 8
+        assert late == []
 
 
 class TestResults:
