@@ -9,6 +9,10 @@
 * Backlog: ``submit_batch`` of N records (10,000 to 1,000,000) with
   ``max_queue_size=N``, then every future awaited; µs per record, floor beside.
 * ``max_batch_size`` (16 to 4,096): 100,000 records, open loop; µs per record.
+* Burst: N concurrent ``call()``s (10,000) released at once, each task making one
+  call and ending, default settings; FIFO and grouped (padded costs 1-512,
+  8,192-token budget), the floors beside (their ``submit()``); µs per record, from
+  the release until every task has ended.
 * Bytes per waiting caller: traced memory per task parked in ``call()`` while
   the model holds a batch, beside a task parked on a bare ``anyio.Event``.
 * Grouping pool: ``group_by_cost=True``, ``cost_model="padded"``, an echo model,
@@ -156,6 +160,39 @@ def medians(cells: dict[Hashable, Callable[[], float]], reps: int) -> dict[Hasha
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
+def _burst_cost(record: int) -> int:
+    """A padded cost of 1-512 tokens that looks random and is the same in every run."""
+    return 1 + record * 2_654_435_761 % 512
+
+
+BURST_ROWS = ("FIFO", "grouped", "floor")
+
+
+def burst_figures(callers: int, reps: int) -> dict[Hashable, float]:
+    """µs per record by (row, backend) for ``callers`` concurrent callers released at
+    once: a closed loop with one record per producer."""
+    cells: dict[Hashable, Callable[[], float]] = {}
+    for backend in BACKENDS:
+        floor = FloorBatcher if backend == "asyncio" else TrioFloorBatcher
+        grouped = partial(
+            DynamicBatcher,
+            _echo,
+            cost_estimator=_burst_cost,
+            cost_model="padded",
+            group_by_cost=True,
+            target_batch_cost=8192,
+        )
+        openers: dict[str, Callable[[], Any]] = {
+            "FIFO": partial(DynamicBatcher, _echo),
+            "grouped": grouped,
+            "floor": partial(floor, _echo),
+        }
+        for row, opener in openers.items():
+            run = partial(_closed_loop, opener, callers, callers, row != "floor")
+            cells[row, backend] = _us_per_record(run, backend, callers)
+    return medians(cells, reps)
+
+
 @dataclass(frozen=True)
 class Sizes:
     producers: Sequence[int]
@@ -166,6 +203,7 @@ class Sizes:
     waiters: int
     pools: Sequence[int]
     stall_records: int
+    burst: int
 
 
 FULL = Sizes(
@@ -177,8 +215,9 @@ FULL = Sizes(
     10_000,
     (1_000, 10_000, 100_000),
     100_000,
+    10_000,
 )
-QUICK = Sizes((10, 100, 1_000), 2_000, (1_000,), (16, 256), 2_000, 1_000, (1_000, 10_000), 10_000)
+QUICK = Sizes((10, 100, 1_000), 2_000, (1_000,), (16, 256), 2_000, 1_000, (1_000, 10_000), 10_000, 1_000)
 
 PRODUCER_COLUMNS = ("asyncio", "trio", "asyncio call", "trio call", "asyncio floor", "trio floor")
 
@@ -330,6 +369,9 @@ def run(quick: bool, reps: int) -> tuple[list[str], list[Check]]:
     batch = batch_size_figures(sizes.batch_sizes, sizes.batch_records, reps)
     lines += ["", f"max_batch_size (open loop, {sizes.batch_records:,} records): µs per record, median of {reps}"]
     lines += _table("batch size", sizes.batch_sizes, BACKENDS, batch)
+    burst = burst_figures(sizes.burst, reps)
+    lines += ["", f"burst ({sizes.burst:,} concurrent call()s released at once): µs per record, median of {reps}"]
+    lines += _table("", BURST_ROWS, BACKENDS, burst)
     waiters = waiter_figures(sizes.waiters)
     lines += ["", f"bytes per waiting caller ({sizes.waiters:,} tasks parked, model blocked; tracemalloc)"]
     lines += _table("", ("call()", "bare wait"), BACKENDS, waiters, ",.0f")
