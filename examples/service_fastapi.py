@@ -34,6 +34,11 @@ from pydantic import BaseModel
 from batcher import BatcherOverloadedError, QueueTimeoutError, TokenBatcher
 from batcher.metrics import PrometheusObserver
 
+#: Idle connections stay open this long, longer than pooled clients keep theirs (httpx:
+#: 5 s, uvicorn's own default). A server that closes first races the client's next
+#: request on that connection, which then fails with "connection reset by peer".
+KEEP_ALIVE_S = 75
+
 
 class EmbedRequest(BaseModel):
     text: str
@@ -95,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     embed = minilm_embed() if "--minilm" in args else simulated_embed
     ports = [arg for arg in args if arg.isdigit()]
-    uvicorn.run(create_app(embed), host="127.0.0.1", port=int(ports[0]) if ports else 8000)
+    port = int(ports[0]) if ports else 8000
+    uvicorn.run(create_app(embed), host="127.0.0.1", port=port, timeout_keep_alive=KEEP_ALIVE_S)
 
 
 if __name__ == "__main__":

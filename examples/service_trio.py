@@ -26,9 +26,9 @@ from batcher import BatcherOverloadedError, QueueTimeoutError, TokenBatcher
 from batcher.metrics import PrometheusObserver
 
 try:
-    from .service_fastapi import simulated_embed
+    from .service_fastapi import KEEP_ALIVE_S, simulated_embed
 except ImportError:  # run as a script
-    from service_fastapi import simulated_embed  # type: ignore[no-redef]
+    from service_fastapi import KEEP_ALIVE_S, simulated_embed  # type: ignore[no-redef]
 
 
 def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: Any) -> QuartTrio:
@@ -69,6 +69,7 @@ async def run(app: QuartTrio, bind: str, shutdown: trio.Event | None = None) -> 
     config = Config()
     config.bind = [bind]
     config.graceful_timeout = 30
+    config.keep_alive_timeout = KEEP_ALIVE_S  # longer than pooled clients keep theirs
     trigger = trio.Event() if shutdown is None else shutdown
     await serve(app, config, shutdown_trigger=trigger.wait)  # type: ignore[arg-type]
 

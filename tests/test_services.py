@@ -39,7 +39,8 @@ def fastapi_server(**settings: Any) -> Iterator[tuple[str, TokenBatcher[str, Any
     """Serve the FastAPI example; yield its URL, its batcher, and a function that
     begins a graceful stop. The server is stopped and joined on the way out."""
     app = service_fastapi.create_app(**settings)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_keep_alive=service_fastapi.KEEP_ALIVE_S)
+    server = uvicorn.Server(config)
     sock = free_socket()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
