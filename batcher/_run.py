@@ -168,9 +168,10 @@ class Run(Intake):
         return self._free_workers > 0
 
     def worker_ready(self) -> None:
-        """A worker waits for its next batch; wake the aggregator if it was the only one."""
+        """A worker waits for its next batch; wake the aggregator if it was the only
+        one and records are queued (otherwise the next record wakes it)."""
         self._free_workers += 1
-        if self._free_workers == 1:
+        if self._free_workers == 1 and self.counters.queued:
             self._wake_aggregator()
 
     def _wake_aggregator(self) -> None:

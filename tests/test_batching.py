@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from batcher import BatchFuture, DynamicBatcher
+from batcher._aggregator import Aggregator
 from batcher._submission import COHORT
 from batcher._worker import CROWD
 
@@ -245,6 +246,33 @@ class TestConcurrency:
                         tg.start_soon(caller, record)
         assert sum(len(batch) >= CROWD for batch in batches) >= 8
         assert late == []
+
+    async def test_a_batch_that_ends_with_nothing_queued_wakes_no_loop(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # With nothing queued, the worker neither wakes the aggregator nor takes its
+        # hand-over turn: a lone request's result comes back a turn sooner.
+        passes = 0
+        pull = Aggregator._pull_queued
+
+        def counted(self: Aggregator, *args: Any) -> None:
+            nonlocal passes
+            passes += 1
+            pull(self, *args)
+
+        monkeypatch.setattr(Aggregator, "_pull_queued", counted)
+        after_model: list[int] = []
+
+        async def fn(batch: list[int]) -> list[int]:
+            nonlocal passes
+            passes = 0
+            return batch
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                for record in range(5):
+                    assert await batcher.call(record) == record
+                    await anyio.wait_all_tasks_blocked()
+                    after_model.append(passes)
+        assert after_model == [0] * 5
 
 
 class TestResults:
