@@ -43,7 +43,8 @@ INTAKE = 1024
 
 
 #: The message a worker that has just become free sends into the submission
-#: stream, so that the aggregator, asleep until a record arrives, looks again: a
+#: stream while records are queued, so that the aggregator, asleep until a record
+#: arrives, looks again (``Run.worker_ready``): a
 #: future withdrawn from the start, which the aggregator drops as it drops any.
 WAKE_UP: Final = withdrawn()
 

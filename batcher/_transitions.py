@@ -67,8 +67,8 @@ def _waits(taken: list[BatchFuture[Any]], counters: Counters) -> list[float]:
 
 def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: Counters) -> int:
     """End each future of a dispatched batch with its result; an ``Exception``
-    in a slot fails that future alone. Return how many had a caller waiting (an
-    event: those callers share as many events or fewer)."""
+    in a slot fails that future alone. Return how many of them a caller waited
+    on (had an event, perhaps shared with others)."""
     failed = waited = 0
     for future, result in zip(batch, results, strict=True):
         # _finish() for a dispatched future, written out: this runs once per record,

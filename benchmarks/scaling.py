@@ -171,17 +171,17 @@ BURST_ROWS = ("FIFO", "grouped", "floor")
 def burst_figures(callers: int, reps: int) -> dict[Hashable, float]:
     """µs per record by (row, backend) for ``callers`` concurrent callers released at
     once: a closed loop with one record per producer."""
+    grouped = partial(
+        DynamicBatcher,
+        _echo,
+        cost_estimator=_burst_cost,
+        cost_model="padded",
+        group_by_cost=True,
+        target_batch_cost=8192,
+    )
     cells: dict[Hashable, Callable[[], float]] = {}
     for backend in BACKENDS:
         floor = FloorBatcher if backend == "asyncio" else TrioFloorBatcher
-        grouped = partial(
-            DynamicBatcher,
-            _echo,
-            cost_estimator=_burst_cost,
-            cost_model="padded",
-            group_by_cost=True,
-            target_batch_cost=8192,
-        )
         openers: dict[str, Callable[[], Any]] = {
             "FIFO": partial(DynamicBatcher, _echo),
             "grouped": grouped,
