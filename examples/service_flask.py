@@ -21,8 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from functools import partial
+from contextlib import contextmanager, suppress
 from typing import Any, NamedTuple
 
 import httpx
@@ -33,6 +32,7 @@ from waitress import wasyncore  # type: ignore[import-untyped, unused-ignore]
 from batcher import BatchStats, SyncBatcher, TokenBatcher
 
 REQUEST_TIMEOUT_S = 10.0
+POLL_S = 0.5  # the longest a stopping server's loop sleeps before it sees the stop
 
 
 class HashEmbedder:
@@ -92,15 +92,26 @@ def serving(
     with SyncBatcher(model, backend=backend) as batcher:
         sockets: dict[int, Any] = {}
         server = waitress.create_server(create_app(batcher), map=sockets, host=host, port=port, threads=threads)
-        loop = threading.Thread(target=server.run, name="waitress-loop")
+        stop = threading.Event()
+        loop = threading.Thread(target=_serve_until, args=(sockets, stop), name="waitress-loop")
         loop.start()
         try:
             yield Service(f"http://{host}:{server.effective_port}", batcher)
         finally:
-            # Close every socket from the server's own loop thread, which then ends.
-            server.trigger.pull_trigger(partial(wasyncore.close_all, sockets))
+            stop.set()
+            with suppress(OSError):  # wake the loop now; if its wake-up pipe is gone, its next poll sees `stop`
+                server.pull_trigger()
             loop.join()
             server.task_dispatcher.shutdown()
+
+
+def _serve_until(sockets: dict[int, Any], stop: threading.Event) -> None:
+    """Waitress's loop, one poll at a time, until ``stop`` is set; then close every
+    socket from this thread, the one that owns them. Each poll waits at most
+    ``POLL_S``, so the loop stops even when nothing wakes it."""
+    while sockets and not stop.is_set():
+        wasyncore.loop(timeout=POLL_S, map=sockets, count=1)
+    wasyncore.close_all(sockets)
 
 
 def post_all(url: str, texts: list[str], concurrency: int = 200) -> list[list[float]]:

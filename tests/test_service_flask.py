@@ -38,3 +38,25 @@ def test_leaving_the_block_stops_the_server_and_its_threads() -> None:
     with pytest.raises(httpx.ConnectError):
         httpx.post(f"{service.url}/embed", json={"text": "hi"}, timeout=10)
     assert set(threading.enumerate()) <= before
+
+
+def test_the_server_stops_even_if_its_wake_up_pipe_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI once saw waitress's wake-up pipe closed under a stopping server (EBADF);
+    the loop then sees the stop at its next poll."""
+    import errno
+
+    import waitress.trigger  # type: ignore[import-untyped, unused-ignore]
+
+    def broken(self: object) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    before = set(threading.enumerate())
+    block = serving()
+    service = block.__enter__()
+    assert httpx.post(f"{service.url}/embed", json={"text": "hi"}, timeout=10).status_code == 200
+    monkeypatch.setattr(waitress.trigger.trigger, "_physical_pull", broken)
+    leaving = threading.Thread(target=block.__exit__, args=(None, None, None))
+    leaving.start()
+    leaving.join(timeout=10)
+    assert not leaving.is_alive(), "the server did not stop"
+    assert set(threading.enumerate()) <= before
