@@ -294,6 +294,7 @@ class TestFailover:
                 with pytest.raises(TimeoutError):
                     await batcher.call("slow", estimated_cost=1)
                 assert replicas.stats[0].in_flight == 1  # the actor still runs it
+                batcher.configure(process_timeout_s=None)  # "next" waits for "slow" to end: 0.5 s is short under load
                 gate.open.remote()
                 assert (await batcher.call("next", estimated_cost=1))[0] == "NEXT"
             assert replicas.stats[0].in_flight == 0
