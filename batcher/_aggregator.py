@@ -103,6 +103,7 @@ class Aggregator:
                     elif step is PULL:
                         await checkpoint()  # a long backlog is taken in a chunk a turn
                     elif step is FINISH:
+                        self._run.wake_rooms()
                         return
                     else:
                         await self._wait_for_record(step.delay)
@@ -215,6 +216,7 @@ class Aggregator:
         return behind
 
     async def _wait_for_record(self, delay: float | None) -> None:
+        self._run.wake_rooms()  # nobody waits for room while the aggregator does
         if delay is None and self._assembly:
             self._waited_for_worker = True  # only a busy worker holds a queued batch back
         receive = self._run.submit_receive

@@ -152,9 +152,9 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         """Queue one record and return its future.
 
         The cost is, first that applies: ``estimated_cost``, the cost estimator,
-        ``record.estimate_cost()``, ``default_cost``. Waits while the submission
-        stream is full (backpressure); a caller cancelled while waiting has its
-        record withdrawn. ``priority`` and ``max_queue_delay_s``: see the class.
+        ``record.estimate_cost()``, ``default_cost``. Waits while the submission stream is full
+        (backpressure), then until the next batch hand-over or an idle aggregator; a caller cancelled
+        while waiting has its record withdrawn. ``priority`` and ``max_queue_delay_s``: see the class.
 
         :raises TypeError: if the cost is not an integer (an ``int``, or anything
             with ``__index__`` such as ``numpy.int64``; not a ``bool``), or

@@ -2,8 +2,11 @@
 
 ``submit`` sends a record's future into the stream if it has room; otherwise
 the caller waits behind it in the overflow (``call()`` waits for the result
-instead). Load shedding (``max_queued_cost``) refuses records before anything is
-queued, and a record with a queue deadline is handed to the run's
+instead). Callers whose records have left the overflow are woken by the next
+worker's hand-over (``Worker._handover``), between two crowds of results, or
+at once when the aggregator has nothing else to do. Load shedding
+(``max_queued_cost``) refuses records before anything is queued, and a record
+with a queue deadline is handed to the run's
 :class:`~batcher._deadlines.Deadlines` once it is queued.
 """
 
@@ -44,6 +47,7 @@ class Intake:
 
     __slots__ = (
         "_cohort",
+        "_due",
         "_input_ended",
         "_newest",
         "_reserved",
@@ -82,6 +86,9 @@ class Intake:
         self._room: dict[BatchFuture[Any], anyio.Event] = {}
         self._newest: BatchFuture[Any] | None = None  # the key of the cohort still open
         self._cohort = 0  # how many callers share it
+        #: The events of cohorts whose records have all left the overflow, not yet set
+        #: (:meth:`wake_rooms`), and how many callers wait on them.
+        self._due: list[tuple[anyio.Event, int]] = []
         self._input_ended = False
         self._reserved = 0  # queued cost promised to a submit_batch() still sending
 
@@ -166,7 +173,8 @@ class Intake:
 
     async def submit(self, future: BatchFuture[Any], delay: float | None = None) -> None:
         """Queue ``future`` behind the full submission stream and wait until the
-        aggregator has taken it. If the caller is cancelled meanwhile, the record is
+        aggregator has taken it and a worker or the aggregator wakes the caller
+        (:meth:`wake_rooms`). If the caller is cancelled meanwhile, the record is
         withdrawn; if the batcher stops abnormally, the future fails."""
         self.queue_behind(future, delay)
         make_event(future)
@@ -189,6 +197,20 @@ class Intake:
         self._cohort += 1
         return room
 
+    def wake_rooms(self) -> int:
+        """Set the events of the cohorts whose records have all left the overflow;
+        return how many callers that wakes. The workers call it at each hand-over
+        and before they wait for a batch, the aggregator before it waits for a record."""
+        due = self._due
+        if not due:
+            return 0
+        woken = 0
+        for room, callers in due:
+            room.set()
+            woken += callers
+        due.clear()
+        return woken
+
     def from_overflow(self) -> BatchFuture[Any] | None:
         """The oldest record queued behind the stream, or ``None``: for the aggregator."""
         if not self.overflow:
@@ -196,15 +218,18 @@ class Intake:
         future = self.overflow.popleft()
         room = self._room.pop(future, None)
         if room is not None:  # the newest of its cohort: all of them have left
-            room.set()
             if future is self._newest:
                 self._newest = None
+                self._due.append((room, self._cohort))
+            else:
+                self._due.append((room, COHORT))
         return future
 
     def fail_overflow(self, exc: BaseException) -> None:
         """Fail every record still queued behind the stream, and wake their callers."""
         while (future := self.from_overflow()) is not None:
             fail((future,), exc, self.counters)
+        self.wake_rooms()
 
     async def submit_all(self, futures: list[BatchFuture[Any]], delay: float | None = None) -> None:
         """Send every future, waiting for room as needed, and letting the event loop

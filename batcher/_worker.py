@@ -100,6 +100,7 @@ class Worker:
 
     async def _next_batch(self) -> Batch | None:
         """Wait for the next batch (``None`` at the end of the stream), timing the wait."""
+        self._run.wake_rooms()  # no hand-over comes while this worker waits
         idle_from = perf_counter()
         try:
             batch = await self._batches.receive()
@@ -119,11 +120,20 @@ class Worker:
         a turn's tasks in either order). Each wake-up allocates, and what they free
         is counted only once they run: two crowds woken back to back pass the cyclic
         GC's threshold, and each collection then scans every caller still parked (on
-        trio with 10,000 closed-loop callers: 11.5 µs a record, 7.4 with the turn)."""
+        trio with 10,000 closed-loop callers: 11.5 µs a record, 7.4 with the turn).
+        For the same reason the ``submit()`` callers whose records have left the
+        overflow are woken here, between the two crowds of results, with two turns
+        of their own when they are a crowd (trio, 10,000 ``submit()`` producers:
+        12.9 µs a record, 21.2 when the aggregator woke them as it took their records)."""
+        run = self._run
         if not self._counters.queued:
+            run.wake_rooms()
             return None  # no batch grew; the finished batch's callers run before any can
         await checkpoint()
         if crowd:
+            await checkpoint()
+        if run.wake_rooms() >= CROWD:
+            await checkpoint()
             await checkpoint()
         try:
             return self._batches.receive_nowait()

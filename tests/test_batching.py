@@ -436,6 +436,18 @@ class TestQueueBehind:
         with scope:
             futures[index] = await batcher.submit(index)
 
+    async def test_a_submitter_behind_the_stream_returns_while_the_model_still_runs(self) -> None:
+        # Callers whose records leave the overflow are woken at the worker's next
+        # hand-over, or as soon as the aggregator has nothing else to do: here the model
+        # holds its batch and will not hand over, so the aggregator must wake them.
+        async with blocked_batcher(max_queue_size=1, max_batch_size=4, prefetch_batches=0) as (batcher, model, _):
+            batcher.submit_nowait("queued")  # handed to the waiting aggregator
+            batcher.submit_nowait("queued too")  # fills the stream
+            future = await batcher.submit("behind")  # the aggregator takes it, then waits for a worker
+            assert not model.records[1:], "the model still holds its first batch"
+            model.release()
+            assert await future == ("done", "behind")
+
     async def test_a_cancelled_caller_behind_the_stream_is_withdrawn(self) -> None:
         async with blocked_batcher(max_queue_size=1, max_batch_size=1, prefetch_batches=0) as (batcher, model, _):
             batcher.submit_nowait("queued")
