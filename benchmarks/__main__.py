@@ -20,7 +20,6 @@ PASS/FAIL lines of the targets do not change it.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import os
 import platform
@@ -30,7 +29,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from benchmarks import llm_sim, report, scaling
-from benchmarks.runner import Results, run_all
+from benchmarks.runner import Results, freeze_imports, run_all
 from benchmarks.systems import ALL_SYSTEMS, discover
 from benchmarks.workloads import DEFAULT_KEYS, FULL, QUICK, WORKLOADS, Setup, Sizes
 
@@ -47,8 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     systems, messages = discover(args.systems.split(","))
     # A peer's import can bring a large library (batched imports torch): freeze what the
     # imports made out of the cyclic GC, so its full collections do not slow every column.
-    gc.freeze()
-    messages.append(f"gc.freeze(): {gc.get_freeze_count():,} objects from the imports left out of collections")
+    frozen = freeze_imports()
+    messages.append(f"gc.freeze(): {frozen:,} objects from the imports left out of collections")
     workloads = [WORKLOADS[key] for key in keys if key in WORKLOADS]
 
     _print_header(args.quick, reps, setup, keys, messages)

@@ -53,6 +53,7 @@ from anyio.lowlevel import checkpoint
 from batcher import DynamicBatcher
 from benchmarks.floor import FloorBatcher
 from benchmarks.floor_trio import TrioFloorBatcher
+from benchmarks.runner import freeze_imports
 
 BACKENDS = ("asyncio", "trio")
 
@@ -417,8 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, 1 repetition: checks correctness")
     parser.add_argument("--reps", type=int, default=3, help="repetitions, the median is shown (default 3)")
     args = parser.parse_args(argv)
-    gc.collect()
-    gc.freeze()
+    freeze_imports()
     lines, checks = run(args.quick, 1 if args.quick else args.reps)
     print("\n".join(lines))
     print("\nTargets (issue 11)")
