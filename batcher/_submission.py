@@ -25,7 +25,7 @@ from ._aggregator import INTAKE, Submission
 from ._deadlines import Deadlines
 from ._events import RecordsDropped
 from ._exceptions import BatcherOverloadedError
-from ._future import BatchFuture, make_event
+from ._future import WORKER_OF, BatchFuture, make_event
 from ._settings import Settings
 from ._stats import Counters
 from ._transitions import fail, time_queued
@@ -50,6 +50,7 @@ class Intake:
         "_due",
         "_input_ended",
         "_newest",
+        "_own",
         "_reserved",
         "_room",
         "_shed_above",
@@ -89,6 +90,9 @@ class Intake:
         #: The events of cohorts whose records have all left the overflow, not yet set
         #: (:meth:`wake_rooms`), and how many callers wait on them.
         self._due: list[tuple[anyio.Event, int]] = []
+        #: The events of ``submit()`` callers inside the process function, each its own,
+        #: set as soon as their record leaves the overflow (:meth:`_own_room`).
+        self._own: dict[BatchFuture[Any], anyio.Event] = {}
         self._input_ended = False
         self._reserved = 0  # queued cost promised to a submit_batch() still sending
 
@@ -178,7 +182,7 @@ class Intake:
         withdrawn; if the batcher stops abnormally, the future fails."""
         self.queue_behind(future, delay)
         make_event(future)
-        room = self._join_cohort(future)
+        room = self._own_room(future) if WORKER_OF.get() is self.counters else self._join_cohort(future)
         try:
             await room.wait()
         except BaseException:
@@ -195,6 +199,12 @@ class Intake:
         self._room[future] = room
         self._newest = future
         self._cohort += 1
+        return room
+
+    def _own_room(self, future: BatchFuture[Any]) -> anyio.Event:
+        # A caller inside the process function holds a worker: no hand-over comes
+        # until it returns, so it is woken as soon as its record leaves the overflow.
+        room = self._own[future] = anyio.Event()
         return room
 
     def wake_rooms(self) -> int:
@@ -216,6 +226,8 @@ class Intake:
         if not self.overflow:
             return None
         future = self.overflow.popleft()
+        if self._own and (own := self._own.pop(future, None)) is not None:
+            own.set()
         room = self._room.pop(future, None)
         if room is not None:  # the newest of its cohort: all of them have left
             if future is self._newest:

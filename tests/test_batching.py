@@ -448,6 +448,26 @@ class TestQueueBehind:
             model.release()
             assert await future == ("done", "behind")
 
+    async def test_a_process_function_that_submits_behind_the_stream_is_not_held_up(self) -> None:
+        # The model's own submit() waits for room; once the aggregator has taken its
+        # record into a full batch (and waits to hand it over), the model must go on:
+        # no hand-over comes while it holds the only worker.
+        followed: list[BatchFuture[str]] = []
+
+        async def model(records: list[str]) -> list[str]:
+            if "parent" in records:
+                await anyio.wait_all_tasks_blocked()  # the aggregator waits for a record
+                batcher.submit_nowait("handed over")
+                batcher.submit_nowait("fills the stream")
+                followed.append(await batcher.submit("follow-up"))  # behind the stream
+            return [record.upper() for record in records]
+
+        batcher = DynamicBatcher(model, max_queue_size=1, max_batch_size=3, prefetch_batches=0)
+        with anyio.fail_after(5):
+            async with batcher:
+                assert await batcher.call("parent") == "PARENT"
+                assert await followed[0] == "FOLLOW-UP"
+
     async def test_a_cancelled_caller_behind_the_stream_is_withdrawn(self) -> None:
         async with blocked_batcher(max_queue_size=1, max_batch_size=1, prefetch_batches=0) as (batcher, model, _):
             batcher.submit_nowait("queued")
