@@ -14,8 +14,11 @@ The new-shape term is there for GPUs: on an H200, PyTorch ran a batch shape that
 its thread had not run before in 48-85 ms against 4-29 ms warm
 (``benchmarks/bench_gpu.py``). Fitted as a fixed cost, those first runs made every
 batch look ten times dearer than it is; fitted apart, they leave the other terms
-right, and a candidate of a shape already run is preferred by what it saves. On a
-CPU the term comes out near zero and changes nothing. Where the fit is not clearly
+right, and a candidate of a shape already run is preferred by what it saves. Once
+every shape in the window is warm, the window cannot tell what a cold run costs, so
+the fit keeps the cost it last measured: on the H200, forgetting it (0 after 64 warm
+batches) let the fit take new shapes for free, 7 of them in 5 passes, at about 50 ms
+each. On a CPU the term comes out near zero and changes nothing. Where the fit is not clearly
 better informed, the grouped batch goes (see :func:`choose`): a policy that keeps
 its choices keeps its shapes, and so runs warm.
 
@@ -60,7 +63,7 @@ class CostFit:
     """The batch times seen lately, the fit of them (``None`` during warm-up), and the
     batch shapes each worker has run."""
 
-    __slots__ = ("_added", "_samples", "_shapes", "_sums", "coefficients")
+    __slots__ = ("_added", "_cold", "_samples", "_shapes", "_sums", "coefficients")
 
     def __init__(self) -> None:
         self._samples: deque[Sample] = deque(maxlen=WINDOW)
@@ -69,6 +72,8 @@ class CostFit:
         self._added = 0
         #: Each shape ``(records, padded)`` run so far, with the workers that ran it (bit i: worker i).
         self._shapes: dict[tuple[int, int], int] = {}
+        #: The new-shape cost last fitted from a window that held both cold and warm runs.
+        self._cold = 0.0
         self.coefficients: Coefficients | None = None
 
     def add(self, records: int, padded: int, seconds: float, worker: int = 0) -> None:
@@ -90,14 +95,19 @@ class CostFit:
             samples.append(sample)
             sums.add(sample, 1.0)
         if len(samples) >= WARMUP:
-            self.coefficients = sums.fit()
+            fixed, per_record, per_token, per_new = sums.fit()
+            if sums.new_shapes() < 0.5:  # no cold run in the window: the last cost fitted of one
+                per_new = self._cold
+            elif sums.new_shapes() < len(samples) - 0.5:  # cold and warm runs: it can be told apart
+                self._cold = per_new
+            self.coefficients = (fixed, per_record, per_token, per_new)
 
     @property
     def blind(self) -> bool:
         """Whether every batch in the window ran a shape new to its worker: then the
         fit cannot tell a cold run's cost from the fixed cost, nor what a warm batch
         costs, and :func:`choose` does not trust it."""
-        return self._sums.gram[0][3] > self._sums.gram[0][0] - 0.5
+        return self._sums.new_shapes() > len(self._samples) - 0.5
 
     def known(self, records: int, padded: int) -> bool:
         """Whether some worker has run a batch of this shape."""
@@ -145,6 +155,10 @@ class _Sums:
             for j in range(i, 4):
                 row[j] += x[i] * y[j]
         self.squares += sign * seconds * seconds
+
+    def new_shapes(self) -> float:
+        """How many of the samples ran a shape new to their worker."""
+        return self.gram[0][3]
 
     def fit(self) -> Coefficients:
         """The fit with no negative coefficient. The one on every term comes first: if

@@ -21,6 +21,7 @@ another revision to compare that revision's policies with this tree's::
 from __future__ import annotations
 
 import argparse
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ PER_TOKEN_S = 1e-7
 COLD_S = 50e-3
 BUDGET = 16_384
 PASSES = 3
+#: How much longer an outlier batch takes (a stall of the machine, a collection).
+OUTLIER = 3.0
 POLICIES: dict[str, dict[str, Any]] = {
     "FIFO sum": {},
     "FIFO padded": {"cost_model": "padded"},
@@ -47,8 +50,9 @@ POLICIES: dict[str, dict[str, Any]] = {
 class ColdShapeModel:
     """Sleeps for a batch as a small GPU model runs it, a cold shape included."""
 
-    def __init__(self, lengths: list[int], cold_s: float) -> None:
-        self.lengths, self.cold_s = lengths, cold_s
+    def __init__(self, lengths: list[int], cold_s: float, noise: float = 0.0, outliers: float = 0.0) -> None:
+        self.lengths, self.cold_s, self.noise, self.outliers = lengths, cold_s, noise, outliers
+        self._rng = random.Random(11)
         self.shapes: set[tuple[int, int, int]] = set()  # (thread, records, longest)
         self.batches = self.new = 0
 
@@ -61,15 +65,20 @@ class ColdShapeModel:
             self.new += 1
             seconds += self.cold_s
         self.batches += 1
+        seconds *= self._rng.uniform(1 - self.noise, 1 + self.noise)
+        if self._rng.random() < self.outliers:
+            seconds *= OUTLIER
         time.sleep(seconds)
         return batch
 
 
-async def _passes(options: dict[str, Any], lengths: list[int], closed: bool, cold_s: float) -> list[str]:
-    model = ColdShapeModel(lengths, cold_s)
+async def _passes(
+    options: dict[str, Any], lengths: list[int], closed: bool, cold_s: float, passes: int, noise: tuple[float, float]
+) -> list[str]:
+    model = ColdShapeModel(lengths, cold_s, *noise)
     cells = []
     async with TokenBatcher(model, target_batch_tokens=BUDGET, max_queue_size=len(lengths), **options) as batcher:
-        for _ in range(PASSES):
+        for _ in range(passes):
             model.batches = model.new = 0
             started = time.perf_counter()
             await one_pass(batcher, lengths, closed)
@@ -78,17 +87,25 @@ async def _passes(options: dict[str, Any], lengths: list[int], closed: bool, col
     return cells
 
 
-def run(quick: bool = False) -> str:
-    """The report: one line per loop and policy, one cell per pass."""
+def run(
+    quick: bool = False, passes: int = PASSES, noise: float = 0.0, outliers: float = 0.0, policies: Sequence[str] = ()
+) -> str:
+    """The report: one line per loop and policy, one cell per pass; each batch's time
+    scaled by a factor drawn uniformly within ``1 +- noise``, and by ``OUTLIER`` with
+    probability ``outliers``."""
     texts, cold_s = (512, 5e-3) if quick else (4096, COLD_S)
     lengths = corpus_lengths(texts)
     lines = [
         f"cold shapes (simulated): {texts} texts, batch = {FIXED_S * 1e3:g} ms + {PER_TOKEN_S * 1e9:g} ns per padded "
-        f"token, + {cold_s * 1e3:g} ms for a shape new to its thread; budget {BUDGET}; passes 1..{PASSES}",
+        f"token, + {cold_s * 1e3:g} ms for a shape new to its thread, +-{noise:.0%} noise, "
+        f"{outliers:.0%} of batches x{OUTLIER:g}; budget {BUDGET}; "
+        f"passes 1..{passes}",
     ]
     for closed in (False, True):
         for name, options in POLICIES.items():
-            cells = anyio.run(_passes, options, lengths, closed, cold_s)
+            if policies and name not in policies:
+                continue
+            cells = anyio.run(_passes, options, lengths, closed, cold_s, passes, (noise, outliers))
             lines.append(f"{'closed 64' if closed else 'open     '} {name:<15} " + " | ".join(cells))
     return "\n".join(lines)
 
@@ -96,7 +113,12 @@ def run(quick: bool = False) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cold_shapes", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="512 texts, a 5 ms cold cost: checks the code")
-    print(run(quick=parser.parse_args(argv).quick))
+    parser.add_argument("--passes", type=int, default=PASSES, help=f"passes per policy ({PASSES})")
+    parser.add_argument("--noise", type=float, default=0.0, help="each batch's time within 1 +- this (0)")
+    parser.add_argument("--outliers", type=float, default=0.0, help=f"the share of batches that take x{OUTLIER:g} (0)")
+    parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=(), help="which policies (all)")
+    args = parser.parse_args(argv)
+    print(run(args.quick, args.passes, args.noise, args.outliers, args.policies))
 
 
 if __name__ == "__main__":

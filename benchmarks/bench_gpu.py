@@ -32,15 +32,17 @@ import random
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import anyio
 
-from batcher import TokenBatcher
+from batcher import TokenBatcher, _measured
 from benchmarks import flyte_ref
 from benchmarks.scaling import longest_gap_ms
 
@@ -318,9 +320,27 @@ def _opener(system: str, encoder: Encoder, budget: int) -> Callable[[], Any]:
     return lambda: TokenBatcher(encoder.embed, target_batch_tokens=budget, max_queue_size=queue, **options)
 
 
-def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool) -> list[float]:
+@contextmanager
+def _counted_choices(picks: Counter[int]) -> Iterator[None]:
+    """Count in ``picks`` which candidate ``cost_model="measured"`` chooses (0: grouped
+    with no floor, 1-3: the floors, 4: arrival order)."""
+    original = _measured.choose
+
+    def counted(candidates: Sequence[tuple[int, int, int]], fit: Any) -> int:
+        picks[chosen := original(candidates, fit)] += 1
+        return chosen
+
+    _measured.choose = counted
+    try:
+        yield
+    finally:
+        _measured.choose = original
+
+
+def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool, picks: Counter[int]) -> list[float]:
     """Throughput of ``TIMED_PASSES`` passes over the corpus after ``WARM_PASSES`` in the
-    same batcher: those meet the shapes (a thread's first batch of a shape costs far more)."""
+    same batcher: those meet the shapes (a thread's first batch of a shape costs far more).
+    The measured mode's choices in the timed passes go to ``picks``."""
     records = len(encoder.lengths)
 
     async def run() -> list[float]:
@@ -329,10 +349,11 @@ def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool
                 await one_pass(batcher, encoder.lengths, closed)
             encoder.reset()
             rates = []
-            for _ in range(TIMED_PASSES):
-                started = time.perf_counter()
-                await one_pass(batcher, encoder.lengths, closed)
-                rates.append(records / (time.perf_counter() - started))
+            with _counted_choices(picks):
+                for _ in range(TIMED_PASSES):
+                    started = time.perf_counter()
+                    await one_pass(batcher, encoder.lengths, closed)
+                    rates.append(records / (time.perf_counter() - started))
             return rates
 
     return list(anyio.run(run))
@@ -359,7 +380,8 @@ def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
         systems.insert(0, "flyte FIFO sum")
     for closed in (False, True):
         for system in systems:
-            rates = _texts_per_s(encoder, _opener(system, encoder, sizes.budget), closed)
+            picks: Counter[int] = Counter()
+            rates = _texts_per_s(encoder, _opener(system, encoder, sizes.budget), closed, picks)
             rate = statistics.median(rates)
             efficiency = encoder.real / max(1, encoder.padded)
             loop = "closed 64" if closed else "open     "
@@ -367,6 +389,7 @@ def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
                 f"{loop} {system:<22} {rate:9.0f} texts/s ({min(rates):.0f}-{max(rates):.0f})  eff {efficiency:6.1%}  "
                 f"batches {encoder.batches / TIMED_PASSES:5.0f} (new shapes {encoder.new_shapes:3d}, "
                 f"largest {encoder.peak:5d})  x bound {rate / bound:5.2f}"
+                + (f"  picks {' '.join(f'{k}:{v}' for k, v in sorted(picks.items()))}" if picks else "")
             )
     return lines
 

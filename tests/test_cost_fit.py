@@ -59,6 +59,18 @@ class TestFit:
         assert fit.coefficients == pytest.approx((0.003, 0, 0, 0))
         assert fit.predict(5, 50) == pytest.approx(0.003)
 
+    def test_keeps_the_cost_of_a_new_shape_once_the_window_is_warm(self) -> None:
+        # A GPU's steady state: a window of warm runs only cannot tell what a cold one
+        # costs, and must not predict a new shape free (it would then be chosen).
+        fit = timed(2e-3, 0, 2e-7, batches=64, per_new=5e-2)
+        assert fit.predict(8, 800, new=True) - fit.predict(8, 800) == pytest.approx(5e-2, rel=0.05)
+        fit.add(8, 800, 5e-2 + 2e-3 + 2e-7 * 800)  # its first run, cold
+        for _ in range(WINDOW):
+            fit.add(8, 800, 2e-3 + 2e-7 * 800)
+        assert not any(new for _, _, new, _ in fit._samples)
+        assert fit.predict(8, 800) == pytest.approx(2e-3 + 2e-7 * 800, rel=0.01)
+        assert fit.predict(8, 800, new=True) - fit.predict(8, 800) == pytest.approx(5e-2, rel=0.05)
+
     def test_a_shape_is_new_to_each_worker(self) -> None:
         fit = CostFit()
         fit.add(4, 40, 0.05, worker=0)
