@@ -50,15 +50,18 @@ POLICIES: dict[str, dict[str, Any]] = {
 class ColdShapeModel:
     """Sleeps for a batch as a small GPU model runs it, a cold shape included."""
 
-    def __init__(self, lengths: list[int], cold_s: float, noise: float = 0.0, outliers: float = 0.0) -> None:
+    def __init__(
+        self, lengths: list[int], cold_s: float, noise: float = 0.0, outliers: float = 0.0, per_record_s: float = 0.0
+    ) -> None:
         self.lengths, self.cold_s, self.noise, self.outliers = lengths, cold_s, noise, outliers
+        self.per_record_s = per_record_s
         self._rng = random.Random(11)
         self.shapes: set[tuple[int, int, int]] = set()  # (thread, records, longest)
         self.batches = self.new = 0
 
     def __call__(self, batch: list[int]) -> list[int]:
         longest = max(self.lengths[i] for i in batch)
-        seconds = FIXED_S + PER_TOKEN_S * len(batch) * longest
+        seconds = FIXED_S + self.per_record_s * len(batch) + PER_TOKEN_S * len(batch) * longest
         shape = (threading.get_ident(), len(batch), longest)
         if shape not in self.shapes:
             self.shapes.add(shape)
@@ -73,7 +76,7 @@ class ColdShapeModel:
 
 
 async def _passes(
-    options: dict[str, Any], lengths: list[int], closed: bool, cold_s: float, passes: int, noise: tuple[float, float]
+    options: dict[str, Any], lengths: list[int], closed: bool, cold_s: float, passes: int, noise: tuple[float, ...]
 ) -> list[str]:
     model = ColdShapeModel(lengths, cold_s, *noise)
     cells = []
@@ -88,15 +91,21 @@ async def _passes(
 
 
 def run(
-    quick: bool = False, passes: int = PASSES, noise: float = 0.0, outliers: float = 0.0, policies: Sequence[str] = ()
+    quick: bool = False,
+    passes: int = PASSES,
+    noise: float = 0.0,
+    outliers: float = 0.0,
+    policies: Sequence[str] = (),
+    per_record_s: float = 0.0,
 ) -> str:
     """The report: one line per loop and policy, one cell per pass; each batch's time
-    scaled by a factor drawn uniformly within ``1 +- noise``, and by ``OUTLIER`` with
-    probability ``outliers``."""
+    (``per_record_s`` more per record) scaled by a factor drawn uniformly within
+    ``1 +- noise``, and by ``OUTLIER`` with probability ``outliers``."""
     texts, cold_s = (512, 5e-3) if quick else (4096, COLD_S)
     lengths = corpus_lengths(texts)
     lines = [
-        f"cold shapes (simulated): {texts} texts, batch = {FIXED_S * 1e3:g} ms + {PER_TOKEN_S * 1e9:g} ns per padded "
+        f"cold shapes (simulated): {texts} texts, batch = {FIXED_S * 1e3:g} ms + {per_record_s * 1e6:g} µs per record "
+        f"+ {PER_TOKEN_S * 1e9:g} ns per padded "
         f"token, + {cold_s * 1e3:g} ms for a shape new to its thread, +-{noise:.0%} noise, "
         f"{outliers:.0%} of batches x{OUTLIER:g}; budget {BUDGET}; "
         f"passes 1..{passes}",
@@ -105,7 +114,7 @@ def run(
         for name, options in POLICIES.items():
             if policies and name not in policies:
                 continue
-            cells = anyio.run(_passes, options, lengths, closed, cold_s, passes, (noise, outliers))
+            cells = anyio.run(_passes, options, lengths, closed, cold_s, passes, (noise, outliers, per_record_s))
             lines.append(f"{'closed 64' if closed else 'open     '} {name:<15} " + " | ".join(cells))
     return "\n".join(lines)
 
@@ -116,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--passes", type=int, default=PASSES, help=f"passes per policy ({PASSES})")
     parser.add_argument("--noise", type=float, default=0.0, help="each batch's time within 1 +- this (0)")
     parser.add_argument("--outliers", type=float, default=0.0, help=f"the share of batches that take x{OUTLIER:g} (0)")
+    parser.add_argument("--per-record-us", type=float, default=0.0, help="µs more a batch per record (0)")
     parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=(), help="which policies (all)")
     args = parser.parse_args(argv)
-    print(run(args.quick, args.passes, args.noise, args.outliers, args.policies))
+    print(run(args.quick, args.passes, args.noise, args.outliers, args.policies, args.per_record_us * 1e-6))
 
 
 if __name__ == "__main__":

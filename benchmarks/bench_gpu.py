@@ -27,6 +27,7 @@ measurement)::
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import random
 import statistics
@@ -35,8 +36,8 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -320,43 +321,81 @@ def _opener(system: str, encoder: Encoder, budget: int) -> Callable[[], Any]:
     return lambda: TokenBatcher(encoder.embed, target_batch_tokens=budget, max_queue_size=queue, **options)
 
 
+@dataclass
+class Tally:
+    """One system's timed passes: throughput of each, and the batches they ran."""
+
+    rates: list[float] = field(default_factory=list)
+    real: int = 0
+    padded: int = 0
+    batches: int = 0
+    new_shapes: int = 0
+    peak: int = 0
+    gc_s: float = 0.0
+    picks: Counter[int] = field(default_factory=Counter)
+
+    def add(self, encoder: Encoder, seconds: float, gc_s: float) -> None:
+        """Count the pass that just ran (``encoder``'s counts since its last reset)."""
+        self.rates.append(len(encoder.lengths) / seconds)
+        self.real += encoder.real
+        self.padded += encoder.padded
+        self.batches += encoder.batches
+        self.new_shapes += encoder.new_shapes
+        self.peak = max(self.peak, encoder.peak)
+        self.gc_s += gc_s
+
+
 @contextmanager
-def _counted_choices(picks: Counter[int]) -> Iterator[None]:
-    """Count in ``picks`` which candidate ``cost_model="measured"`` chooses (0: grouped
-    with no floor, 1-3: the floors, 4: arrival order)."""
-    original = _measured.choose
+def _counted(tallies: dict[str, Tally], gc_s: list[float]) -> Iterator[None]:
+    """Count the measured mode's choices in ``tallies["batcher measured"].picks`` (0:
+    grouped with no floor, 1-3: the floors, 4: arrival order), and add the seconds the
+    cyclic GC runs to ``gc_s[0]``."""
+    original, picks = _measured.choose, tallies["batcher measured"].picks
+    began = [0.0]
 
     def counted(candidates: Sequence[tuple[int, int, int]], fit: Any) -> int:
         picks[chosen := original(candidates, fit)] += 1
         return chosen
 
-    _measured.choose = counted
+    def timing(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            gc_s[0] += time.perf_counter() - began[0]
+
+    _measured.choose = counted  # type: ignore[attr-defined]
+    gc.callbacks.append(timing)
     try:
         yield
     finally:
-        _measured.choose = original
+        _measured.choose = original  # type: ignore[attr-defined]
+        gc.callbacks.remove(timing)
 
 
-def _texts_per_s(encoder: Encoder, open_batcher: Callable[[], Any], closed: bool, picks: Counter[int]) -> list[float]:
-    """Throughput of ``TIMED_PASSES`` passes over the corpus after ``WARM_PASSES`` in the
-    same batcher: those meet the shapes (a thread's first batch of a shape costs far more).
-    The measured mode's choices in the timed passes go to ``picks``."""
-    records = len(encoder.lengths)
+def _interleaved(encoder: Encoder, systems: Sequence[str], budget: int, closed: bool) -> dict[str, Tally]:
+    """Every system's batcher open at once, each warmed by ``WARM_PASSES`` passes over
+    the corpus (its worker thread meets the shapes: a thread's first batch of a shape
+    costs far more), then ``TIMED_PASSES`` rounds of one pass each, taking turns, so
+    that a slow stretch of the machine falls on all of them alike."""
+    tallies = {system: Tally() for system in systems}
+    gc_s = [0.0]
 
-    async def run() -> list[float]:
-        async with open_batcher() as batcher:
+    async def run() -> None:
+        async with AsyncExitStack() as stack:
+            batchers = {s: await stack.enter_async_context(_opener(s, encoder, budget)()) for s in systems}
             for _ in range(WARM_PASSES):
-                await one_pass(batcher, encoder.lengths, closed)
-            encoder.reset()
-            rates = []
-            with _counted_choices(picks):
-                for _ in range(TIMED_PASSES):
-                    started = time.perf_counter()
+                for batcher in batchers.values():
                     await one_pass(batcher, encoder.lengths, closed)
-                    rates.append(records / (time.perf_counter() - started))
-            return rates
+            with _counted(tallies, gc_s):
+                for _ in range(TIMED_PASSES):
+                    for system, batcher in batchers.items():
+                        encoder.reset()
+                        gc_s[0], started = 0.0, time.perf_counter()
+                        await one_pass(batcher, encoder.lengths, closed)
+                        tallies[system].add(encoder, time.perf_counter() - started, gc_s[0])
 
-    return list(anyio.run(run))
+    anyio.run(run)
+    return tallies
 
 
 def _offline(encoder: Encoder, budget: int) -> tuple[float, int]:
@@ -379,17 +418,15 @@ def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     if flyte_ref.load().module is not None:
         systems.insert(0, "flyte FIFO sum")
     for closed in (False, True):
-        for system in systems:
-            picks: Counter[int] = Counter()
-            rates = _texts_per_s(encoder, _opener(system, encoder, sizes.budget), closed, picks)
-            rate = statistics.median(rates)
-            efficiency = encoder.real / max(1, encoder.padded)
+        for system, tally in _interleaved(encoder, systems, sizes.budget, closed).items():
+            rate = statistics.median(tally.rates)
             loop = "closed 64" if closed else "open     "
+            picks = " ".join(f"{k}:{v}" for k, v in sorted(tally.picks.items()))
             lines.append(
-                f"{loop} {system:<22} {rate:9.0f} texts/s ({min(rates):.0f}-{max(rates):.0f})  eff {efficiency:6.1%}  "
-                f"batches {encoder.batches / TIMED_PASSES:5.0f} (new shapes {encoder.new_shapes:3d}, "
-                f"largest {encoder.peak:5d})  x bound {rate / bound:5.2f}"
-                + (f"  picks {' '.join(f'{k}:{v}' for k, v in sorted(picks.items()))}" if picks else "")
+                f"{loop} {system:<22} {rate:9.0f} texts/s ({min(tally.rates):.0f}-{max(tally.rates):.0f})  "
+                f"eff {tally.real / max(1, tally.padded):6.1%}  batches {tally.batches / TIMED_PASSES:5.0f} "
+                f"(new shapes {tally.new_shapes:3d}, largest {tally.peak:5d})  x bound {rate / bound:5.2f}  "
+                f"gc {tally.gc_s / TIMED_PASSES * 1e3:5.1f} ms/pass" + (f"  picks {picks}" if picks else "")
             )
     return lines
 
@@ -398,9 +435,16 @@ PARTS = ("threads", "modes", "batching")
 
 
 def report(
-    quick: bool = False, device: str = "auto", parts: Sequence[str] = PARTS, models: Sequence[str] = ()
+    quick: bool = False,
+    device: str = "auto",
+    parts: Sequence[str] = PARTS,
+    models: Sequence[str] = (),
+    freeze: bool = True,
 ) -> Iterator[str]:
-    """Workload G, line by line as it is measured (one line saying why, without a CUDA device)."""
+    """Workload G, line by line as it is measured (one line saying why, without a CUDA
+    device). With ``freeze``, everything built before the runs (torch, the model) is
+    frozen out of the cyclic GC, as README's "Running on a GPU" advises: a full
+    collection over it takes 80-170 ms, longer than a pass of the small model."""
     import torch
 
     if device == "auto":
@@ -413,7 +457,8 @@ def report(
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     yield (
         f"G  BERT-style encoders, random weights, on {name}; torch {torch.__version__}; anyio {_version('anyio')}; "
-        f"{sizes.texts} texts, tokens median {statistics.median(lengths):g} max {max(lengths)}; budget {sizes.budget}"
+        f"{sizes.texts} texts, tokens median {statistics.median(lengths):g} max {max(lengths)}; budget {sizes.budget}; "
+        f"gc.freeze() {'after loading each model' if freeze else 'not used'}"
     )
     began = time.perf_counter()
     for model_name, shape in sizes.models.items():
@@ -421,6 +466,9 @@ def report(
             continue
         encoder = Encoder(shape, device, lengths)
         encoder.embed(list(range(PRODUCERS)))
+        if freeze:
+            gc.collect()
+            gc.freeze()
         yield f"== {model_name}"
         functions = (thread_lines, mode_lines, batching_lines)
         for part in [part for name, part in zip(PARTS, functions, strict=True) if name in parts]:
@@ -428,6 +476,8 @@ def report(
                 yield f"   {line}"
             yield f"   ({part.__name__} done at {time.perf_counter() - began:.0f} s)"
         del encoder
+        gc.unfreeze()
+        gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
 
@@ -450,8 +500,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda, else skip")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="which parts to run (all)")
     parser.add_argument("--models", nargs="+", choices=("small", "large"), default=(), help="which models (both)")
+    parser.add_argument("--no-freeze", action="store_true", help="leave the model's objects to the cyclic GC")
     args = parser.parse_args(argv)
-    for line in report(quick=args.quick, device=args.device, parts=args.parts, models=args.models):
+    for line in report(args.quick, args.device, args.parts, args.models, freeze=not args.no_freeze):
         print(line, flush=True)
 
 
