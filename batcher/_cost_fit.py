@@ -15,10 +15,10 @@ its thread had not run before in 48-85 ms against 4-29 ms warm
 (``benchmarks/bench_gpu.py``). Fitted as a fixed cost, those first runs made every
 batch look ten times dearer than it is; fitted apart, they leave the other terms
 right, and a candidate of a shape already run is preferred by what it saves. Once
-every shape in the window is warm, the window cannot tell what a cold run costs, so
+every batch in the window ran warm, the window cannot tell what a cold run costs, so
 the fit keeps the cost it last measured: on the H200, forgetting it (0 after 64 warm
-batches) let the fit take new shapes for free, 7 of them in 5 passes, at about 50 ms
-each. On a CPU the term comes out near zero and changes nothing. Where the fit is not clearly
+batches) made new shapes look free, and 7 ran in 5 passes, about 60 ms each. On a
+CPU the term comes out near zero and changes nothing. Where the fit is not clearly
 better informed, the grouped batch goes (see :func:`choose`): a policy that keeps
 its choices keeps its shapes, and so runs warm.
 
@@ -96,9 +96,10 @@ class CostFit:
             sums.add(sample, 1.0)
         if len(samples) >= WARMUP:
             fixed, per_record, per_token, per_new = sums.fit()
-            if sums.new_shapes() < 0.5:  # no cold run in the window: the last cost fitted of one
+            cold = sums.new_shapes()
+            if cold < 0.5:  # only warm runs: the cost of a cold one as last fitted
                 per_new = self._cold
-            elif sums.new_shapes() < len(samples) - 0.5:  # cold and warm runs: it can be told apart
+            elif cold < len(samples) - 0.5:  # cold and warm runs: the fit tells them apart
                 self._cold = per_new
             self.coefficients = (fixed, per_record, per_token, per_new)
 
