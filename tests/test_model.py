@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from batcher import DynamicBatcher
+from batcher._model import call_soon
 
 from .helpers import Recorder
 
@@ -190,6 +191,7 @@ class TestResultShapes:
 EXIT_AFTER_STUCK_CALL = """
 import threading, anyio
 from batcher import DynamicBatcher
+from batcher._model import call_soon
 
 stuck = threading.Event()  # never set: a model stuck in a C call
 
@@ -213,3 +215,54 @@ def test_program_exits_after_a_timed_out_stuck_sync_call(anyio_backend: str) -> 
     script = textwrap.dedent(EXIT_AFTER_STUCK_CALL.format(backend=anyio_backend))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "timed out\nstopped\n", "")
+
+
+class _BackendBefore416:
+    """An AnyIO backend as before 4.16: a blocking call from a thread, no ``run_sync_soon``."""
+
+    def __init__(self, backend: Any) -> None:
+        self.run_sync_from_thread = backend.run_sync_from_thread
+
+
+class TestCallSoon:
+    """How the model's thread hands its outcome to the event loop (``call_soon``)."""
+
+    async def test_the_thread_goes_on_before_the_loop_runs_the_call(self) -> None:
+        # The loop's thread is held while the model's thread hands over: a hand-over
+        # that waited for the loop would not return until the hold times out.
+        token = anyio.lowlevel.current_token()
+        if not hasattr(token.backend_class, "run_sync_soon"):
+            pytest.skip("AnyIO before 4.16 has no call from a thread that does not wait")
+        called, returned = anyio.Event(), threading.Event()
+
+        def hand_over() -> None:
+            call_soon(token, called.set)
+            returned.set()
+
+        thread = threading.Thread(target=hand_over)
+        thread.start()
+        assert returned.wait(timeout=5)  # blocks the loop's thread: nothing runs on it meanwhile
+        assert not called.is_set()
+        with anyio.fail_after(5):
+            await called.wait()
+        thread.join(5)
+
+    async def test_before_anyio_4_16_it_waits_for_the_loop_and_still_delivers(self) -> None:
+        real = anyio.lowlevel.current_token()
+        token = anyio.lowlevel.EventLoopToken(_BackendBefore416(real.backend_class), real.native_token)  # type: ignore[arg-type]
+        called = anyio.Event()
+        with anyio.fail_after(5):
+            await anyio.to_thread.run_sync(call_soon, token, called.set)
+            assert called.is_set()  # it returned once the loop had run the call
+
+    @pytest.mark.parametrize("before_416", [False, True])
+    def test_once_the_loop_has_ended_it_raises_run_finished(self, anyio_backend: str, before_416: bool) -> None:
+        async def token_of_a_run() -> anyio.lowlevel.EventLoopToken:
+            token = anyio.lowlevel.current_token()
+            if before_416:
+                return anyio.lowlevel.EventLoopToken(_BackendBefore416(token.backend_class), token.native_token)  # type: ignore[arg-type]
+            return token
+
+        token = anyio.run(token_of_a_run, backend=anyio_backend)
+        with pytest.raises(anyio.RunFinishedError):
+            call_soon(token, lambda: None)
