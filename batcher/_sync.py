@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Self, overload
 
 from ._dynamic import DynamicBatcher
-from ._loop import IN_LOOP, NOT_RUNNING, Loop, call_on_loop, withdraw_if_cancelled
+from ._loop import IN_LOOP, NOT_RUNNING, Loop, call_from_thread, call_on_loop, withdraw_if_cancelled
 from ._map import Progress
 from ._protocols import RecordT, ResultT
 from ._settings import check_options, check_seconds
@@ -217,12 +217,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :raises RuntimeError: if it is not running, or when called from the loop's own thread
         """
         options = self._options(estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
-        future = self._running().spawn(partial(call_on_loop, self._batcher, record, options, timeout))
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()  # the caller was interrupted: withdraw the record if it can be
-            raise
+        return call_from_thread(self._running(), self._batcher, record, options, timeout)
 
     def submit(
         self,

@@ -8,6 +8,7 @@ import itertools
 import random
 import re
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
@@ -224,6 +225,61 @@ class TestCalls:
                 thread.join(WAIT)
         assert sorted(model.records) == sorted((n, i) for n in range(8) for i in range(50))
         assert batcher.stats.total_batches < 400
+
+
+class TestCallWithoutATask:
+    """``call()`` queues its record from a callback on the loop and is handed the
+    outcome back (``_loop.call_from_thread``); a task waits for room only when the
+    queue is full."""
+
+    def test_a_call_behind_a_full_queue_waits_for_room(self, backend: str) -> None:
+        with held_batcher(backend, max_queue_size=1, max_batch_size=1) as (batcher, model, _):
+            queued = batcher.submit("queued")  # fills the queue while the model holds "first"
+            called: Future[Any] = Future()
+            thread = threading.Thread(target=lambda: called.set_result(batcher.call("behind")))
+            thread.start()
+            with pytest.raises(TimeoutError):
+                called.result(0.1)  # no room: it waits
+            model.release()
+            assert called.result(WAIT) == ("done", "behind")
+            assert queued.result(WAIT) == ("done", "queued")
+            thread.join(WAIT)
+        assert model.records == ["first", "queued", "behind"]
+
+    def test_its_timeout_counts_the_wait_for_room(self, backend: str) -> None:
+        with held_batcher(backend, max_queue_size=1, max_batch_size=1) as (batcher, model, _):
+            batcher.submit("queued")
+            with pytest.raises(TimeoutError):
+                batcher.call("behind", timeout=0.1)
+            assert batcher.stats.total_cancelled == 1  # withdrawn as it waited for room
+        assert model.records == ["first", "queued"]
+
+    def test_a_call_the_loop_never_took_up_is_refused_when_it_stops(
+        self, backend: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # As if the loop ended between the hand-over and its callback: stop() answers
+        # the waiting call instead of leaving it to wait forever.
+        lost: list[Any] = []
+        monkeypatch.setattr("batcher._loop.call_soon", lambda token, func: lost.append(func))
+        batcher = SyncBatcher(DynamicBatcher(double), backend=backend)
+        batcher.start()
+        refused: Future[Any] = Future()
+
+        def call() -> None:
+            try:
+                batcher.call(1)
+            except RuntimeError as exc:
+                refused.set_result(str(exc))
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        while not lost:
+            assert thread.is_alive()
+            time.sleep(0.001)
+        batcher.stop()
+        assert refused.result(WAIT) == NOT_RUNNING_MESSAGE
+        thread.join(WAIT)
+        assert batcher.stats.total_submitted == 0
 
 
 class TestWithdrawal:
