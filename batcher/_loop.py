@@ -47,7 +47,7 @@ class Loop:
     """One run of the background event loop: the portal into it, the task that
     serves the batcher, and the loop's thread."""
 
-    __slots__ = ("closing", "handed", "maps", "portal", "serving", "stack", "thread", "token")
+    __slots__ = ("calls_soon", "closing", "handed", "maps", "portal", "serving", "stack", "thread", "token")
 
     def __init__(self, batcher: DynamicBatcher[Any, Any], backend: str, options: Mapping[str, Any] | None) -> None:
         #: Set once close() has begun: a call that fails from then on failed because of it.
@@ -62,6 +62,8 @@ class Loop:
             self.thread: int
             self.token: EventLoopToken
             self.thread, self.token = self.portal.call(_identify)
+            #: Whether a thread can have the loop call a function without waiting (AnyIO 4.16).
+            self.calls_soon = hasattr(self.token.backend_class, "run_sync_soon")
             self.serving: Future[BaseException | None] = self.portal.start_task(serve, batcher)[0]
         except BaseException:
             self.stack.close()
@@ -94,7 +96,7 @@ class Loop:
 
     def soon(self, func: Callable[[], object]) -> None:
         """Have the loop call ``func()`` soon, without waiting for it (with AnyIO
-        4.16 or later)."""
+        4.16 or later: see ``calls_soon``)."""
         with self.entry():
             try:
                 call_soon(self.token, func)
@@ -241,8 +243,12 @@ def call_from_thread(
     A task per call on the portal cost 88-93 µs a record from 16 threads on asyncio and
     141-170 on trio; without it, 44-48 and 71-72 (``python -m benchmarks.bench_sync``).
     A call that times out, or is interrupted, withdraws its record (unless a worker
-    has taken it); a timed-out one before it raises.
+    has taken it); a timed-out one before it raises. With AnyIO before 4.16, whose
+    calls from a thread wait for the loop (and would wait forever for a loop that
+    ends first), every call takes the task's way.
     """
+    if not loop.calls_soon:
+        return _call_in_task(loop, batcher, record, options, limit_s)
     started = time.monotonic()
     handoff = _Handoff()
     outcome = handoff.outcome
@@ -265,6 +271,13 @@ def call_from_thread(
     if value is not _FULL:
         return cast(T, value)
     limit_s = None if limit_s is None else max(0.0, limit_s - (time.monotonic() - started))
+    return _call_in_task(loop, batcher, record, options, limit_s)
+
+
+def _call_in_task(
+    loop: Loop, batcher: DynamicBatcher[Any, T], record: Any, options: dict[str, Any], limit_s: float | None
+) -> T:
+    # A task on the loop submits (waiting for room) and awaits the record's future.
     future = loop.spawn(partial(call_on_loop, batcher, record, options, limit_s))
     try:
         return future.result()

@@ -254,6 +254,21 @@ class TestCallWithoutATask:
             assert batcher.stats.total_cancelled == 1  # withdrawn as it waited for room
         assert model.records == ["first", "queued"]
 
+    def test_before_anyio_4_16_each_call_takes_a_task(self, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        # There a call from a thread waits for the loop, and would wait forever for a
+        # loop that ended first: the portal's task, which the loop's end does answer.
+        def refuse(token: object, func: object) -> None:
+            raise AssertionError("a call from a thread that waits")
+
+        monkeypatch.setattr("batcher._loop.call_soon", refuse)
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            loop = batcher._loop
+            assert loop is not None
+            loop.calls_soon = False
+            assert batcher.call(4) == 8
+            with pytest.raises(TimeoutError):
+                batcher.call(5, timeout=0)
+
     def test_a_call_the_loop_never_took_up_is_refused_when_it_stops(
         self, backend: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
