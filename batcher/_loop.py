@@ -1,38 +1,28 @@
 """The background event loop a :class:`SyncBatcher` runs its batcher on: an
 anyio blocking portal in a thread of its own, the task serving the batcher, and
-the way into the loop from other threads."""
+the ways into the loop from other threads (the calls that use them are in
+``_from_thread.py``)."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError
 from contextlib import ExitStack, contextmanager, suppress
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.from_thread import start_blocking_portal
 from anyio.lowlevel import EventLoopToken, current_token
 
-from ._future import BatchFuture
 from ._model import call_soon
 from ._run import NOT_RUNNING as BATCHER_NOT_RUNNING
 
 if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
 
-__all__ = (
-    "IN_LOOP",
-    "NOT_RUNNING",
-    "Loop",
-    "call_from_thread",
-    "call_on_loop",
-    "refused_as_not_running",
-    "withdraw_if_cancelled",
-)
+__all__ = ("IN_LOOP", "NOT_RUNNING", "Loop", "refused_as_not_running")
 
 T = TypeVar("T")
 
@@ -185,138 +175,3 @@ def refused_as_not_running() -> Iterator[None]:
         if str(exc) == BATCHER_NOT_RUNNING:
             raise RuntimeError(NOT_RUNNING) from None
         raise
-
-
-async def call_on_loop(
-    batcher: DynamicBatcher[Any, T],
-    record: Any,
-    options: dict[str, Any],
-    limit_s: float | None,
-    *,
-    task_status: TaskStatus[BatchFuture[T]] = anyio.TASK_STATUS_IGNORED,
-) -> T:
-    """The loop's side of ``SyncBatcher.call()`` and ``submit()``. The caller's
-    timeout is a deadline here, on the loop, where it withdraws the record before
-    the caller hears of it."""
-    with anyio.fail_after(limit_s):
-        with refused_as_not_running():
-            future = await batcher.submit(record, **options)
-        task_status.started(future)
-        try:
-            return await future
-        except BaseException:
-            future.cancel()  # withdraws the record unless it was dispatched
-            raise
-
-
-def withdraw_if_cancelled(loop: Loop, queued: BatchFuture[Any], future: Future[Any]) -> None:
-    """Withdraw the record of a cancelled ``submit`` future on the loop before
-    ``cancel()`` returns (the portal's own cancellation of the task comes later)."""
-    if future.cancelled() and not loop.on_loop_thread():
-        with suppress(RuntimeError):  # the loop has closed: the record was processed
-            loop.portal.call(queued.cancel)
-
-
-#: What the loop hands back to ``call_from_thread`` when the queue is full.
-_FULL: Any = object()
-
-
-class _Handoff:
-    """A ``SyncBatcher.call()`` on its way through the loop: the outcome its thread
-    waits for, and the record's future once queued."""
-
-    __slots__ = ("abandoned", "future", "outcome")
-
-    def __init__(self) -> None:
-        self.outcome: Future[Any] = Future()
-        self.future: BatchFuture[Any] | None = None
-        self.abandoned = False
-
-
-def call_from_thread(
-    loop: Loop, batcher: DynamicBatcher[Any, T], record: Any, options: dict[str, Any], limit_s: float | None
-) -> T:
-    """``SyncBatcher.call()``: queue the record from a callback on the loop, and wait
-    here for the end of its future, which the loop hands back without a task; only
-    when the queue is full does a task (:func:`call_on_loop`) wait for room.
-
-    A task per call on the portal cost 88-93 µs a record from 16 threads on asyncio and
-    141-170 on trio; without it, 44-48 and 71-72 (``python -m benchmarks.bench_sync``).
-    A call that times out, or is interrupted, withdraws its record (unless a worker
-    has taken it); a timed-out one before it raises. With AnyIO before 4.16, whose
-    calls from a thread wait for the loop (and would wait forever for a loop that
-    ends first), every call takes the task's way.
-    """
-    if not loop.calls_soon:
-        return _call_in_task(loop, batcher, record, options, limit_s)
-    started = time.monotonic()
-    handoff = _Handoff()
-    outcome = handoff.outcome
-    loop.handed.add(outcome)  # before the loop can end with it unanswered: close() answers it
-    try:
-        loop.soon(partial(_queue_now, batcher, record, options, handoff))
-        try:
-            value = outcome.result(limit_s)
-        except BaseException as exc:
-            if not outcome.done():  # timed out or interrupted while waiting
-                withdraw = partial(_abandon, handoff)
-                with suppress(RuntimeError):  # the loop has ended: nothing is left to withdraw
-                    if isinstance(exc, TimeoutError):
-                        loop.call(withdraw)  # withdrawn before the caller hears of it
-                    else:
-                        loop.soon(withdraw)  # an interrupted caller does not wait for the loop
-            raise
-    finally:
-        loop.handed.discard(outcome)
-    if value is not _FULL:
-        return cast(T, value)
-    limit_s = None if limit_s is None else max(0.0, limit_s - (time.monotonic() - started))
-    return _call_in_task(loop, batcher, record, options, limit_s)
-
-
-def _call_in_task(
-    loop: Loop, batcher: DynamicBatcher[Any, T], record: Any, options: dict[str, Any], limit_s: float | None
-) -> T:
-    # A task on the loop submits (waiting for room) and awaits the record's future.
-    future = loop.spawn(partial(call_on_loop, batcher, record, options, limit_s))
-    try:
-        return future.result()
-    except BaseException:
-        future.cancel()  # the caller was interrupted: withdraw the record if it can be
-        raise
-
-
-def _queue_now(batcher: DynamicBatcher[Any, Any], record: Any, options: dict[str, Any], handoff: _Handoff) -> None:
-    # On the loop: queue the record without waiting, and hand its future's end back.
-    outcome = handoff.outcome
-    if handoff.abandoned:
-        return
-    try:
-        with refused_as_not_running():
-            future = batcher.submit_nowait(record, **options)
-    except anyio.WouldBlock:
-        outcome.set_result(_FULL)
-    except BaseException as exc:  # a bad cost, an overload, a stopped batcher: the caller's
-        outcome.set_exception(exc)
-    else:
-        handoff.future = future
-        future.add_done_callback(partial(_hand_back, outcome))
-
-
-def _hand_back(outcome: Future[Any], future: BatchFuture[Any]) -> None:
-    # On the loop, as the record's future ends: its result or exception to the thread.
-    try:
-        value = future.result()
-    except BaseException as exc:
-        with suppress(InvalidStateError):
-            outcome.set_exception(exc)
-    else:
-        with suppress(InvalidStateError):
-            outcome.set_result(value)
-
-
-def _abandon(handoff: _Handoff) -> None:
-    # On the loop: the caller stopped waiting; withdraw its record if it is queued.
-    handoff.abandoned = True
-    if handoff.future is not None:
-        handoff.future.cancel()

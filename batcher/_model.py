@@ -128,6 +128,10 @@ class Model:
         return as_results(results)
 
 
+#: How long a worker that ends waits for its idle thread to exit (it takes a moment).
+END_S = 5.0
+
+
 class ModelThread:
     """A worker's own daemon thread for a plain process function, started on first
     use and kept until the worker ends, so that every batch of the worker runs on
@@ -144,13 +148,15 @@ class ModelThread:
     Calls run one at a time. A call that is cancelled (at its time limit, or as the
     batcher stops) is abandoned: its thread finishes it and exits, and the next
     call gets a new thread. Daemon threads let the program exit even while an
-    abandoned call is stuck (in a C extension, say).
+    abandoned call is stuck (in a C extension, say). As the worker ends, its idle
+    thread exits before the batcher's stop returns (:meth:`end`).
     """
 
-    __slots__ = ("_jobs",)
+    __slots__ = ("_jobs", "_thread")
 
     def __init__(self) -> None:
         self._jobs: SimpleQueue[Callable[[], object] | None] | None = None
+        self._thread: threading.Thread | None = None
 
     async def run(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
         """Run ``fn(records)`` in the thread, in a copy of the caller's context.
@@ -185,14 +191,24 @@ class ModelThread:
 
     def close(self) -> None:
         """Let the thread exit after the call it is running, if any."""
-        jobs, self._jobs = self._jobs, None
+        jobs, self._jobs, self._thread = self._jobs, None, None
         if jobs is not None:
             jobs.put(None)
+
+    def end(self) -> None:
+        """As the worker ends, with no call running: let the thread exit, and wait the
+        moment it takes (at most ``END_S``), so that no thread of the batcher outlives
+        its stop."""
+        thread = self._thread
+        self.close()
+        if thread is not None:
+            thread.join(END_S)
 
     def _queue(self) -> SimpleQueue[Callable[[], object] | None]:
         if self._jobs is None:
             self._jobs = SimpleQueue()
-            threading.Thread(target=_serve, args=(self._jobs,), name="batcher process_fn", daemon=True).start()
+            self._thread = threading.Thread(target=_serve, args=(self._jobs,), name="batcher process_fn", daemon=True)
+            self._thread.start()
         return self._jobs
 
 

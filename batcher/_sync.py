@@ -12,7 +12,8 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Self, overload
 
 from ._dynamic import DynamicBatcher
-from ._loop import IN_LOOP, NOT_RUNNING, Loop, call_from_thread, call_on_loop, withdraw_if_cancelled
+from ._from_thread import call_from_thread, call_on_loop, submit_from_thread, withdraw_if_cancelled
+from ._loop import IN_LOOP, NOT_RUNNING, Loop
 from ._map import Progress
 from ._protocols import RecordT, ResultT
 from ._settings import check_options, check_seconds
@@ -247,6 +248,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         """
         options = self._options(estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
         loop = self._running()
+        if timeout is None and (handed := submit_from_thread(loop, self._batcher, record, options)) is not None:
+            return handed
         future, queued = loop.start(partial(call_on_loop, self._batcher, record, options, timeout))
         future.add_done_callback(partial(withdraw_if_cancelled, loop, queued))
         return future

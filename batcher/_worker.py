@@ -67,7 +67,7 @@ class Worker:
             try:
                 await self._take_batches()
             finally:
-                self._thread.close()
+                self._thread.end()
 
     async def _take_batches(self) -> None:
         counters, run = self._counters, self._run

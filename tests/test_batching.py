@@ -198,7 +198,8 @@ class TestConcurrency:
     @pytest.mark.parametrize("workers", [1, 2])
     async def test_each_worker_keeps_one_thread(self, workers: int) -> None:
         # GPU frameworks keep per-thread state (warmed-up shapes): every batch of a
-        # worker runs on the worker's own thread, a daemon that ends with the batcher.
+        # worker runs on the worker's own thread, a daemon that ends with the batcher,
+        # before its stop returns.
         threads: list[threading.Thread] = []
 
         def fn(batch: list[int]) -> list[int]:
@@ -215,9 +216,7 @@ class TestConcurrency:
         assert len(threads) == 25
         assert len(owned) <= workers
         assert all(thread.daemon and thread.name == "batcher process_fn" for thread in owned)
-        for thread in owned:  # each exits once the batcher has stopped
-            await anyio.to_thread.run_sync(thread.join, 5)
-            assert not thread.is_alive()
+        assert not any(thread.is_alive() for thread in owned)  # each has exited by the end of stop
 
     async def test_callers_of_a_crowded_batch_run_before_the_next_batch_is_settled(self) -> None:
         # Each wake-up allocates, and trio runs a turn's tasks in either order: a

@@ -228,15 +228,20 @@ class TestCalls:
 
 
 class TestCallWithoutATask:
-    """``call()`` queues its record from a callback on the loop and is handed the
-    outcome back (``_loop.call_from_thread``); a task waits for room only when the
+    """``call()`` and ``submit()`` queue their record from a callback on the loop and
+    are handed its end back (``_from_thread.py``); a task waits for room only when the
     queue is full."""
 
-    def test_a_call_behind_a_full_queue_waits_for_room(self, backend: str) -> None:
+    @pytest.mark.parametrize("door", ["call", "submit"])
+    def test_a_call_behind_a_full_queue_waits_for_room(self, backend: str, door: str) -> None:
         with held_batcher(backend, max_queue_size=1, max_batch_size=1) as (batcher, model, _):
             queued = batcher.submit("queued")  # fills the queue while the model holds "first"
             called: Future[Any] = Future()
-            thread = threading.Thread(target=lambda: called.set_result(batcher.call("behind")))
+
+            def behind() -> None:
+                called.set_result(batcher.call("behind") if door == "call" else batcher.submit("behind").result())
+
+            thread = threading.Thread(target=behind)
             thread.start()
             with pytest.raises(TimeoutError):
                 called.result(0.1)  # no room: it waits
@@ -266,11 +271,13 @@ class TestCallWithoutATask:
             assert loop is not None
             loop.calls_soon = False
             assert batcher.call(4) == 8
+            assert batcher.submit(6).result(WAIT) == 12
             with pytest.raises(TimeoutError):
                 batcher.call(5, timeout=0)
 
+    @pytest.mark.parametrize("door", ["call", "submit"])
     def test_a_call_the_loop_never_took_up_is_refused_when_it_stops(
-        self, backend: str, monkeypatch: pytest.MonkeyPatch
+        self, backend: str, door: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # As if the loop ended between the hand-over and its callback: stop() answers
         # the waiting call instead of leaving it to wait forever.
@@ -282,7 +289,7 @@ class TestCallWithoutATask:
 
         def call() -> None:
             try:
-                batcher.call(1)
+                batcher.call(1) if door == "call" else batcher.submit(1)
             except RuntimeError as exc:
                 refused.set_result(str(exc))
 
