@@ -8,13 +8,20 @@
 2. Execution modes through the batcher, in a closed loop of 64 producers: a plain
    process function (it runs in a worker thread) and an ``async def`` one that
    calls the model on the event loop; with the longest stall of a 1 ms ticker, and
-   the time of a pass without the ticker.
+   the time of a pass without the ticker. Rounds of a pass with the ticker, one
+   without, and the bare model on the same batches, in turns; the medians count.
 3. Batching: flyte's ``TokenBatcher`` (sum budget, arrival order), the batcher with
    a sum budget (FIFO), with a padded budget in arrival order (``cost_model="padded"``),
    ``cost_model="padded"`` with ``group_by_cost=True``, and ``cost_model="measured"``,
    in an open and a closed loop, against an offline run of the corpus sorted by
    length and cut into budget-full batches; with each policy's largest batch in
    padded tokens (a sum budget lets it pass the budget).
+4. ``unbound`` (not run unless named): the closed loop again, each padded policy
+   with a padded budget no closed loop of 64 can reach (64 x 512), against FIFO
+   with its sum budget: the policies at equal memory.
+
+The small model gets 4,096 texts, the large one 2,048 (its passes are long enough
+to be steady), so that parts 1-3 take about 3 minutes of GPU time.
 
 Without a CUDA device it prints why it skipped and exits 0. ``--device cpu`` runs
 the same code on the CPU with a tiny model (a check that it works, not a
@@ -22,6 +29,7 @@ measurement)::
 
     python -m benchmarks --gpu                     # with A-E, S (and F with --with-model)
     python -m benchmarks.bench_gpu                 # G alone, about 3 minutes of GPU time
+    python -m benchmarks.bench_gpu --parts unbound --passes 5
     python -m benchmarks.bench_gpu --quick --device cpu
 """
 
@@ -38,7 +46,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -51,21 +59,24 @@ from benchmarks.scaling import longest_gap_ms
 PRODUCERS = 64
 #: Passes over the corpus before the timed ones, in the same batcher (a steady state).
 WARM_PASSES = 2
-#: Timed passes; the median counts (a pass of the small model takes a fraction of a second).
-TIMED_PASSES = 5
 SKIPPED = "G  skipped: no CUDA device (torch.cuda.is_available() is false); `--device cpu` checks the code on the CPU"
 
 
 @dataclass(frozen=True)
 class Sizes:
-    texts: int
     budget: int
-    models: dict[str, tuple[int, int, int]]  # name -> (layers, hidden, heads)
+    models: dict[str, tuple[int, int, int, int]]  # name -> (layers, hidden, heads, texts)
     thread_batches: int
+    #: Timed passes of each policy, taken in turns; the median counts.
+    passes: int = 3
+    #: Rounds of each execution mode's passes and the bare model's, taken in turns.
+    mode_rounds: int = 2
 
 
-FULL = Sizes(4096, 16_384, {"small (6 x 384)": (6, 384, 12), "large (24 x 1024)": (24, 1024, 16)}, 32)
-QUICK = Sizes(256, 2_048, {"tiny (2 x 64)": (2, 64, 2)}, 8)
+# The large model's passes take long enough to be steady with half the texts; so sized,
+# the whole of G takes about 3 minutes (``--passes`` and ``--mode-rounds`` for more).
+FULL = Sizes(16_384, {"small (6 x 384)": (6, 384, 12, 4096), "large (24 x 1024)": (24, 1024, 16, 2048)}, 32)
+QUICK = Sizes(2_048, {"tiny (2 x 64)": (2, 64, 2, 256)}, 8)
 
 
 class Encoder:
@@ -153,6 +164,13 @@ class Encoder:
     def _sync(self) -> None:
         if self.device == "cuda":
             self.torch.cuda.synchronize()
+
+    def warm(self, batches: list[list[int]]) -> None:
+        """Run, in this thread, each of ``batches`` of a shape this thread has not run."""
+        ident, known = threading.get_ident(), self._shapes
+        for batch in batches:
+            if (ident, len(batch), max(self.lengths[i] for i in batch)) not in known:
+                self.embed(batch)
 
     def reset(self, record: bool = False) -> None:
         """Zero the counts; with ``record``, keep each batch from now on in ``seen``."""
@@ -259,9 +277,11 @@ def launch_then_wait(encoder: Encoder) -> Callable[[list[int]], Awaitable[list[A
 
 
 def mode_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
-    """Item 2: the batcher's execution modes in a closed loop, steady state (a second
-    pass in the same batcher), against the bare model on the same batches in the
-    main thread, with the event loop's longest stall."""
+    """Item 2: the batcher's execution modes in a closed loop, steady state (after a
+    first pass in the same batcher), against the bare model on the same batches in the
+    main thread, with the event loop's longest stall. Each round runs a pass with the
+    ticker, one without it, and the bare model on the first one's batches, so that a
+    slow stretch of the machine falls on both sides of a ratio; the medians count."""
 
     async def on_loop(batch: list[int]) -> list[Any]:
         return encoder.embed(batch)  # blocks the event loop while the device runs
@@ -275,41 +295,50 @@ def mode_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
         ("async def, model on the loop", on_loop),
         ("async def, launch on loop, wait in thread", launch_then_wait(encoder)),
     ]
-    lines = []
-    for name, function in modes:
-        timed: dict[str, float] = {}
+    return [_mode_line(name, encoder, function, sizes) for name, function in modes]
 
-        async def run(function: Any = function, timed: dict[str, float] = timed) -> list[list[int]]:
-            async with TokenBatcher(function, target_batch_tokens=sizes.budget) as batcher:
-                started = time.perf_counter()
-                await closed_loop(batcher, encoder.lengths)  # every shape met once, in its thread
-                timed["cold"] = (time.perf_counter() - started) / max(1, encoder.batches)
+
+def _mode_line(name: str, encoder: Encoder, function: Any, sizes: Sizes) -> str:
+    rounds: list[tuple[float, float, float, float]] = []  # (ticked, quiet, bare, stall)
+    cold = [0.0]
+
+    async def timed_pass(batcher: Any, ticker: bool = False) -> tuple[float, float]:
+        started = time.perf_counter()
+        work = partial(closed_loop, batcher, encoder.lengths)
+        stall = 0.0
+        if ticker:
+            stall = await longest_gap_ms(work)
+        else:
+            await work()
+        return (time.perf_counter() - started) / max(1, encoder.batches) * 1e3, stall
+
+    async def run() -> None:
+        async with TokenBatcher(function, target_batch_tokens=sizes.budget) as batcher:
+            encoder.reset()
+            cold[0] = (await timed_pass(batcher))[0]  # every shape met once, in its thread
+            for _ in range(sizes.mode_rounds):
                 encoder.reset(record=True)
-                started = time.perf_counter()
-                timed["stall"] = await longest_gap_ms(partial(closed_loop, batcher, encoder.lengths))
-                timed["ticked"] = (time.perf_counter() - started) / max(1, encoder.batches)
+                ticked, stall = await timed_pass(batcher, ticker=True)
                 seen = encoder.seen
                 encoder.reset()
-                started = time.perf_counter()
-                await closed_loop(batcher, encoder.lengths)  # the same, without the ticker
-                timed["quiet"] = (time.perf_counter() - started) / max(1, encoder.batches)
-            return seen
+                quiet = (await timed_pass(batcher))[0]
+                encoder.warm(seen)  # the shapes the main thread has not run yet
+                rounds.append((ticked, quiet, _per_batch_ms(encoder.embed, seen), stall))
 
-        encoder.reset()
-        seen = anyio.run(run)
-        encoder.reset()
-        _per_batch_ms(encoder.embed, seen)
-        bare = _per_batch_ms(encoder.embed, seen)
-        per_batch, quiet = timed["ticked"] * 1e3, timed["quiet"] * 1e3
-        lines.append(
-            f"{name:<42} {per_batch:6.2f} ms/batch ({per_batch / bare:4.2f}x bare {bare:.2f}; "
-            f"{quiet / bare:4.2f}x without the ticker), 1st pass {timed['cold'] * 1e3:6.2f}, "
-            f"loop stall {timed['stall']:5.1f} ms"
-        )
-    return lines
+    anyio.run(run)
+    encoder.reset()
+    ticked, bare = (statistics.median(r[i] for r in rounds) for i in (0, 2))
+    ratios = [r[0] / r[2] for r in rounds]
+    return (
+        f"{name:<42} {ticked:6.2f} ms/batch ({statistics.median(ratios):4.2f}x bare {bare:.2f}, rounds "
+        f"{min(ratios):.2f}-{max(ratios):.2f}x; {statistics.median(r[1] / r[2] for r in rounds):4.2f}x without "
+        f"the ticker), 1st pass {cold[0]:6.2f}, loop stall {max(r[3] for r in rounds):5.1f} ms"
+    )
 
 
 def _opener(system: str, encoder: Encoder, budget: int) -> Callable[[], Any]:
+    if system.endswith(UNBOUND):  # a padded budget no closed loop of PRODUCERS can reach
+        system, budget = system.removesuffix(UNBOUND), PRODUCERS * max(encoder.lengths)
     if system == "flyte FIFO sum":
         module = flyte_ref.load().module
         assert module is not None
@@ -357,7 +386,8 @@ def _counted(tallies: dict[str, Tally], gc_s: list[float]) -> Iterator[None]:
     """Count the measured mode's choices in ``tallies["batcher measured"].picks`` (0:
     grouped with no floor, 1-3: the floors, 4: arrival order), and add the seconds the
     cyclic GC runs to ``gc_s[0]``."""
-    original, picks = _measured.choose, tallies["batcher measured"].picks
+    measured = [tally for system, tally in tallies.items() if system.startswith("batcher measured")]
+    original, picks = _measured.choose, (measured[0] if measured else Tally()).picks
     began = [0.0]
 
     def counted(candidates: Sequence[tuple[int, int, int]], fit: Any) -> int:
@@ -379,22 +409,22 @@ def _counted(tallies: dict[str, Tally], gc_s: list[float]) -> Iterator[None]:
         gc.callbacks.remove(timing)
 
 
-def _interleaved(encoder: Encoder, systems: Sequence[str], budget: int, closed: bool) -> dict[str, Tally]:
+def _interleaved(encoder: Encoder, systems: Sequence[str], sizes: Sizes, closed: bool) -> dict[str, Tally]:
     """Every system's batcher open at once, each warmed by ``WARM_PASSES`` passes over
     the corpus (its worker thread meets the shapes: a thread's first batch of a shape
-    costs far more), then ``TIMED_PASSES`` rounds of one pass each, taking turns, so
+    costs far more), then ``sizes.passes`` rounds of one pass each, taking turns, so
     that a slow stretch of the machine falls on all of them alike."""
     tallies = {system: Tally() for system in systems}
     gc_s = [0.0]
 
     async def run() -> None:
         async with AsyncExitStack() as stack:
-            batchers = {s: await stack.enter_async_context(_opener(s, encoder, budget)()) for s in systems}
+            batchers = {s: await stack.enter_async_context(_opener(s, encoder, sizes.budget)()) for s in systems}
             for _ in range(WARM_PASSES):
                 for batcher in batchers.values():
                     await one_pass(batcher, encoder.lengths, closed)
             with _counted(tallies, gc_s):
-                for _ in range(TIMED_PASSES):
+                for _ in range(sizes.passes):
                     for system, batcher in batchers.items():
                         encoder.reset()
                         gc_s[0], started = 0.0, time.perf_counter()
@@ -405,7 +435,7 @@ def _interleaved(encoder: Encoder, systems: Sequence[str], budget: int, closed: 
     return tallies
 
 
-def _offline(encoder: Encoder, budget: int) -> tuple[float, int]:
+def _offline(encoder: Encoder, budget: int, passes: int) -> tuple[float, int]:
     """The corpus sorted by length, cut into budget-full padded batches, run back to back."""
     batches: list[list[int]] = [[]]
     for index in sorted(range(len(encoder.lengths)), key=encoder.lengths.__getitem__):
@@ -413,40 +443,68 @@ def _offline(encoder: Encoder, budget: int) -> tuple[float, int]:
             batches.append([])
         batches[-1].append(index)
     _per_batch_ms(encoder.embed, batches)  # every shape met once
-    seconds = statistics.median(_per_batch_ms(encoder.embed, batches) for _ in range(TIMED_PASSES)) * len(batches) / 1e3
+    seconds = statistics.median(_per_batch_ms(encoder.embed, batches) for _ in range(passes)) * len(batches) / 1e3
     return len(encoder.lengths) / seconds, len(batches)
 
 
 def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     """Item 3: the systems in both loops, against the offline sorted bound."""
-    bound, batches = _offline(encoder, sizes.budget)
+    bound, batches = _offline(encoder, sizes.budget, sizes.passes)
     lines = [f"offline sorted bound             {bound:9.0f} texts/s                 batches {batches:5d}"]
     systems = ["batcher FIFO sum", "batcher FIFO padded", "batcher padded grouped", "batcher measured"]
     if flyte_ref.load().module is not None:
         systems.insert(0, "flyte FIFO sum")
     for closed in (False, True):
-        for system, tally in _interleaved(encoder, systems, sizes.budget, closed).items():
+        for system, tally in _interleaved(encoder, systems, sizes, closed).items():
             rate = statistics.median(tally.rates)
             loop = "closed 64" if closed else "open     "
             picks = " ".join(f"{k}:{v}" for k, v in sorted(tally.picks.items()))
             lines.append(
                 f"{loop} {system:<22} {rate:9.0f} texts/s ({min(tally.rates):.0f}-{max(tally.rates):.0f})  "
-                f"eff {tally.real / max(1, tally.padded):6.1%}  batches {tally.batches / TIMED_PASSES:5.0f} "
+                f"eff {tally.real / max(1, tally.padded):6.1%}  batches {tally.batches / sizes.passes:5.0f} "
                 f"(new shapes {tally.new_shapes:3d}, largest {tally.peak:5d})  x bound {rate / bound:5.2f}  "
-                f"gc {tally.gc_s / TIMED_PASSES * 1e3:5.1f} ms/pass" + (f"  picks {picks}" if picks else "")
+                f"gc {tally.gc_s / sizes.passes * 1e3:5.1f} ms/pass" + (f"  picks {picks}" if picks else "")
             )
     return lines
 
 
-PARTS = ("threads", "modes", "batching")
+UNBOUND = " unbound"
+
+
+def unbound_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
+    """Item 4 at equal memory: in the closed loop a sum budget never binds (64 records
+    sum to far less), so FIFO sum runs every waiting record as one batch of up to
+    64 x 512 padded tokens. Here the padded policies get that much too, so that each
+    chooses its batches freely within the same largest batch."""
+    systems = ["batcher FIFO sum"] + [
+        s + UNBOUND for s in ("batcher FIFO padded", "batcher padded grouped", "batcher measured")
+    ]
+    lines = []
+    for system, tally in _interleaved(encoder, systems, sizes, closed=True).items():
+        rate = statistics.median(tally.rates)
+        picks = " ".join(f"{k}:{v}" for k, v in sorted(tally.picks.items()))
+        lines.append(
+            f"closed 64 {system:<30} {rate:9.0f} texts/s ({min(tally.rates):.0f}-{max(tally.rates):.0f})  "
+            f"eff {tally.real / max(1, tally.padded):6.1%}  batches {tally.batches / sizes.passes:5.0f} "
+            f"(largest {tally.peak:5d})  gc {tally.gc_s / sizes.passes * 1e3:5.1f} ms/pass"
+            + (f"  picks {picks}" if picks else "")
+        )
+    return lines
+
+
+PARTS = ("threads", "modes", "batching", "unbound")
+#: The parts a plain run makes (about 3 minutes on an H100 or H200).
+DEFAULT_PARTS = PARTS[:3]
 
 
 def report(
     quick: bool = False,
     device: str = "auto",
-    parts: Sequence[str] = PARTS,
+    parts: Sequence[str] = DEFAULT_PARTS,
     models: Sequence[str] = (),
     freeze: bool = True,
+    passes: int | None = None,
+    mode_rounds: int | None = None,
 ) -> Iterator[str]:
     """Workload G, line by line as it is measured (one line saying why, without a CUDA
     device). With ``freeze``, everything built before the runs (torch, the model) is
@@ -460,25 +518,26 @@ def report(
             return
         device = "cuda"
     sizes = QUICK if quick else FULL
-    lengths = corpus_lengths(sizes.texts)
+    sizes = replace(sizes, passes=passes or sizes.passes, mode_rounds=mode_rounds or sizes.mode_rounds)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     yield (
         f"G  BERT-style encoders, random weights, on {name}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} CPU threads); anyio {_version('anyio')}; "
-        f"{sizes.texts} texts, tokens median {statistics.median(lengths):g} max {max(lengths)}; budget {sizes.budget}; "
+        f"({torch.get_num_threads()} CPU threads); anyio {_version('anyio')}; budget {sizes.budget}; "
+        f"{sizes.passes} timed passes, {sizes.mode_rounds} rounds of modes; "
         f"gc.freeze() {'after loading each model' if freeze else 'not used'}"
     )
     began = time.perf_counter()
-    for model_name, shape in sizes.models.items():
+    for model_name, (*shape, texts) in sizes.models.items():
         if models and model_name.split()[0] not in models:
             continue
-        encoder = Encoder(shape, device, lengths)
+        lengths = corpus_lengths(texts)
+        encoder = Encoder((shape[0], shape[1], shape[2]), device, lengths)
         encoder.embed(list(range(PRODUCERS)))
         if freeze:
             gc.collect()
             gc.freeze()
-        yield f"== {model_name}"
-        functions = (thread_lines, mode_lines, batching_lines)
+        yield f"== {model_name}: {texts} texts, tokens median {statistics.median(lengths):g} max {max(lengths)}"
+        functions = (thread_lines, mode_lines, batching_lines, unbound_lines)
         for part in [part for name, part in zip(PARTS, functions, strict=True) if name in parts]:
             for line in part(encoder, sizes):
                 yield f"   {line}"
@@ -506,11 +565,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny model and 256 texts: checks the code")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda, else skip")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="which parts to run (all)")
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=DEFAULT_PARTS, help="which parts to run (all but unbound)"
+    )
     parser.add_argument("--models", nargs="+", choices=("small", "large"), default=(), help="which models (both)")
     parser.add_argument("--no-freeze", action="store_true", help="leave the model's objects to the cyclic GC")
+    parser.add_argument("--passes", type=int, help=f"timed passes of each policy ({FULL.passes})")
+    parser.add_argument("--mode-rounds", type=int, help=f"rounds of each mode and the bare model ({FULL.mode_rounds})")
     args = parser.parse_args(argv)
-    for line in report(args.quick, args.device, args.parts, args.models, freeze=not args.no_freeze):
+    lines = report(args.quick, args.device, args.parts, args.models, not args.no_freeze, args.passes, args.mode_rounds)
+    for line in lines:
         print(line, flush=True)
 
 
