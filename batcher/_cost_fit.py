@@ -22,8 +22,9 @@ CPU the term comes out near zero and changes nothing. Where the fit is not clear
 better informed, the grouped batch goes (see :func:`choose`): a policy that keeps
 its choices keeps its shapes, and so runs warm.
 
-The least-squares sums are kept up to date as the window slides, so a refit after
-each batch is one small solve (about 60 µs on this 2-core machine, 150 before).
+The least-squares sums are kept up to date as the window slides, and a refit first
+tries the terms of the last fit, so a refit after each batch is mostly one small solve
+(20-40 µs on this 2-core machine).
 Plain synchronous code, tested without an event loop.
 """
 
@@ -33,7 +34,7 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import combinations
 
-__all__ = ("MARGIN", "WARMUP", "WINDOW", "CostFit", "choose", "fit_batch_time")
+__all__ = ("MARGIN", "WARMUP", "WINDOW", "CostFit", "choose", "first_is_chosen", "fit_batch_time")
 
 #: How many recent batches the fit looks at.
 WINDOW = 64
@@ -63,7 +64,7 @@ class CostFit:
     """The batch times seen lately, the fit of them (``None`` during warm-up), and the
     batch shapes each worker has run."""
 
-    __slots__ = ("_added", "_cold", "_samples", "_shapes", "_sums", "coefficients")
+    __slots__ = ("_added", "_cold", "_samples", "_shapes", "_sums", "_terms", "coefficients")
 
     def __init__(self) -> None:
         self._samples: deque[Sample] = deque(maxlen=WINDOW)
@@ -74,6 +75,8 @@ class CostFit:
         self._shapes: dict[tuple[int, int], int] = {}
         #: The new-shape cost last fitted from a window that held both cold and warm runs.
         self._cold = 0.0
+        #: The terms of the last fit, the first tried in the next (see :meth:`_Sums.fit`).
+        self._terms: tuple[int, ...] | None = None
         self.coefficients: Coefficients | None = None
 
     def add(self, records: int, padded: int, seconds: float, worker: int = 0) -> None:
@@ -95,7 +98,7 @@ class CostFit:
             samples.append(sample)
             sums.add(sample, 1.0)
         if len(samples) >= WARMUP:
-            fixed, per_record, per_token, per_new = sums.fit()
+            (fixed, per_record, per_token, per_new), self._terms = sums.fit(self._terms)
             cold = sums.new_shapes()
             if cold < 0.5:  # only warm runs: the cost of a cold one as last fitted
                 per_new = self._cold
@@ -128,7 +131,7 @@ def fit_batch_time(samples: Sequence[Sample]) -> Coefficients:
     per_new * new`` with every coefficient >= 0: of the fits on each subset of the
     terms whose coefficients are all non-negative, the one with the smallest squared
     error (with none, the mean time as a fixed cost)."""
-    return _Sums(samples).fit()
+    return _Sums(samples).fit()[0]
 
 
 class _Sums:
@@ -161,22 +164,51 @@ class _Sums:
         """How many of the samples ran a shape new to their worker."""
         return self.gram[0][3]
 
-    def fit(self) -> Coefficients:
-        """The fit with no negative coefficient. The one on every term comes first: if
-        none of its coefficients is negative, no subset can do better."""
+    def fit(self, hint: tuple[int, ...] | None = None) -> tuple[Coefficients, tuple[int, ...] | None]:
+        """The fit with no negative coefficient, and the terms it uses.
+
+        It is the least-squares fit on some subset of the terms. ``hint``'s subset (the
+        last fit's, as the window slid by one batch) is tried first and kept if nothing
+        can do better: no coefficient negative, and no term left out that would lower
+        the error if it came in (the fit's optimality conditions; the problem is convex,
+        so they are enough). Then the fit on every term: if none of its coefficients is
+        negative, no subset can do better. Else each subset's, the best of them. The
+        hint spares most of the solves (60 µs a fit down to about 20 on this 2-core
+        machine); where several fits are equally good, it keeps the one it had.
+        """
         gram = [[self.gram[min(i, j)][max(i, j)] for j in range(4)] for i in range(4)]
         moments, squares = self.moments, self.squares
         # Where every batch was of a new shape (or none was), the new-shape cost cannot be
         # told from the fixed cost: it is left at zero, so a known shape is not predicted free.
         mixed = 0.5 < gram[0][3] < gram[0][0] - 0.5
         subsets = _TERMS if mixed else _TERMS_KNOWN
+        if hint in subsets and (kept := _optimal(gram, moments, hint, subsets[-1])) is not None:
+            return kept, hint
         whole = _fit_terms(gram, moments, squares, subsets[-1])
         if whole is not None:
-            return whole[1]
-        fits = [fitted for terms in subsets[:-1] if (fitted := _fit_terms(gram, moments, squares, terms)) is not None]
+            return whole[1], subsets[-1]
+        fits = [(*fitted, terms) for terms in subsets[:-1] if (fitted := _fit_terms(gram, moments, squares, terms))]
         if not fits:
-            return (moments[0] / gram[0][0], 0.0, 0.0, 0.0)
-        return min(fits)[1]
+            return (moments[0] / gram[0][0], 0.0, 0.0, 0.0), None
+        _, coefficients, terms = min(fits)
+        return coefficients, terms
+
+
+def _optimal(
+    gram: list[list[float]], moments: list[float], terms: tuple[int, ...], every: tuple[int, ...]
+) -> Coefficients | None:
+    """The least-squares fit on ``terms`` if it is the best with no negative coefficient
+    over the terms ``every``, else ``None``: none of its coefficients is negative, and
+    for each term left out, the error's slope as that term's coefficient rises from 0
+    is not negative."""
+    full = _fit_on(gram, moments, terms)
+    if full is None:
+        return None
+    # X_out' (y - X c): positive where bringing ``out`` in would lower the error.
+    slopes = [moments[out] - sum(g * c for g, c in zip(gram[out], full, strict=True)) for out in every]
+    if any(slope > 0 for out, slope in zip(every, slopes, strict=True) if out not in terms):
+        return None
+    return (full[0], full[1], full[2], full[3])
 
 
 def _fit_terms(
@@ -184,15 +216,24 @@ def _fit_terms(
 ) -> tuple[float, Coefficients] | None:
     """The squared error and coefficients of the fit on ``terms`` alone, or ``None``
     if it is singular or has a negative coefficient."""
+    full = _fit_on(gram, moments, terms)
+    if full is None:
+        return None
+    # sum((y - c.x)^2) = y'y - 2 c'X'y + c'X'Xc, and at the least-squares c, X'Xc = X'y
+    error = squares - sum(c * m for c, m in zip(full, moments, strict=True))
+    return error, (full[0], full[1], full[2], full[3])
+
+
+def _fit_on(gram: list[list[float]], moments: list[float], terms: tuple[int, ...]) -> list[float] | None:
+    """The four coefficients of the least-squares fit on ``terms`` (0 for the others),
+    or ``None`` if it is singular or has a negative coefficient."""
     solved = _solve([[gram[i][j] for j in terms] for i in terms], [moments[i] for i in terms])
     if solved is None or min(solved) < 0:
         return None
     full = [0.0, 0.0, 0.0, 0.0]
     for term, value in zip(terms, solved, strict=True):
         full[term] = value
-    # sum((y - c.x)^2) = y'y - 2 c'X'y + c'X'Xc, and at the least-squares c, X'Xc = X'y
-    error = squares - sum(c * m for c, m in zip(full, moments, strict=True))
-    return error, (full[0], full[1], full[2], full[3])
+    return full
 
 
 def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None:
@@ -263,11 +304,37 @@ def choose(candidates: Sequence[tuple[int, int, int]], fit: CostFit) -> int:
     """
     if fit.coefficients is None or fit.blind:
         return 0
-    _, per_record, per_token, _ = fit.coefficients
-    keys = []
-    for records, padded, real in candidates:
-        seconds = fit.predict(records, padded, new=not fit.known(records, padded))
-        share = (per_record * records + per_token * real) / seconds if seconds > 0 else 1.0
-        keys.append((share, records))
+    keys = [(_share(candidate, fit), candidate[0]) for candidate in candidates]
     best = max(range(len(keys)), key=keys.__getitem__)  # the earliest of equal keys
     return 0 if 0 < keys[best][0] <= keys[0][0] * (1 + MARGIN) else best
+
+
+def first_is_chosen(first: tuple[int, int, int], records: int, real: int, fit: CostFit) -> bool:
+    """Whether :func:`choose` takes ``first`` whatever the other candidates, given that
+    none holds more than ``records`` records or ``real`` real tokens; then they need
+    not be planned.
+
+    A batch's predicted time is at least its fixed cost plus its records' own work (its
+    padded tokens are at least its real ones), so no share can pass ``own / (fixed +
+    own)`` for the most own work any candidate could hold. Where that is within
+    ``MARGIN`` of the first's share, the first goes: in a closed loop, where every
+    waiting record fits one batch (a small model on a GPU), or where the first batch
+    wastes little. It saves the planning of the other four, most of a take's time
+    (about 140 of 205 µs in a closed loop of 64 on this 2-core machine).
+    """
+    if fit.coefficients is None or fit.blind:
+        return True
+    fixed, per_record, per_token, _ = fit.coefficients
+    share = _share(first, fit)
+    own = per_record * records + per_token * real
+    most = own / (fixed + own) if fixed + own > 0 else 1.0
+    return 0 < share and most <= share * (1 + MARGIN)
+
+
+def _share(candidate: tuple[int, int, int], fit: CostFit) -> float:
+    """The part of a candidate's predicted time that goes to its records' own work
+    (1.0 if it is predicted to take no time)."""
+    records, padded, real = candidate
+    _, per_record, per_token, _ = fit.coefficients or (0.0, 0.0, 0.0, 0.0)
+    seconds = fit.predict(records, padded, new=not fit.known(records, padded))
+    return (per_record * records + per_token * real) / seconds if seconds > 0 else 1.0

@@ -11,7 +11,9 @@ Within one cost, every candidate takes the oldest records first, so each takes a
 front part of each cost's FIFO: a grouped plan counts how many it takes of each
 cost (``PaddedBudget.add_many``), from fronts read once a take and shared by the
 plans, and only the chosen plan's records are listed. A take from a pool of 4,096
-records costs about 190 µs (490 µs record by record).
+records costs about 190 µs (490 µs record by record). The others are planned only
+where one of them could be chosen over the first (:func:`~batcher._cost_fit.first_is_chosen`):
+not where every queued record fits the first, as in a closed loop on a small GPU model.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 
 from ._assembly import GroupedAssembly
 from ._budget import PaddedBudget
-from ._cost_fit import CostFit, choose
+from ._cost_fit import CostFit, choose, first_is_chosen
 
 __all__ = ("FLOORS", "MeasuredAssembly")
 
@@ -77,9 +79,15 @@ class MeasuredAssembly(GroupedAssembly[T]):
             return [], 0
         try:
             # Grouped with no floor first: the choice during warm-up, as with group_by_cost.
-            plans = [*(self._grouped_plan(oldest[1], floor) for floor in FLOORS), self._fifo_plan()]
-            shapes = [(p.budget.count, p.budget.cost(), p.budget.total) for p in plans]
-            plan = plans[choose(shapes, self._fit)]
+            plan = self._grouped_plan(oldest[1], None)
+            first = (plan.budget.count, plan.budget.cost(), plan.budget.total)
+            # No candidate holds more records than are queued, nor more real tokens than
+            # the budget (but for a record over it, which runs alone in every candidate).
+            most = (min(self._count, self._max_size), max(self._target, first[2]))
+            if not first_is_chosen(first, *most, self._fit):
+                plans = [plan, *(self._grouped_plan(oldest[1], floor) for floor in FLOORS[1:]), self._fifo_plan()]
+                shapes = [(p.budget.count, p.budget.cost(), p.budget.total) for p in plans]
+                plan = plans[choose(shapes, self._fit)]
             items = self._items(plan)
         finally:
             self._fronts.clear()  # the fronts read the FIFOs that the take-out changes

@@ -388,11 +388,17 @@ def _counted(tallies: dict[str, Tally], gc_s: list[float]) -> Iterator[None]:
     cyclic GC runs to ``gc_s[0]``."""
     measured = [tally for system, tally in tallies.items() if system.startswith("batcher measured")]
     original, picks = _measured.choose, (measured[0] if measured else Tally()).picks
+    first_is_chosen = _measured.first_is_chosen
     began = [0.0]
 
     def counted(candidates: Sequence[tuple[int, int, int]], fit: Any) -> int:
         picks[chosen := original(candidates, fit)] += 1
         return chosen
+
+    def counted_first(*args: Any) -> bool:
+        if sure := first_is_chosen(*args):  # the others were not planned
+            picks[0] += 1
+        return sure
 
     def timing(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -400,12 +406,12 @@ def _counted(tallies: dict[str, Tally], gc_s: list[float]) -> Iterator[None]:
         else:
             gc_s[0] += time.perf_counter() - began[0]
 
-    _measured.choose = counted  # type: ignore[attr-defined]
+    _measured.choose, _measured.first_is_chosen = counted, counted_first  # type: ignore[attr-defined]
     gc.callbacks.append(timing)
     try:
         yield
     finally:
-        _measured.choose = original  # type: ignore[attr-defined]
+        _measured.choose, _measured.first_is_chosen = original, first_is_chosen  # type: ignore[attr-defined]
         gc.callbacks.remove(timing)
 
 
@@ -519,13 +525,7 @@ def report(
         device = "cuda"
     sizes = QUICK if quick else FULL
     sizes = replace(sizes, passes=passes or sizes.passes, mode_rounds=mode_rounds or sizes.mode_rounds)
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    yield (
-        f"G  BERT-style encoders, random weights, on {name}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} CPU threads); anyio {_version('anyio')}; budget {sizes.budget}; "
-        f"{sizes.passes} timed passes, {sizes.mode_rounds} rounds of modes; "
-        f"gc.freeze() {'after loading each model' if freeze else 'not used'}"
-    )
+    yield _header(torch, device, sizes, freeze)
     began = time.perf_counter()
     for model_name, (*shape, texts) in sizes.models.items():
         if models and model_name.split()[0] not in models:
@@ -547,6 +547,16 @@ def report(
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
+
+
+def _header(torch: Any, device: str, sizes: Sizes, freeze: bool) -> str:
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return (
+        f"G  BERT-style encoders, random weights, on {name}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} CPU threads); anyio {_version('anyio')}; budget {sizes.budget}; "
+        f"{sizes.passes} timed passes, {sizes.mode_rounds} rounds of modes; "
+        f"gc.freeze() {'after loading each model' if freeze else 'not used'}"
+    )
 
 
 def _version(package: str) -> str:

@@ -7,8 +7,21 @@ import random
 from typing import ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from batcher._cost_fit import MARGIN, WARMUP, WINDOW, CostFit, choose, fit_batch_time
+from batcher import _measured
+from batcher._cost_fit import (
+    _TERMS,
+    MARGIN,
+    WARMUP,
+    WINDOW,
+    CostFit,
+    _Sums,
+    choose,
+    first_is_chosen,
+    fit_batch_time,
+)
 from batcher._measured import MeasuredAssembly
 
 
@@ -114,6 +127,34 @@ class TestFit:
                 assert len(window) == min(count, WINDOW)
                 assert fit.coefficients == pytest.approx(fit_batch_time(window), rel=1e-6, abs=1e-12)
 
+    @settings(max_examples=300, deadline=None)
+    @given(
+        terms=st.tuples(*[st.sampled_from([0.0, 1e-8, 1e-6, 1e-4, 3e-3])] * 4),
+        seed=st.integers(0, 1000),
+        count=st.integers(WARMUP, WINDOW),
+        noise=st.sampled_from([0.0, 0.01, 0.3]),
+    )
+    def test_the_last_fits_terms_tried_first_fit_as_well_as_every_subset(
+        self, terms: tuple[float, float, float, float], seed: int, count: int, noise: float
+    ) -> None:
+        rng = random.Random(seed)
+        samples = []
+        for _ in range(count):
+            records = rng.choice((64, rng.randint(1, 64)))
+            padded, new = records * rng.randint(8, 512), rng.random() < 0.2
+            seconds = terms[0] + terms[1] * records + terms[2] * padded + terms[3] * new
+            samples.append((records, padded, int(new), seconds * rng.uniform(1 - noise, 1 + noise) + 1e-6))
+        sums = _Sums(samples)
+
+        def error(c: tuple[float, float, float, float]) -> float:
+            return sum((s - c[0] - c[1] * r - c[2] * p - c[3] * n) ** 2 for r, p, n, s in samples)
+
+        best = error(sums.fit()[0])
+        for hint in (None, *_TERMS):
+            coefficients, _ = sums.fit(hint)
+            assert min(coefficients) >= 0
+            assert error(coefficients) <= best * (1 + 1e-6) + 1e-18
+
     def test_identical_batches_fit_as_a_fixed_cost(self) -> None:
         samples = [(8, 800, 0, 0.004)] * 10  # one shape only: the terms cannot be told apart
         fixed, per_record, per_token, per_new = fit_batch_time(samples)
@@ -172,6 +213,46 @@ class TestChoose:
         assert choose(self.CANDIDATES[::-1], CostFit()) == 0
 
 
+class TestFirstIsChosen:
+    """The shortcut that spares planning the other candidates: it may say "the first"
+    only where :func:`choose` would take the first whatever they are."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        terms=st.tuples(*[st.sampled_from([0.0, 1e-9, 1e-7, 1e-6, 1e-5, 1e-4, 2e-3, 1e-2])] * 3),
+        seed=st.integers(0, 3),
+        candidates=st.lists(
+            st.tuples(st.integers(1, 64), st.integers(1, 256), st.floats(0.05, 1.0)), min_size=1, max_size=5
+        ),
+    )
+    def test_only_where_choose_takes_the_first(
+        self, terms: tuple[float, float, float], seed: int, candidates: list[tuple[int, int, float]]
+    ) -> None:
+        fit = timed(*terms, seed=seed)
+        shapes = [
+            (records, records * width, max(1, round(records * width * used))) for records, width, used in candidates
+        ]
+        if first_is_chosen(shapes[0], max(c[0] for c in shapes), max(c[2] for c in shapes), fit):
+            assert choose(shapes, fit) == 0
+
+    def test_says_so_where_every_waiting_record_fits_the_first(self) -> None:
+        # A closed loop of 64 on a small GPU model: every batch holds all 64 waiting
+        # records, so no other candidate can hold more of them.
+        fit = CostFit()
+        for padded in range(64 * 40, 64 * 40 + 64 * 20, 64):
+            fit.add(64, padded, 4e-3 + 1e-8 * padded)
+        first = (64, 64 * 300, 64 * 45)
+        assert first_is_chosen(first, 64, first[2], fit)
+
+    def test_not_where_another_candidate_could_gain_more_than_the_margin(self) -> None:
+        fit = timed(5e-3, 0, 1e-9)
+        assert not first_is_chosen((8, 800, 400), 64, 16_000, fit)  # 64 records may share the fixed cost
+        assert not first_is_chosen((40, 40 * 256, 40 * 30), 40, 40 * 256, timed(1e-4, 0, 1e-6))  # padding
+
+    def test_during_warm_up_and_while_blind(self) -> None:
+        assert first_is_chosen((1, 10, 10), 100, 1000, CostFit())
+
+
 def measured(fit: CostFit, target: int = 1000, window: int = 1000) -> MeasuredAssembly[int]:
     return MeasuredAssembly(target_cost=target, max_batch_size=100, window=window, fit=fit)
 
@@ -204,6 +285,26 @@ class TestMeasuredAssembly:
         for item, cost in enumerate(self.COSTS):
             assembly.add(item, cost)
         assert assembly.take() == ([0, 1, 2, 3, 4], 200)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        costs=st.lists(st.integers(0, 60), min_size=1, max_size=40),
+        regime=st.sampled_from([(1e-2, 0, 1e-9), (1e-5, 0, 1e-6), (1e-3, 1e-5, 1e-7), (0, 1e-4, 0)]),
+        target=st.integers(1, 600),
+    )
+    def test_takes_what_planning_every_candidate_takes(
+        self, costs: list[int], regime: tuple[float, float, float], target: int
+    ) -> None:
+        batches = []
+        for shortcut in (True, False):
+            assembly = measured(timed(*regime), target=target)
+            for item, cost in enumerate(costs):
+                assembly.add(item, cost)
+            with pytest.MonkeyPatch.context() as patch:
+                if not shortcut:
+                    patch.setattr(_measured, "first_is_chosen", lambda *args: False)
+                batches.append([assembly.take() for _ in range(len(costs)) if assembly])
+        assert batches[0] == batches[1]
 
     def test_withdrawn_records_take_no_slot_and_leave_the_pool(self) -> None:
         dead = {0, 2}
