@@ -21,14 +21,16 @@
    with its sum budget: the policies at equal memory.
 
 The small model gets 4,096 texts, the large one 2,048 (its passes are long enough
-to be steady), so that parts 1-3 take about 3 minutes of GPU time.
+to be steady). Parts 1-3 should take about 5 minutes of GPU time, by run 7's pass
+times (BENCHMARKS.md); about 50 s a model of that is each thread's first, cold run
+of each shape.
 
 Without a CUDA device it prints why it skipped and exits 0. ``--device cpu`` runs
 the same code on the CPU with a tiny model (a check that it works, not a
 measurement)::
 
     python -m benchmarks --gpu                     # with A-E, S (and F with --with-model)
-    python -m benchmarks.bench_gpu                 # G alone, about 3 minutes of GPU time
+    python -m benchmarks.bench_gpu                 # G alone, about 5 minutes of GPU time
     python -m benchmarks.bench_gpu --parts unbound --passes 5
     python -m benchmarks.bench_gpu --quick --device cpu
 """
@@ -74,7 +76,7 @@ class Sizes:
 
 
 # The large model's passes take long enough to be steady with half the texts; so sized,
-# the whole of G takes about 3 minutes (``--passes`` and ``--mode-rounds`` for more).
+# parts 1-3 take about 5 minutes (``--passes`` and ``--mode-rounds`` for more).
 FULL = Sizes(16_384, {"small (6 x 384)": (6, 384, 12, 4096), "large (24 x 1024)": (24, 1024, 16, 2048)}, 32)
 QUICK = Sizes(2_048, {"tiny (2 x 64)": (2, 64, 2, 256)}, 8)
 
@@ -499,7 +501,7 @@ def unbound_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
 
 
 PARTS = ("threads", "modes", "batching", "unbound")
-#: The parts a plain run makes (about 3 minutes on an H100 or H200).
+#: The parts a plain run makes (about 5 minutes on an H100 or H200, by run 7's pass times).
 DEFAULT_PARTS = PARTS[:3]
 
 
