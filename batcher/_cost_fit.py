@@ -24,7 +24,7 @@ its choices keeps its shapes, and so runs warm.
 
 The least-squares sums are kept up to date as the window slides, and a refit first
 tries the terms of the last fit, so a refit after each batch is mostly one small solve
-(20-40 µs on this 2-core machine).
+(35-55 µs in ``benchmarks/bench_choose.py`` on this 2-core machine, 64-117 before).
 Plain synchronous code, tested without an event loop.
 """
 
@@ -173,8 +173,8 @@ class _Sums:
         the error if it came in (the fit's optimality conditions; the problem is convex,
         so they are enough). Then the fit on every term: if none of its coefficients is
         negative, no subset can do better. Else each subset's, the best of them. The
-        hint spares most of the solves (60 µs a fit down to about 20 on this 2-core
-        machine); where several fits are equally good, it keeps the one it had.
+        hint spares most of the solves; where several fits are equally good, it keeps
+        the one it had.
         """
         gram = [[self.gram[min(i, j)][max(i, j)] for j in range(4)] for i in range(4)]
         moments, squares = self.moments, self.squares
@@ -319,8 +319,9 @@ def first_is_chosen(first: tuple[int, int, int], records: int, real: int, fit: C
     own)`` for the most own work any candidate could hold. Where that is within
     ``MARGIN`` of the first's share, the first goes: in a closed loop, where every
     waiting record fits one batch (a small model on a GPU), or where the first batch
-    wastes little. It saves the planning of the other four, most of a take's time
-    (about 140 of 205 µs in a closed loop of 64 on this 2-core machine).
+    wastes little. It saves the planning of the other four, most of a take's time (a
+    take of 161-184 µs against 319-363 in ``benchmarks/bench_choose.py``'s closed loop
+    of 64 on this 2-core machine).
     """
     if fit.coefficients is None or fit.blind:
         return True
