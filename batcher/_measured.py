@@ -79,7 +79,7 @@ class MeasuredAssembly(GroupedAssembly[T]):
             return [], 0
         try:
             # Grouped with no floor first: the choice during warm-up, as with group_by_cost.
-            plan = self._grouped_plan(oldest[1], None)
+            plan = self._grouped_plan(oldest[1], FLOORS[0])
             first = (plan.budget.count, plan.budget.cost(), plan.budget.total)
             # No candidate holds more records than are queued, nor more real tokens than
             # the budget (but for a record over it, which runs alone in every candidate).

@@ -463,16 +463,9 @@ def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     if flyte_ref.load().module is not None:
         systems.insert(0, "flyte FIFO sum")
     for closed in (False, True):
-        for system, tally in _interleaved(encoder, systems, sizes, closed).items():
-            rate = statistics.median(tally.rates)
-            loop = "closed 64" if closed else "open     "
-            picks = " ".join(f"{k}:{v}" for k, v in sorted(tally.picks.items()))
-            lines.append(
-                f"{loop} {system:<22} {rate:9.0f} texts/s ({min(tally.rates):.0f}-{max(tally.rates):.0f})  "
-                f"eff {tally.real / max(1, tally.padded):6.1%}  batches {tally.batches / sizes.passes:5.0f} "
-                f"(new shapes {tally.new_shapes:3d}, largest {tally.peak:5d})  x bound {rate / bound:5.2f}  "
-                f"gc {tally.gc_s / sizes.passes * 1e3:5.1f} ms/pass" + (f"  picks {picks}" if picks else "")
-            )
+        loop = "closed 64" if closed else "open     "
+        tallies = _interleaved(encoder, systems, sizes, closed)
+        lines += [_tally_line(f"{loop} {system:<22}", tally, sizes, bound) for system, tally in tallies.items()]
     return lines
 
 
@@ -487,17 +480,22 @@ def unbound_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     systems = ["batcher FIFO sum"] + [
         s + UNBOUND for s in ("batcher FIFO padded", "batcher padded grouped", "batcher measured")
     ]
-    lines = []
-    for system, tally in _interleaved(encoder, systems, sizes, closed=True).items():
-        rate = statistics.median(tally.rates)
-        picks = " ".join(f"{k}:{v}" for k, v in sorted(tally.picks.items()))
-        lines.append(
-            f"closed 64 {system:<30} {rate:9.0f} texts/s ({min(tally.rates):.0f}-{max(tally.rates):.0f})  "
-            f"eff {tally.real / max(1, tally.padded):6.1%}  batches {tally.batches / sizes.passes:5.0f} "
-            f"(largest {tally.peak:5d})  gc {tally.gc_s / sizes.passes * 1e3:5.1f} ms/pass"
-            + (f"  picks {picks}" if picks else "")
-        )
-    return lines
+    tallies = _interleaved(encoder, systems, sizes, closed=True)
+    return [_tally_line(f"closed 64 {system:<30}", tally, sizes) for system, tally in tallies.items()]
+
+
+def _tally_line(label: str, tally: Tally, sizes: Sizes, bound: float | None = None) -> str:
+    """One system's line: median throughput and range, real tokens, batches a pass,
+    new shapes, largest batch, against ``bound`` if given, GC time, measured's picks."""
+    rate = statistics.median(tally.rates)
+    against = f"  x bound {rate / bound:5.2f}" if bound else ""
+    picks = " ".join(f"{k}:{v}" for k, v in sorted(tally.picks.items()))
+    return (
+        f"{label} {rate:9.0f} texts/s ({min(tally.rates):.0f}-{max(tally.rates):.0f})  "
+        f"eff {tally.real / max(1, tally.padded):6.1%}  batches {tally.batches / sizes.passes:5.0f} "
+        f"(new shapes {tally.new_shapes:3d}, largest {tally.peak:5d}){against}  "
+        f"gc {tally.gc_s / sizes.passes * 1e3:5.1f} ms/pass" + (f"  picks {picks}" if picks else "")
+    )
 
 
 PARTS = ("threads", "modes", "batching", "unbound")
