@@ -133,7 +133,10 @@ class GroupedAssembly(Generic[T]):
     Queued records sit in one FIFO per distinct cost, and the distinct costs in a
     sorted list, so adding a record is O(1) (plus O(log k) for a cost not seen yet,
     k distinct costs), and a batch costs O(batch + the costs it looks at): nothing
-    grows with the depth of the pool.
+    grows with the depth of the pool. Where every queued record fits one batch (a
+    closed loop that the budget holds), that batch is all of them, whichever record
+    it grows around, and it is taken in arrival order in one pass (for 64 waiting
+    records, 15-17 µs a take against 111 grown cost by cost, ``benchmarks/bench_choose.py``).
 
     :meth:`full` reports whether ``window`` records are queued: grouping chooses
     better from a deeper pool, so batches are closed early only when it is deep.
@@ -141,7 +144,18 @@ class GroupedAssembly(Generic[T]):
     a batch would take it, and never takes a slot.
     """
 
-    __slots__ = ("_arrival_costs", "_arrivals", "_buckets", "_budget", "_costs", "_count", "_live", "_taken", "_window")
+    __slots__ = (
+        "_arrival_costs",
+        "_arrivals",
+        "_buckets",
+        "_budget",
+        "_costs",
+        "_count",
+        "_live",
+        "_taken",
+        "_total",
+        "_window",
+    )
 
     def __init__(
         self,
@@ -155,7 +169,7 @@ class GroupedAssembly(Generic[T]):
     ) -> None:
         self._buckets: dict[int, deque[T]] = {}  # cost -> its records, oldest first
         self._costs: list[int] = []  # the keys of _buckets, sorted
-        self._count = 0
+        self._count = self._total = 0  # the queued records and their costs, withdrawn ones among them
         # Arrival order, taken ones skipped lazily; costs beside, not in tuples, to
         # spare the cyclic GC an object per record.
         self._arrivals: deque[T] = deque()
@@ -178,6 +192,7 @@ class GroupedAssembly(Generic[T]):
         self._arrivals.append(item)
         self._arrival_costs.append(cost)
         self._count += 1
+        self._total += cost
         return self._count >= self._window
 
     def queued(self) -> list[T]:
@@ -192,6 +207,10 @@ class GroupedAssembly(Generic[T]):
     def take(self) -> tuple[list[T], int]:
         """Remove and return the next batch (possibly not full) and its cost."""
         budget = self._budget
+        if self.fits_whole():
+            items, total, peak = self._live_arrivals()
+            self._clear()
+            return items, budget.price(len(items), total, peak)
         budget.reset()
         oldest = self.pop_oldest()
         if oldest is None:
@@ -201,6 +220,34 @@ class GroupedAssembly(Generic[T]):
         budget.try_add(cost)
         self._grow_around(cost, batch, budget)
         return batch, budget.cost()
+
+    def fits_whole(self) -> bool:
+        """Whether every queued record fits one batch: then every record is the
+        batch, whichever it is grown around (as in a closed loop that the budget holds)."""
+        costs = self._costs
+        return bool(costs) and self._budget.holds(self._count, self._total, costs[-1])
+
+    def _live_arrivals(self) -> tuple[list[T], int, int]:
+        """Every live record, oldest first, with their total and highest cost."""
+        taken, live = self._taken, self._live
+        items: list[T] = []
+        total = peak = 0
+        for item, cost in zip(self._arrivals, self._arrival_costs, strict=True):
+            if item not in taken and (live is None or live(item)):
+                items.append(item)
+                total += cost
+                if cost > peak:
+                    peak = cost
+        return items, total, peak
+
+    def _clear(self) -> None:
+        """Forget every queued record."""
+        self._buckets.clear()
+        self._costs.clear()
+        self._arrivals.clear()
+        self._arrival_costs.clear()
+        self._taken.clear()
+        self._count = self._total = 0
 
     def fill(self, budget: Budget, batch: list[T], near: int) -> None:
         """Move the records nearest in cost to ``near`` into ``batch``, a batch of
@@ -273,6 +320,7 @@ class GroupedAssembly(Generic[T]):
         bucket = self._buckets[cost]
         bucket.popleft()
         self._count -= 1
+        self._total -= cost
         if not bucket and not keep_bucket:
             del self._buckets[cost]
             del self._costs[bisect_left(self._costs, cost)]

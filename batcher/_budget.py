@@ -44,6 +44,15 @@ class Budget:
     def cost(self) -> int:
         return self.total
 
+    def holds(self, count: int, total: int, peak: int) -> bool:
+        """Whether ``count`` records of these ``total`` and ``peak`` costs fit one
+        batch, added in any order (one record always does)."""
+        return count <= 1 or (count <= self.max_size and total <= self.target)
+
+    def price(self, count: int, total: int, peak: int) -> int:
+        """What a batch of ``count`` records of these ``total`` and ``peak`` costs costs."""
+        return total
+
 
 class PaddedBudget(Budget):
     """The budget rule under the padded cost model: a batch costs ``len * max(cost)``.
@@ -126,6 +135,14 @@ class PaddedBudget(Budget):
 
     def cost(self) -> int:
         return self.count * self.peak
+
+    def holds(self, count: int, total: int, peak: int) -> bool:
+        # With a floor, the order matters: a record may misfit on the way to a batch
+        # that would end above the floor.
+        return count <= 1 or (count <= self.max_size and count * peak <= self.target and self.min_efficiency is None)
+
+    def price(self, count: int, total: int, peak: int) -> int:
+        return count * peak
 
 
 def new_budget(target: int, max_size: int, cost_model: CostModel, min_efficiency: float | None) -> Budget:

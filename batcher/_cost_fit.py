@@ -319,15 +319,20 @@ def first_is_chosen(first: tuple[int, int, int], records: int, real: int, fit: C
     own)`` for the most own work any candidate could hold. Where that is within
     ``MARGIN`` of the first's share, the first goes: in a closed loop, where every
     waiting record fits one batch (a small model on a GPU), or where the first batch
-    wastes little. It saves the planning of the other four, most of a take's time (a
-    take of 161-184 µs against 319-363 in ``benchmarks/bench_choose.py``'s closed loop
-    of 64 on this 2-core machine).
+    wastes little. Where no candidate's records do any work of their own (only a fixed
+    cost was fitted, as for a model that sleeps), every share is 0 and the most records
+    go: the first, if no candidate can hold more. It saves the planning of the other
+    four, most of a take's time (161-184 µs against 319-363 in
+    ``benchmarks/bench_choose.py``'s closed loop of 64 on this 2-core machine, before a
+    pool that fits whole was taken in one pass).
     """
     if fit.coefficients is None or fit.blind:
         return True
     fixed, per_record, per_token, _ = fit.coefficients
-    share = _share(first, fit)
     own = per_record * records + per_token * real
+    if own == 0 < fixed:  # every share is 0: the most records go (a sleep, say)
+        return first[0] >= records
+    share = _share(first, fit)
     most = own / (fixed + own) if fixed + own > 0 else 1.0
     return 0 < share and most <= share * (1 + MARGIN)
 

@@ -14,6 +14,8 @@ plans, and only the chosen plan's records are listed. A take from a pool of 4,09
 records costs about 190 µs (490 µs record by record). The others are planned only
 where one of them could be chosen over the first (:func:`~batcher._cost_fit.first_is_chosen`):
 not where every queued record fits the first, as in a closed loop on a small GPU model.
+There the first is every queued record, read in one pass without planning (20-22 µs
+a take of 64 against 171-173, ``benchmarks/bench_choose.py``).
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ class MeasuredAssembly(GroupedAssembly[T]):
         oldest = self.oldest()
         if oldest is None:
             return [], 0
+        if self.fits_whole():  # every candidate but those with a floor is every record
+            items, total, peak = self._live_arrivals()
+            first = (len(items), len(items) * peak, total)
+            if first_is_chosen(first, len(items), total, self._fit):
+                self._clear()
+                return items, first[1]
         try:
             # Grouped with no floor first: the choice during warm-up, as with group_by_cost.
             plan = self._grouped_plan(oldest[1], FLOORS[0])
@@ -183,6 +191,7 @@ class MeasuredAssembly(GroupedAssembly[T]):
                 else:  # withdrawn
                     taken.add(item)
             self._count -= popped
+            self._total -= popped * cost
             if not bucket:
                 del self._buckets[cost]
                 del self._costs[bisect_left(self._costs, cost)]

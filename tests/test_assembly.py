@@ -3,6 +3,7 @@
 import pytest
 
 from batcher._assembly import FifoAssembly, GroupedAssembly, batch_cost
+from batcher._protocols import CostModel
 
 
 def drain(assembly: FifoAssembly[int] | GroupedAssembly[int]) -> list[list[int]]:
@@ -148,6 +149,42 @@ class TestGrouped:
         assert (sorted(batch), cost) == ([0, 1], 10)
         batch, cost = assembly.take()
         assert (sorted(batch), cost) == ([2, 3], 6)
+        assert not assembly
+
+    @pytest.mark.parametrize(
+        ("costs", "model", "target", "size", "floor", "whole"),
+        [
+            ([5, 6], "padded", 12, 2, None, True),  # 2 x 6 is the budget
+            ([5, 6], "padded", 11, 2, None, False),
+            ([5, 6], "padded", 12, 1, None, False),  # over the size limit
+            ([5, 6], "padded", 12, 2, 0.5, False),  # a floor makes the order matter
+            ([5, 6], "sum", 11, 2, None, True),
+            ([5, 6], "sum", 10, 2, None, False),
+            ([30], "sum", 10, 2, None, True),  # one record always fits
+        ],
+    )
+    def test_a_pool_that_fits_one_batch_is_taken_whole_in_arrival_order(
+        self, costs: list[int], model: CostModel, target: int, size: int, floor: float | None, whole: bool
+    ) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(
+            target_cost=target, max_batch_size=size, cost_model=model, window=100, min_efficiency=floor
+        )
+        for item, cost in enumerate(costs):
+            assembly.add(item, cost)
+        assert assembly.fits_whole() == whole
+        if whole:
+            assert assembly.take() == (list(range(len(costs))), batch_cost(costs, model))
+            assert not assembly
+            assert assembly.take() == ([], 0)
+
+    def test_a_whole_pool_leaves_its_withdrawn_records_out(self) -> None:
+        assembly: GroupedAssembly[int] = GroupedAssembly(
+            target_cost=120, max_batch_size=3, cost_model="padded", window=100, live=lambda item: item != 1
+        )
+        for item, cost in enumerate([5, 40, 6]):
+            assembly.add(item, cost)
+        assert assembly.fits_whole()  # counting the withdrawn record, which may never be
+        assert assembly.take() == ([0, 2], 12)  # priced without the withdrawn 40
         assert not assembly
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -263,6 +264,35 @@ class TestGroupedAssembly:
         for item, cost in enumerate(record_costs):
             assembly.add(item, cost)
             assert assembly.full() == (len(assembly) >= window)
+
+    @settings(max_examples=300, deadline=None)
+    @given(  # small pools, so that many fit whole
+        config=configs,
+        record_costs=st.lists(st.integers(0, 12), max_size=12),
+        dead_marks=st.lists(st.booleans(), max_size=12),
+    )
+    def test_a_pool_that_fits_whole_is_taken_as_growing_the_batch_takes_it(
+        self, config: Config, record_costs: list[int], dead_marks: list[bool]
+    ) -> None:
+        dead = {item for item, is_dead in enumerate(dead_marks[: len(record_costs)]) if is_dead}
+        batches = []
+        for whole in (True, False):
+            assembly: GroupedAssembly[int] = GroupedAssembly(
+                target_cost=config.target_cost,
+                max_batch_size=config.max_batch_size,
+                cost_model=config.cost_model,
+                window=config.window,
+                live=lambda item: item not in dead,
+                min_efficiency=config.floor,
+            )
+            for item, cost in enumerate(record_costs):
+                assembly.add(item, cost)
+            with pytest.MonkeyPatch.context() as patch:
+                if not whole:
+                    patch.setattr(GroupedAssembly, "fits_whole", lambda self: False)
+                batches.append([assembly.take() for _ in range(len(record_costs) + 1) if assembly])
+        # The same records in the same batches, at the same cost (a whole pool in arrival order).
+        assert [(set(batch), cost) for batch, cost in batches[0]] == [(set(b), c) for b, c in batches[1]]
 
     @settings(max_examples=300, deadline=None)
     @given(config=configs, record_costs=costs, dead_marks=st.lists(st.booleans(), max_size=80))

@@ -244,6 +244,19 @@ class TestFirstIsChosen:
         first = (64, 64 * 300, 64 * 45)
         assert first_is_chosen(first, 64, first[2], fit)
 
+    def test_with_only_a_fixed_cost_where_no_candidate_can_hold_more_records(self) -> None:
+        # A model that sleeps: every share is 0, and choose() takes the most records.
+        fit = CostFit()
+        for records in [*range(1, 20), *range(1, 20)]:  # each shape warm once too
+            fit.add(records, records * 40, 4e-3)
+        assert fit.coefficients is not None
+        assert not fit.blind
+        assert fit.coefficients[1:3] == (0.0, 0.0)
+        assert first_is_chosen((17, 17 * 300, 17 * 45), 17, 17 * 45, fit)
+        assert choose([(17, 17 * 300, 17 * 45), (9, 9 * 50, 9 * 45)], fit) == 0
+        assert not first_is_chosen((17, 17 * 300, 17 * 45), 30, 30 * 45, fit)
+        assert choose([(17, 17 * 300, 17 * 45), (30, 30 * 50, 30 * 45)], fit) == 1
+
     def test_not_where_another_candidate_could_gain_more_than_the_margin(self) -> None:
         fit = timed(5e-3, 0, 1e-9)
         assert not first_is_chosen((8, 800, 400), 64, 16_000, fit)  # 64 records may share the fixed cost
@@ -304,7 +317,8 @@ class TestMeasuredAssembly:
                 if not shortcut:
                     patch.setattr(_measured, "first_is_chosen", lambda *args: False)
                 batches.append([assembly.take() for _ in range(len(costs)) if assembly])
-        assert batches[0] == batches[1]
+        # The same records in the same batches (a whole pool comes in arrival order).
+        assert [(set(batch), cost) for batch, cost in batches[0]] == [(set(b), c) for b, c in batches[1]]
 
     def test_withdrawn_records_take_no_slot_and_leave_the_pool(self) -> None:
         dead = {0, 2}
