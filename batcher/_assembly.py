@@ -133,10 +133,9 @@ class GroupedAssembly(Generic[T]):
     Queued records sit in one FIFO per distinct cost, and the distinct costs in a
     sorted list, so adding a record is O(1) (plus O(log k) for a cost not seen yet,
     k distinct costs), and a batch costs O(batch + the costs it looks at): nothing
-    grows with the depth of the pool. Where every queued record fits one batch (a
-    closed loop that the budget holds), that batch is all of them, whichever record
-    it grows around, and it is taken in arrival order in one pass (for 64 waiting
-    records, 15-17 µs a take against 111 grown cost by cost, ``benchmarks/bench_choose.py``).
+    grows with the depth of the pool. A pool that fits one batch whole (a closed loop
+    the budget holds) is taken in arrival order in one pass: 15-17 µs for 64 records
+    against 97-114 grown cost by cost (``benchmarks/bench_choose.py``).
 
     :meth:`full` reports whether ``window`` records are queued: grouping chooses
     better from a deeper pool, so batches are closed early only when it is deep.
@@ -222,8 +221,7 @@ class GroupedAssembly(Generic[T]):
         return batch, budget.cost()
 
     def fits_whole(self) -> bool:
-        """Whether every queued record fits one batch: then every record is the
-        batch, whichever it is grown around (as in a closed loop that the budget holds)."""
+        """Whether every queued record fits one batch: then it is the batch grown around any."""
         costs = self._costs
         return bool(costs) and self._budget.holds(self._count, self._total, costs[-1])
 

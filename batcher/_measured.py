@@ -14,8 +14,8 @@ plans, and only the chosen plan's records are listed. A take from a pool of 4,09
 records costs about 190 µs (490 µs record by record). The others are planned only
 where one of them could be chosen over the first (:func:`~batcher._cost_fit.first_is_chosen`):
 not where every queued record fits the first, as in a closed loop on a small GPU model.
-There the first is every queued record, read in one pass without planning (20-22 µs
-a take of 64 against 171-173, ``benchmarks/bench_choose.py``).
+There the first is every queued record, read in one pass without planning (17-23 µs
+a take of 64 against 145-170, ``benchmarks/bench_choose.py``).
 """
 
 from __future__ import annotations
