@@ -143,18 +143,7 @@ class GroupedAssembly(Generic[T]):
     a batch would take it, and never takes a slot.
     """
 
-    __slots__ = (
-        "_arrival_costs",
-        "_arrivals",
-        "_buckets",
-        "_budget",
-        "_costs",
-        "_count",
-        "_live",
-        "_taken",
-        "_total",
-        "_window",
-    )
+    __slots__ = ("_arrival_costs", "_arrivals", "_buckets", "_budget", "_costs", "_count", "_live", "_taken", "_window")
 
     def __init__(
         self,
@@ -168,7 +157,7 @@ class GroupedAssembly(Generic[T]):
     ) -> None:
         self._buckets: dict[int, deque[T]] = {}  # cost -> its records, oldest first
         self._costs: list[int] = []  # the keys of _buckets, sorted
-        self._count = self._total = 0  # the queued records and their costs, withdrawn ones among them
+        self._count = 0
         # Arrival order, taken ones skipped lazily; costs beside, not in tuples, to
         # spare the cyclic GC an object per record.
         self._arrivals: deque[T] = deque()
@@ -191,7 +180,6 @@ class GroupedAssembly(Generic[T]):
         self._arrivals.append(item)
         self._arrival_costs.append(cost)
         self._count += 1
-        self._total += cost
         return self._count >= self._window
 
     def queued(self) -> list[T]:
@@ -223,7 +211,7 @@ class GroupedAssembly(Generic[T]):
     def fits_whole(self) -> bool:
         """Whether every queued record fits one batch: then it is the batch grown around any."""
         costs = self._costs
-        return bool(costs) and self._budget.holds(self._count, self._total, costs[-1])
+        return bool(costs) and self._budget.holds(self._count, costs[-1])  # withdrawn ones counted
 
     def _live_arrivals(self) -> tuple[list[T], int, int]:
         """Every live record, oldest first, with their total and highest cost."""
@@ -245,7 +233,7 @@ class GroupedAssembly(Generic[T]):
         self._arrivals.clear()
         self._arrival_costs.clear()
         self._taken.clear()
-        self._count = self._total = 0
+        self._count = 0
 
     def fill(self, budget: Budget, batch: list[T], near: int) -> None:
         """Move the records nearest in cost to ``near`` into ``batch``, a batch of
@@ -318,7 +306,6 @@ class GroupedAssembly(Generic[T]):
         bucket = self._buckets[cost]
         bucket.popleft()
         self._count -= 1
-        self._total -= cost
         if not bucket and not keep_bucket:
             del self._buckets[cost]
             del self._costs[bisect_left(self._costs, cost)]

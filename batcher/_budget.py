@@ -44,10 +44,11 @@ class Budget:
     def cost(self) -> int:
         return self.total
 
-    def holds(self, count: int, total: int, peak: int) -> bool:
-        """Whether ``count`` records of these ``total`` and ``peak`` costs fit one
-        batch, added in any order (one record always does)."""
-        return count <= 1 or (count <= self.max_size and total <= self.target)
+    def holds(self, count: int, peak: int) -> bool:
+        """Whether ``count`` records of costs up to ``peak`` surely fit one batch, added
+        in any order (one record always does). Under the sum model it is enough, not
+        needed: their sum may fit where ``count * peak`` does not."""
+        return count <= 1 or (count <= self.max_size and count * peak <= self.target)
 
     def price(self, count: int, total: int, peak: int) -> int:
         """What a batch of ``count`` records of these ``total`` and ``peak`` costs costs."""
@@ -136,10 +137,10 @@ class PaddedBudget(Budget):
     def cost(self) -> int:
         return self.count * self.peak
 
-    def holds(self, count: int, total: int, peak: int) -> bool:
+    def holds(self, count: int, peak: int) -> bool:
         # With a floor, the order matters: a record may misfit on the way to a batch
         # that would end above the floor.
-        return count <= 1 or (count <= self.max_size and count * peak <= self.target and self.min_efficiency is None)
+        return super().holds(count, peak) and (count <= 1 or self.min_efficiency is None)
 
     def price(self, count: int, total: int, peak: int) -> int:
         return count * peak

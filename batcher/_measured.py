@@ -191,7 +191,6 @@ class MeasuredAssembly(GroupedAssembly[T]):
                 else:  # withdrawn
                     taken.add(item)
             self._count -= popped
-            self._total -= popped * cost
             if not bucket:
                 del self._buckets[cost]
                 del self._costs[bisect_left(self._costs, cost)]

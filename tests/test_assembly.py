@@ -158,7 +158,8 @@ class TestGrouped:
             ([5, 6], "padded", 11, 2, None, False),
             ([5, 6], "padded", 12, 1, None, False),  # over the size limit
             ([5, 6], "padded", 12, 2, 0.5, False),  # a floor makes the order matter
-            ([5, 6], "sum", 11, 2, None, True),
+            ([5, 6], "sum", 12, 2, None, True),
+            ([5, 6], "sum", 11, 2, None, False),  # the sum fits, but the test is 2 x the highest
             ([5, 6], "sum", 10, 2, None, False),
             ([30], "sum", 10, 2, None, True),  # one record always fits
         ],
