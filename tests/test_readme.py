@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -39,3 +41,27 @@ def test_trio_quickstart_prints_each_texts_length(capsys: pytest.CaptureFixture[
 
 def test_synchronous_code_prints_what_its_comments_say(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_quickstart("Synchronous code", capsys) == "5\n[14, 24, 2]\n5\n[14, 24, 2]\n8\n"
+
+
+async def test_gpu_warm_up_runs_every_shape_once_on_the_workers_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    # The snippet without its last line, which runs main() under asyncio: here main()
+    # runs under the backend of the test.
+    code = quickstart("Running on a GPU")
+    assert code.endswith("\nanyio.run(main)\n")
+    namespace: dict[str, object] = {"__name__": "readme_gpu"}
+    exec(compile(code.removesuffix("anyio.run(main)\n"), "README Running on a GPU", "exec"), namespace)
+    main = namespace["main"]
+    assert callable(main)
+    with anyio.fail_after(10):
+        await main()
+    assert capsys.readouterr().out == "65\n128.0\n"
+    runs = namespace["runs"]
+    assert isinstance(runs, list)
+    threads = {thread for thread, _, _ in runs}
+    # Every run, warm-up and batches alike, on the worker's own thread, none on the loop's.
+    assert threads == {"batcher process_fn"}
+    assert threading.current_thread().name not in threads
+    shapes = [(rows, width) for _, rows, width in runs[:64]]
+    assert sorted(shapes) == [(rows, width) for rows in range(1, 9) for width in range(64, 513, 64)]
+    # The batches that followed ran shapes the warm-up had run, and warmed nothing again.
+    assert runs[64:] == [("batcher process_fn", 1, 64), ("batcher process_fn", 1, 128)]
