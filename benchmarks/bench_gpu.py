@@ -21,8 +21,8 @@
    with its sum budget: the policies at equal memory.
 
 The small model gets 4,096 texts, the large one 2,048 (its passes are long enough
-to be steady). Parts 1-3 should take about 5 minutes of GPU time, by run 7's pass
-times (BENCHMARKS.md); about 50 s a model of that is each thread's first, cold run
+to be steady). Parts 1-3 should take 5-6 minutes of GPU time, by the pass times of
+runs 3-7 (BENCHMARKS.md); 30-70 s a model of that is each thread's first, cold run
 of each shape.
 
 Without a CUDA device it prints why it skipped and exits 0. ``--device cpu`` runs
@@ -30,7 +30,7 @@ the same code on the CPU with a tiny model (a check that it works, not a
 measurement)::
 
     python -m benchmarks --gpu                     # with A-E, S (and F with --with-model)
-    python -m benchmarks.bench_gpu                 # G alone, about 5 minutes of GPU time
+    python -m benchmarks.bench_gpu                 # G alone, 5-6 minutes of GPU time
     python -m benchmarks.bench_gpu --parts unbound --passes 5
     python -m benchmarks.bench_gpu --quick --device cpu
 """
@@ -76,7 +76,7 @@ class Sizes:
 
 
 # The large model's passes take long enough to be steady with half the texts; so sized,
-# parts 1-3 take about 5 minutes (``--passes`` and ``--mode-rounds`` for more).
+# parts 1-3 take 5-6 minutes (``--passes`` and ``--mode-rounds`` for more).
 FULL = Sizes(16_384, {"small (6 x 384)": (6, 384, 12, 4096), "large (24 x 1024)": (24, 1024, 16, 2048)}, 32)
 QUICK = Sizes(2_048, {"tiny (2 x 64)": (2, 64, 2, 256)}, 8)
 
@@ -499,7 +499,7 @@ def _tally_line(label: str, tally: Tally, sizes: Sizes, bound: float | None = No
 
 
 PARTS = ("threads", "modes", "batching", "unbound")
-#: The parts a plain run makes (about 5 minutes on an H100 or H200, by run 7's pass times).
+#: The parts a plain run makes (5-6 minutes on an H100 or H200, by the pass times of runs 3-7).
 DEFAULT_PARTS = PARTS[:3]
 
 
