@@ -27,6 +27,7 @@ from ._protocols import ProcessFn as ProcessFn
 from ._protocols import TokenEstimator as TokenEstimator
 from ._protocols import TokenEstimatorFn as TokenEstimatorFn
 from ._stats import BatchStats as BatchStats
+from ._stats import FittedCost as FittedCost
 from ._streaming import END as END
 from ._streaming import RecordStream as RecordStream
 from ._streaming import StreamingBatch as StreamingBatch
@@ -56,6 +57,7 @@ __all__ = (
     "CostModel",
     "DynamicBatcher",
     "Event",
+    "FittedCost",
     "InferenceFn",
     "NoLiveReplicaError",
     "Observer",

@@ -22,9 +22,8 @@ CPU the term comes out near zero and changes nothing. Where the fit is not clear
 better informed, the grouped batch goes (see :func:`choose`): a policy that keeps
 its choices keeps its shapes, and so runs warm.
 
-The least-squares sums are kept up to date as the window slides, and a refit first
-tries the terms of the last fit, so a refit after each batch is mostly one small solve
-(35-55 µs in ``benchmarks/bench_choose.py`` on this 2-core machine, 64-117 before).
+The least-squares sums follow the window as it slides, and a refit first tries the
+last fit's terms: mostly one small solve (35-55 µs, ``benchmarks/bench_choose.py``).
 Plain synchronous code, tested without an event loop.
 """
 
@@ -105,6 +104,11 @@ class CostFit:
             elif cold < len(samples) - 0.5:  # cold and warm runs: the fit tells them apart
                 self._cold = per_new
             self.coefficients = (fixed, per_record, per_token, per_new)
+
+    @property
+    def batches(self) -> int:
+        """How many batches the fit is over (the window's)."""
+        return len(self._samples)
 
     @property
     def blind(self) -> bool:

@@ -63,7 +63,7 @@ class Run(Intake):
         self.batch_send, self.batch_receive = anyio.create_memory_object_stream[Batch](settings.prefetch_batches)
         #: With ``cost_model="measured"``: the fit of batch times the workers feed and the
         #: aggregator's assembly reads.
-        self.cost_fit = CostFit() if settings.cost_model == "measured" else None
+        self.cost_fit = counters.cost_fit = CostFit() if settings.cost_model == "measured" else None
         #: Set once the loops have ended and every future they held has ended.
         self.stopped = anyio.Event()
         #: Encloses the loops; cancelled to end them at once.

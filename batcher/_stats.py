@@ -10,12 +10,37 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 if TYPE_CHECKING:
+    from ._cost_fit import CostFit
     from ._events import Event
 
-__all__ = ("WINDOW", "BatchStats", "Counters", "event_factory")
+__all__ = ("WINDOW", "BatchStats", "Counters", "FittedCost", "event_factory")
 
 #: How many recent samples the percentiles of :class:`BatchStats` are over.
 WINDOW = 1024
+
+
+@dataclass(frozen=True)
+class FittedCost:
+    """What ``cost_model="measured"`` has found a batch's time to be, in seconds:
+    ``fixed_s + per_record_s x records + per_padded_token_s x records x longest``,
+    and ``new_shape_s`` more for a shape (records x longest) that the worker has not
+    run before. Fitted by least squares with no negative term over the last
+    ``batches`` batches (at most 64). On a GPU, ``fixed_s`` is what every batch pays
+    whatever its size, and ``new_shape_s`` a thread's first run of a shape; on a
+    CPU, ``per_padded_token_s`` is most of a transformer's time.
+    """
+
+    fixed_s: float
+    per_record_s: float
+    per_padded_token_s: float
+    new_shape_s: float
+    batches: int
+
+    def predict(self, records: int, padded_tokens: int, new_shape: bool = False) -> float:
+        """The seconds this fit predicts for a batch of ``records`` records and
+        ``padded_tokens`` padded tokens (records x longest)."""
+        seconds = self.fixed_s + self.per_record_s * records + self.per_padded_token_s * padded_tokens
+        return seconds + self.new_shape_s if new_shape else seconds
 
 
 @dataclass(frozen=True)
@@ -37,6 +62,11 @@ class BatchStats:
     the queue wait (submit to dispatch) of the last ``WINDOW`` timed records. One
     record at a time is timed (the first submitted after the last timed one was
     dispatched: about one a batch), or every one while an observer is attached.
+
+    ``fitted_cost`` is, with ``cost_model="measured"``, the fit the batcher chooses
+    batches by (:class:`FittedCost`); ``None`` until its first 8 batches ran, and
+    with the other cost models. After a stop it is the last run's; a restart fits
+    anew.
     """
 
     total_submitted: int = 0
@@ -60,6 +90,7 @@ class BatchStats:
     batch_duration_p50_s: float | None = None
     batch_duration_p90_s: float | None = None
     batch_duration_p99_s: float | None = None
+    fitted_cost: FittedCost | None = None
 
     @property
     def utilization(self) -> float:
@@ -80,6 +111,7 @@ class Counters:
         "busy",
         "cancelled",
         "completed",
+        "cost_fit",
         "dispatched",
         "durations",
         "expired",
@@ -131,6 +163,8 @@ class Counters:
         self.waits: deque[float] = deque(maxlen=WINDOW)  # queue waits of timed records, seconds
         self.durations: deque[float] = deque(maxlen=WINDOW)  # process-function time of batches
         self.running = 0  # batches in the process function
+        #: With ``cost_model="measured"``: the fit of the current run (the last, once stopped).
+        self.cost_fit: CostFit | None = None
 
     @property
     def queued(self) -> int:
@@ -162,7 +196,14 @@ class Counters:
             batches_in_flight=self.running,
             **_percentiles("queue_wait", self.waits),
             **_percentiles("batch_duration", self.durations),
+            fitted_cost=_fitted(self.cost_fit),
         )
+
+
+def _fitted(fit: CostFit | None) -> FittedCost | None:
+    if fit is None or fit.coefficients is None:
+        return None
+    return FittedCost(*fit.coefficients, batches=fit.batches)
 
 
 def _percentiles(name: str, samples: deque[float]) -> dict[str, float | None]:

@@ -57,10 +57,11 @@ from typing import Any
 
 import anyio
 
-from batcher import TokenBatcher, hf_token_estimator
+from batcher import FittedCost, TokenBatcher, hf_token_estimator
 from batcher._cost_fit import CostFit
 from batcher._measured import MeasuredAssembly
 from benchmarks import flyte_ref
+from benchmarks.bench_gpu import fit_text
 from examples import embed_minilm as example
 
 N_TEXTS = 512
@@ -132,6 +133,7 @@ class Result:
     batches: int
     vectors: list[Any]
     spread: tuple[float, float] | None = None  # the lowest and highest texts/s of the repetitions
+    fitted: FittedCost | None = None  # cost_model="measured"'s fit at the end of the run
 
     @staticmethod
     def median(runs: list[Result]) -> Result:
@@ -166,7 +168,7 @@ def _open_ours(**options: Any) -> Open:
 
 async def _drive(
     model: Model, open_batcher: Open, budget: int, docs: list[Doc], closed: bool
-) -> tuple[float, list[Any], dict[int, float]]:
+) -> tuple[float, list[Any], dict[int, float], FittedCost | None]:
     batcher = open_batcher(model, budget)
     vectors: list[Any] = [None] * len(docs)
     submitted: dict[int, float] = {}
@@ -188,16 +190,17 @@ async def _drive(
         for first in range(PRODUCERS):
             tg.start_soon(produce, first)
     elapsed = time.perf_counter() - started
-    return elapsed, vectors, submitted
+    return elapsed, vectors, submitted, batcher.stats.fitted_cost if isinstance(batcher, TokenBatcher) else None
 
 
 def _measure(model: Model, name: str, open_batcher: Open, budget: int, docs: list[Doc], closed: bool) -> Result:
     model.reset()
-    elapsed, vectors, submitted = anyio.run(_drive, model, open_batcher, budget, docs, closed, backend="asyncio")
+    run = anyio.run(_drive, model, open_batcher, budget, docs, closed, backend="asyncio")
+    elapsed, vectors, submitted, fitted = run
     latencies = sorted(model.done_at[i] - submitted[i] for i in submitted)
     p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
     efficiency = model.real_tokens / model.padded_tokens
-    return Result(name, len(docs) / elapsed, efficiency, p99 * 1e3, model.batches, vectors)
+    return Result(name, len(docs) / elapsed, efficiency, p99 * 1e3, model.batches, vectors, fitted=fitted)
 
 
 def _systems(ref_found: bool) -> list[tuple[str, Open]]:
@@ -324,6 +327,8 @@ def run(quick: bool = False, *, budget: int = BUDGET, reps: int | None = None) -
             f"   (v) {'closed' if closed else 'open'} loop: choosing and refitting took {seconds * 1e3:.1f} ms a run, "
             f"{seconds / v.batches * 1e3:.2f} ms a batch ({seconds * v.texts_per_s / len(docs):.2%} of the run)"
         )
+        if v.fitted is not None:
+            lines.append(f"   (v) {'closed' if closed else 'open'} loop: {fit_text(v.fitted)}")
     alone = torch.stack([model.embed([doc])[0] for doc in docs])
     worst = max(float((torch.stack(r.vectors) - alone).abs().max()) for r in checked)
     mark = "PASS" if worst <= TOLERANCE else "FAIL"

@@ -54,7 +54,7 @@ from typing import Any
 
 import anyio
 
-from batcher import TokenBatcher, _measured
+from batcher import FittedCost, TokenBatcher, _measured
 from benchmarks import flyte_ref
 from benchmarks.scaling import longest_gap_ms
 
@@ -371,6 +371,8 @@ class Tally:
     peak: int = 0
     gc_s: float = 0.0
     picks: Counter[int] = field(default_factory=Counter)
+    #: ``cost_model="measured"``'s fit after the last pass.
+    fitted: FittedCost | None = None
 
     def add(self, encoder: Encoder, seconds: float, gc_s: float) -> None:
         """Count the pass that just ran (``encoder``'s counts since its last reset)."""
@@ -438,6 +440,9 @@ def _interleaved(encoder: Encoder, systems: Sequence[str], sizes: Sizes, closed:
                         gc_s[0], started = 0.0, time.perf_counter()
                         await one_pass(batcher, encoder.lengths, closed)
                         tallies[system].add(encoder, time.perf_counter() - started, gc_s[0])
+            for system, batcher in batchers.items():
+                if isinstance(batcher, TokenBatcher):  # flyte's has no fit
+                    tallies[system].fitted = batcher.stats.fitted_cost
 
     anyio.run(run)
     return tallies
@@ -465,7 +470,8 @@ def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
     for closed in (False, True):
         loop = "closed 64" if closed else "open     "
         tallies = _interleaved(encoder, systems, sizes, closed)
-        lines += [_tally_line(f"{loop} {system:<22}", tally, sizes, bound) for system, tally in tallies.items()]
+        for system, tally in tallies.items():
+            lines += _tally_lines(f"{loop} {system:<22}", tally, sizes, bound)
     return lines
 
 
@@ -481,21 +487,39 @@ def unbound_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
         s + UNBOUND for s in ("batcher FIFO padded", "batcher padded grouped", "batcher measured")
     ]
     tallies = _interleaved(encoder, systems, sizes, closed=True)
-    return [_tally_line(f"closed 64 {system:<30}", tally, sizes) for system, tally in tallies.items()]
+    return [line for system, tally in tallies.items() for line in _tally_lines(f"closed 64 {system:<30}", tally, sizes)]
 
 
-def _tally_line(label: str, tally: Tally, sizes: Sizes, bound: float | None = None) -> str:
+def _tally_lines(label: str, tally: Tally, sizes: Sizes, bound: float | None = None) -> list[str]:
     """One system's line: median throughput and range, real tokens, batches a pass,
-    new shapes, largest batch, against ``bound`` if given, GC time, measured's picks."""
+    new shapes, largest batch, against ``bound`` if given, GC time, measured's picks;
+    then, for ``cost_model="measured"``, a line with its fit."""
     rate = statistics.median(tally.rates)
     against = f"  x bound {rate / bound:5.2f}" if bound else ""
     picks = " ".join(f"{k}:{v}" for k, v in sorted(tally.picks.items()))
-    return (
+    line = (
         f"{label} {rate:9.0f} texts/s ({min(tally.rates):.0f}-{max(tally.rates):.0f})  "
         f"eff {tally.real / max(1, tally.padded):6.1%}  batches {tally.batches / sizes.passes:5.0f} "
         f"(new shapes {tally.new_shapes:3d}, largest {tally.peak:5d}){against}  "
         f"gc {tally.gc_s / sizes.passes * 1e3:5.1f} ms/pass" + (f"  picks {picks}" if picks else "")
     )
+    return [line] + ([f"{'':<10}  {fit_text(tally.fitted)}"] if tally.fitted else [])
+
+
+def fit_text(fitted: FittedCost) -> str:
+    """``stats.fitted_cost`` in words: what the batcher found a batch to cost."""
+    return (
+        f"fitted: a batch {_seconds(fitted.fixed_s)} + {_seconds(fitted.per_record_s)} a record "
+        f"+ {_seconds(fitted.per_padded_token_s)} a padded token; a new shape {_seconds(fitted.new_shape_s)} "
+        f"more (over {fitted.batches} batches)"
+    )
+
+
+def _seconds(value: float) -> str:
+    """``value`` seconds to 3 significant digits, in ms, µs or ns."""
+    scale, unit = next((s, u) for s, u in ((1e3, "ms"), (1e6, "µs"), (1e9, "ns")) if value * s >= 1 or u == "ns")
+    text = f"{value * scale:.3g}"
+    return f"{text if 'e' not in text else f'{value * scale:.0f}'} {unit}"
 
 
 PARTS = ("threads", "modes", "batching", "unbound")

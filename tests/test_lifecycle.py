@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import gc
+import itertools
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import anyio
 import pytest
 import trio
 
-from batcher import BatchStats, DynamicBatcher, TokenBatcher
+from batcher import BatchStats, DynamicBatcher, TokenBatcher, _worker
 
 from .helpers import blocked_batcher
 
@@ -134,6 +135,73 @@ class TestObservability:
     def test_utilization(self) -> None:
         assert BatchStats().utilization == 0.0
         assert BatchStats(busy_time_s=3.0, idle_time_s=1.0).utilization == 0.75
+
+
+class FakeClock:
+    """The workers' clock, moved on only by the model: a batch's time is what the
+    model says it costs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TestFittedCost:
+    FIXED, PER_RECORD, PER_TOKEN = 3e-3, 2e-4, 1e-6
+
+    def batcher(self, monkeypatch: pytest.MonkeyPatch, cost_model: str = "measured") -> DynamicBatcher[int, int]:
+        clock = FakeClock()
+        monkeypatch.setattr(_worker, "perf_counter", clock)
+
+        async def model(batch: list[int]) -> list[int]:
+            clock.now += self.FIXED + self.PER_RECORD * len(batch) + self.PER_TOKEN * len(batch) * max(batch)
+            return batch
+
+        return DynamicBatcher(model, target_batch_cost=1_000, cost_model=cost_model)  # type: ignore[arg-type]
+
+    @staticmethod
+    async def run_batches(batcher: DynamicBatcher[int, int], rounds: int) -> None:
+        # Batches of 1 to 6 records of costs 10, 50 and 90: times that tell the terms apart.
+        for size, cost in list(itertools.product(range(1, 7), (10, 50, 90)))[:rounds]:
+            futures = await batcher.submit_batch([cost] * size, estimated_cost=[cost] * size)
+            for future in futures:
+                await future
+
+    async def test_the_fit_finds_the_models_terms(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        batcher = self.batcher(monkeypatch)
+        with anyio.fail_after(10):
+            async with batcher:
+                assert batcher.stats.fitted_cost is None
+                await self.run_batches(batcher, 18)
+                fitted = batcher.stats.fitted_cost
+        assert fitted is not None
+        assert fitted.batches == batcher.stats.total_batches >= 18
+        assert fitted.fixed_s == pytest.approx(self.FIXED)
+        assert fitted.per_record_s == pytest.approx(self.PER_RECORD)
+        assert fitted.per_padded_token_s == pytest.approx(self.PER_TOKEN)
+        assert fitted.new_shape_s == pytest.approx(0.0, abs=1e-9)  # no shape ran slower the first time
+        assert fitted.predict(4, 400) == pytest.approx(self.FIXED + 4 * self.PER_RECORD + 400 * self.PER_TOKEN)
+        assert fitted.predict(4, 400, new_shape=True) == pytest.approx(fitted.predict(4, 400) + fitted.new_shape_s)
+        # A stopped batcher keeps its last run's fit; a restart fits anew.
+        assert batcher.stats.fitted_cost == fitted
+        before = batcher.stats.total_batches
+        with anyio.fail_after(10):
+            async with batcher:
+                for rounds in range(1, 10):
+                    ran = batcher.stats.total_batches - before
+                    assert (batcher.stats.fitted_cost is None) == (ran < 8), ran  # none before 8 batches
+                    await self.run_batches(batcher, rounds)
+
+    async def test_no_fit_with_the_other_cost_models(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for cost_model in ("sum", "padded"):
+            batcher = self.batcher(monkeypatch, cost_model)
+            with anyio.fail_after(10):
+                async with batcher:
+                    await self.run_batches(batcher, 18)
+            assert batcher.stats.total_batches >= 18
+            assert batcher.stats.fitted_cost is None
 
 
 def run_under(runner: Any) -> list[int]:
