@@ -16,7 +16,7 @@ import anyio
 import pytest
 import trio
 
-from batcher import BatchStats, DynamicBatcher, TokenBatcher, _worker
+from batcher import BatchStats, CostModel, DynamicBatcher, TokenBatcher, _worker
 
 from .helpers import blocked_batcher
 
@@ -151,7 +151,7 @@ class FakeClock:
 class TestFittedCost:
     FIXED, PER_RECORD, PER_TOKEN = 3e-3, 2e-4, 1e-6
 
-    def batcher(self, monkeypatch: pytest.MonkeyPatch, cost_model: str = "measured") -> DynamicBatcher[int, int]:
+    def batcher(self, monkeypatch: pytest.MonkeyPatch, cost_model: CostModel = "measured") -> DynamicBatcher[int, int]:
         clock = FakeClock()
         monkeypatch.setattr(_worker, "perf_counter", clock)
 
@@ -159,7 +159,7 @@ class TestFittedCost:
             clock.now += self.FIXED + self.PER_RECORD * len(batch) + self.PER_TOKEN * len(batch) * max(batch)
             return batch
 
-        return DynamicBatcher(model, target_batch_cost=1_000, cost_model=cost_model)  # type: ignore[arg-type]
+        return DynamicBatcher(model, target_batch_cost=1_000, cost_model=cost_model)
 
     @staticmethod
     async def run_batches(batcher: DynamicBatcher[int, int], rounds: int) -> None:
@@ -195,7 +195,8 @@ class TestFittedCost:
                     await self.run_batches(batcher, rounds)
 
     async def test_no_fit_with_the_other_cost_models(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        for cost_model in ("sum", "padded"):
+        cost_models: tuple[CostModel, ...] = ("sum", "padded")
+        for cost_model in cost_models:
             batcher = self.batcher(monkeypatch, cost_model)
             with anyio.fail_after(10):
                 async with batcher:
