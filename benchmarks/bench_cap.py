@@ -27,7 +27,8 @@ from typing import Any
 import anyio
 
 from batcher import TokenBatcher
-from benchmarks.bench_gpu import corpus_lengths, one_pass
+from benchmarks.bench_cold_shapes import ColdShapeModel
+from benchmarks.bench_gpu import corpus_lengths, one_pass, sorted_batches
 
 BUDGET = 16_384
 PASSES = 3
@@ -38,38 +39,17 @@ POLICIES: dict[str, dict[str, Any]] = {
 }
 
 
-class SleepModel:
-    """Sleeps for a batch as a model whose batch costs ``fixed_s`` plus ``per_token_s``
-    a padded token; counts the batches and their padded tokens."""
-
-    def __init__(self, lengths: list[int], fixed_s: float, per_token_s: float) -> None:
-        self.lengths, self.fixed_s, self.per_token_s = lengths, fixed_s, per_token_s
-        self.batches = self.padded = 0
-
-    def __call__(self, batch: list[int]) -> list[int]:
-        padded = len(batch) * max(self.lengths[i] for i in batch)
-        self.batches += 1
-        self.padded += padded
-        time.sleep(self.fixed_s + self.per_token_s * padded)
-        return batch
-
-
-def offline_rate(model: SleepModel) -> tuple[float, int]:
-    """Texts per second of the corpus sorted by length, cut into budget-full padded batches."""
-    lengths = model.lengths
-    batches: list[list[int]] = [[]]
-    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if batches[-1] and (len(batches[-1]) + 1) * lengths[index] > BUDGET:
-            batches.append([])
-        batches[-1].append(index)
+def offline_rate(model: ColdShapeModel) -> tuple[float, int]:
+    """Texts per second of the offline bound's batches (G's), run back to back."""
+    batches = sorted_batches(model.lengths, BUDGET)
     started = time.perf_counter()
     for batch in batches:
         model(batch)
-    return len(lengths) / (time.perf_counter() - started), len(batches)
+    return len(model.lengths) / (time.perf_counter() - started), len(batches)
 
 
 async def _turns(
-    model: SleepModel, systems: dict[str, dict[str, Any]], passes: int
+    model: ColdShapeModel, systems: dict[str, dict[str, Any]], passes: int
 ) -> dict[str, tuple[list[float], int]]:
     """Each system's texts/s in each of ``passes`` passes, taken in turns, and its batches a pass."""
     rates: dict[str, list[float]] = {name: [] for name in systems}
@@ -86,7 +66,7 @@ async def _turns(
             await one_pass(batcher, model.lengths, False)
         for _ in range(passes):
             for name, batcher in batchers.items():
-                model.batches = model.padded = 0
+                model.batches = 0
                 started = time.perf_counter()
                 await one_pass(batcher, model.lengths, False)
                 rates[name].append(len(model.lengths) / (time.perf_counter() - started))
@@ -98,7 +78,7 @@ def run(quick: bool = False, fixed_ms: float = 5.0, per_token_ns: float = 100.0,
     """The report: the bound, then each policy with each cap."""
     texts = 512 if quick else 4096
     lengths = corpus_lengths(texts)
-    model = SleepModel(lengths, fixed_ms / 1e3, per_token_ns / 1e9)
+    model = ColdShapeModel(lengths, 0.0, fixed_s=fixed_ms / 1e3, per_token_s=per_token_ns / 1e9)  # every shape warm
     bound, bound_batches = offline_rate(model)
     uncapped = BUDGET // min(lengths)
     systems = {

@@ -51,17 +51,25 @@ class ColdShapeModel:
     """Sleeps for a batch as a small GPU model runs it, a cold shape included."""
 
     def __init__(
-        self, lengths: list[int], cold_s: float, noise: float = 0.0, outliers: float = 0.0, per_record_s: float = 0.0
+        self,
+        lengths: list[int],
+        cold_s: float,
+        noise: float = 0.0,
+        outliers: float = 0.0,
+        per_record_s: float = 0.0,
+        *,
+        fixed_s: float = FIXED_S,
+        per_token_s: float = PER_TOKEN_S,
     ) -> None:
         self.lengths, self.cold_s, self.noise, self.outliers = lengths, cold_s, noise, outliers
-        self.per_record_s = per_record_s
+        self.per_record_s, self.fixed_s, self.per_token_s = per_record_s, fixed_s, per_token_s
         self._rng = random.Random(11)
         self.shapes: set[tuple[int, int, int]] = set()  # (thread, records, longest)
         self.batches = self.new = 0
 
     def __call__(self, batch: list[int]) -> list[int]:
         longest = max(self.lengths[i] for i in batch)
-        seconds = FIXED_S + self.per_record_s * len(batch) + PER_TOKEN_S * len(batch) * longest
+        seconds = self.fixed_s + self.per_record_s * len(batch) + self.per_token_s * len(batch) * longest
         shape = (threading.get_ident(), len(batch), longest)
         if shape not in self.shapes:
             self.shapes.add(shape)

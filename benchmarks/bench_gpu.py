@@ -455,13 +455,20 @@ def _interleaved(encoder: Encoder, systems: Sequence[str], sizes: Sizes, closed:
     return tallies
 
 
-def _offline(encoder: Encoder, budget: int, passes: int) -> tuple[float, int]:
-    """The corpus sorted by length, cut into budget-full padded batches, run back to back."""
+def sorted_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """The offline bound's batches: the corpus sorted by length, cut into budget-full
+    padded batches (no cap on their records)."""
     batches: list[list[int]] = [[]]
-    for index in sorted(range(len(encoder.lengths)), key=encoder.lengths.__getitem__):
-        if batches[-1] and (len(batches[-1]) + 1) * encoder.lengths[index] > budget:
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if batches[-1] and (len(batches[-1]) + 1) * lengths[index] > budget:
             batches.append([])
         batches[-1].append(index)
+    return batches
+
+
+def _offline(encoder: Encoder, budget: int, passes: int) -> tuple[float, int]:
+    """The corpus sorted by length, cut into budget-full padded batches, run back to back."""
+    batches = sorted_batches(encoder.lengths, budget)
     _per_batch_ms(encoder.embed, batches)  # every shape met once
     seconds = statistics.median(_per_batch_ms(encoder.embed, batches) for _ in range(passes)) * len(batches) / 1e3
     return len(encoder.lengths) / seconds, len(batches)
