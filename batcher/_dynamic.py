@@ -84,8 +84,9 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     :param stream_stall_s: how long a step of a streaming batch waits, in all, for
         consumers whose ``stream_buffer`` is full; those still full then fail with
         :exc:`StreamLagError`, and the batch goes on without them.
-    :param observers: called with an event for every batch dispatched and ended and
-        for records dropped (see :meth:`add_observer`, :mod:`batcher.metrics`).
+    :param observers: plain callables (not ``async def``), called with an event for
+        every batch dispatched and ended and for records dropped (see
+        :meth:`add_observer`, :mod:`batcher.metrics`).
     :param process_timeout_s: a batch whose process function runs longer fails with
         :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs in a
         daemon thread of its worker, so a stuck call cannot hold the program at exit.

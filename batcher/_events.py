@@ -1,6 +1,6 @@
 """What a batcher tells its observers: one small immutable event when a batch is
 dispatched and when it ends, and one when records leave without reaching the
-model (withdrawn, expired, or refused by load shedding).
+model (withdrawn, expired, refused by load shedding, or failed by an abnormal stop).
 
 An observer is any callable taking an event; it runs in the task that caused the
 event (a worker, a submitter), so it must be quick and must not block. One that
@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from ._model import is_async
 
 if TYPE_CHECKING:
     from ._future import BatchFuture
@@ -76,10 +78,11 @@ class BatchEnded:
 @dataclass(frozen=True, slots=True)
 class RecordsDropped:
     """Records left without reaching the model: ``"withdrawn"`` (cancelled before
-    dispatch), ``"expired"`` (``QueueTimeoutError``) or ``"shed"`` (refused with
-    ``BatcherOverloadedError``; never queued)."""
+    dispatch), ``"expired"`` (``QueueTimeoutError``), ``"shed"`` (refused with
+    ``BatcherOverloadedError``; never queued) or ``"closed"`` (still queued when the
+    batcher stopped abnormally: failed with ``BatcherClosedError``)."""
 
-    reason: Literal["withdrawn", "expired", "shed"]
+    reason: Literal["withdrawn", "expired", "shed", "closed"]
     records: int
     cost: int
 
@@ -102,9 +105,14 @@ class Observers:
         return bool(self._observers)
 
     def add(self, observer: Observer) -> None:
-        """:raises TypeError: if ``observer`` is not callable"""
+        """:raises TypeError: if ``observer`` is not a plain callable"""
         if not callable(observer):
             raise TypeError(f"an observer must be callable, got {type(observer).__name__}")
+        if is_async(observer):
+            raise TypeError(
+                f"an observer must be a plain callable, got the async {observer!r}: observers run inside "
+                "the batcher's loops, which do not await them (hand the event to a task of your own)"
+            )
         self._observers = (*self._observers, observer)
 
     def remove(self, observer: Observer) -> None:
@@ -158,11 +166,9 @@ def batch_ended(
 ) -> None:
     """Tell the observers (there are some) that a batch ended with ``outcome``
     (``results``: those it returned, if any)."""
-    if outcome != "ok":
-        failed = len(batch)
-    elif results is not None:
+    if results is not None:
         failed = sum(isinstance(result, Exception) for result in results)
-    else:  # a streamed batch: its futures have ended
-        failed = sum(future.exception() is not None for future in batch if not future.cancelled())
+    else:  # the batch streamed or failed: its futures have ended, a streamed one perhaps with its result
+        failed = sum(future.exception() is not None for future in batch if future.done() and not future.cancelled())
     shape = (number, worker, len(batch), cost, duration, outcome, failed)
     observe(BatchEnded(*shape, counters.queued, counters.queued_cost, counters.running))

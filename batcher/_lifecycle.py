@@ -195,7 +195,7 @@ class Lifecycle:
         task that caused the event: it must be quick and must not block; an exception
         it raises is logged and ignored.
 
-        :raises TypeError: if ``observer`` is not callable
+        :raises TypeError: if ``observer`` is not callable, or is an ``async def``
         """
         self._observers.add(observer)
         self._watch()

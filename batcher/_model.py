@@ -17,10 +17,12 @@ from anyio.lowlevel import EventLoopToken, current_token
 
 from ._protocols import ProcessFn
 
-__all__ = ("Model", "ModelThread")
+__all__ = ("Model", "ModelThread", "is_async")
 
 
-def _is_async(fn: object) -> bool:
+def is_async(fn: object) -> bool:
+    """Whether calling ``fn`` returns a coroutine: an ``async def`` function, or an
+    object whose ``__call__`` is one."""
     call = type(fn).__call__ if not inspect.isroutine(fn) else None  # an object with async __call__
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
@@ -73,7 +75,7 @@ class Model:
 
     def __init__(self, process_fn: ProcessFn[Any, Any], timeout_s: float | None) -> None:
         self._fn = process_fn
-        self._is_async = _is_async(process_fn)
+        self._is_async = is_async(process_fn)
         #: Whether the process function is an async generator function (``_streaming.py``).
         self.streaming = _is_async_generator(process_fn)
         self.timeout_s = timeout_s

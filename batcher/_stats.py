@@ -110,6 +110,7 @@ class Counters:
         "batches",
         "busy",
         "cancelled",
+        "closed",
         "completed",
         "cost_fit",
         "dispatched",
@@ -150,6 +151,8 @@ class Counters:
         self.cancelled = 0
         self.shed = 0
         self.expired = 0
+        #: Records failed while still queued, as the batcher closed (in ``failed`` too).
+        self.closed = 0
         #: The cost of the records submitted and neither withdrawn, failed nor dispatched.
         self.queued_cost = 0
         self.batches = 0
@@ -168,13 +171,14 @@ class Counters:
 
     @property
     def queued(self) -> int:
-        """Records submitted and neither withdrawn, expired nor taken by a worker yet."""
-        return max(self.submitted - self.cancelled - self.expired - self.dispatched, 0)
+        """Records submitted and neither withdrawn, expired, failed by a close nor
+        taken by a worker yet."""
+        return max(self.submitted - self.cancelled - self.expired - self.closed - self.dispatched, 0)
 
     @property
     def in_flight(self) -> int:
         """Records taken by a worker whose futures have not ended yet."""
-        return max(self.dispatched - self.completed, 0)
+        return max(self.dispatched - self.completed + self.closed, 0)
 
     def snapshot(self) -> BatchStats:
         batches = self.batches

@@ -89,8 +89,9 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         function), how many items of one record may wait for its consumer.
     :param stream_stall_s: how long a step of a streaming batch waits, in all, for
         consumers whose buffer is full before it fails them with :exc:`StreamLagError`.
-    :param observers: called with an event for every batch dispatched and ended and
-        for records dropped (see :meth:`add_observer`, :mod:`batcher.metrics`).
+    :param observers: plain callables (not ``async def``), called with an event for
+        every batch dispatched and ended and for records dropped (see
+        :meth:`add_observer`, :mod:`batcher.metrics`).
     :raises TypeError: for a setting of the wrong type, naming it
     :raises ValueError: for a setting out of range, naming it
     """

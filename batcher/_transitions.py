@@ -97,15 +97,23 @@ def end(future: BatchFuture[Any], value: Any, counters: Counters) -> None:
 
 
 def fail(batch: Sequence[BatchFuture[Any]], exc: BaseException, counters: Counters) -> None:
-    """End every unfinished future of ``batch`` with ``exc``."""
-    ended = 0
+    """End every unfinished future of ``batch`` with ``exc``. Records still queued
+    (the batcher is closing) are told to the observers as dropped, ``"closed"``."""
+    ended = queued = queued_cost = 0
     error = (exc, exc.__traceback__)
     for future in batch:
         if future._state < RESULT:
             ended += 1
+            if future._state == PENDING:
+                queued += 1
+                queued_cost += future._cost
             future._finish(ERROR, error)
     counters.completed += ended
     counters.failed += ended
+    if queued:
+        counters.closed += queued
+        if counters.observe is not None:
+            counters.observe(RecordsDropped("closed", queued, queued_cost))
 
 
 def expire(future: BatchFuture[Any], counters: Counters) -> None:

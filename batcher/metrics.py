@@ -11,8 +11,9 @@ Both record the same instruments: the queue wait of every record and the duratio
 size, cost and fill ratio of every batch (histograms); the queue depth in records
 and in cost and the batches in flight (gauges, as of the last batch event); and
 records and batches by outcome (counters). Records' outcomes are ``ok``,
-``failed``, ``withdrawn``, ``expired`` and ``shed``; batches' are those of
-:class:`~batcher.BatchEnded`.
+``failed``, ``withdrawn``, ``expired``, ``shed`` and ``closed`` (still queued when
+the batcher stopped abnormally; ``stats.total_failed`` counts these with
+``failed``); batches' are those of :class:`~batcher.BatchEnded`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,25 @@ def _require(module: str, extra: str) -> ModuleType:
         ) from exc
 
 
+def _checked_labels(name: str, labels: Mapping[str, str] | None) -> dict[str, str]:
+    """``labels`` (``name``: the parameter) as a dict of strings, without ``outcome``,
+    which the record and batch counters label themselves with.
+
+    :raises TypeError: if it is not a mapping of strings to strings
+    :raises ValueError: if it has an ``outcome`` key
+    """
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise TypeError(f"{name} must be a mapping of names to values, such as {{'batcher': 'embed'}}, got {labels!r}")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"{name} must map strings to strings, got {key!r}: {value!r}")
+    if "outcome" in labels:
+        raise ValueError(f"{name} cannot use 'outcome': the record and batch counters label their outcome with it")
+    return dict(labels)
+
+
 class PrometheusObserver:
     """Export a batcher's events to Prometheus (``prometheus_client``).
 
@@ -60,8 +80,12 @@ class PrometheusObserver:
     :param namespace: the prefix of every metric's name
     :param labels: constant labels for this batcher's series, such as
         ``{"batcher": "embed"}``: several batchers in one process share the metrics
-        (created once per registry, namespace and label names) and are told apart
-        by these
+        (created once per registry and namespace) and are told apart by these, so
+        every observer of one registry and namespace has the same label names;
+        ``outcome`` is the counters' own
+    :raises TypeError: for an argument of the wrong type, naming it
+    :raises ValueError: for an ``outcome`` label, or label names other than those
+        this registry and namespace already have
     """
 
     def __init__(
@@ -69,7 +93,11 @@ class PrometheusObserver:
     ) -> None:
         client = _require("prometheus_client", "prometheus")
         registry = client.REGISTRY if registry is None else registry
-        self._labels = dict(labels or {})
+        if not callable(getattr(registry, "register", None)):
+            raise TypeError(f"registry must be a prometheus_client CollectorRegistry or None, got {registry!r}")
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a string, got {namespace!r}")
+        self._labels = _checked_labels("labels", labels)
         metrics = _prometheus_metrics(client, registry, namespace, tuple(sorted(self._labels)))
         values = self._labels
 
@@ -122,6 +150,12 @@ def _prometheus_metrics(client: ModuleType, registry: Any, namespace: str, label
     made = _PROMETHEUS.setdefault(registry, {})
     key = (namespace, labels)
     if key not in made:
+        if (other := next((names for space, names in made if space == namespace), None)) is not None:
+            raise ValueError(
+                f"this registry has the {namespace!r} metrics with the label names {list(other)}, not "
+                f"{list(labels)}: give every PrometheusObserver of one registry and namespace the same "
+                "label names (with their own values), or another namespace"
+            )
         common = {"namespace": namespace, "labelnames": labels, "registry": registry}
         histograms = {
             "queue_wait_seconds": ("Time a record waited from submit to dispatch.", SECONDS_BUCKETS),
@@ -153,13 +187,18 @@ class OpenTelemetryObserver:
     :param meter_provider: the provider to get the ``batcher`` meter from (default:
         the global one, ``opentelemetry.metrics.get_meter_provider()``)
     :param attributes: attributes of every measurement, such as ``{"batcher": "embed"}``
+        (``outcome`` is the counters' own)
+    :raises TypeError: for an argument of the wrong type, naming it
+    :raises ValueError: for an ``outcome`` attribute
     """
 
     def __init__(self, meter_provider: Any = None, attributes: Mapping[str, str] | None = None) -> None:
         metrics = _require("opentelemetry.metrics", "otel")
         provider = metrics.get_meter_provider() if meter_provider is None else meter_provider
+        if not callable(getattr(provider, "get_meter", None)):
+            raise TypeError(f"meter_provider must be an OpenTelemetry MeterProvider or None, got {provider!r}")
+        self._attributes = _checked_labels("attributes", attributes)
         meter = provider.get_meter("batcher")
-        self._attributes = dict(attributes or {})
         self._wait = meter.create_histogram(
             "batcher.queue.wait", unit="s", description="Time a record waited from submit to dispatch."
         )

@@ -15,8 +15,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry
 
 from batcher import (
+    END,
     BatchDispatched,
     BatchEnded,
+    BatcherClosedError,
     BatcherOverloadedError,
     DynamicBatcher,
     Event,
@@ -116,6 +118,61 @@ class TestEvents:
         assert (ended.outcome, ended.failed, ended.batches_in_flight) == ("timed_out", 1, 0)
         assert ended.duration_s >= 0.05
 
+    async def test_a_streamed_batch_that_fails_counts_only_the_records_it_failed(self) -> None:
+        async def generate(batch: list[str]) -> Any:
+            yield [END] + [f"{record}:0" for record in batch[1:]]  # the first record has ended
+            raise RuntimeError("the model died mid-generation")
+
+        log = Log()
+        ends: list[str] = []
+
+        async def consume(stream: Any) -> None:
+            try:
+                async with stream:
+                    async for _ in stream:
+                        pass
+                ends.append("ok")
+            except RuntimeError:
+                ends.append("failed")
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(generate, max_batch_size=3, observers=[log]) as batcher:
+                streams = [batcher.stream(record) for record in "abc"]
+                async with anyio.create_task_group() as tg:
+                    for stream in streams:
+                        tg.start_soon(consume, stream)
+        assert sorted(ends) == ["failed", "failed", "ok"]
+        (ended,) = log.of(BatchEnded)
+        assert (ended.size, ended.outcome, ended.failed) == (3, "failed", 2)
+        assert batcher.stats.total_failed == 2
+
+    async def test_records_failed_while_queued_by_an_abnormal_stop(self) -> None:
+        log = Log()
+        held = Recorder(hold=True)
+        batcher: DynamicBatcher[Any, Any] = DynamicBatcher(held, max_batch_size=2, observers=[log])
+        futures: list[Any] = []
+
+        async def abort() -> None:
+            async with batcher:
+                futures.extend([await batcher.submit(i, estimated_cost=2) for i in range(7)])
+                await held.entered.wait()  # two records in the model, five queued
+                raise KeyError("the application failed")
+
+        with anyio.fail_after(5), pytest.raises(KeyError):
+            await abort()
+        assert all(isinstance(future.exception(), BatcherClosedError) for future in futures)
+        dropped = [(e.reason, e.records, e.cost) for e in log.of(RecordsDropped)]
+        assert sum(records for _, records, _ in dropped) == 5
+        assert {reason for reason, _, _ in dropped} == {"closed"}
+        assert sum(cost for _, _, cost in dropped) == 10
+        stats = batcher.stats
+        assert (stats.queued, stats.queued_cost, stats.total_failed) == (0, 0, 7)
+        held.release()
+        async with batcher:  # a restart counts from the right state
+            await batcher.call("again")
+            assert repr(batcher).endswith("running queued=0 in_flight=0>")
+        assert [e.queued for e in log.of(BatchEnded)][-1] == 0
+
     async def test_an_observer_that_raises_is_logged_and_ignored(self, caplog: pytest.LogCaptureFixture) -> None:
         def broken(event: Event) -> None:
             raise KeyError("observer bug")
@@ -151,6 +208,23 @@ class TestEvents:
         assert [e.batch for e in log.of(BatchEnded)] == [2]  # only the batch dispatched while observed
         with pytest.raises(TypeError, match="an observer must be callable"):
             DynamicBatcher(Recorder(), observers=["not callable"])  # type: ignore[list-item]
+
+    async def test_an_async_observer_is_refused(self) -> None:
+        async def observe(event: Event) -> None:
+            pass
+
+        class Observing:
+            async def __call__(self, event: Event) -> None:
+                pass
+
+        for observer in (observe, Observing()):
+            with pytest.raises(TypeError, match="an observer must be a plain callable, got the async"):
+                DynamicBatcher(Recorder(), observers=[observer])
+            async with DynamicBatcher(Recorder()) as batcher:
+                with pytest.raises(TypeError, match="plain callable"):
+                    batcher.add_observer(observer)
+                await batcher.call(1)  # no observer was added: nothing to warn of
+            assert not batcher._observers
 
 
 class TestStats:
@@ -220,6 +294,27 @@ class TestPrometheus:
         assert samples(registry, "batcher_records_total", outcome="ok", batcher="a") == 1
         assert samples(registry, "batcher_records_total", outcome="ok", batcher="b") == 3
 
+    def test_bad_arguments_are_refused_naming_them(self) -> None:
+        registry = CollectorRegistry()
+        with pytest.raises(TypeError, match="registry must be a prometheus_client CollectorRegistry"):
+            PrometheusObserver(registry="x")
+        with pytest.raises(TypeError, match="namespace must be a string"):
+            PrometheusObserver(registry, namespace=3)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="labels must be a mapping"):
+            PrometheusObserver(registry, labels=["batcher"])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="labels must map strings to strings"):
+            PrometheusObserver(registry, labels={"batcher": 1})  # type: ignore[dict-item]
+        with pytest.raises(ValueError, match="labels cannot use 'outcome'"):
+            PrometheusObserver(registry, labels={"outcome": "x"})
+        assert list(registry.collect()) == []  # nothing was registered
+        PrometheusObserver(registry, labels={"batcher": "a"})
+        with pytest.raises(ValueError, match=r"the label names \['batcher'\], not \['model'\]"):
+            PrometheusObserver(registry, labels={"model": "b"})
+        with pytest.raises(ValueError, match=r"not \[\]"):
+            PrometheusObserver(registry)
+        PrometheusObserver(registry, namespace="other")  # another namespace has its own label names
+        PrometheusObserver(registry, labels={"batcher": "b"})
+
 
 def otel_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     data = reader.get_metrics_data()
@@ -249,6 +344,16 @@ class TestOpenTelemetry:
         batches = {point.attributes["outcome"]: point.value for point in points["batcher.batches"]}
         assert batches == {"ok": 1, "failed": 1}
         assert points["batcher.queue.depth"][0].value == 0
+        provider.shutdown()
+
+    def test_bad_arguments_are_refused_naming_them(self) -> None:
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        with pytest.raises(TypeError, match="meter_provider must be an OpenTelemetry MeterProvider"):
+            OpenTelemetryObserver(meter_provider="x")
+        with pytest.raises(TypeError, match="attributes must be a mapping"):
+            OpenTelemetryObserver(provider, attributes=["batcher"])  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="attributes cannot use 'outcome'"):
+            OpenTelemetryObserver(provider, attributes={"outcome": "x"})
         provider.shutdown()
 
 
