@@ -157,6 +157,11 @@ class Intake:
         counters.shed += records
         if counters.observe is not None:
             counters.observe(RecordsDropped("shed", records, cost))
+        if cost > limit:
+            raise BatcherOverloadedError(
+                f"a call costing {cost} can never be queued under max_queued_cost={limit}: it is refused "
+                "whatever the load, so a retry fails too"
+            )
         raise BatcherOverloadedError(
             f"the batcher is overloaded: {counters.queued_cost} of max_queued_cost={limit} is queued, "
             f"and {cost} more would not fit; try again later"

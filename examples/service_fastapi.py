@@ -4,9 +4,13 @@ started in the app's lifespan and its metrics in Prometheus text format.
 ``POST /embed`` with ``{"text": "..."}`` answers ``{"embedding": [...]}``, or
 HTTP 503 when the batcher sheds the request (``max_queued_cost``) and HTTP 504 when
 the request waited in the queue past its deadline (``max_queue_delay_s``) without
-reaching the model. ``GET /metrics`` serves the batcher's metrics. Stopping the
-server lets every request it accepted finish: uvicorn waits for them, then the
-lifespan leaves ``async with batcher``, which drains what is queued.
+reaching the model. A body that is not such a text, a text the model could not read
+(a lone surrogate) or one over ``MAX_TEXT_CHARS`` gets HTTP 422 before it is queued:
+one bad record would otherwise fail the whole batch it joins, and a text that can
+never fit the queue would be answered 503 whenever its client retried.
+``GET /metrics`` serves the batcher's metrics. Stopping the server lets every
+request it accepted finish: uvicorn waits for them, then the lifespan leaves
+``async with batcher``, which drains what is queued.
 
 The model is a stand-in shaped like a real one (10 ms a call plus 1 µs a padded
 token; unit vectors from each text's hash); ``--minilm`` embeds with
@@ -38,6 +42,25 @@ from batcher.metrics import PrometheusObserver
 #: 5 s, uvicorn's own default). A server that closes first races the client's next
 #: request on that connection, which then fails with "connection reset by peer".
 KEEP_ALIVE_S = 75
+
+
+#: The longest text served, in characters: about 8,000 tokens, a whole batch.
+MAX_TEXT_CHARS = 32_000
+
+
+def checked_text(text: str) -> str:
+    """``text``, if the model can read it: at most ``MAX_TEXT_CHARS`` characters, and
+    valid Unicode (JSON may carry a lone surrogate, which no encoder accepts).
+
+    :raises ValueError: saying what is wrong
+    """
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"text is {len(text)} characters long; at most {MAX_TEXT_CHARS} are served")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (it holds a lone surrogate)") from None
+    return text
 
 
 class EmbedRequest(BaseModel):
@@ -83,7 +106,11 @@ def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: 
     @app.post("/embed")
     async def embed_text(request: EmbedRequest) -> dict[str, list[float]]:
         try:
-            return {"embedding": await batcher.call(request.text)}
+            text = checked_text(request.text)
+        except ValueError as exc:  # answered here, not by pydantic, which would echo the text back
+            raise HTTPException(422, str(exc)) from None
+        try:
+            return {"embedding": await batcher.call(text)}
         except BatcherOverloadedError:
             raise HTTPException(503, "overloaded; try again later") from None
         except QueueTimeoutError:

@@ -32,6 +32,7 @@ from waitress import wasyncore  # type: ignore[import-untyped, unused-ignore]
 from batcher import BatchStats, SyncBatcher, TokenBatcher
 
 REQUEST_TIMEOUT_S = 10.0
+MAX_TEXT_CHARS = 32_000  # about 8,000 tokens: a whole batch
 POLL_S = 0.5  # the longest a stopping server's loop sleeps before it sees the stop
 
 
@@ -65,6 +66,8 @@ def create_app(batcher: SyncBatcher[str, list[float]]) -> Flask:
         text = body.get("text") if isinstance(body, dict) else None
         if not isinstance(text, str):
             return {"error": 'send JSON {"text": "..."}'}, 400
+        if len(text) > MAX_TEXT_CHARS or not _valid_unicode(text):  # else it would fail its whole batch
+            return {"error": f"send valid Unicode text of at most {MAX_TEXT_CHARS} characters"}, 400
         try:
             return {"embedding": batcher.call(text, timeout=REQUEST_TIMEOUT_S)}
         except TimeoutError:
@@ -77,6 +80,15 @@ def create_app(batcher: SyncBatcher[str, list[float]]) -> Flask:
     return app
 
 
+def _valid_unicode(text: str) -> bool:
+    # JSON may carry a lone surrogate, which no encoder (nor the model's tokenizer) accepts.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Service(NamedTuple):
     url: str
     batcher: SyncBatcher[str, list[float]]
@@ -87,13 +99,14 @@ def serving(
     host: str = "127.0.0.1", port: int = 0, *, threads: int = 32, backend: str = "asyncio"
 ) -> Iterator[Service]:
     """Serve the app on ``host:port`` (``0``: a free port) while the block runs;
-    then stop the server (its request threads finish first) and the batcher."""
+    then stop the server, which first answers every request it has received, and
+    the batcher."""
     model = TokenBatcher(HashEmbedder().embed, target_batch_tokens=8_192, max_batch_size=64, cost_model="padded")
     with SyncBatcher(model, backend=backend) as batcher:
         sockets: dict[int, Any] = {}
         server = waitress.create_server(create_app(batcher), map=sockets, host=host, port=port, threads=threads)
         stop = threading.Event()
-        loop = threading.Thread(target=_serve_until, args=(sockets, stop), name="waitress-loop")
+        loop = threading.Thread(target=_serve_until, args=(server, sockets, stop), name="waitress-loop")
         loop.start()
         try:
             yield Service(f"http://{host}:{server.effective_port}", batcher)
@@ -105,13 +118,26 @@ def serving(
             server.task_dispatcher.shutdown()
 
 
-def _serve_until(sockets: dict[int, Any], stop: threading.Event) -> None:
-    """Waitress's loop, one poll at a time, until ``stop`` is set; then close every
-    socket from this thread, the one that owns them. Each poll waits at most
-    ``POLL_S``, so the loop stops even when nothing wakes it."""
+def _serve_until(server: Any, sockets: dict[int, Any], stop: threading.Event) -> None:
+    """Waitress's loop, one poll at a time, until ``stop`` is set; then, no longer
+    accepting connections, until every request received has been answered (at most
+    ``REQUEST_TIMEOUT_S`` more, the longest a request waits for the batcher); then
+    close every socket from this thread, the one that owns them. Each poll waits at
+    most ``POLL_S``, so the loop stops even when nothing wakes it."""
     while sockets and not stop.is_set():
         wasyncore.loop(timeout=POLL_S, map=sockets, count=1)
+    wasyncore.dispatcher.close(server)  # the listening socket alone (its wake-up pipe stays)
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+    while _answering(sockets) and time.monotonic() < deadline:
+        wasyncore.loop(timeout=POLL_S, map=sockets, count=1)
     wasyncore.close_all(sockets)
+
+
+def _answering(sockets: dict[int, Any]) -> bool:
+    """Whether a connection has a request in hand or an answer not yet sent."""
+    return any(
+        getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0) for channel in sockets.values()
+    )
 
 
 def post_all(url: str, texts: list[str], concurrency: int = 200) -> list[list[float]]:

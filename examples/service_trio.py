@@ -1,5 +1,6 @@
 """The embedding service of ``service_fastapi.py`` on trio: Quart-Trio on
-Hypercorn's trio worker, with the same routes and answers.
+Hypercorn's trio worker, with the same routes and answers (a bad body gets 422
+here, where FastAPI answers 400 for one that is not JSON).
 
 The batcher runs in the server's own nursery (``batcher.serve``), started before
 the server takes requests and stopped after it has finished them, so a stopped
@@ -26,9 +27,9 @@ from batcher import BatcherOverloadedError, QueueTimeoutError, TokenBatcher
 from batcher.metrics import PrometheusObserver
 
 try:
-    from .service_fastapi import KEEP_ALIVE_S, simulated_embed
+    from .service_fastapi import KEEP_ALIVE_S, checked_text, simulated_embed
 except ImportError:  # run as a script
-    from service_fastapi import KEEP_ALIVE_S, simulated_embed  # type: ignore[no-redef]
+    from service_fastapi import KEEP_ALIVE_S, checked_text, simulated_embed  # type: ignore[no-redef]
 
 
 def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: Any) -> QuartTrio:
@@ -49,9 +50,16 @@ def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: 
 
     @app.post("/embed")
     async def embed_text() -> Any:
-        body = await request.get_json()
+        body = await request.get_json(force=True, silent=True)
+        text = body.get("text") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            return {"detail": 'send JSON {"text": "..."}'}, 422
         try:
-            return {"embedding": await batcher.call(body["text"])}
+            text = checked_text(text)
+        except ValueError as exc:
+            return {"detail": str(exc)}, 422
+        try:
+            return {"embedding": await batcher.call(text)}
         except BatcherOverloadedError:
             return {"detail": "overloaded; try again later"}, 503
         except QueueTimeoutError:

@@ -4,6 +4,7 @@ FastAPI on uvicorn (asyncio) and Quart-Trio on Hypercorn (trio)."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -184,3 +185,23 @@ class TestServices:
                 assert await anyio.to_thread.run_sync(accepted.wait, 30)
                 stop()  # while the last batch is in the model
         assert [response.status_code for response in results[0]] == [200] * len(texts)
+
+    async def test_a_bad_request_is_refused_before_it_joins_a_batch(self, kind: str) -> None:
+        """A body that is not a text, a text no encoder reads (a lone surrogate) or one over
+        the length limit is answered at once and never queued: in a batch it would fail
+        every request of that batch, or be shed as "try again later" for ever."""
+        too_long = "x" * (service_fastapi.MAX_TEXT_CHARS + 1)
+        bodies: list[Any] = [{"text": 5}, {"text": None}, {}, ["hi"], {"text": "\ud800"}, {"text": too_long}]
+        answers = []
+        with SERVERS[kind]() as (url, batcher, _), anyio.fail_after(60):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                for body in bodies:  # json.dumps writes the lone surrogate escaped, as a client's JSON may
+                    content, headers = json.dumps(body), {"content-type": "application/json"}
+                    answers.append(await client.post("/embed", content=content, headers=headers))
+                assert batcher.stats.total_submitted == 0
+                ok = await client.post("/embed", json={"text": "fine"})
+        assert [answer.status_code for answer in answers] == [422] * len(bodies)
+        assert "lone surrogate" in answers[4].text
+        assert f"at most {service_fastapi.MAX_TEXT_CHARS} are served" in answers[5].text
+        assert len(answers[5].content) < 1000  # the text is not echoed back
+        assert ok.json()["embedding"] == hash_vector("fine")

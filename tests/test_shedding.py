@@ -61,8 +61,10 @@ class TestShedding:
 
     async def test_a_record_over_the_limit_alone_is_always_refused(self) -> None:
         async with DynamicBatcher(_echo, max_queued_cost=4) as batcher:
-            with pytest.raises(BatcherOverloadedError):
-                await batcher.call(1, estimated_cost=5)
+            with pytest.raises(BatcherOverloadedError, match="costing 5 can never be queued under max_queued_cost=4"):
+                await batcher.call(1, estimated_cost=5)  # on an idle batcher: it says a retry fails too
+            with pytest.raises(BatcherOverloadedError, match="can never be queued"):
+                await batcher.submit_batch([1, 2, 3], estimated_cost=[2, 2, 1])
             assert await batcher.call(2, estimated_cost=4) == 2
 
     async def test_token_batcher_sheds_by_tokens(self) -> None:
