@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import anyio
 from anyio.abc import TaskStatus
 
-from ._future import BatchFuture
+from ._future import BatchFuture, check_not_waiting_for_itself
 from ._loop import Loop, refused_as_not_running
 
 if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
+    from ._stats import Counters
 
 __all__ = ("call_from_thread", "call_on_loop", "submit_from_thread", "withdraw_if_cancelled")
 
@@ -51,10 +52,16 @@ async def call_on_loop(
 
 def withdraw_if_cancelled(loop: Loop, queued: BatchFuture[Any], future: Future[Any]) -> None:
     """Withdraw the record of a cancelled ``submit`` future on the loop before
-    ``cancel()`` returns (the portal's own cancellation of the task comes later)."""
-    if future.cancelled() and not loop.on_loop_thread():
-        with suppress(RuntimeError):  # the loop has closed: the record was processed
-            loop.portal.call(queued.cancel)
+    ``cancel()`` returns (the portal's own cancellation of the task comes later):
+    from another thread through the portal, and at once when ``cancel()`` is called
+    on the loop (in a callback of another future, say)."""
+    if not future.cancelled():
+        return
+    if loop.on_loop_thread():
+        queued.cancel()
+        return
+    with suppress(RuntimeError):  # the loop has closed: the record was processed
+        loop.portal.call(queued.cancel)
 
 
 #: What the loop hands back to ``call_from_thread`` when the queue is full.
@@ -109,12 +116,32 @@ def submit_from_thread(
     caller then takes the task's way, which waits for room."""
     if not loop.calls_soon:
         return None
-    result: Future[T] = Future()
+    result: Future[T] = _Result(batcher._counters)
     queued = _through_loop(loop, batcher, record, options, _Handoff(result), None)
     if queued is _FULL:
         return None
     result.add_done_callback(partial(withdraw_if_cancelled, loop, queued))
     return result
+
+
+class _Result(Future[T]):
+    """The future ``SyncBatcher.submit()`` returns: its ``result()`` and
+    ``exception()`` refuse to wait, rather than wait for ever, in the process
+    function of a batcher whose only worker must return before the record can run."""
+
+    def __init__(self, counters: Counters) -> None:
+        super().__init__()
+        self._counters = counters
+
+    def result(self, timeout: float | None = None) -> T:
+        if not self.done():
+            check_not_waiting_for_itself(self._counters)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done():
+            check_not_waiting_for_itself(self._counters)
+        return super().exception(timeout)
 
 
 def _through_loop(

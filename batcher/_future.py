@@ -28,6 +28,7 @@ __all__ = (
     "Batch",
     "BatchFuture",
     "State",
+    "check_not_waiting_for_itself",
     "is_pending",
     "make_event",
     "park",
@@ -252,7 +253,7 @@ def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
     if future._state >= RESULT:
         return None
     counters = future._counters
-    if counters.sole_worker_in_model and WORKER_OF.get() is counters:
+    if counters.sole_worker_in_model and WORKER_OF.get() is counters:  # check_not_waiting_for_itself(), inlined
         raise RuntimeError(SELF_WAIT)
     slot = future._event
     event = slot.event if isinstance(slot, Callbacks) else slot
@@ -266,6 +267,14 @@ def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
     else:
         future._event = fresh
     return fresh.wait()
+
+
+def check_not_waiting_for_itself(counters: Counters) -> None:
+    """:raises RuntimeError: if the caller is the batcher's only worker's process
+    function (in its task, or its thread), which must not wait for a result of its
+    own batcher: the batch it waits for cannot run before it returns."""
+    if counters.sole_worker_in_model and WORKER_OF.get() is counters:
+        raise RuntimeError(SELF_WAIT)
 
 
 def is_pending(future: BatchFuture[Any]) -> bool:

@@ -233,6 +233,8 @@ class Lifecycle:
             field = self._synonyms.get(name, name)
             if field not in LIVE_SETTINGS:
                 raise TypeError(f"configure() cannot change {name!r}; it can change {', '.join(LIVE_SETTINGS)}")
+            if field in changes and name == field:
+                continue  # also given by its token name, which takes precedence (as in the constructor)
             if field == "target_batch_cost":
                 changes["target_name"] = name
             changes[field] = value

@@ -22,7 +22,7 @@ from ._run import NOT_RUNNING as BATCHER_NOT_RUNNING
 if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
 
-__all__ = ("IN_LOOP", "NOT_RUNNING", "Loop", "refused_as_not_running")
+__all__ = ("IN_LOOP", "IN_TRIO", "NOT_RUNNING", "Loop", "check_caller", "refused_as_not_running")
 
 T = TypeVar("T")
 
@@ -33,13 +33,33 @@ IN_LOOP = (
 )
 
 
+IN_TRIO = (
+    "SyncBatcher(backend='trio') cannot be used from a thread that runs trio, which refuses to wait "
+    "there for another trio run; in trio code, await the batcher's own methods (or use backend='asyncio')"
+)
+
+
+def check_caller(backend: str) -> None:
+    """:raises RuntimeError: if ``backend`` is trio and the calling thread runs trio"""
+    if backend != "trio":
+        return
+    try:
+        caller = current_token().backend_class
+    except RuntimeError:  # no event loop runs in this thread
+        return
+    if caller.__module__.rpartition(".")[2] == "_trio":
+        raise RuntimeError(IN_TRIO)
+
+
 class Loop:
     """One run of the background event loop: the portal into it, the task that
     serves the batcher, and the loop's thread."""
 
-    __slots__ = ("calls_soon", "closing", "handed", "maps", "portal", "serving", "stack", "thread", "token")
+    __slots__ = ("backend", "calls_soon", "closing", "handed", "maps", "portal", "serving", "stack", "thread", "token")
 
     def __init__(self, batcher: DynamicBatcher[Any, Any], backend: str, options: Mapping[str, Any] | None) -> None:
+        check_caller(backend)
+        self.backend = backend
         #: Set once close() has begun: a call that fails from then on failed because of it.
         self.closing = False
         #: The cancel scopes of the maps running on the loop (touched only there).
@@ -104,10 +124,15 @@ class Loop:
         except RuntimeError:
             if self.closing:
                 raise RuntimeError(NOT_RUNNING) from None
+            check_caller(self.backend)  # trio's own refusal, in words that name the fix
             raise
 
     def close(self, batcher: DynamicBatcher[Any, Any]) -> None:
-        """Stop the batcher gracefully, then the loop; re-raise what ended the batcher, if anything."""
+        """Stop the batcher gracefully, then the loop; re-raise what ended the batcher, if anything.
+
+        :raises RuntimeError: if it cannot be stopped from this thread (see :func:`check_caller`); nothing changes
+        """
+        check_caller(self.backend)
         self.closing = True
         try:
             self.portal.call(batcher.stop)

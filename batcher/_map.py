@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 import anyio
 
-from ._future import BatchFuture
+from ._future import BatchFuture, check_not_waiting_for_itself
 
 if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
@@ -40,7 +40,9 @@ class MapResults(Generic[T]):
     early ``break`` leaves the records in flight to be processed.
 
     At most ``window`` records of the map are in flight at a time (submitted and
-    not yet yielded), so an unbounded input takes bounded memory.
+    not yet yielded), so an unbounded input takes bounded memory. One task at a
+    time iterates it (a second one waiting at once gets :exc:`RuntimeError`, as
+    with an async generator).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class MapResults(Generic[T]):
         self._wake = anyio.Event()
         self._done = 0
         self._report = _reporter(progress, self._total)
+        self._iterating = False  # a task waits in __anext__
 
     async def __aenter__(self) -> Self:
         return self
@@ -92,11 +95,17 @@ class MapResults(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
-        if self._pending() <= self._window // 2:
-            # Refill half a window at once, not a record per result: a consumer that
-            # awaits between results would otherwise feed the workers one at a time.
-            await self._top_up()
-        future = await (self._next_in_order() if self._ordered else self._next_to_arrive())
+        if self._iterating:
+            raise RuntimeError(ITERATED)
+        self._iterating = True
+        try:
+            if self._pending() <= self._window // 2:
+                # Refill half a window at once, not a record per result: a consumer that
+                # awaits between results would otherwise feed the workers one at a time.
+                await self._top_up()
+            future = await (self._next_in_order() if self._ordered else self._next_to_arrive())
+        finally:
+            self._iterating = False
         if future is None:
             self.close()
             raise StopAsyncIteration
@@ -149,13 +158,16 @@ class MapResults(Generic[T]):
             try:
                 await future
             except Exception:
-                pass  # read below, once it is taken off the queue
+                if not future.done():
+                    raise  # not the record's error: the wait itself was refused
+                # the record's error: read below, once it is taken off the queue
         return self._in_flight.popleft()
 
     async def _next_to_arrive(self) -> BatchFuture[Any] | None:
         while not self._arrived:
             if not self._unyielded:
                 return None
+            check_not_waiting_for_itself(self._batcher._counters)
             self._wake = anyio.Event()
             await self._wake.wait()
         future = self._arrived.popleft()
@@ -166,6 +178,9 @@ class MapResults(Generic[T]):
         if future in self._unyielded:  # not withdrawn by close()
             self._arrived.append(future)
             self._wake.set()
+
+
+ITERATED = "these map results are already being iterated by another task; iterate them in one task"
 
 
 class _Nothing:

@@ -209,6 +209,8 @@ class Run(Intake):
                 self.batch_sent()
             else:
                 self.retiring += 1  # every worker is busy: the first to finish its batch leaves
+        if self.counters.running:  # a process function running now may no longer wait for its own records
+            self.counters.sole_worker_in_model = settings.max_concurrent_batches == 1
 
     def _next_index(self) -> int:
         # The index of a worker started now, and one more started.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
+from threading import get_ident
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
@@ -21,7 +22,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import StreamLagError
-from ._future import BatchFuture
+from ._future import BatchFuture, check_not_waiting_for_itself
 from ._model import Model
 from ._stats import Counters
 from ._transitions import end, fail
@@ -71,11 +72,12 @@ class RecordStream(Generic[T]):
     record not dispatched yet is withdrawn, and later items are dropped.
     """
 
-    __slots__ = ("_future", "_receive")
+    __slots__ = ("_future", "_receive", "_thread")
 
     def __init__(self, future: StreamFuture[Any], receive: MemoryObjectReceiveStream[T]) -> None:
         self._future = future
         self._receive = receive
+        self._thread = get_ident()  # the event loop's, where the record can be withdrawn
 
     async def __aenter__(self) -> Self:
         return self
@@ -96,6 +98,7 @@ class RecordStream(Generic[T]):
                 # turn of the event loop each; with none, it waits as receive() does.
                 return receive.receive_nowait()
             except anyio.WouldBlock:
+                check_not_waiting_for_itself(self._future._counters)
                 return await receive.receive()
         except anyio.EndOfStream:
             pass
@@ -117,6 +120,8 @@ class RecordStream(Generic[T]):
         receive = getattr(self, "_receive", None)
         if receive is not None:
             receive.close()  # an abandoned iterator: its consumer has gone
+            if get_ident() == self._thread:  # collected on the loop: withdraw the record if it is queued
+                self._future.cancel()
 
 
 def open_stream(future: StreamFuture[Any], buffer: int) -> RecordStream[Any]:

@@ -13,7 +13,8 @@ from typing import Any, Generic, Literal, Self, overload
 
 from ._dynamic import DynamicBatcher
 from ._from_thread import call_from_thread, call_on_loop, submit_from_thread, withdraw_if_cancelled
-from ._loop import IN_LOOP, NOT_RUNNING, Loop
+from ._future import check_not_waiting_for_itself
+from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_caller
 from ._map import Progress
 from ._protocols import RecordT, ResultT
 from ._settings import check_options, check_seconds
@@ -150,6 +151,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
                 return
             if loop.on_loop_thread():
                 raise RuntimeError(IN_LOOP)
+            check_caller(self._backend)
             self._loop = None
             loop.close(self._batcher)
 
@@ -215,10 +217,15 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :raises TimeoutError: if ``timeout`` passed first
         :raises TypeError: for a cost that is not an integer
         :raises ValueError: for a negative cost or timeout
-        :raises RuntimeError: if it is not running, or when called from the loop's own thread
+        :raises RuntimeError: if it is not running, when called from the loop's own
+            thread, or from the process function while ``max_concurrent_batches`` is 1
+            (it would wait for itself)
         """
         options = self._options(estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
-        return call_from_thread(self._running(), self._batcher, record, options, timeout)
+        loop = self._running()
+        if not loop.on_loop_thread():  # there, the refusal names the loop's thread
+            check_not_waiting_for_itself(self._batcher._counters)
+        return call_from_thread(loop, self._batcher, record, options, timeout)
 
     def submit(
         self,
@@ -234,7 +241,9 @@ class SyncBatcher(Generic[RecordT, ResultT]):
 
         Blocks only while the batcher's queue is full (backpressure), as the
         async ``submit`` waits. Cancelling the future withdraws the record unless
-        a worker has already taken it (the future is cancelled either way).
+        a worker has already taken it (the future is cancelled either way). In the
+        batcher's own process function, with one worker, the future's ``result()``
+        raises :exc:`RuntimeError` rather than wait for itself.
 
         :param timeout: seconds, from the call, until the future fails with
             :exc:`TimeoutError` and the record is withdrawn (unless a worker has
@@ -312,7 +321,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
             priority=priority,
             max_queue_delay_s=max_queue_delay_s,
         )
-        return SyncMapResults(self._running(), start_map)
+        return SyncMapResults(self._running(), start_map, self._batcher._counters)
 
     def _options(
         self,

@@ -3,6 +3,7 @@ on the background loop and handed to the calling thread in chunks."""
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import wait
@@ -14,8 +15,10 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._loop import IN_LOOP, NOT_RUNNING, Loop, refused_as_not_running
+from ._future import check_not_waiting_for_itself
+from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_caller, refused_as_not_running
 from ._map import MapResults
+from ._stats import Counters
 
 __all__ = ("SyncMapResults",)
 
@@ -45,10 +48,14 @@ class SyncMapResults(Generic[T]):
 
     If the ``SyncBatcher`` stops during the map, the results already handed over
     are yielded, then :exc:`RuntimeError` is raised.
+
+    Threads may share the results: each result goes to one of them. :meth:`close`
+    from another thread ends the iteration of a thread waiting for the next result.
     """
 
-    def __init__(self, loop: Loop, start_map: Callable[[], MapResults[T]]) -> None:
+    def __init__(self, loop: Loop, start_map: Callable[[], MapResults[T]], counters: Counters) -> None:
         self._loop = loop
+        self._counters = counters
         self._ready: deque[T] = deque()
         send, self._receive = anyio.create_memory_object_stream[T](CHUNK)
         try:
@@ -58,14 +65,18 @@ class SyncMapResults(Generic[T]):
             self._receive.close()
             raise
         self._open = True
+        self._next_lock = threading.Lock()
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> T:
-        if not self._ready:
-            self._fetch()
-        return self._ready.popleft()
+        with self._next_lock:  # threads that share the results take one result each
+            if not self._ready:
+                check_caller(self._loop.backend)  # before _fetch(), which closes the map on an error
+                self._refuse_waiting_for_itself()
+                self._fetch()
+            return self._ready.popleft()
 
     def __enter__(self) -> Self:
         return self
@@ -97,11 +108,22 @@ class SyncMapResults(Generic[T]):
         # Dropped without close(), as a for loop left early drops it: close it, as a
         # generator is closed, so that the rest is withdrawn.
         if getattr(self, "_open", False):
-            if self._loop.on_loop_thread():  # collected on the loop: it must not wait there
+            if self._loop.closing:  # the loop ends (or has ended) the map itself; its thread's id may be reused
+                self._open = False
+                self._receive.close()
+            elif self._loop.on_loop_thread():  # collected on the loop: it must not wait there
                 self._open = False
                 stop_now(self._scope, self._receive)
             else:
                 self.close()
+
+    def _refuse_waiting_for_itself(self) -> None:
+        # From the batcher's own process function, with one worker: the map cannot go on.
+        try:
+            check_not_waiting_for_itself(self._counters)
+        except RuntimeError:
+            self.close()
+            raise
 
     def _fetch(self) -> None:
         # Wait for the next chunk of results; at the end, raise what ended the map.
@@ -109,6 +131,10 @@ class SyncMapResults(Generic[T]):
             raise StopIteration
         try:
             chunk = self._loop.run(partial(take, self._receive))
+        except anyio.ClosedResourceError:
+            if self._open:
+                raise
+            raise StopIteration from None  # closed by another thread while this one waited
         except BaseException:
             self.close()
             raise

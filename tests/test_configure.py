@@ -160,6 +160,15 @@ class TestConfigure:
             model.release()
         assert model.batches[1:] == [["r0", "r1"], ["r2", "r3"]]
 
+    def test_its_token_name_takes_precedence_as_in_the_constructor(self) -> None:
+        for given in (
+            {"target_batch_tokens": 10, "target_batch_cost": 20},
+            {"target_batch_cost": 20, "target_batch_tokens": 10},
+        ):
+            batcher = TokenBatcher(Recorder(), target_batch_tokens=1000)
+            batcher.configure(**given)
+            assert batcher._settings.target_batch_cost == 10
+
     async def test_before_start_it_sets_up_the_next_run(self) -> None:
         model = Recorder()
         batcher = DynamicBatcher(model, target_batch_cost=100)

@@ -174,6 +174,26 @@ class TestAwaitingItsOwnBatcher:
             async with batcher:
                 assert await batcher.call("outer") == "inner+outer"
 
+    async def test_after_configure_leaves_one_worker_it_is_refused_again(self) -> None:
+        batcher: DynamicBatcher[str, str]
+        inside, shrunk = anyio.Event(), anyio.Event()
+
+        async def fn(batch: list[str]) -> list[str]:
+            if "outer" in batch:
+                inside.set()
+                await shrunk.wait()
+                with pytest.raises(RuntimeError, match="process_fn awaited a result of its own batcher"):
+                    await batcher.call("inner")
+            return batch
+
+        batcher = DynamicBatcher(fn, max_concurrent_batches=2)
+        with anyio.fail_after(5):
+            async with batcher, anyio.create_task_group() as tg:
+                tg.start_soon(batcher.call, "outer")
+                await inside.wait()
+                batcher.configure(max_concurrent_batches=1)  # the idle worker leaves
+                shrunk.set()
+
 
 class TestDoneCallbacks:
     async def test_called_once_when_the_future_ends_and_at_once_if_it_has(self) -> None:

@@ -128,6 +128,58 @@ class TestUnordered:
         assert sorted(got) == [x * 2 for x in range(500)]
 
 
+class TestMisuse:
+    @pytest.mark.parametrize("ordered", [True, False])
+    async def test_two_tasks_iterating_one_map_are_refused(self, ordered: bool) -> None:
+        gate = anyio.Event()
+
+        async def held(batch: list[int]) -> list[int]:
+            await gate.wait()
+            return batch
+
+        refused: list[str] = []
+        got: list[int] = []
+        with anyio.fail_after(5):
+            async with DynamicBatcher(held) as batcher, batcher.map(range(20), ordered=ordered) as results:
+
+                async def consume(task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+                    task_status.started()
+                    try:
+                        async for result in results:
+                            got.append(result)
+                    except RuntimeError as exc:
+                        refused.append(str(exc))
+
+                async with anyio.create_task_group() as tg:
+                    await tg.start(consume)
+                    await anyio.lowlevel.checkpoint()  # the first consumer waits for a result
+                    await consume()
+                    gate.set()
+        assert refused == ["these map results are already being iterated by another task; iterate them in one task"]
+        assert sorted(got) == list(range(20))
+
+    @pytest.mark.parametrize("ordered", [True, False])
+    async def test_a_map_in_its_own_process_function_is_refused(self, ordered: bool) -> None:
+        batcher: DynamicBatcher[str, str]
+
+        async def drain() -> None:
+            async with batcher.map(["inner"], ordered=ordered) as results:
+                async for _ in results:
+                    pass
+
+        async def process(batch: list[str]) -> list[str]:
+            if "outer" in batch:
+                with pytest.raises(RuntimeError, match="process_fn awaited a result of its own batcher"):
+                    await drain()
+            return batch
+
+        batcher = DynamicBatcher(process)
+        with anyio.fail_after(5):
+            async with batcher:
+                assert await batcher.call("outer") == "outer"
+                assert await batcher.call("after") == "after"
+
+
 class TestProgress:
     async def test_a_callable_sees_each_result(self) -> None:
         calls: list[tuple[int, int | None]] = []

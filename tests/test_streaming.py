@@ -3,6 +3,7 @@ step; each record's items reach its own stream, in order, under asyncio and trio
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -247,20 +248,25 @@ class TestConsumersLeaving:
             await batcher.call(("after", 1))
         assert model.closed_early == 1
 
-    async def test_leaving_before_dispatch_withdraws_the_record(self) -> None:
+    @pytest.mark.parametrize("leaving", ["close", "drop"])
+    async def test_leaving_before_dispatch_withdraws_the_record(self, leaving: str) -> None:
         hold = anyio.Event()
         model = Generator(hold=hold)
         async with streaming(model, max_batch_size=1) as batcher:
             first = batcher.stream(("first", 1))
             await anyio.wait_all_tasks_blocked()
             queued = batcher.stream(("withdrawn", 1))
-            queued.close()
+            if leaving == "close":
+                queued.close()
+                assert [item async for item in queued] == []  # a closed stream raises nothing more
+            else:
+                del queued  # an iterator dropped, collected at once on the loop's thread
+                gc.collect()
+            assert batcher.stats.total_cancelled == 1
             hold.set()
             async with first:
                 assert [item async for item in first] == ["first:0"]
-            assert [item async for item in queued] == []
         assert model.batches == [["first"]]
-        assert batcher.stats.total_cancelled == 1
 
 
 class TestBackpressure:
@@ -285,6 +291,29 @@ class TestBackpressure:
 
 
 class TestMisuse:
+    async def test_a_stream_of_its_own_batcher_in_the_process_function_is_refused(self) -> None:
+        batcher: DynamicBatcher[Any, Any]
+        refused: list[str] = []
+
+        async def generate(batch: list[str]) -> Any:
+            if "outer" in batch:
+                try:
+                    async with batcher.stream("inner") as inner:
+                        async for _ in inner:
+                            pass
+                except RuntimeError as exc:
+                    refused.append(str(exc))
+            yield [END] * len(batch)
+
+        batcher = DynamicBatcher(generate)
+        with anyio.fail_after(5):
+            async with batcher:
+                assert await batcher.call("outer") == []
+                assert await batcher.call("after") == []
+        assert len(refused) == 1
+        assert refused[0].startswith("process_fn awaited a result of its own batcher")
+        assert batcher.stats.total_cancelled == 1  # "inner" was withdrawn
+
     async def test_stream_needs_a_streaming_process_function(self) -> None:
         async with streaming(Recorder()) as plain:
             with pytest.raises(TypeError, match="stream\\(\\) needs a streaming process_fn"):

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, NamedTuple
 
 import anyio
@@ -325,6 +326,19 @@ class TestWithdrawal:
         assert model.records == ["first"]
         assert batcher.stats.total_cancelled == 1
 
+    def test_a_future_cancelled_in_another_futures_callback_withdraws_its_record(self, backend: str) -> None:
+        """Such a callback runs on the loop's thread ("when one fails, cancel the rest")."""
+        with held_batcher(backend) as (batcher, model, first):
+            sibling = batcher.submit("sibling")
+            cancelled: list[bool] = []
+            first.add_done_callback(lambda _: cancelled.append(sibling.cancel()))
+            model.release()
+            with pytest.raises(CancelledError):
+                sibling.result(WAIT)
+        assert cancelled == [True]
+        assert model.records == ["first"]
+        assert batcher.stats.total_cancelled == 1
+
     def test_a_submitted_future_times_out_and_withdraws_its_record(self, backend: str) -> None:
         with held_batcher(backend) as (batcher, model, _):
             future = batcher.submit("late", timeout=0.05)
@@ -495,6 +509,32 @@ class TestMap:
             ]
         assert reports == [(done, 20) for done in range(1, 21)]
 
+    def test_threads_may_share_the_results_and_close_them_from_another_thread(self, backend: str) -> None:
+        with SyncBatcher(DynamicBatcher(double, max_batch_size=8), backend=backend) as batcher:
+            got: list[int] = []
+            with batcher.map(range(5_000)) as results:
+                sharing = [threading.Thread(target=lambda: got.extend(results)) for _ in range(3)]
+                for thread in sharing:
+                    thread.start()
+                for thread in sharing:
+                    thread.join(WAIT)
+            assert sorted(got) == [2 * n for n in range(5_000)]
+
+            endless = batcher.map(itertools.count())
+            ended: list[str] = []
+
+            def consume() -> None:
+                for _ in endless:
+                    pass
+                ended.append("ended")
+
+            consumer = threading.Thread(target=consume)
+            assert next(endless) == 0
+            consumer.start()
+            endless.close()  # from this thread, while the consumer waits for more or reads
+            consumer.join(WAIT)
+            assert ended == ["ended"]
+
     def test_a_stop_during_the_map_ends_it_with_not_running(self, backend: str) -> None:
         model = Gate(hold_from=2)
         batcher = SyncBatcher(DynamicBatcher(model, max_batch_size=8), backend=backend)
@@ -520,6 +560,86 @@ class TestMap:
             batcher.map([1])
         with batcher:
             assert batcher.call(0) == IN_LOOP_MESSAGE
+
+
+class TestWaitingForItself:
+    """A plain process function that waits for a result of its own SyncBatcher, whose
+    only worker runs that very function, is refused as the async way in is."""
+
+    SELF_WAIT = "process_fn awaited a result of its own batcher, which would wait for itself"
+
+    @pytest.mark.parametrize("door", ["call", "submit", "map"])
+    def test_it_is_refused_not_left_waiting(self, backend: str, door: str) -> None:
+        errors: list[BaseException] = []
+
+        def process(batch: list[str]) -> list[str]:
+            if "outer" in batch:
+                try:
+                    if door == "call":
+                        sync.call("inner")
+                    elif door == "submit":
+                        sync.submit("inner").result()
+                    else:
+                        list(sync.map(["inner"]))
+                except RuntimeError as exc:
+                    errors.append(exc)
+            return batch
+
+        with SyncBatcher(DynamicBatcher(process), backend=backend) as sync:
+            assert sync.call("outer", timeout=WAIT) == "outer"
+            assert sync.call("after", timeout=WAIT) == "after"
+        assert len(errors) == 1
+        assert self.SELF_WAIT in str(errors[0])
+
+    def test_with_two_workers_it_may_wait(self, backend: str) -> None:
+        def process(batch: list[str]) -> list[str]:
+            return [sync.call("inner", timeout=WAIT) + "+outer" if record == "outer" else record for record in batch]
+
+        with SyncBatcher(DynamicBatcher(process, max_concurrent_batches=2), backend=backend) as sync:
+            assert sync.call("outer", timeout=WAIT) == "inner+outer"
+
+
+class TestInsideTrio:
+    """trio refuses, in a thread that runs trio, to wait for another trio run."""
+
+    def test_a_trio_sync_batcher_is_refused_there_and_changes_nothing(self) -> None:
+        import trio
+
+        from batcher._loop import IN_TRIO
+
+        batcher = SyncBatcher(DynamicBatcher(double), backend="trio")
+
+        async def inside() -> None:
+            with pytest.raises(RuntimeError, match=re.escape(IN_TRIO)):
+                batcher.start()
+            assert not batcher.is_running
+
+        trio.run(inside)
+        with batcher:  # from a plain thread: fine
+            results = batcher.map([1, 2, 3])
+
+            async def inside_running() -> None:
+                refusing: list[Any] = [
+                    partial(list, results),
+                    batcher.stop,
+                    partial(batcher.configure, max_batch_size=2),
+                ]
+                for refused in refusing:
+                    with pytest.raises(RuntimeError, match=re.escape(IN_TRIO)):
+                        refused()
+                assert batcher.is_running
+
+            trio.run(inside_running)
+            assert list(results) == [2, 4, 6]
+
+    def test_an_asyncio_sync_batcher_works_there(self) -> None:
+        import trio
+
+        async def inside() -> None:
+            with SyncBatcher(DynamicBatcher(double), backend="asyncio") as batcher:
+                assert batcher.call(2, timeout=WAIT) == 4
+
+        trio.run(inside)
 
 
 class TestErrors:
