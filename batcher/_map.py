@@ -40,7 +40,9 @@ class MapResults(Generic[T]):
     early ``break`` leaves the records in flight to be processed.
 
     At most ``window`` records of the map are in flight at a time (submitted and
-    not yet yielded), so an unbounded input takes bounded memory. One task at a
+    not yet yielded), so an unbounded input takes bounded memory. An exception
+    raised by the input itself comes after the results of the records read
+    before it, as a generator's would. One task at a
     time iterates it (a second one waiting at once gets :exc:`RuntimeError`, as
     with an async generator).
     """
@@ -72,6 +74,7 @@ class MapResults(Generic[T]):
         self._done = 0
         self._report = _reporter(progress, self._total)
         self._iterating = False  # a task waits in __anext__
+        self._input_error: Exception | None = None  # what reading the input raised
 
     async def __aenter__(self) -> Self:
         return self
@@ -108,6 +111,9 @@ class MapResults(Generic[T]):
             self._iterating = False
         if future is None:
             self.close()
+            if (broken := self._input_error) is not None:
+                self._input_error = None
+                raise broken
             raise StopAsyncIteration
         self._done += 1
         self._report(self._done)
@@ -145,7 +151,11 @@ class MapResults(Generic[T]):
     def _take(self) -> Any:
         record, self._held = self._held, _NONE
         if record is _NONE and self._records is not None:
-            record = next(self._records, _NONE)
+            try:
+                record = next(self._records, _NONE)
+            except Exception as exc:  # raised once the records read before it have their results
+                self._records, self._input_error = None, exc
+                return _NONE
             if record is _NONE:
                 self._records = None
         return record

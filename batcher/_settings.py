@@ -34,9 +34,12 @@ def check_timeout(name: str, value: object) -> float | None:
     """A time limit in seconds: a number > 0, or ``None`` for none."""
     if value is None:
         return None
-    seconds = check_seconds(name, value)
+    try:
+        seconds = check_seconds(name, value)
+    except ValueError:
+        seconds = 0.0  # negative or not finite: refused below, in words that also rule out 0
     if seconds == 0:
-        raise ValueError(f"{name} must be > 0 or None, got {value}")
+        raise ValueError(f"{name} must be a finite number > 0, or None, got {value}")
     return seconds
 
 

@@ -47,7 +47,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         thread runs.
     :param backend_options: keyword arguments for the backend's ``run`` (as
         :func:`anyio.run` takes them).
-    :raises TypeError: if ``batcher`` is not a batcher
+    :raises TypeError: if ``batcher`` is not a batcher, or ``backend_options`` not a mapping
     :raises ValueError: if ``backend`` is not ``"asyncio"`` or ``"trio"``
     :raises RuntimeError: if ``batcher`` is already running
     """
@@ -63,6 +63,12 @@ class SyncBatcher(Generic[RecordT, ResultT]):
             raise TypeError(f"batcher must be a DynamicBatcher or TokenBatcher, got {type(batcher).__name__}")
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
+        if backend_options is not None and (
+            not isinstance(backend_options, Mapping) or not all(isinstance(key, str) for key in backend_options)
+        ):
+            raise TypeError(
+                f"backend_options must be a mapping of option names to values or None, got {backend_options!r}"
+            )
         if batcher.is_running:
             raise RuntimeError(RUNNING_ELSEWHERE)
         self._batcher = batcher

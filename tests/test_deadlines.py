@@ -84,16 +84,16 @@ class TestDeadlines:
             assert await fits == ("done", "fits")
 
     async def test_deadlines_are_checked(self) -> None:
-        with pytest.raises(ValueError, match="max_queue_delay_s must be > 0 or None, got 0"):
+        with pytest.raises(ValueError, match="max_queue_delay_s must be a finite number > 0, or None, got 0"):
             DynamicBatcher(Recorder(), max_queue_delay_s=0)
-        with pytest.raises(ValueError, match="max_queue_delay_s must be finite and >= 0"):
+        with pytest.raises(ValueError, match="max_queue_delay_s must be a finite number > 0, or None, got -"):
             TokenBatcher(Recorder(), max_queue_delay_s=-1)
         async with DynamicBatcher(Recorder()) as batcher:
             with pytest.raises(TypeError, match="max_queue_delay_s must be a number, got str"):
                 await batcher.submit("a", max_queue_delay_s="1")  # type: ignore[arg-type]
-            with pytest.raises(ValueError, match="max_queue_delay_s must be > 0"):
+            with pytest.raises(ValueError, match="max_queue_delay_s must be a finite number > 0"):
                 await batcher.call("a", max_queue_delay_s=0)
-            with pytest.raises(ValueError, match="max_queue_delay_s must be finite"):
+            with pytest.raises(ValueError, match="max_queue_delay_s must be a finite number > 0, or None, got inf"):
                 await batcher.submit_batch(["a"], max_queue_delay_s=float("inf"))
             assert batcher.stats.total_submitted == 0
 
@@ -140,7 +140,7 @@ def test_sync_batcher_takes_deadlines() -> None:
         assert entered.wait(5)
         with pytest.raises(QueueTimeoutError):
             batcher.call("late", max_queue_delay_s=0.01, timeout=5)
-        with pytest.raises(ValueError, match="max_queue_delay_s must be > 0"):
+        with pytest.raises(ValueError, match="max_queue_delay_s must be a finite number > 0"):
             batcher.submit("bad", max_queue_delay_s=0)
         gate.set()
         assert first.result(timeout=5) == "first"

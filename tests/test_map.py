@@ -94,6 +94,24 @@ class TestFailures:
                 got = [result async for result in batcher.map(range(6), return_exceptions=True)]
         assert [str(r) if isinstance(r, ValueError) else r for r in got] == [0, 1, 2, "bad 3", 4, 5]
 
+    @pytest.mark.parametrize("ordered", [True, False])
+    async def test_an_input_that_raises_does_so_after_the_results_read_before_it(self, ordered: bool) -> None:
+        def records() -> Any:
+            yield from range(300)
+            raise KeyError("the input broke")
+
+        got: list[int] = []
+
+        async def consume(batcher: DynamicBatcher[int, int]) -> None:
+            async for result in batcher.map(records(), ordered=ordered):
+                got.append(result)
+
+        with anyio.fail_after(10):
+            async with DynamicBatcher(double, max_queue_size=64) as batcher:
+                with pytest.raises(KeyError, match="the input broke"):
+                    await consume(batcher)
+        assert (got if ordered else sorted(got)) == [2 * n for n in range(300)]
+
     async def test_on_a_stopped_batcher(self) -> None:
         batcher = DynamicBatcher(double)
         with pytest.raises(RuntimeError, match=NOT_RUNNING.replace("(", r"\(").replace(")", r"\)")):

@@ -327,7 +327,7 @@ class TestMisuse:
     async def test_stream_settings_are_checked(self) -> None:
         with pytest.raises(ValueError, match="stream_buffer must be >= 1, got 0"):
             DynamicBatcher(Generator(), stream_buffer=0)
-        with pytest.raises(ValueError, match="stream_stall_s must be > 0 or None, got 0"):
+        with pytest.raises(ValueError, match="stream_stall_s must be a finite number > 0, or None, got 0"):
             TokenBatcher(Generator(), stream_stall_s=0)
 
     async def test_a_withdrawn_stream_raises_nothing_more(self) -> None:

@@ -501,6 +501,18 @@ class TestMap:
         stats = batcher.stats
         assert stats.total_submitted == stats.total_completed + stats.total_cancelled
 
+    def test_an_input_that_raises_does_so_after_the_results_read_before_it(self, backend: str) -> None:
+        def records() -> Iterator[int]:
+            yield from range(300)
+            raise KeyError("the input broke")
+
+        got: list[int] = []
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            with pytest.raises(KeyError, match="the input broke"), batcher.map(records()) as results:
+                got.extend(results)
+            assert batcher.call(1, timeout=WAIT) == 2
+        assert got == [2 * n for n in range(300)]
+
     def test_progress_is_reported(self, backend: str) -> None:
         reports: list[tuple[int, int | None]] = []
         with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
@@ -646,6 +658,11 @@ class TestErrors:
     def test_a_backend_other_than_asyncio_or_trio(self) -> None:
         with pytest.raises(ValueError, match="backend must be 'asyncio' or 'trio', got 'curio'"):
             SyncBatcher(DynamicBatcher(double), backend="curio")
+
+    def test_backend_options_that_are_not_a_mapping_of_names(self) -> None:
+        for options in (5, ["debug"], "debug", {1: True}):
+            with pytest.raises(TypeError, match="backend_options must be a mapping of option names"):
+                SyncBatcher(DynamicBatcher(double), backend_options=options)  # type: ignore[arg-type]
 
     def test_something_other_than_a_batcher(self) -> None:
         with pytest.raises(TypeError, match="batcher must be a DynamicBatcher or TokenBatcher, got function"):

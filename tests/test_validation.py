@@ -35,7 +35,7 @@ class TestConstructor:
             ({"default_cost": -1}, ValueError, "default_cost must be >= 0"),
             ({"max_batch_size": True}, TypeError, "max_batch_size must be an int, got bool"),
             ({"cost_model": "max"}, ValueError, "cost_model must be 'sum', 'padded' or 'measured'"),
-            ({"process_timeout_s": 0}, ValueError, "process_timeout_s must be > 0"),
+            ({"process_timeout_s": 0}, ValueError, "process_timeout_s must be a finite number > 0"),
             ({"cost_estimator": 3}, TypeError, "cost_estimator must be callable"),
             ({"min_padding_efficiency": 0.9}, ValueError, "min_padding_efficiency needs cost_model='padded'"),
             (
