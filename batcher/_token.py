@@ -108,7 +108,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         target_batch_tokens: int | None = None,
         target_batch_cost: int = 32_000,
         default_token_estimate: int | None = None,
-        default_cost: int = 1,
+        default_cost: int | None = None,
         max_batch_size: int = 256,
         min_batch_size: int = 1,
         batch_timeout_s: float = 0.05,
@@ -314,7 +314,7 @@ def _parts(
     token_estimator: CostEstimatorFn[Any] | None,
     cost_estimator: CostEstimatorFn[Any] | None,
     default_token_estimate: int | None,
-    default_cost: int,
+    default_cost: int | None,
 ) -> tuple[ProcessFn[RecordT, ResultT], Pricing]:
     """The inference function and the pricing, from TokenBatcher's arguments."""
     pricing = _token_pricing(token_estimator, cost_estimator, default_token_estimate, default_cost)
@@ -325,14 +325,16 @@ def _token_pricing(
     token_estimator: CostEstimatorFn[Any] | None,
     cost_estimator: CostEstimatorFn[Any] | None,
     default_token_estimate: int | None,
-    default_cost: int,
+    default_cost: int | None,
 ) -> Pricing:
     """TokenBatcher's pricing: the estimator and default by whichever name was given,
     then ``estimate_tokens()`` or ``estimate_cost()``; a ``str`` is priced by its text,
-    and a record that falls back to the default is warned about once per type."""
+    and a record that falls back to the default (1 unless given) is warned about
+    once per type, naming the setting by the name it was given (the token name if none)."""
+    name, default = either("default_token_estimate", default_token_estimate, "default_cost", default_cost)
     return Pricing(
         either("token_estimator", token_estimator, "cost_estimator", cost_estimator),
-        either("default_token_estimate", default_token_estimate, "default_cost", default_cost),
+        (name, 1 if default is None else default),
         ("estimate_tokens", "estimate_cost"),
         by_type={str: text_tokens},
         warn_default=True,

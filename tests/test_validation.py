@@ -349,6 +349,24 @@ class TestTokenBatcherPricing:
         ]
         assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "batcher")
 
+    @pytest.mark.parametrize(
+        ("given", "named"),
+        [
+            ({}, "default_token_estimate=1"),
+            ({"default_cost": 3}, "default_cost=3"),
+            ({"default_token_estimate": 2, "default_cost": 3}, "default_token_estimate=2"),
+        ],
+    )
+    async def test_the_warning_names_the_default_as_it_was_given(
+        self, caplog: pytest.LogCaptureFixture, given: dict[str, Any], named: str
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="batcher")
+        async with TokenBatcher(echo, **given) as batcher:
+            await batcher.call(object())
+        (message,) = [r.getMessage() for r in caplog.records if r.name == "batcher"]
+        assert message.endswith(f"each counts as {named}")
+        assert batcher.stats.total_batch_cost == int(named.rpartition("=")[2])
+
     async def test_dynamic_batcher_counts_records_by_default_without_warning(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
