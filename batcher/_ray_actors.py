@@ -89,8 +89,10 @@ class Actors:
 
     async def start(self, count: int) -> list[Any]:
         """The actors of ``count`` replicas, each ready (made now, unless given)."""
-        handles = self.given or [self.new() for _ in range(count)]
+        handles = [] if self.given is None else list(self.given)
         try:
+            while len(handles) < count:
+                handles.append(self.new())  # may raise (a detached actor's name taken): those made are killed
             await self.wait_ready(handles, f"{len(handles)} replicas")
         except BaseException:
             self.kill(handles)

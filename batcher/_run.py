@@ -98,9 +98,10 @@ class Run(Intake):
                 await owner.__aexit__(type(exc), exc, exc.__traceback__)
             except BaseExceptionGroup:
                 pass  # it holds exc, the one error of serve(), its one task: raised alone below
-            self.owner = None
-            self.close_streams()
-            self.stopped.set()
+            finally:  # also when start() itself was cancelled, which the task group re-raises
+                self.owner = None
+                self.close_streams()
+                self.stopped.set()
             raise
 
     async def serve(self, model: Model, *, task_status: TaskStatus[None]) -> None:

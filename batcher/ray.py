@@ -51,6 +51,11 @@ NO_CLUSTER = (
 )
 
 
+def _check_method_name(method: object) -> None:
+    if not isinstance(method, str) or not method:
+        raise TypeError(f"method must be the name of the model's batch method, got {method!r}")
+
+
 class RayReplicas:
     """A process function that runs each batch on one of ``num_replicas`` Ray
     actors of ``model_class``, built as ``model_class(*init_args, **init_kwargs)``
@@ -125,8 +130,7 @@ class RayReplicas:
         self, actors: Actors, count: int, batches_per_replica: int, method: str, ready_timeout_s: float | None
     ) -> None:
         check_int("batches_per_replica", batches_per_replica, 1)
-        if not isinstance(method, str) or not method:
-            raise TypeError(f"method must be the name of the model's batch method, got {method!r}")
+        _check_method_name(method)
         actors.ready_timeout_s = check_timeout("ready_timeout_s", ready_timeout_s)
         self._actors = actors
         self._num_replicas = count
@@ -134,6 +138,7 @@ class RayReplicas:
         self._method = method
         self._pool: Pool | None = None
         self._tasks: TaskGroup | None = None  # brings lost replicas back; open while serving
+        self._in_use = False  # a batcher is starting or running on these replicas
         self._last_stats: tuple[ReplicaStats, ...] = ()
 
     @classmethod
@@ -153,6 +158,7 @@ class RayReplicas:
         """
         if isinstance(actors, str | bytes) or not isinstance(actors, Sequence) or not actors:
             raise TypeError(f"actors must be a non-empty sequence of Ray actor handles, got {actors!r}")
+        _check_method_name(method)
         for actor in actors:
             if not isinstance(actor, ray.actor.ActorHandle):
                 raise TypeError(f"actors must hold Ray actor handles, got {type(actor).__name__}")
@@ -205,18 +211,30 @@ class RayReplicas:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> RayReplicas:
-        if self._pool is not None:
+        if self._in_use:
             raise RuntimeError(IN_USE)
         if not ray.is_initialized():
             raise RuntimeError(NO_CLUSTER)
+        self._in_use = True  # from now on: another batcher starting meanwhile is refused
         actors = self._actors
         actors.open(threads=2 * self.capacity + self._num_replicas)  # batches, abandoned batches, revivals
-        handles = await actors.start(self._num_replicas)
+        try:
+            handles = await actors.start(self._num_replicas)
+            await self._check_method(handles)
+        except BaseException:
+            self._in_use = False
+            raise
         owned = actors.given is None
         self._pool = Pool([Replica(i, handle, owned) for i, handle in enumerate(handles)], self._per_replica)
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         return self
+
+    async def _check_method(self, handles: list[Any]) -> None:
+        # A Ray actor class hides its methods until an actor exists: checked here.
+        if not hasattr(handles[0], self._method):
+            await self._actors.stop(handles)
+            raise TypeError(f"method: the replicas' actors have no method {self._method!r}")
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -230,7 +248,10 @@ class RayReplicas:
         finally:
             self._last_stats = tuple(replica.snapshot() for replica in pool.replicas)
             self._pool = self._tasks = None
-            await self._actors.stop([replica.handle for replica in pool.replicas])
+            try:
+                await self._actors.stop([replica.handle for replica in pool.replicas])
+            finally:
+                self._in_use = False
 
     # ----------------------------------------------------------------- a batch
 

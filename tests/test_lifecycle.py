@@ -56,6 +56,37 @@ class TestStartStop:
                 assert not batcher.is_running
         assert batcher.stats.total_completed == 2
 
+    async def test_a_start_cancelled_while_the_model_is_entered_leaves_it_stopped(self) -> None:
+        """A process function that is an async context manager may take long to enter
+        (RayReplicas builds its replicas there); a caller's time limit cancels start()."""
+        entering, enter = anyio.Event(), [anyio.Event()]
+
+        class Session:
+            async def __aenter__(self) -> Session:
+                entering.set()
+                await enter[0].wait()
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                pass
+
+            async def __call__(self, batch: list[int]) -> list[int]:
+                return [x * 2 for x in batch]
+
+        batcher = DynamicBatcher(Session())
+        with anyio.move_on_after(5) as scope:
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as limit:
+                    tg.start_soon(lambda: _cancel_when(entering, limit))
+                    async with batcher:
+                        pytest.fail("the batcher started")
+        assert not scope.cancelled_caught
+        assert not batcher.is_running
+        enter[0].set()
+        with anyio.fail_after(5):
+            async with batcher:  # it starts again
+                assert await batcher.call(21) == 42
+
     async def test_start_while_running(self) -> None:
         with anyio.fail_after(5):
             async with DynamicBatcher(double) as batcher:
@@ -387,3 +418,8 @@ async def test_a_stopped_batcher_does_not_warn() -> None:
         del batcher
         gc.collect()
     assert caught == []
+
+
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -197,6 +197,48 @@ class TestErrors:
                     await other.start()
                 assert not other.is_running
 
+    async def test_two_batchers_starting_at_once_on_one_set_of_replicas(self) -> None:
+        replicas = RayReplicas(Upper)
+        outcomes: list[str] = []
+
+        async def run(batcher: DynamicBatcher[str, Any]) -> None:
+            try:
+                async with batcher:
+                    outcomes.append((await batcher.call("x"))[0])
+            except RuntimeError as exc:
+                outcomes.append(str(exc))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, replicas.dynamic_batcher())
+                tg.start_soon(run, replicas.dynamic_batcher())  # while the first one's replica builds
+        assert sorted(outcomes) == [
+            "RayReplicas already serves a running batcher; stop that batcher first, or make another RayReplicas",
+            "X",
+        ]
+        assert replicas.actors == []
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher() as batcher:  # free again
+                assert (await batcher.call("y"))[0] == "Y"
+
+    async def test_a_method_the_actor_class_lacks_fails_start(self) -> None:
+        with pytest.raises(TypeError, match="method must be the name of the model's batch method, got None"):
+            RayReplicas.from_actors([object()], method=None)  # type: ignore[arg-type]
+        batcher = RayReplicas(ray.remote(Upper), method="embed").dynamic_batcher()
+        with (
+            anyio.fail_after(60),
+            pytest.raises(TypeError, match="method: the replicas' actors have no method 'embed'"),
+        ):
+            await batcher.start()
+        assert not batcher.is_running
+
+    async def test_a_start_that_cannot_make_every_actor_kills_those_it_made(self) -> None:
+        name = f"probe-{os.getpid()}"
+        options = {"name": name, "lifetime": "detached"}  # the second replica's name is taken
+        with anyio.fail_after(60), pytest.raises(ValueError, match="already taken"):
+            await RayReplicas(Upper, num_replicas=2, actor_options=options).dynamic_batcher().start()
+        assert name not in ray.util.list_named_actors()
+
     async def test_no_cluster_is_started_implicitly(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(ray, "is_initialized", lambda: False)
         with pytest.raises(RuntimeError, match=r"call ray\.init\(\)"):
