@@ -25,6 +25,10 @@ from ._token import TokenBatcher
 __all__ = ("SyncBatcher",)
 
 ALREADY_RUNNING = "SyncBatcher is already running; stop() it before starting it again"
+STOPPING = (
+    "SyncBatcher is stopping (its process function called stop()); call stop() from the thread "
+    "that started it, then start() starts it again"
+)
 RUNNING_ELSEWHERE = "batcher is already running; give SyncBatcher a stopped batcher, it starts the batcher itself"
 NO_TOKENS = "estimated_tokens needs a TokenBatcher; use estimated_cost"
 
@@ -128,7 +132,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         """
         with self._lock:
             if self._loop is not None:
-                raise RuntimeError(ALREADY_RUNNING)
+                raise RuntimeError(STOPPING if self._loop.closing else ALREADY_RUNNING)
             if self._batcher.is_running:
                 raise RuntimeError(RUNNING_ELSEWHERE)
             self._loop = Loop(self._batcher, self._backend, self._backend_options)

@@ -144,7 +144,11 @@ class TestLifecycle:
             assert batcher.call(7) == 7
             with pytest.raises(RuntimeError, match=NOT_RUNNING):
                 batcher.call(8)
+            with pytest.raises(RuntimeError, match=r"SyncBatcher is stopping \(its process function called stop\(\)\)"):
+                batcher.start()
         assert batcher.stats.total_completed == 1
+        with batcher:  # stopped by the with block: it starts again
+            assert batcher.call(9) == 9
 
     def test_a_fatal_process_function_exception_is_raised_by_stop(self, backend: str) -> None:
         class Fatal(BaseException):
