@@ -146,6 +146,14 @@ class Actors:
             _cancel(ref if isinstance(ref, list) else [ref])
             raise
 
+    async def answers(self, handle: Any) -> bool:
+        """Whether the actor answers now (``False``: it is gone)."""
+        try:
+            await self.get(handle.__ray_ready__.remote())
+        except REPLICA_LOST:
+            return False
+        return True
+
     async def revive(self, pool: Pool, replica: Replica) -> None:
         """Bring a lost replica back: wait for its actor (Ray may restart it), or
         replace the actor if it is ours; give the replica up if neither works."""

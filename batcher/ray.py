@@ -68,7 +68,8 @@ class RayReplicas:
       at once per replica; while every replica is full, it waits.
     - **Failover:** a replica whose actor dies while it holds a batch (killed, its
       process crashed, its node lost) is taken out of rotation and its batch is
-      retried once on another replica. The model may then have run the batch
+      retried once on another replica, which must answer a ping first (one found
+      dead is taken out too, not counted as the batch's). The model may then have run the batch
       twice; its results are delivered once. The replica is replaced by a new
       actor (or, for actors you passed in, waited for while Ray restarts it) and
       put back once it answers. A replica replaced ``max_restarts`` times in a
@@ -268,13 +269,19 @@ class RayReplicas:
         while True:
             replica = await pool.acquire(len(records), excluded)
             generation = replica.generation
+            if excluded is not None and not await self._actors.answers(replica.handle):
+                # Dead before the retry came (replicas that died while idle): not the
+                # batch's doing, so it does not count as the batch's second loss.
+                pool.release(replica, len(records), answered=False)
+                self._lost(pool, replica, generation, "found dead")
+                continue
             try:
                 results: list[Any] = await self._run_on(replica, records)
             except REPLICA_LOST as exc:
                 pool.release(replica, len(records), answered=False)
-                self._lost(pool, replica, generation, exc)
+                self._lost(pool, replica, generation, type(exc).__name__)
                 if excluded is not None:
-                    raise  # lost twice: the batch fails
+                    raise  # lost twice, each time on a replica that was alive: the batch fails
                 excluded = (replica, generation)
                 continue
             except MODEL_ERROR:
@@ -307,9 +314,9 @@ class RayReplicas:
             if self._pool is not None:
                 self._pool.release(replica, records, answered=False)
 
-    def _lost(self, pool: Pool, replica: Replica, generation: int, exc: BaseException) -> None:
+    def _lost(self, pool: Pool, replica: Replica, generation: int, why: str) -> None:
         if not pool.fail(replica, generation):
             return  # already being brought back
-        logger.warning("replica %d lost (%s); its batch is retried elsewhere", replica.index, type(exc).__name__)
+        logger.warning("replica %d lost (%s); its batch is retried elsewhere", replica.index, why)
         assert self._tasks is not None
         self._tasks.start_soon(self._actors.revive, pool, replica)

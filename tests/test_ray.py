@@ -283,6 +283,18 @@ class TestFailover:
                 assert (await batcher.call("fine", estimated_cost=1))[0] == "FINE"
         assert [(s.failures, s.replacements) for s in replicas.stats] == [(1, 1), (1, 1)]
 
+    async def test_replicas_that_died_while_idle_do_not_fail_the_next_batch(self) -> None:
+        """Its retry goes to a replica that answers: one found dead is not the batch's doing."""
+        replicas = RayReplicas(Upper, num_replicas=2)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher(max_batch_size=1) as batcher:
+                assert (await batcher.call("a", estimated_cost=1))[0] == "A"
+                for actor in replicas.actors:
+                    await kill(actor)  # a lost node, an OOM kill between batches
+                assert (await batcher.call("b", estimated_cost=1))[0] == "B"
+                await replicas.wait_ready()
+        assert [(s.failures, s.replacements) for s in replicas.stats] == [(1, 1), (1, 1)]
+
     async def test_replicas_killed_again_and_again_lose_no_record(self) -> None:
         replicas = RayReplicas(Upper, num_replicas=3, delay_s=0.01)
         kills: list[int] = []
