@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Generator
 from contextvars import ContextVar
 from enum import IntEnum
+from threading import get_ident
 from typing import Any, Generic, TypeAlias, cast
 
 import anyio
@@ -50,6 +51,10 @@ class State(IntEnum):
 # Module-level names for the states: the loops compare them once per record.
 PENDING, DISPATCHED, RESULT, ERROR, CANCELLED = State
 
+FOREIGN_THREAD = (
+    "a batcher's future was awaited or cancelled from a thread other than its event loop's; "
+    "await it on that loop (from other threads use SyncBatcher, whose futures are concurrent.futures ones)"
+)
 SELF_WAIT = (
     "process_fn awaited a result of its own batcher, which would wait for itself: "
     "with max_concurrent_batches=1 the batch it waits for cannot run"
@@ -105,10 +110,13 @@ class BatchFuture(Generic[ResultT]):
 
         :return: ``True`` if the record was withdrawn, ``False`` if it was already
             dispatched or the future had already ended
+        :raises RuntimeError: if called from a thread other than the batcher's event loop's
         """
         if self._state != PENDING:
             return False
         counters = self._counters
+        if get_ident() != counters.thread:
+            raise RuntimeError(FOREIGN_THREAD)
         counters.cancelled += 1
         self._finish(CANCELLED, None)
         if counters.observe is not None:
@@ -248,13 +256,16 @@ def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
     own, a cancelled caller raises the cancellation, not the error of a batcher
     that closed under it.
 
-    :raises RuntimeError: if the batcher's only worker would wait for itself
+    :raises RuntimeError: if the batcher's only worker would wait for itself, or if
+        called from a thread other than the batcher's event loop's
     """
     if future._state >= RESULT:
         return None
     counters = future._counters
     if counters.sole_worker_in_model and WORKER_OF.get() is counters:  # check_not_waiting_for_itself(), inlined
         raise RuntimeError(SELF_WAIT)
+    if get_ident() != counters.thread:
+        raise RuntimeError(FOREIGN_THREAD)
     slot = future._event
     event = slot.event if isinstance(slot, Callbacks) else slot
     if event is not None and not event.is_set():

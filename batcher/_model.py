@@ -87,13 +87,14 @@ class Model:
         :raises TypeError: if the results are not a list or an ordered iterable
         :raises ValueError: if there are not as many results as records
         """
+        expected = len(records)  # counted now: the process function may change its list
         if self.timeout_s is None:
             results = await self._invoke(records, thread)
         else:
             with anyio.fail_after(self.timeout_s):
                 results = await self._invoke(records, thread)
-        if len(results) != len(records):
-            raise ValueError(f"process_fn returned {len(results)} results for a batch of {len(records)} records")
+        if len(results) != expected:
+            raise ValueError(f"process_fn returned {len(results)} results for a batch of {expected} records")
         return results
 
     async def _invoke(self, records: list[Any], thread: ModelThread) -> list[Any]:

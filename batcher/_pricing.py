@@ -23,15 +23,22 @@ def check_cost(name: str, cost: object) -> int:
     (anything with ``__index__``, such as ``numpy.int64``), but not a ``bool``.
 
     :raises TypeError: if ``cost`` is not an integer
-    :raises ValueError: if ``cost`` is negative
+    :raises ValueError: if ``cost`` is negative, or past ``MAX_COST``
     """
     if type(cost) is not int:
         if isinstance(cost, bool) or not isinstance(cost, SupportsIndex):
             raise TypeError(f"{name} must be an int, got {type(cost).__name__}")
-        cost = operator.index(cost)
-    if cost < 0:
-        raise ValueError(f"{name} must be >= 0, got {cost}")
+        try:
+            cost = operator.index(cost)
+        except TypeError:  # a type whose __index__ refuses this value (a numpy array of 1 or more dimensions)
+            raise TypeError(f"{name} must be an int, got {type(cost).__name__}") from None
+    if not 0 <= cost <= MAX_COST:
+        raise ValueError(f"{name} must be >= 0, got {cost}" if cost < 0 else f"{name} must be at most 2**63 - 1")
     return cost
+
+
+#: The largest cost a record may have: past it, sums and averages of costs overflow floats.
+MAX_COST = 2**63 - 1
 
 
 class Pricing:
@@ -97,7 +104,7 @@ class Pricing:
                 kind = type(record)
                 method, name = self._method_of.get(kind) or self._learn(kind)
                 cost = self._default if method is None else method(record)
-        if type(cost) is not int or cost < 0:
+        if type(cost) is not int or not 0 <= cost <= MAX_COST:
             cost = check_cost(name, cost)  # converts an integer in all but type, or raises
         return cost  # type: ignore[no-any-return]
 
@@ -122,7 +129,7 @@ class Pricing:
         if len(costs) != count:
             raise ValueError(f"{name} has {len(costs)} items but records has {count}")
         return [
-            cost if type(cost) is int and cost >= 0 else check_cost(f"{name}[{index}]", cost)
+            cost if type(cost) is int and 0 <= cost <= MAX_COST else check_cost(f"{name}[{index}]", cost)
             for index, cost in enumerate(costs)
         ]
 

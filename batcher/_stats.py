@@ -128,6 +128,7 @@ class Counters:
         "shed",
         "sole_worker_in_model",
         "submitted",
+        "thread",
         "timed",
         "waits",
     )
@@ -145,6 +146,8 @@ class Counters:
         #: then must not wait for its own results).
         self.sole_worker_in_model = False
         self.submitted = 0
+        #: The thread of the event loop of the current (or last) run: futures are awaited there.
+        self.thread = 0
         self.dispatched = 0
         self.completed = 0
         self.failed = 0

@@ -72,7 +72,7 @@ class Intake:
         self.default_delay = settings.max_queue_delay_s
         self.counters = counters
         #: The thread of the event loop the run belongs to.
-        self.thread = get_ident()
+        self.thread = counters.thread = get_ident()
         self.submit_send, self.submit_receive = anyio.create_memory_object_stream[Submission](settings.max_queue_size)
         #: The queue deadlines of the records that have one.
         self.deadlines = Deadlines(counters)

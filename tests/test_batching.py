@@ -286,6 +286,23 @@ class TestResults:
             with pytest.raises(ValueError, match="returned 2 results for a batch of 3"):
                 await future
 
+    @pytest.mark.parametrize("plain", [False, True])
+    async def test_a_process_function_that_changes_its_list_is_held_to_the_batch_it_got(self, plain: bool) -> None:
+        def shrink(batch: list[int]) -> list[int]:
+            batch.pop(0)  # the list is the function's to change; the count was taken before
+            return [x * 10 for x in batch]
+
+        async def shrink_async(batch: list[int]) -> list[int]:
+            return shrink(batch)
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(shrink if plain else shrink_async) as batcher:
+                for records in ([1, 2, 3], [4, 5, 6]):  # the batcher goes on
+                    for future in await batcher.submit_batch(records):
+                        with pytest.raises(ValueError, match="returned 2 results for a batch of 3"):
+                            await future
+        assert (batcher.stats.total_completed, batcher.stats.total_failed) == (6, 6)
+
     async def test_exception_fails_batch_and_batcher_goes_on(self) -> None:
         error = RuntimeError("model exploded")
         calls = 0

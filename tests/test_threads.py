@@ -85,3 +85,30 @@ async def test_a_plain_thread_cannot_steal_the_wake_up() -> None:
             assert await anyio.to_thread.run_sync(refusal, lambda: batcher.submit_nowait(2)) == OTHER_THREAD
             assert await batcher.call(3) == ("done", 3)
     assert model.records == [1, 3]
+
+
+FOREIGN_THREAD = (
+    "a batcher's future was awaited or cancelled from a thread other than its event loop's; "
+    "await it on that loop (from other threads use SyncBatcher, whose futures are concurrent.futures ones)"
+)
+
+
+async def test_a_future_awaited_or_cancelled_from_another_thread_is_refused() -> None:
+    """Neither touches the future: the batcher's own caller still gets its result."""
+    model = Recorder(hold=True)
+    with anyio.fail_after(10):
+        async with DynamicBatcher(model, max_batch_size=1) as batcher:
+            first = await batcher.submit(1)
+            await model.entered.wait()
+            queued = await batcher.submit(2)
+
+            async def await_it() -> Any:
+                return await queued
+
+            for attempt in (in_asyncio(await_it), in_trio(await_it), queued.cancel):
+                assert await anyio.to_thread.run_sync(refusal, attempt) == FOREIGN_THREAD
+            assert not queued.done()
+            model.release()
+            assert (await first, await queued) == (("done", 1), ("done", 2))
+            assert await batcher.call(3) == ("done", 3)
+    assert batcher.stats.total_cancelled == 0

@@ -84,6 +84,7 @@ class TestCosts:
             (True, TypeError, "estimated_cost must be an int, got bool"),
             ("3", TypeError, "estimated_cost must be an int, got str"),
             (-1, ValueError, "estimated_cost must be >= 0, got -1"),
+            (10**400, ValueError, r"estimated_cost must be at most 2\*\*63 - 1"),  # its sums would overflow floats
         ],
     )
     async def test_bad_explicit_cost(self, cost: Any, error: type[Exception], match: str) -> None:
@@ -241,6 +242,7 @@ async def test_bad_input_leaves_batcher_working() -> None:
         (-1, ValueError, r"estimated_cost\[0\] must be >= 0, got -1"),
         (1.0, TypeError, r"estimated_cost\[0\] must be an int, got float"),
         (None, TypeError, r"estimated_cost\[0\] must be an int, got NoneType"),
+        (2**63, ValueError, r"estimated_cost\[0\] must be at most 2\*\*63 - 1"),
     ]
     with anyio.fail_after(5):
         async with DynamicBatcher(echo) as batcher:
@@ -292,6 +294,17 @@ class TestIntegerCosts:
             assert [await f for f in futures] == ["a", "b", "c"]
 
         assert await self.total_cost(TokenBatcher(echo, max_batch_size=1), submit) == 15
+
+    async def test_an_array_that_is_not_one_integer_is_refused_by_name(self) -> None:
+        numpy = pytest.importorskip("numpy")
+        with anyio.fail_after(5):
+            async with TokenBatcher(echo) as b:
+                with pytest.raises(TypeError, match="estimated_tokens must be an int, got ndarray"):
+                    await b.submit("a", estimated_tokens=numpy.array([5]))
+                with pytest.raises(TypeError, match=r"estimated_tokens\[0\] must be an int, got ndarray"):
+                    await b.submit_batch(["a", "b"], estimated_tokens=numpy.array([[1], [2]]))
+                assert b.stats.total_submitted == 0
+                assert await b.call("c") == "c"
 
     async def test_estimator_returning_a_numpy_integer(self) -> None:
         numpy = pytest.importorskip("numpy")
