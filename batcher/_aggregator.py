@@ -93,6 +93,8 @@ class Aggregator:
                 while True:
                     if self._run.settings is not self._settings:
                         self._reconfigure()
+                    if self._counters.priority_seen and not isinstance(self._assembly, PriorityAssembly):
+                        self._prioritize()  # a record of another priority waits further down the queue
                     self._pull_queued()
                     step = self._next_step()
                     if step is CLOSE:
@@ -168,7 +170,7 @@ class Aggregator:
 
     def _take_back_closed(self) -> list[BatchFuture[Any]]:
         """The records of the batches closed for busy workers and not taken yet, oldest first."""
-        records: list[BatchFuture[Any]] = []
+        records, self._run.taken_back = self._run.taken_back, []
         while True:
             try:
                 batch = self._closed.receive_nowait()

@@ -269,7 +269,16 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     ) -> BatchFuture[ResultT]:
         if priority is not _DEFAULT_PRIORITY or delay is not None:  # a fast path for the defaults
             check_options(priority, delay)
+            if priority and not self._counters.priority_seen:
+                self._first_priority()
         return self._future_type(record, self._pricing.price(record, cost, name), self._counters, priority)
+
+    def _first_priority(self) -> None:
+        # The aggregator reads a queue in arrival order only as far as its next batch
+        # needs: it switches to priority order at its next step, with the batches
+        # closed ahead for busy workers taken back now, before a worker takes one.
+        self._counters.priority_seen = True
+        self._run.take_back_closed()
 
     def _queue_for_call(self, future: BatchFuture[ResultT], delay: float | None) -> None:
         if not self._run.try_submit(future, delay):
@@ -341,6 +350,8 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     ) -> list[BatchFuture[ResultT]]:
         check_options(priority, delay)
         records, counters = list(records), self._counters
+        if priority and not counters.priority_seen:
+            self._first_priority()
         futures: list[BatchFuture[ResultT]] = []
         for start, priced in zip(count(0, INTAKE), self._pricing.priced(records, costs, name, INTAKE), strict=False):
             chunk = records[start : start + INTAKE]  # a chunk at a turn of the event loop

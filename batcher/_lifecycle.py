@@ -159,6 +159,7 @@ class Lifecycle:
         counters.parked = None  # an event of the last run's loop
         in_arrival_order = not settings.group_by_cost and settings.cost_model != "measured"
         counters.park_group = PARKED if in_arrival_order else 1  # see _future.park
+        counters.priority_seen = False
         run = self._run = Run(self._settings, owner, self._counters)
         return run
 

@@ -15,7 +15,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._aggregator import WAKE_UP, Aggregator
 from ._cost_fit import CostFit
 from ._exceptions import closed_error
-from ._future import Batch
+from ._future import PENDING, Batch, BatchFuture
 from ._model import Model
 from ._settings import Settings
 from ._stats import Counters
@@ -54,6 +54,7 @@ class Run(Intake):
         "retiring",
         "scope",
         "stopped",
+        "taken_back",
     )
 
     def __init__(self, settings: Settings, owner: TaskGroup | None, counters: Counters) -> None:
@@ -79,6 +80,8 @@ class Run(Intake):
         self._spawned = settings.max_concurrent_batches  # how many were started (the next one's index)
         #: Workers to leave when they next look for a batch (``configure()`` shrank the pool).
         self.retiring = 0
+        #: Records of batches closed ahead and taken back as the first priority came (see take_back_closed).
+        self.taken_back: list[BatchFuture[Any]] = []
         #: The task group of the aggregator and the workers, and the model, while they run.
         self.loops: TaskGroup | None = None
         self.model: Model | None = None
@@ -189,6 +192,18 @@ class Run(Intake):
         """The aggregator has taken back a batch that no worker had taken."""
         self._free_workers += 1
 
+    def take_back_closed(self) -> None:
+        """A record of another priority than 0 has come: take back, for the aggregator,
+        the batches closed ahead for busy workers that none has taken, before one does
+        (the batch the aggregator may be waiting to send joins them as room is made)."""
+        while True:
+            try:
+                batch = self.batch_receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            self.batch_taken_back()
+            self.taken_back.extend(future for future in batch if future._state == PENDING)
+
     def reconfigure(self, settings: Settings) -> None:
         """Apply new settings (checked already): the aggregator picks them up when it
         next decides (it is woken to), and the pool of workers grows or shrinks."""
@@ -235,6 +250,9 @@ class NotRunning:
 
     def check_thread(self) -> None:
         """Any thread may configure a batcher that is not running."""
+
+    def take_back_closed(self) -> None:
+        """No batch was closed."""
 
     try_submit = submit = queue_behind = submit_all = refuse
 

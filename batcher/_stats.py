@@ -123,6 +123,7 @@ class Counters:
         "park_group",
         "parked",
         "parked_left",
+        "priority_seen",
         "queued_cost",
         "running",
         "shed",
@@ -145,6 +146,9 @@ class Counters:
         #: Whether the batcher's only worker is inside the process function (which
         #: then must not wait for its own results).
         self.sole_worker_in_model = False
+        #: Whether a record of a priority other than 0 was submitted in this run: the
+        #: aggregator then switches to priority order before it reads that record.
+        self.priority_seen = False
         self.submitted = 0
         #: The thread of the event loop of the current (or last) run: futures are awaited there.
         self.thread = 0

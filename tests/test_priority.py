@@ -152,6 +152,19 @@ class TestBatcher:
             await futures[-1]
         assert model.batches[1:] == [["x", "y"], ["m", "a"], ["b", "c"], ["d"]]
 
+    async def test_a_first_priority_behind_a_long_backlog_is_not_kept_behind_it(self) -> None:
+        """The aggregator reads a FIFO queue only as far as the next batch needs; it
+        switches to priority order as the record is submitted, not once it reads it."""
+        async with blocked_batcher(max_batch_size=4) as (batcher, model, _):
+            for n in range(40):
+                await batcher.submit(f"p0-{n}")
+            await anyio.wait_all_tasks_blocked()  # batches closed ahead fill the prefetch slots
+            await batcher.submit("urgent", priority=5)
+            await anyio.wait_all_tasks_blocked()
+            model.release()
+        assert model.batches[1][0] == "urgent"
+        assert [r for b in model.batches[1:] for r in b if r != "urgent"] == [f"p0-{n}" for n in range(40)]
+
     async def test_every_entry_point_takes_a_priority(self) -> None:
         async with blocked_batcher(max_batch_size=10) as (batcher, model, _):
 
