@@ -93,8 +93,6 @@ class Aggregator:
                 while True:
                     if self._run.settings is not self._settings:
                         self._reconfigure()
-                    if self._counters.priority_seen and not isinstance(self._assembly, PriorityAssembly):
-                        self._prioritize()  # a record of another priority waits further down the queue
                     self._pull_queued()
                     step = self._next_step()
                     if step is CLOSE:
@@ -185,6 +183,8 @@ class Aggregator:
 
         A withdrawn record, or the wake-up, is dropped."""
         assembly, receive = self._assembly, self._run.submit_receive
+        if self._counters.priority_seen and not isinstance(assembly, PriorityAssembly):
+            assembly = self._prioritize()  # a record of another priority than 0 was submitted (Run.note_priority)
         full, empty = assembly.full(), not assembly
         self._backlog = False
         taken = 0
@@ -192,8 +192,6 @@ class Aggregator:
             if item._state == PENDING:  # not withdrawn, nor the wake-up
                 if empty:
                     self._opened_at, empty = monotonic(), False
-                if item._priority and not isinstance(assembly, PriorityAssembly):
-                    assembly = self._prioritize()
                 full = assembly.add(item, item._cost)
             if full:
                 return

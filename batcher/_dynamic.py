@@ -39,13 +39,11 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     ``max_queue_delay_s``: the record's own queue deadline, overriding the batcher's.
 
     :param process_fn: takes ``list[record]``, returns one result per record in the
-        same order. ``async def`` runs on the event loop; a plain function runs in a
-        worker thread so it does not stall the loop. An async generator function
-        streams: each step yields one item per record (see :meth:`stream`; a
-        record's result is then the list of its items). One that is an async context
-        manager is entered as each run starts and exited after its last batch.
-    :param cost_estimator: ``record -> int`` cost, used when ``submit`` gets no
-        explicit cost.
+        same order. ``async def`` runs on the event loop, a plain function on its
+        worker's own thread. An async generator function streams one item per record
+        a step (:meth:`stream`; a record's result is then the list of its items). One
+        that is an async context manager is entered as each run starts and exited after its last batch.
+    :param cost_estimator: ``record -> int`` cost, used when ``submit`` gets no explicit cost.
     :param target_batch_cost: a batch's cost never exceeds this, except a batch of
         one record that alone costs more.
     :param max_batch_size: most records in one batch.
@@ -74,8 +72,7 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         ``None`` for no limit (``max_queue_size`` backpressure waits instead).
     :param max_queue_delay_s: a record still queued this many seconds after it was
         submitted fails with :exc:`QueueTimeoutError` without reaching the process
-        function; ``None`` for no deadline. A record's own ``max_queue_delay_s``
-        overrides it.
+        function (``None``: no deadline); a record's own ``max_queue_delay_s`` wins.
     :param priority_aging_s: a record queued this long counts as the highest
         priority (the oldest of those first), so sustained load of a higher
         priority cannot starve it; ``None`` for never.
@@ -84,9 +81,8 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     :param stream_stall_s: how long a step of a streaming batch waits, in all, for
         consumers whose ``stream_buffer`` is full; those still full then fail with
         :exc:`StreamLagError`, and the batch goes on without them.
-    :param observers: plain callables (not ``async def``), called with an event for
-        every batch dispatched and ended and for records dropped (see
-        :meth:`add_observer`, :mod:`batcher.metrics`).
+    :param observers: plain callables (not ``async def``) given an event for every
+        batch dispatched and ended and records dropped (see :meth:`add_observer`).
     :param process_timeout_s: a batch whose process function runs longer fails with
         :exc:`TimeoutError`; ``None`` for no limit. A plain function then runs in a
         daemon thread of its worker, so a stuck call cannot hold the program at exit.
@@ -269,16 +265,10 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     ) -> BatchFuture[ResultT]:
         if priority is not _DEFAULT_PRIORITY or delay is not None:  # a fast path for the defaults
             check_options(priority, delay)
-            if priority and not self._counters.priority_seen:
-                self._first_priority()
-        return self._future_type(record, self._pricing.price(record, cost, name), self._counters, priority)
-
-    def _first_priority(self) -> None:
-        # The aggregator reads a queue in arrival order only as far as its next batch
-        # needs: it switches to priority order at its next step, with the batches
-        # closed ahead for busy workers taken back now, before a worker takes one.
-        self._counters.priority_seen = True
-        self._run.take_back_closed()
+        future = self._future_type(record, self._pricing.price(record, cost, name), self._counters, priority)
+        if priority is not _DEFAULT_PRIORITY:  # once priced: a bad cost changes nothing
+            self._run.note_priority(priority)
+        return future
 
     def _queue_for_call(self, future: BatchFuture[ResultT], delay: float | None) -> None:
         if not self._run.try_submit(future, delay):
@@ -350,13 +340,11 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
     ) -> list[BatchFuture[ResultT]]:
         check_options(priority, delay)
         records, counters = list(records), self._counters
-        if priority and not counters.priority_seen:
-            self._first_priority()
         futures: list[BatchFuture[ResultT]] = []
         for start, priced in zip(count(0, INTAKE), self._pricing.priced(records, costs, name, INTAKE), strict=False):
             chunk = records[start : start + INTAKE]  # a chunk at a turn of the event loop
-            make = self._future_type
-            futures.extend([make(r, cost, counters, priority) for r, cost in zip(chunk, priced, strict=True)])
+            futures.extend([self._future_type(r, c, counters, priority) for r, c in zip(chunk, priced, strict=True)])
             await checkpoint()
+        self._run.note_priority(priority)  # once every record is priced: a bad cost changes nothing
         await self._run.submit_all(futures, delay)
         return futures

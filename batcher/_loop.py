@@ -22,7 +22,16 @@ from ._run import NOT_RUNNING as BATCHER_NOT_RUNNING
 if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
 
-__all__ = ("IN_LOOP", "IN_TRIO", "NOT_RUNNING", "Loop", "check_caller", "refused_as_not_running")
+__all__ = (
+    "IN_LOOP",
+    "IN_TRIO",
+    "NOT_RUNNING",
+    "STOPPING",
+    "Loop",
+    "check_backend",
+    "check_caller",
+    "refused_as_not_running",
+)
 
 T = TypeVar("T")
 
@@ -33,10 +42,23 @@ IN_LOOP = (
 )
 
 
+STOPPING = (
+    "SyncBatcher is stopping (its process function called stop()); call stop() from the thread "
+    "that started it, then start() starts it again"
+)
 IN_TRIO = (
     "SyncBatcher(backend='trio') cannot be used from a thread that runs trio, which refuses to wait "
     "there for another trio run; in trio code, await the batcher's own methods (or use backend='asyncio')"
 )
+
+
+def check_backend(backend: object, options: object) -> None:
+    """:raises ValueError: if ``backend`` is not ``"asyncio"`` or ``"trio"``
+    :raises TypeError: if ``options`` is not ``None`` or a mapping of option names"""
+    if backend not in ("asyncio", "trio"):
+        raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
+    if options is not None and (not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options)):
+        raise TypeError(f"backend_options must be a mapping of option names to values or None, got {options!r}")
 
 
 def check_caller(backend: str) -> None:

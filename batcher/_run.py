@@ -80,7 +80,7 @@ class Run(Intake):
         self._spawned = settings.max_concurrent_batches  # how many were started (the next one's index)
         #: Workers to leave when they next look for a batch (``configure()`` shrank the pool).
         self.retiring = 0
-        #: Records of batches closed ahead and taken back as the first priority came (see take_back_closed).
+        #: Records of batches closed ahead and taken back as the first priority came (see note_priority).
         self.taken_back: list[BatchFuture[Any]] = []
         #: The task group of the aggregator and the workers, and the model, while they run.
         self.loops: TaskGroup | None = None
@@ -192,10 +192,17 @@ class Run(Intake):
         """The aggregator has taken back a batch that no worker had taken."""
         self._free_workers += 1
 
-    def take_back_closed(self) -> None:
-        """A record of another priority than 0 has come: take back, for the aggregator,
-        the batches closed ahead for busy workers that none has taken, before one does
-        (the batch the aggregator may be waiting to send joins them as room is made)."""
+    def note_priority(self, priority: int) -> None:
+        """A record of ``priority`` is being submitted. The first of another priority
+        than 0 switches the aggregator to priority order at its next step (it reads a
+        queue in arrival order only as far as its next batch needs, so it may not reach
+        that record for long): the batches closed ahead for busy workers that none has
+        taken are taken back now, before one does (the batch the aggregator may be
+        waiting to send joins them as room is made)."""
+        if not priority or self.counters.priority_seen:
+            return
+        self.check_thread()  # before anything changes
+        self.counters.priority_seen = True
         while True:
             try:
                 batch = self.batch_receive.receive_nowait()
@@ -251,7 +258,7 @@ class NotRunning:
     def check_thread(self) -> None:
         """Any thread may configure a batcher that is not running."""
 
-    def take_back_closed(self) -> None:
+    def note_priority(self, priority: int) -> None:
         """No batch was closed."""
 
     try_submit = submit = queue_behind = submit_all = refuse

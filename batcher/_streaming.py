@@ -72,12 +72,11 @@ class RecordStream(Generic[T]):
     record not dispatched yet is withdrawn, and later items are dropped.
     """
 
-    __slots__ = ("_future", "_receive", "_thread")
+    __slots__ = ("_future", "_receive")
 
     def __init__(self, future: StreamFuture[Any], receive: MemoryObjectReceiveStream[T]) -> None:
         self._future = future
         self._receive = receive
-        self._thread = get_ident()  # the event loop's, where the record can be withdrawn
 
     async def __aenter__(self) -> Self:
         return self
@@ -120,7 +119,7 @@ class RecordStream(Generic[T]):
         receive = getattr(self, "_receive", None)
         if receive is not None:
             receive.close()  # an abandoned iterator: its consumer has gone
-            if get_ident() == self._thread:  # collected on the loop: withdraw the record if it is queued
+            if get_ident() == self._future._counters.thread:  # collected on the loop: withdraw a queued record
                 self._future.cancel()
 
 

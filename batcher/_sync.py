@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, Self, overload
 from ._dynamic import DynamicBatcher
 from ._from_thread import call_from_thread, call_on_loop, submit_from_thread, withdraw_if_cancelled
 from ._future import check_not_waiting_for_itself
-from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_caller
+from ._loop import IN_LOOP, NOT_RUNNING, STOPPING, Loop, check_backend, check_caller
 from ._map import Progress
 from ._protocols import RecordT, ResultT
 from ._settings import check_options, check_seconds
@@ -25,10 +25,6 @@ from ._token import TokenBatcher
 __all__ = ("SyncBatcher",)
 
 ALREADY_RUNNING = "SyncBatcher is already running; stop() it before starting it again"
-STOPPING = (
-    "SyncBatcher is stopping (its process function called stop()); call stop() from the thread "
-    "that started it, then start() starts it again"
-)
 RUNNING_ELSEWHERE = "batcher is already running; give SyncBatcher a stopped batcher, it starts the batcher itself"
 NO_TOKENS = "estimated_tokens needs a TokenBatcher; use estimated_cost"
 
@@ -65,14 +61,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
     ) -> None:
         if not isinstance(batcher, DynamicBatcher):
             raise TypeError(f"batcher must be a DynamicBatcher or TokenBatcher, got {type(batcher).__name__}")
-        if backend not in ("asyncio", "trio"):
-            raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
-        if backend_options is not None and (
-            not isinstance(backend_options, Mapping) or not all(isinstance(key, str) for key in backend_options)
-        ):
-            raise TypeError(
-                f"backend_options must be a mapping of option names to values or None, got {backend_options!r}"
-            )
+        check_backend(backend, backend_options)
         if batcher.is_running:
             raise RuntimeError(RUNNING_ELSEWHERE)
         self._batcher = batcher

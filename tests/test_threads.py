@@ -50,6 +50,7 @@ class TestFromAnotherThread:
                     lambda: batcher.submit_nowait(1),
                     in_asyncio(lambda: batcher.submit(1)),
                     in_trio(lambda: batcher.submit(1)),
+                    in_asyncio(lambda: batcher.submit(1, priority=3)),  # the first priority changes nothing
                     in_asyncio(lambda: batcher.call(1)),
                     in_trio(lambda: batcher.call(1)),
                     in_asyncio(lambda: batcher.submit_batch([1, 2])),
