@@ -15,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from ._budget import Budget, new_budget
 from ._protocols import CostModel
@@ -44,6 +44,9 @@ class FifoAssembly(Generic[T]):
     """
 
     __slots__ = ("_budget", "_costs", "_full", "_items")
+
+    #: Batches keep arrival order (``PriorityAssembly`` keeps it within a priority).
+    in_arrival_order: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -144,6 +147,8 @@ class GroupedAssembly(Generic[T]):
     """
 
     __slots__ = ("_arrival_costs", "_arrivals", "_buckets", "_budget", "_costs", "_count", "_live", "_taken", "_window")
+
+    in_arrival_order: ClassVar[bool] = False
 
     def __init__(
         self,

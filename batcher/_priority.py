@@ -10,7 +10,9 @@ displaces a higher one, it only takes room the higher one could not use.
 The line is the aged records first, then the priorities, highest first. So the
 record that must go next is the oldest aged record if there is one, else the oldest
 (or, grouped, the anchor) of the highest priority; and no record waits much longer
-than ``aging_s`` plus the batches of the records queued before it.
+than ``aging_s`` plus the batches of the records queued before it. In arrival order
+(not grouped), a priority with an aged record left out of the batch adds none of
+its younger ones: records of one priority keep their order.
 
 Plain synchronous code with no awaits, like the other assemblies.
 """
@@ -42,6 +44,7 @@ class PriorityAssembly(Generic[T]):
 
     __slots__ = (
         "_aged",
+        "_aged_counts",
         "_arrived",
         "_clock",
         "_cost_of",
@@ -72,6 +75,9 @@ class PriorityAssembly(Generic[T]):
         self._levels: dict[int, Assembly[T]] = {}
         self._order: list[int] = []  # the priorities queued, lowest first
         self._aged = make_level()
+        #: The aged records by priority, while the levels keep arrival order: a
+        #: priority's younger records join no batch before its aged ones have.
+        self._aged_counts: dict[int, int] = {}
         self._arrived: dict[T, float] = {}  # when each record queued arrived
         self._count = 0  # records queued, over all levels
 
@@ -110,6 +116,8 @@ class PriorityAssembly(Generic[T]):
         """Move the queued records into new levels (new settings), keeping their arrival times."""
         self._make_level, self._make_budget, self.window = make_level, make_budget, window
         self._aged = self._moved(self._aged)
+        self._aged_counts = {}
+        self._count_aged(self._aged.queued(), 1)
         for priority, level in self._levels.items():
             self._levels[priority] = self._moved(level)
 
@@ -124,17 +132,35 @@ class PriorityAssembly(Generic[T]):
         self._promote(self._clock())
         batch: list[T] = []
         budget = self._make_budget()
-        for level in (self._aged, *(self._levels[priority] for priority in reversed(self._order))):
+        for priority in (None, *reversed(self._order)):
+            if priority in self._aged_counts:  # in arrival order, its younger records wait for its aged ones
+                continue
+            level = self._aged if priority is None else self._levels[priority]
             if not batch:
                 batch, _ = level.take()
                 for item in batch:
                     budget.try_add(self._cost_of(item))
+                if priority is None:
+                    self._count_aged(batch, -1)
             else:
                 level.fill(budget, batch, self._cost_of(batch[0]))
             if budget.exhausted:
                 break
         self._forget(batch)
         return batch, budget.cost()
+
+    def _count_aged(self, items: list[T], step: int) -> None:
+        """Count ``items`` into (``step`` 1) or out of (-1) the aged level, by priority,
+        if its batches keep arrival order (else nothing is counted)."""
+        if not self._aged.in_arrival_order:
+            return
+        counts, priority_of = self._aged_counts, self._priority_of
+        for item in items:
+            priority = priority_of(item)
+            if counts.get(priority, 0) + step:
+                counts[priority] = counts.get(priority, 0) + step
+            else:
+                del counts[priority]
 
     def _promote(self, now: float) -> None:
         """Move the records queued ``aging_s`` or longer to the aged level, oldest first."""
@@ -149,6 +175,7 @@ class PriorityAssembly(Generic[T]):
         aged.sort(key=lambda entry: entry[:2])  # of equal age, the higher priority first
         for *_, item, cost in aged:
             self._aged.add(item, cost)
+        self._count_aged([item for *_, item, _ in aged], 1)
 
     def _forget(self, batch: list[T]) -> None:
         """Drop the batch's records, and the levels it emptied."""

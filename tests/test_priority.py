@@ -120,6 +120,16 @@ class TestRule:
         assert names(queue.take()[0]) == ["old-low", "high"]
         assert names(queue.take()[0]) == ["young-low"]
 
+    def test_a_younger_record_does_not_pass_an_aged_one_of_its_priority_that_did_not_fit(self) -> None:
+        clock = Clock()
+        queue = assembly(target=10, size=8, aging_s=0.2, clock=clock)
+        add(queue, Rec("a", 5), Rec("b", 8))
+        clock.now = 0.4
+        add(queue, Rec("c", 3), Rec("h", 1, 1))
+        assert names(queue.take()[0]) == ["a", "h"]  # "c" waits for the aged "b"; "h" is of another priority
+        assert names(queue.take()[0]) == ["b"]
+        assert names(queue.take()[0]) == ["c"]
+
     def test_without_aging_a_low_priority_waits_for_every_higher_one(self) -> None:
         clock = Clock()
         queue = assembly(size=1, aging_s=None, clock=clock)
@@ -302,6 +312,57 @@ class TestRuleProperties:
             assert cost == batch_cost([rec.cost for rec in batch], model)
             assert len(batch) <= size
             assert len(batch) == 1 or cost <= target
+
+    @given(
+        steps=st.lists(
+            st.one_of(st.tuples(st.integers(0, 30), st.integers(-2, 2)), st.sampled_from(["take", "rebuild"])),
+            min_size=1,
+            max_size=80,
+        ),
+        target=st.integers(1, 40),
+        size=st.integers(1, 8),
+        cost_model=st.sampled_from(["sum", "padded"]),
+        aging_s=st.sampled_from([None, 0.0, 0.5, 1.0, 2.0]),
+    )
+    @settings(max_examples=500, deadline=None)
+    def test_in_arrival_order_records_of_one_priority_keep_it_whatever_ages(
+        self, steps: list[tuple[int, int] | str], target: int, size: int, cost_model: str, aging_s: float | None
+    ) -> None:
+        # Aging moves a priority's oldest records ahead of the rest; a younger one
+        # of the same priority must not pass an aged one that did not fit.
+        model: Any = cost_model
+
+        def level() -> Any:
+            return make_assembly(
+                target_cost=target, max_batch_size=size, cost_model=model, group_by_cost=False, window=1000
+            )
+
+        clock = Clock()
+        queue = PriorityAssembly(
+            make_level=level,
+            make_budget=lambda: new_budget(target, size, model, None),
+            window=1000,
+            aging_s=aging_s,
+            priority_of=lambda rec: rec.priority,
+            cost_of=lambda rec: rec.cost,
+            clock=clock,
+        )
+        recs: list[Rec] = []
+        taken: list[Rec] = []
+        for n, step in enumerate(steps):
+            clock.now += 0.3
+            if isinstance(step, tuple):
+                recs.append(Rec(f"r{n}", *step))
+                add(queue, recs[-1])
+            elif step == "rebuild":  # as configure() does: the aged records are counted again
+                queue.rebuild(level, lambda: new_budget(target, size, model, None), 1000)
+            elif len(queue):
+                taken += queue.take()[0]
+        taken += [rec for batch, _ in self.drain(queue) for rec in batch]
+        for priority in {rec.priority for rec in recs}:
+            assert [rec for rec in taken if rec.priority == priority] == [
+                rec for rec in recs if rec.priority == priority
+            ]
 
     @given(
         priorities=st.lists(st.integers(-3, 3), min_size=1, max_size=60),
