@@ -5,6 +5,7 @@ end to end under both backends."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
@@ -42,22 +43,35 @@ class Clock:
 
 
 def assembly(
-    *, target: int = 100, size: int = 3, grouped: bool = False, aging_s: float | None = None, clock: Clock | None = None
+    *,
+    target: int = 100,
+    size: int = 3,
+    cost_model: Any = "sum",
+    grouped: bool = False,
+    aging_s: float | None = None,
+    clock: Clock | None = None,
 ) -> PriorityAssembly[Rec]:
-    def level() -> Any:
-        return make_assembly(
-            target_cost=target, max_batch_size=size, cost_model="sum", group_by_cost=grouped, window=1000
-        )
-
+    make_level, make_budget = levels(target, size, cost_model, grouped)
     return PriorityAssembly(
-        make_level=level,
-        make_budget=lambda: new_budget(target, size, "sum", None),
+        make_level=make_level,
+        make_budget=make_budget,
         window=1000,
         aging_s=aging_s,
         priority_of=lambda rec: rec.priority,
         cost_of=lambda rec: rec.cost,
         clock=clock or Clock(),
     )
+
+
+def levels(target: int, size: int, cost_model: Any, grouped: bool) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """A priority's new assembly, and a new budget, for these settings."""
+
+    def level() -> Any:
+        return make_assembly(
+            target_cost=target, max_batch_size=size, cost_model=cost_model, group_by_cost=grouped, window=1000
+        )
+
+    return level, lambda: new_budget(target, size, cost_model, None)
 
 
 def names(batch: list[Rec]) -> list[str]:
@@ -284,23 +298,8 @@ class TestRuleProperties:
         grouped: bool,
         aging_s: float | None,
     ) -> None:
-        model: Any = cost_model
-
-        def level() -> Any:
-            return make_assembly(
-                target_cost=target, max_batch_size=size, cost_model=model, group_by_cost=grouped, window=1000
-            )
-
         clock = Clock()
-        queue = PriorityAssembly(
-            make_level=level,
-            make_budget=lambda: new_budget(target, size, model, None),
-            window=1000,
-            aging_s=aging_s,
-            priority_of=lambda rec: rec.priority,
-            cost_of=lambda rec: rec.cost,
-            clock=clock,
-        )
+        queue = assembly(target=target, size=size, cost_model=cost_model, grouped=grouped, aging_s=aging_s, clock=clock)
         recs = [Rec(f"r{n}", cost, priority) for n, (cost, priority) in enumerate(records)]
         for rec in recs:
             clock.now += 0.3
@@ -309,7 +308,7 @@ class TestRuleProperties:
         taken = [rec for batch, _ in batches for rec in batch]
         assert sorted(taken, key=recs.index) == recs
         for batch, cost in batches:
-            assert cost == batch_cost([rec.cost for rec in batch], model)
+            assert cost == batch_cost([rec.cost for rec in batch], cost_model)  # type: ignore[arg-type]
             assert len(batch) <= size
             assert len(batch) == 1 or cost <= target
 
@@ -330,23 +329,8 @@ class TestRuleProperties:
     ) -> None:
         # Aging moves a priority's oldest records ahead of the rest; a younger one
         # of the same priority must not pass an aged one that did not fit.
-        model: Any = cost_model
-
-        def level() -> Any:
-            return make_assembly(
-                target_cost=target, max_batch_size=size, cost_model=model, group_by_cost=False, window=1000
-            )
-
         clock = Clock()
-        queue = PriorityAssembly(
-            make_level=level,
-            make_budget=lambda: new_budget(target, size, model, None),
-            window=1000,
-            aging_s=aging_s,
-            priority_of=lambda rec: rec.priority,
-            cost_of=lambda rec: rec.cost,
-            clock=clock,
-        )
+        queue = assembly(target=target, size=size, cost_model=cost_model, aging_s=aging_s, clock=clock)
         recs: list[Rec] = []
         taken: list[Rec] = []
         for n, step in enumerate(steps):
@@ -355,7 +339,7 @@ class TestRuleProperties:
                 recs.append(Rec(f"r{n}", *step))
                 add(queue, recs[-1])
             elif step == "rebuild":  # as configure() does: the aged records are counted again
-                queue.rebuild(level, lambda: new_budget(target, size, model, None), 1000)
+                queue.rebuild(*levels(target, size, cost_model, grouped=False), 1000)
             elif len(queue):
                 taken += queue.take()[0]
         taken += [rec for batch, _ in self.drain(queue) for rec in batch]
