@@ -188,6 +188,8 @@ class ModelThread:
             self.close()  # abandoned: the thread exits once the call returns
             raise
         succeeded, value = outcome[0]
+        if isinstance(value, StopIteration):  # raised in this coroutine, Python would blame it (PEP 479)
+            raise RuntimeError("the process function raised StopIteration") from value
         if not succeeded:
             raise value
         return value

@@ -1,6 +1,7 @@
 """Calling the process function (``_model.py``) and reading what it returns:
 stray cancellation, lazy results, awaitables from plain functions, unordered
-results, results that fail while read, and exiting after a stuck sync call."""
+results, results that fail while read, ``StopIteration`` raised, and exiting after
+a stuck sync call."""
 
 from __future__ import annotations
 
@@ -186,6 +187,19 @@ class TestResultShapes:
                 assert await batcher.call(4) == 8  # the worker lives on
         stats = batcher.stats
         assert stats.total_submitted == stats.total_completed == 4
+
+    async def test_a_plain_function_raising_stop_iteration_fails_its_batch_naming_it(self) -> None:
+        def fn(batch: list[int]) -> list[int]:
+            if 0 in batch:
+                raise StopIteration("out of items")
+            return [x * 2 for x in batch]
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                with pytest.raises(RuntimeError, match=r"^the process function raised StopIteration$") as info:
+                    await batcher.call(0)
+                assert repr(info.value.__cause__) == "StopIteration('out of items')"
+                assert await batcher.call(4) == 8  # the worker lives on
 
 
 EXIT_AFTER_STUCK_CALL = """
