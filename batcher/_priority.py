@@ -157,8 +157,8 @@ class PriorityAssembly(Generic[T]):
         counts, priority_of = self._aged_counts, self._priority_of
         for item in items:
             priority = priority_of(item)
-            if counts.get(priority, 0) + step:
-                counts[priority] = counts.get(priority, 0) + step
+            if count := counts.get(priority, 0) + step:
+                counts[priority] = count
             else:
                 del counts[priority]
 
