@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Set
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -131,6 +132,17 @@ class Model:
         return as_results(results)
 
 
+def _thread_context() -> contextvars.Context:
+    """The caller's context for a call in a plain thread, in which no event loop runs:
+    as in AnyIO's worker threads, sniffio (if loaded) says so, so that the process
+    function can run one of its own (``anyio.run``, ``asyncio.run``)."""
+    context = contextvars.copy_context()
+    sniffio = sys.modules.get("sniffio")  # imported by AnyIO or trio if installed; not a dependency
+    if sniffio is not None:
+        context.run(sniffio.current_async_library_cvar.set, None)
+    return context
+
+
 #: How long a worker that ends waits for its idle thread to exit (it takes a moment).
 END_S = 5.0
 
@@ -169,7 +181,7 @@ class ModelThread:
         done = anyio.Event()
         outcome: list[Any] = []
         token = current_token()
-        context = contextvars.copy_context()
+        context = _thread_context()
 
         def job() -> None:
             try:

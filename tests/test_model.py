@@ -1,7 +1,7 @@
 """Calling the process function (``_model.py``) and reading what it returns:
 stray cancellation, lazy results, awaitables from plain functions, unordered
-results, results that fail while read, ``StopIteration`` raised, and exiting after
-a stuck sync call."""
+results, results that fail while read, a plain function's thread (``StopIteration``,
+an event loop of its own), and exiting after a stuck sync call."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from batcher import DynamicBatcher
@@ -188,6 +189,8 @@ class TestResultShapes:
         stats = batcher.stats
         assert stats.total_submitted == stats.total_completed == 4
 
+
+class TestPlainFunctionThread:
     async def test_a_plain_function_raising_stop_iteration_fails_its_batch_naming_it(self) -> None:
         def fn(batch: list[int]) -> list[int]:
             if 0 in batch:
@@ -200,6 +203,20 @@ class TestResultShapes:
                     await batcher.call(0)
                 assert repr(info.value.__cause__) == "StopIteration('out of items')"
                 assert await batcher.call(4) == 8  # the worker lives on
+
+    async def test_a_plain_function_can_run_an_event_loop_of_its_own(self, anyio_backend: str) -> None:
+        # As in AnyIO's worker threads: no event loop runs in the thread, whichever
+        # backend the batcher's loop runs.
+        async def double_all(batch: list[int]) -> list[int]:
+            await anyio.lowlevel.checkpoint()
+            return [x * 2 for x in batch]
+
+        def fn(batch: list[int]) -> list[int]:
+            return anyio.run(double_all, batch, backend=anyio_backend)
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(fn) as batcher:
+                assert await batcher.call(4) == 8
 
 
 EXIT_AFTER_STUCK_CALL = """
