@@ -25,11 +25,13 @@ from ._protocols import ResultT
 from ._stats import Counters
 
 __all__ = (
-    "WORKER_OF",
+    "MODEL_CALL",
     "Batch",
     "BatchFuture",
+    "ModelCall",
     "State",
     "check_not_waiting_for_itself",
+    "in_model",
     "is_pending",
     "make_event",
     "park",
@@ -60,9 +62,39 @@ SELF_WAIT = (
     "with max_concurrent_batches=1 the batch it waits for cannot run"
 )
 
-#: In a worker's task, and in the tasks the process function starts from it: the
-#: counters of that worker's batcher (they identify the batcher to its futures).
-WORKER_OF: ContextVar[Counters | None] = ContextVar("batcher_worker_of", default=None)
+
+class ModelCall:
+    """One call of the process function by a worker, while it runs (``with``): the
+    function, and the tasks and threads it starts (they copy its context), find it in
+    :data:`MODEL_CALL`. Once the call has returned, a task it left running (in a task
+    group of its own) is no longer taken for the process function."""
+
+    __slots__ = ("_reset", "counters", "running", "sole")
+
+    def __init__(self, counters: Counters, sole: bool) -> None:
+        self.counters = counters  # they identify the batcher to its futures
+        self.sole = sole  # the batcher's only worker: the function must not wait for its own records
+        self.running = False
+
+    def __enter__(self) -> None:
+        self.running = True
+        self.counters.sole_worker_in_model = self.sole
+        self._reset = MODEL_CALL.set(self)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.running = self.counters.sole_worker_in_model = False
+        MODEL_CALL.reset(self._reset)
+
+
+#: In the process function, while a worker calls it.
+MODEL_CALL: ContextVar[ModelCall | None] = ContextVar("batcher_model_call", default=None)
+
+
+def in_model(counters: Counters) -> bool:
+    """Whether the caller is a process function of the batcher whose counters these are,
+    in a call that has not returned yet."""
+    call = MODEL_CALL.get()
+    return call is not None and call.running and call.counters is counters
 
 
 class BatchFuture(Generic[ResultT]):
@@ -262,7 +294,7 @@ def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
     if future._state >= RESULT:
         return None
     counters = future._counters
-    if counters.sole_worker_in_model and WORKER_OF.get() is counters:  # check_not_waiting_for_itself(), inlined
+    if counters.sole_worker_in_model and in_model(counters):  # check_not_waiting_for_itself(), inlined
         raise RuntimeError(SELF_WAIT)
     if get_ident() != counters.thread:
         raise RuntimeError(FOREIGN_THREAD)
@@ -284,7 +316,7 @@ def check_not_waiting_for_itself(counters: Counters) -> None:
     """:raises RuntimeError: if the caller is the batcher's only worker's process
     function (in its task, or its thread), which must not wait for a result of its
     own batcher: the batch it waits for cannot run before it returns."""
-    if counters.sole_worker_in_model and WORKER_OF.get() is counters:
+    if counters.sole_worker_in_model and in_model(counters):
         raise RuntimeError(SELF_WAIT)
 
 

@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._events import Observer, Observers
-from ._future import PARKED, WORKER_OF, BatchFuture
+from ._future import PARKED, BatchFuture, in_model
 from ._model import Model
 from ._pricing import Pricing
 from ._protocols import ProcessFn
@@ -169,7 +169,7 @@ class Lifecycle:
             warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
 
     def _in_own_worker(self) -> bool:  # called by this batcher's process function?
-        return WORKER_OF.get() is self._counters
+        return in_model(self._counters)
 
     def _forget(self, run: Run) -> None:
         # A run is over once its loops have ended and start()'s task group is exited.

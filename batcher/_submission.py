@@ -25,7 +25,7 @@ from ._aggregator import INTAKE, Submission
 from ._deadlines import Deadlines
 from ._events import RecordsDropped
 from ._exceptions import BatcherOverloadedError
-from ._future import WORKER_OF, BatchFuture, make_event
+from ._future import BatchFuture, in_model, make_event
 from ._settings import Settings
 from ._stats import Counters
 from ._transitions import fail, time_queued
@@ -187,7 +187,7 @@ class Intake:
         withdrawn; if the batcher stops abnormally, the future fails."""
         self.queue_behind(future, delay)
         make_event(future)
-        room = self._own_room(future) if WORKER_OF.get() is self.counters else self._join_cohort(future)
+        room = self._own_room(future) if in_model(self.counters) else self._join_cohort(future)
         try:
             await room.wait()
         except BaseException:

@@ -15,7 +15,7 @@ from anyio.lowlevel import checkpoint
 from ._assembly import batch_cost
 from ._events import Outcome, batch_dispatched, batch_ended
 from ._exceptions import closed_error
-from ._future import WORKER_OF, Batch, BatchFuture
+from ._future import Batch, BatchFuture, ModelCall
 from ._model import Model, ModelThread
 from ._stats import Counters
 from ._streaming import run_streaming
@@ -59,9 +59,6 @@ class Worker:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Take batches until the batch stream ends. If cancelled, end the futures
         of the batch it finished and fail those of the batches still queued."""
-        # The process function, and any task it starts, can tell it runs in this
-        # batcher's worker (see DynamicBatcher.stop and BatchFuture.__await__).
-        WORKER_OF.set(self._counters)
         with self._batches:
             task_status.started()
             try:
@@ -198,28 +195,24 @@ class Worker:
         self._fail_batch(batch, _stray(exc))
         return "failed"
 
+    def _model_call(self) -> ModelCall:
+        # The process function, and any task it starts, can tell it runs in this
+        # batcher's worker (see DynamicBatcher.stop), and while the only worker is in
+        # it, its own futures must not be awaited from there (see BatchFuture.__await__).
+        return ModelCall(self._counters, sole=self._run.settings.max_concurrent_batches == 1)
+
     async def _call_model(self, batch: Batch, cost: int) -> list[Any]:
-        # While the only worker is in the process function, its own futures must not
-        # be awaited from there (see BatchFuture.__await__).
-        counters = self._counters
-        counters.sole_worker_in_model = self._run.settings.max_concurrent_batches == 1
         started = perf_counter()
-        try:
+        with self._model_call():
             results = await self._model([future._record for future in batch], self._thread)
-        finally:
-            counters.sole_worker_in_model = False
         fit = self._run.cost_fit
         if fit is not None:  # cost_model="measured": what this batch cost, for the next ones
             fit.add(len(batch), cost, perf_counter() - started, self._index)
         return results
 
     async def _stream(self, batch: Batch) -> None:
-        counters = self._counters
-        counters.sole_worker_in_model = self._run.settings.max_concurrent_batches == 1
-        try:
-            await run_streaming(self._model, batch, counters, self._run.settings.stream_stall_s)  # type: ignore[arg-type]
-        finally:
-            counters.sole_worker_in_model = False
+        with self._model_call():
+            await run_streaming(self._model, batch, self._counters, self._run.settings.stream_stall_s)  # type: ignore[arg-type]
 
     def _fail_batch(self, batch: Batch, exc: Exception) -> None:
         logger.error("process_fn failed on a batch of %d records: %r", len(batch), exc, exc_info=exc)

@@ -194,6 +194,33 @@ class TestAwaitingItsOwnBatcher:
                 batcher.configure(max_concurrent_batches=1)  # the idle worker leaves
                 shrunk.set()
 
+    async def test_a_task_it_left_running_is_not_taken_for_it_once_its_call_returned(self) -> None:
+        # Tasks copy the context they start from: one the process function started in
+        # a task group of the caller's counts as the function only while its call runs.
+        batcher: DynamicBatcher[str, str]
+        in_second, answers = anyio.Event(), []
+        release = anyio.Event()
+
+        async def follow_up() -> None:
+            await in_second.wait()  # the first call has returned; the worker runs another batch
+            release.set()
+            answers.append(await batcher.call("follow-up"))
+
+        async def fn(batch: list[str]) -> list[str]:
+            if "first" in batch:
+                background.start_soon(follow_up)
+            if "second" in batch:
+                in_second.set()
+                await release.wait()
+            return batch
+
+        batcher = DynamicBatcher(fn)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as background, batcher:
+                assert await batcher.call("first") == "first"
+                assert await batcher.call("second") == "second"
+        assert answers == ["follow-up"]
+
 
 class TestDoneCallbacks:
     async def test_called_once_when_the_future_ends_and_at_once_if_it_has(self) -> None:

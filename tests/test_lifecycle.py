@@ -305,6 +305,31 @@ class TestStopFromInsideTheModel:
         assert returned == [True]
         assert not batcher.is_running
 
+    async def test_a_task_the_model_left_running_stops_it_like_any_task(self) -> None:
+        # Once the call that started it has returned, its stop() is a whole graceful stop.
+        batcher: DynamicBatcher[int, int]
+        first_done, stopped = anyio.Event(), []
+
+        async def stopper() -> None:
+            await first_done.wait()
+            future = await batcher.submit(1)
+            await batcher.stop()
+            stopped.append(future.done())
+
+        async def fn(batch: list[int]) -> list[int]:
+            if 0 in batch:
+                background.start_soon(stopper)
+            return [x * 2 for x in batch]
+
+        batcher = DynamicBatcher(fn)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as background:
+                await background.start(batcher.serve)
+                assert await batcher.call(0) == 0
+                first_done.set()
+        assert stopped == [True]  # stop() returned once the queued record was processed
+        assert not batcher.is_running
+
 
 class TestWhoMayStartAndStop:
     async def test_two_tasks_starting_at_once_one_wins_one_is_refused(self) -> None:
