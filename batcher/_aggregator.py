@@ -240,11 +240,11 @@ class Aggregator:
             except anyio.WouldBlock:
                 await send.send(batch)  # every prefetch slot is taken: wait for a worker
         except BaseException:
-            fail(batch, closed_error(), self._counters)
+            fail(batch, closed_error(self._run.fatal), self._counters)
             raise
 
     def _fail_all(self) -> None:
-        error = closed_error()
+        error = closed_error(self._run.fatal)
         while self._assembly:
             fail(self._assembly.take()[0], error, self._counters)
         fail_queued(self._run.submit_receive, error, self._counters)

@@ -50,9 +50,12 @@ class StreamLagError(Exception):
     without it, and its later items were dropped."""
 
 
-def closed_error() -> BatcherClosedError:
-    """The error that ends a future whose record the batcher could not process."""
-    return BatcherClosedError("the batcher closed before this record was processed")
+def closed_error(cause: BaseException | None = None) -> BatcherClosedError:
+    """The error that ends a future whose record the batcher could not process;
+    ``cause``: the exception that ended the batcher, if one did."""
+    error = BatcherClosedError("the batcher closed before this record was processed")
+    error.__cause__ = cause
+    return error
 
 
 def queue_timeout() -> QueueTimeoutError:

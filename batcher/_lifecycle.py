@@ -25,6 +25,7 @@ from ._run import STOPPED, NotRunning, Run
 from ._settings import Settings
 from ._stats import BatchStats, Counters, event_factory
 from ._streaming import StreamFuture
+from ._submission import ENDED
 
 __all__ = ("LIVE_SETTINGS", "Lifecycle")
 
@@ -85,7 +86,7 @@ class Lifecycle:
     def is_running(self) -> bool:
         """Whether the batcher has started and not yet stopped (after a fatal
         exception, until :meth:`stop` re-raises it)."""
-        return self._run is not STOPPED
+        return isinstance(self._run, Run)
 
     @property
     def stats(self) -> BatchStats:
@@ -93,9 +94,10 @@ class Lifecycle:
         return self._counters.snapshot()
 
     def __repr__(self) -> str:
-        c = self._counters
-        if not self.is_running:
-            return f"<{type(self).__name__} stopped submitted={c.submitted} completed={c.completed}>"
+        c, fatal = self._counters, self._run.fatal
+        if not self.is_running or fatal is not None:
+            state = "stopped" if not self.is_running else f"ended by {fatal!r}"
+            return f"<{type(self).__name__} {state} submitted={c.submitted} completed={c.completed}>"
         return f"<{type(self).__name__} running queued={c.queued} in_flight={c.in_flight}>"
 
     async def __aenter__(self) -> Self:
@@ -152,8 +154,10 @@ class Lifecycle:
             raise run.fatal
 
     def _begin(self, owner: TaskGroup | None) -> Run:
-        if self._run is not STOPPED:
-            raise RuntimeError("batcher is already running; stop() it before starting it again")
+        if isinstance(self._run, Run):
+            fatal = self._run.fatal
+            already = "batcher is already running; stop() it before starting it again"
+            raise RuntimeError(already if fatal is None else ENDED.format(fatal)) from fatal
         counters, settings = self._counters, self._settings
         counters.new_event = event_factory()
         counters.parked = None  # an event of the last run's loop
@@ -174,7 +178,7 @@ class Lifecycle:
     def _forget(self, run: Run) -> None:
         # A run is over once its loops have ended and start()'s task group is exited.
         if self._run is run and run.owner is None and run.stopped.is_set():
-            self._run = STOPPED
+            self._run = STOPPED if run.fatal is None else NotRunning(run.fatal)
 
     async def _serve(self, run: Run, *, task_status: TaskStatus[None]) -> None:
         try:

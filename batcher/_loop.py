@@ -18,6 +18,7 @@ from anyio.lowlevel import EventLoopToken, current_token
 
 from ._model import call_soon
 from ._run import NOT_RUNNING as BATCHER_NOT_RUNNING
+from ._submission import ENDED
 
 if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
@@ -26,7 +27,6 @@ __all__ = (
     "IN_LOOP",
     "IN_TRIO",
     "NOT_RUNNING",
-    "STOPPING",
     "Loop",
     "check_backend",
     "check_caller",
@@ -40,8 +40,7 @@ IN_LOOP = (
     "SyncBatcher was called from its own event loop's thread, where it would wait for itself; "
     "in async code on that loop, await the batcher's own methods"
 )
-
-
+ALREADY_RUNNING = "SyncBatcher is already running; stop() it before starting it again"
 STOPPING = (
     "SyncBatcher is stopping (its process function called stop()); call stop() from the thread "
     "that started it, then start() starts it again"
@@ -100,6 +99,15 @@ class Loop:
         except BaseException:
             self.stack.close()
             raise
+
+    def ended_by(self, batcher: DynamicBatcher[Any, Any]) -> BaseException | None:
+        """The exception from the process function that ended ``batcher``, if one did."""
+        return batcher._run.fatal
+
+    def refusal(self, batcher: DynamicBatcher[Any, Any]) -> str:
+        """Why ``start()`` is refused while this loop serves ``batcher``."""
+        fatal = self.ended_by(batcher)
+        return STOPPING if self.closing else ALREADY_RUNNING if fatal is None else ENDED.format(fatal)
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self.thread
@@ -219,6 +227,7 @@ def refused_as_not_running() -> Iterator[None]:
     try:
         yield
     except RuntimeError as exc:
-        if str(exc) == BATCHER_NOT_RUNNING:
-            raise RuntimeError(NOT_RUNNING) from None
-        raise
+        if str(exc) != BATCHER_NOT_RUNNING:
+            raise
+        fatal = exc.__cause__  # what ended its run: SyncBatcher.stop() raises it
+        raise RuntimeError(NOT_RUNNING if fatal is None else ENDED.format(fatal)) from fatal

@@ -46,7 +46,6 @@ class Run(Intake):
         "batch_receive",
         "batch_send",
         "cost_fit",
-        "fatal",
         "loops",
         "model",
         "owner",
@@ -71,9 +70,6 @@ class Run(Intake):
         self.scope = anyio.CancelScope()
         #: The task group ``start()`` opened to run the loops in (``None`` under ``serve()``).
         self.owner = owner
-        #: A ``BaseException`` (not cancellation) from the process function, which
-        #: ended the loops; ``stop()`` re-raises it.
-        self.fatal: BaseException | None = None
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
         self._workers = settings.max_concurrent_batches  # how many will stay
@@ -126,9 +122,9 @@ class Run(Intake):
             self.loops = self.model = None
             # A batch the aggregator closed as the workers were cancelled, and records
             # still queued behind the stream if the aggregator never took them.
-            fail_queued(self.batch_receive, closed_error(), counters)
-            fail_queued(self.submit_receive, closed_error(), counters)
-            self.fail_overflow(closed_error())
+            fail_queued(self.batch_receive, closed_error(self.fatal), counters)
+            fail_queued(self.submit_receive, closed_error(self.fatal), counters)
+            self.fail_overflow(closed_error(self.fatal))
             self._input_ended = True
             self.close_streams()
             self.stopped.set()
@@ -198,8 +194,9 @@ class Run(Intake):
         queue in arrival order only as far as its next batch needs, so it may not reach
         that record for long): the batches closed ahead for busy workers that none has
         taken are taken back now, before one does (the batch the aggregator may be
-        waiting to send joins them as room is made)."""
-        if not priority or self.counters.priority_seen:
+        waiting to send joins them as room is made). Once input has ended the record is
+        refused, and the aggregator may have finished: nothing is taken back."""
+        if not priority or self.counters.priority_seen or self._input_ended:
             return
         self.check_thread()  # before anything changes
         self.counters.priority_seen = True
@@ -241,8 +238,9 @@ class Run(Intake):
         return self._spawned - 1
 
     def end_fatally(self, exc: BaseException) -> None:
-        """Keep ``exc`` for ``stop()`` and cancel the loops."""
+        """Keep ``exc`` for ``stop()``, refuse records from now on, and cancel the loops."""
         self.fatal = exc
+        self.end_input()
         self.scope.cancel()
 
 
@@ -250,10 +248,15 @@ class NotRunning:
     """What a batcher holds instead of a :class:`Run` while it is not running: it
     refuses records, so that ``submit`` needs no check of its own."""
 
-    __slots__ = ()
+    __slots__ = ("fatal",)
+
+    def __init__(self, fatal: BaseException | None = None) -> None:
+        #: What ended the last run, if a process function's exception did: the cause
+        #: of the refusal (a ``SyncBatcher`` names it, see ``_loop.refused_as_not_running``).
+        self.fatal = fatal
 
     def refuse(self, *args: object) -> NoReturn:
-        raise RuntimeError(NOT_RUNNING)
+        raise RuntimeError(NOT_RUNNING) from self.fatal
 
     def check_thread(self) -> None:
         """Any thread may configure a batcher that is not running."""

@@ -12,7 +12,7 @@ collects its items in a list, which is its result.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Set
 from contextvars import ContextVar
 from threading import get_ident
 from types import TracebackType
@@ -165,13 +165,22 @@ class StreamingBatch:
         """Whether any record's items are still wanted."""
         return any(self.wanted(index) for index in range(len(self._futures)))
 
-    async def deliver(self, step: Sequence[Any]) -> None:
-        """Route one step's items to their records' sinks, waiting for room in a
-        full stream at most ``stall_s`` in all for the step."""
+    async def deliver(self, step: Any) -> None:
+        """Route one step's items (any ordered iterable: a list, a tuple, an array)
+        to their records' sinks, waiting for room in a full stream at most
+        ``stall_s`` in all for the step."""
         futures = self._futures
-        if isinstance(step, (str, bytes)) or not isinstance(step, Sequence) or len(step) != len(futures):
-            shape = f"{len(step)} items" if isinstance(step, Sequence) else f"a {type(step).__name__}"
-            raise ValueError(f"process_fn yielded {shape} for a batch of {len(futures)} records; yield one per record")
+        if type(step) is not list:
+            if isinstance(step, (str, bytes, Mapping, Set)) or not isinstance(step, Iterable):
+                shape = f"a {type(step).__name__}"
+                raise ValueError(
+                    f"process_fn yielded {shape} for a batch of {len(futures)} records; yield one per record"
+                )
+            step = list(step)
+        if len(step) != len(futures):
+            raise ValueError(
+                f"process_fn yielded {len(step)} items for a batch of {len(futures)} records; yield one per record"
+            )
         deadline = None
         for future, item in zip(futures, step, strict=True):
             if future.done():

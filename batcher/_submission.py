@@ -36,6 +36,9 @@ __all__ = ("COHORT", "NOT_RUNNING", "OTHER_THREAD", "Intake")
 COHORT = 64
 
 NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
+ENDED = (
+    "the batcher was ended by {!r} from its process function; stop() it (stop() raises that again) to start it again"
+)
 OTHER_THREAD = (
     "batcher was called from a thread other than its event loop's; from other threads use SyncBatcher, "
     "or anyio.from_thread.run(batcher.call, record, token=...) with the token of the loop that started it"
@@ -57,6 +60,7 @@ class Intake:
         "counters",
         "deadlines",
         "default_delay",
+        "fatal",
         "overflow",
         "settings",
         "submit_receive",
@@ -80,6 +84,9 @@ class Intake:
         #: aggregator takes them after the stream's. A caller parked here costs a
         #: slot in a deque, not a blocked send (an event and two more wake-ups).
         self.overflow: deque[BatchFuture[Any]] = deque()
+        #: A ``BaseException`` (not cancellation) from the process function, which
+        #: ended the run: ``stop()`` re-raises it, and records are refused naming it.
+        self.fatal: BaseException | None = None
         #: The events ``submit()`` callers wait on for their records to leave the
         #: overflow, each shared by up to ``COHORT`` consecutive callers and keyed by
         #: the newest one's record: it is set when that record leaves, the others
@@ -114,7 +121,7 @@ class Intake:
         except anyio.WouldBlock:
             return False
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise RuntimeError(NOT_RUNNING) from None
+            raise RuntimeError(self.refusal()) from self.fatal
         counters = self.counters
         counters.submitted += 1
         counters.queued_cost += future._cost
@@ -129,7 +136,7 @@ class Intake:
     def _behind_others(self) -> bool:
         # try_submit() while callers wait behind the full stream: no room for this one.
         if self._input_ended:
-            raise RuntimeError(NOT_RUNNING)
+            raise RuntimeError(self.refusal()) from self.fatal
         return False
 
     def apply(self, settings: Settings) -> None:
@@ -153,7 +160,7 @@ class Intake:
         if limit is None or counters.queued_cost + self._reserved + cost <= limit:
             return
         if self._input_ended:
-            raise RuntimeError(NOT_RUNNING)
+            raise RuntimeError(self.refusal()) from self.fatal
         counters.shed += records
         if counters.observe is not None:
             counters.observe(RecordsDropped("shed", records, cost))
@@ -171,7 +178,7 @@ class Intake:
         """Queue ``future`` behind the full submission stream, for a caller that
         waits for the result anyway (``call()``): it waits once, for the result."""
         if self._input_ended:
-            raise RuntimeError(NOT_RUNNING)
+            raise RuntimeError(self.refusal()) from self.fatal
         self.overflow.append(future)
         counters = self.counters
         counters.submitted += 1
@@ -289,7 +296,7 @@ class Intake:
             pass
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             if not sent:
-                raise RuntimeError(NOT_RUNNING) from None
+                raise RuntimeError(self.refusal()) from self.fatal
         self.counters.submitted += sent
         self.counters.queued_cost += cost
         self._time_sent(futures[:sent])
@@ -310,6 +317,10 @@ class Intake:
             now = monotonic()
             for future in futures if self.counters.observe is not None else futures[:1]:
                 time_queued(future, now)
+
+    def refusal(self) -> str:
+        """Why records are refused once input has ended."""
+        return NOT_RUNNING if self.fatal is None else ENDED.format(self.fatal)
 
     def end_input(self) -> None:
         """End of input: the aggregator drains the stream and the overflow, flushes, finishes."""

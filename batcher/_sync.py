@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, Self, overload
 from ._dynamic import DynamicBatcher
 from ._from_thread import call_from_thread, call_on_loop, submit_from_thread, withdraw_if_cancelled
 from ._future import check_not_waiting_for_itself
-from ._loop import IN_LOOP, NOT_RUNNING, STOPPING, Loop, check_backend, check_caller
+from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_backend, check_caller
 from ._map import Progress
 from ._protocols import RecordT, ResultT
 from ._settings import check_options, check_seconds
@@ -24,7 +24,6 @@ from ._token import TokenBatcher
 
 __all__ = ("SyncBatcher",)
 
-ALREADY_RUNNING = "SyncBatcher is already running; stop() it before starting it again"
 RUNNING_ELSEWHERE = "batcher is already running; give SyncBatcher a stopped batcher, it starts the batcher itself"
 NO_TOKENS = "estimated_tokens needs a TokenBatcher; use estimated_cost"
 
@@ -93,8 +92,10 @@ class SyncBatcher(Generic[RecordT, ResultT]):
 
     def __repr__(self) -> str:
         c = self._batcher._counters  # read without a round trip: a repr never waits for the loop
-        if self._loop is None:
-            return f"<SyncBatcher stopped backend={self._backend} submitted={c.submitted} completed={c.completed}>"
+        fatal = None if self._loop is None else self._loop.ended_by(self._batcher)
+        if fatal is not None or self._loop is None:
+            state = "stopped" if fatal is None else f"ended by {fatal!r}"
+            return f"<SyncBatcher {state} backend={self._backend} submitted={c.submitted} completed={c.completed}>"
         return f"<SyncBatcher running backend={self._backend} queued={c.queued} in_flight={c.in_flight}>"
 
     # -------------------------------------------------------------- lifecycle
@@ -121,7 +122,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         """
         with self._lock:
             if self._loop is not None:
-                raise RuntimeError(STOPPING if self._loop.closing else ALREADY_RUNNING)
+                raise RuntimeError(self._loop.refusal(self._batcher)) from self._loop.ended_by(self._batcher)
             if self._batcher.is_running:
                 raise RuntimeError(RUNNING_ELSEWHERE)
             self._loop = Loop(self._batcher, self._backend, self._backend_options)

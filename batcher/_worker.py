@@ -89,7 +89,7 @@ class Worker:
                 counters.durations.append(busy)
             run.retiring -= 1  # configure() shrank the pool while every worker was busy
         except BaseException:
-            fail_queued(self._batches, closed_error(), counters)
+            fail_queued(self._batches, closed_error(run.fatal), counters)
             raise
         finally:
             if finished is not None:
@@ -190,7 +190,7 @@ class Worker:
             self._end_run(batch, exc)
             return "closed"
         if anyio.current_effective_deadline() == -math.inf:  # the batcher is being cancelled
-            fail(batch, closed_error(), self._counters)
+            fail(batch, closed_error(self._run.fatal), self._counters)
             return None
         self._fail_batch(batch, _stray(exc))
         return "failed"
@@ -224,10 +224,8 @@ class Worker:
         names it as the cause, and cancel the loops; ``stop()`` (or ``serve()``)
         re-raises it."""
         logger.error("process_fn raised %r on a batch of %d records; closing", exc, len(batch))
-        closed = closed_error()
-        closed.__cause__ = exc
-        fail(batch, closed, self._counters)
         self._run.end_fatally(exc)
+        fail(batch, closed_error(exc), self._counters)
 
 
 def _stray(exc: BaseException) -> RuntimeError:

@@ -329,11 +329,19 @@ class TestAbnormalExit:
             futures = await batcher.submit_batch(range(6))
             with pytest.raises(BatcherClosedError):
                 await futures[3]
+            # Until stop(), the batcher says what ended it, and refuses records naming it.
+            ended = r"the batcher was ended by Fatal\('from a worker thread'\) from its process function; stop\(\) it"
+            assert repr(batcher).startswith("<DynamicBatcher ended by Fatal('from a worker thread') submitted=6")
+            for attempt in (batcher.submit(9), batcher.call(9), batcher.start()):
+                with pytest.raises(RuntimeError, match=ended) as refused:
+                    await attempt
+                assert refused.value.__cause__ is fatal
             with pytest.raises(Fatal) as info:
                 await batcher.stop()
         assert info.value is fatal
         assert [f.result() for f in futures[:3]] == [0, 1, 2]
         assert_closed(futures[3:])
+        assert all(future.exception().__cause__ is fatal for future in futures[3:])  # type: ignore[union-attr]
         assert not batcher.is_running
         assert_balanced(batcher)
 

@@ -176,6 +176,27 @@ class TestBatcher:
             await futures[-1]
         assert model.batches[1:] == [["x", "y"], ["m", "a"], ["b", "c"], ["d"]]
 
+    async def test_a_first_priority_refused_as_the_batcher_stops_leaves_the_batches_closed_ahead(self) -> None:
+        # Refused once input has ended, it must not take back batches that no
+        # aggregator will take in again: the stop runs them.
+        model = Recorder(hold=True)
+        batcher = DynamicBatcher(model, max_batch_size=1, prefetch_batches=2)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                await tg.start(batcher.serve)
+                await batcher.submit("first")
+                await model.entered.wait()
+                queued = await batcher.submit_batch(["r1", "r2"])
+                await anyio.wait_all_tasks_blocked()  # both closed ahead for the busy worker
+                tg.start_soon(batcher.stop)
+                await anyio.wait_all_tasks_blocked()
+                with pytest.raises(RuntimeError, match="not running"):
+                    await batcher.submit("late", priority=1)
+                model.release()
+        assert [future.result() for future in queued] == [("done", "r1"), ("done", "r2")]
+        assert model.batches == [["first"], ["r1"], ["r2"]]
+        assert batcher.stats.queued == 0
+
     async def test_a_first_priority_behind_a_long_backlog_is_not_kept_behind_it(self) -> None:
         """The aggregator reads a FIFO queue only as far as the next batch needs; it
         switches to priority order as the record is submitted, not once it reads it."""

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import numpy
 import pytest
 
 from batcher import (
@@ -160,6 +161,24 @@ class TestFailures:
             futures = await batcher.submit_batch(["a", "b"])
             for future in futures:
                 with pytest.raises(ValueError, match="yielded 1 items for a batch of 2 records"):
+                    await future
+
+    async def test_a_step_may_be_any_ordered_iterable_not_an_unordered_one(self) -> None:
+        async def model(records: list[str]) -> AsyncIterator[Any]:
+            yield tuple(f"{r}:tuple" for r in records)
+            yield numpy.array([f"{r}:array" for r in records])
+            yield (f"{r}:generator" for r in records)
+            if "dict" in records:
+                yield dict.fromkeys(records)
+
+        async with streaming(model, max_batch_size=2) as batcher:
+            futures = await batcher.submit_batch(["a", "b"])
+            assert [await future for future in futures] == [
+                ["a:tuple", "a:array", "a:generator"],
+                ["b:tuple", "b:array", "b:generator"],
+            ]
+            for future in await batcher.submit_batch(["dict", "c"]):
+                with pytest.raises(ValueError, match="yielded a dict for a batch of 2 records"):
                     await future
 
     async def test_process_timeout_bounds_the_whole_stream(self) -> None:

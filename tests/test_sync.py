@@ -159,8 +159,14 @@ class TestLifecycle:
 
         batcher = SyncBatcher(DynamicBatcher(fatal), backend=backend)
         batcher.start()
-        with pytest.raises(BatcherClosedError):
+        with pytest.raises(BatcherClosedError) as closed:
             batcher.call(1)
+        assert isinstance(closed.value.__cause__, Fatal)
+        # Until stop(), it says what ended it, and refuses records and start() naming it.
+        assert repr(batcher) == f"<SyncBatcher ended by Fatal() backend={backend} submitted=1 completed=1>"
+        for attempt in (partial(batcher.call, 2), batcher.start):
+            with pytest.raises(RuntimeError, match=r"^the batcher was ended by Fatal\(\) from its process function"):
+                attempt()
         with pytest.raises(Fatal):
             batcher.stop()
         assert not batcher.is_running
