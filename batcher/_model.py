@@ -243,7 +243,7 @@ def call_soon(token: EventLoopToken, func: Callable[[], object]) -> None:
     backend = token.backend_class
     if hasattr(backend, "run_sync_soon"):
         backend.run_sync_soon(func, (), token.native_token)
-    else:  # AnyIO before 4.16
+    else:  # a backend without it (AnyIO before 4.16, below this package's floor)
         anyio.from_thread.run_sync(func, token=token)
 
 
