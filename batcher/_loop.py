@@ -100,13 +100,9 @@ class Loop:
             self.stack.close()
             raise
 
-    def ended_by(self, batcher: DynamicBatcher[Any, Any]) -> BaseException | None:
-        """The exception from the process function that ended ``batcher``, if one did."""
-        return batcher._run.fatal
-
     def refusal(self, batcher: DynamicBatcher[Any, Any]) -> str:
         """Why ``start()`` is refused while this loop serves ``batcher``."""
-        fatal = self.ended_by(batcher)
+        fatal = batcher._run.fatal  # the exception from the process function that ended it, if any
         return STOPPING if self.closing else ALREADY_RUNNING if fatal is None else ENDED.format(fatal)
 
     def on_loop_thread(self) -> bool:

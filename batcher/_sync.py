@@ -92,7 +92,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
 
     def __repr__(self) -> str:
         c = self._batcher._counters  # read without a round trip: a repr never waits for the loop
-        fatal = None if self._loop is None else self._loop.ended_by(self._batcher)
+        fatal = None if self._loop is None else self._batcher._run.fatal
         if fatal is not None or self._loop is None:
             state = "stopped" if fatal is None else f"ended by {fatal!r}"
             return f"<SyncBatcher {state} backend={self._backend} submitted={c.submitted} completed={c.completed}>"
@@ -122,7 +122,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         """
         with self._lock:
             if self._loop is not None:
-                raise RuntimeError(self._loop.refusal(self._batcher)) from self._loop.ended_by(self._batcher)
+                raise RuntimeError(self._loop.refusal(self._batcher)) from self._batcher._run.fatal
             if self._batcher.is_running:
                 raise RuntimeError(RUNNING_ELSEWHERE)
             self._loop = Loop(self._batcher, self._backend, self._backend_options)
