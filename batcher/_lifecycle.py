@@ -29,6 +29,11 @@ from ._submission import ENDED
 
 __all__ = ("LIVE_SETTINGS", "Lifecycle")
 
+ORPHANED = (
+    "batcher was started (start()) under an event loop that ended without stop(), and its loops "
+    "did not finish; make a new batcher, and stop() what you start() (or use 'async with batcher:')"
+)
+
 #: The settings :meth:`Lifecycle.configure` may change while the batcher runs.
 LIVE_SETTINGS = (
     "target_batch_cost",
@@ -154,6 +159,7 @@ class Lifecycle:
             raise run.fatal
 
     def _begin(self, owner: TaskGroup | None) -> Run:
+        self._drop_orphan()
         if isinstance(self._run, Run):
             fatal = self._run.fatal
             already = "batcher is already running; stop() it before starting it again"
@@ -186,7 +192,23 @@ class Lifecycle:
         finally:
             self._forget(run)
 
+    def _drop_orphan(self) -> None:
+        """Forget a run whose event loop ended without stopping it, if its loops
+        finished as that loop ended (asyncio cancels them), with a warning.
+
+        :raises RuntimeError: if they did not (trio ends such a run with an internal error)
+        """
+        run = self._run
+        if not (isinstance(run, Run) and run.orphaned()):
+            return
+        if not run.stopped.is_set():
+            raise RuntimeError(ORPHANED)
+        self._run = STOPPED
+        message = f"{self!r} was not stopped before its event loop ended; stop() what you start(), or use 'async with'"
+        warnings.warn(message, ResourceWarning, stacklevel=4)
+
     async def _close(self, *, abort: bool) -> None:
+        self._drop_orphan()
         run = self._run
         if isinstance(run, Run):
             try:

@@ -7,10 +7,12 @@ the free-worker count and the fatal exception, if any."""
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from threading import get_ident
 from typing import Any, NoReturn
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from anyio.lowlevel import current_token
 
 from ._aggregator import WAKE_UP, Aggregator
 from ._cost_fit import CostFit
@@ -46,6 +48,7 @@ class Run(Intake):
         "batch_receive",
         "batch_send",
         "cost_fit",
+        "loop",
         "loops",
         "model",
         "owner",
@@ -70,6 +73,8 @@ class Run(Intake):
         self.scope = anyio.CancelScope()
         #: The task group ``start()`` opened to run the loops in (``None`` under ``serve()``).
         self.owner = owner
+        #: The event loop the run belongs to (its native token).
+        self.loop = current_token().native_token
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
         self._workers = settings.max_concurrent_batches  # how many will stay
@@ -236,6 +241,11 @@ class Run(Intake):
         # The index of a worker started now, and one more started.
         self._spawned += 1
         return self._spawned - 1
+
+    def orphaned(self) -> bool:
+        """Whether the event loop of this run ended without stopping it (``start()``
+        with no ``stop()``): the caller runs another loop on the run's thread."""
+        return self.thread == get_ident() and current_token().native_token is not self.loop
 
     def end_fatally(self, exc: BaseException) -> None:
         """Keep ``exc`` for ``stop()``, refuse records from now on, and cancel the loops."""

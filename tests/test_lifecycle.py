@@ -393,7 +393,7 @@ class TestWhoMayStartAndStop:
         assert not batcher.is_running
 
 
-NEVER_STOPPED = """
+LEFT_STARTED = """
 import gc, warnings, anyio
 from batcher import DynamicBatcher
 
@@ -402,20 +402,27 @@ async def echo(batch):
 
 batcher = DynamicBatcher(echo)
 
-async def main():
+async def first():
     await batcher.start()  # and never stopped
     assert await batcher.call(1) == 1
 
+first_run = "returned"
 try:
-    anyio.run(main, backend={backend!r})
-except Exception:
-    pass  # trio refuses (RuntimeError, or TrioInternalError) a task group left open; the batcher still runs
+    anyio.run(first, backend={backend!r})
+except BaseException as exc:
+    first_run = type(exc).__name__  # trio refuses a task group left open; the batcher still runs
+"""
+
+NEVER_STOPPED = (
+    LEFT_STARTED
+    + """
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     del batcher
     gc.collect()
 print([(w.category.__name__, str(w.message)) for w in caught])
 """
+)
 
 
 def test_a_batcher_collected_while_running_warns(anyio_backend: str) -> None:
@@ -431,6 +438,52 @@ def test_a_batcher_collected_while_running_warns(anyio_backend: str) -> None:
     # The abandoned loops' streams may be collected before the loops, now and then
     # under trio, and anyio warns of those too.
     assert all(message.startswith("Unclosed <MemoryObject") for _, message in caught[1:]), caught
+
+
+LEFT_BY_ITS_LOOP = (
+    LEFT_STARTED
+    + """
+async def again():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            await batcher.start()
+        except RuntimeError as exc:
+            print("refused:", exc)
+            return
+    print("warned:", [(w.category.__name__, str(w.message)) for w in caught])
+    assert await batcher.call(2) == 2
+    await batcher.stop()
+    print("restarted:", batcher)
+
+print("first run:", first_run)
+anyio.run(again, backend={backend!r})
+"""
+)
+
+
+def test_a_batcher_whose_loop_ended_without_stopping_it_restarts_or_says_why(anyio_backend: str) -> None:
+    # asyncio cancels the loops as its run ends: the run is over, and a start in
+    # the next loop forgets it with a warning. trio ends its run with an internal
+    # error, at times before the loops have finished: then the next start says so.
+    script = LEFT_BY_ITS_LOOP.format(backend=anyio_backend)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    restarted = [
+        "warned: [('ResourceWarning', \"<DynamicBatcher stopped submitted=1 completed=1> was not stopped before "
+        "its event loop ended; stop() what you start(), or use 'async with'\")]",
+        "restarted: <DynamicBatcher stopped submitted=2 completed=2>",
+    ]
+    refused = [
+        "refused: batcher was started (start()) under an event loop that ended without stop(), and its loops "
+        "did not finish; make a new batcher, and stop() what you start() (or use 'async with batcher:')"
+    ]
+    first, *rest = done.stdout.splitlines()
+    if anyio_backend == "asyncio":
+        assert (first, rest) == ("first run: returned", restarted)
+    else:
+        assert first == "first run: TrioInternalError"
+        assert rest in (restarted, refused)
 
 
 async def test_a_stopped_batcher_does_not_warn() -> None:
