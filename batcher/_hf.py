@@ -22,13 +22,15 @@ their types, so neither ``tokenizers`` nor ``transformers`` is imported here:
   ``tokenizer.json`` files pad every text to a fixed length) is not counted;
   truncation configured on it is respected.
 * a ``transformers`` tokenizer, whose ``encode(text)`` returns a list of ids, or
-  any callable whose result maps ``"input_ids"`` to the ids.
+  any callable whose result maps ``"input_ids"`` to the ids (and maybe
+  ``"attention_mask"`` to the real tokens): lists, arrays or tensors
+  (``return_tensors=``), a batch of one row unwrapped.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from os import PathLike
 from typing import Any
 
@@ -95,6 +97,30 @@ def _of_text(count: Callable[[str], int]) -> Callable[[object], int]:
     return estimate
 
 
+def _real_tokens(encoded: Any) -> int:
+    """The real tokens in what a tokenizer made of one text: a ``tokenizers.Encoding``
+    (``ids``, ``attention_mask``), a mapping (``"input_ids"``, maybe ``"attention_mask"``)
+    or the ids themselves. Padding, which the attention mask marks, is not counted."""
+    if isinstance(encoded, Mapping):
+        mask = encoded.get("attention_mask")
+        return sum(_row(mask)) if mask is not None else len(_row(encoded["input_ids"]))
+    mask = getattr(encoded, "attention_mask", None)
+    if mask is not None:
+        return sum(_row(mask))
+    return len(_row(getattr(encoded, "ids", encoded)))
+
+
+def _row(values: Any) -> list[int]:
+    """One text's ids (or mask) as a flat list: an array or a tensor
+    (``return_tensors=``) is read with ``tolist()``, and a batch of one row unwrapped."""
+    row: list[Any] = values if type(values) is list else values.tolist() if hasattr(values, "tolist") else list(values)
+    if row and isinstance(row[0], (list, tuple)):
+        if len(row) != 1:
+            raise TypeError(f"the tokenizer made {len(row)} rows of ids of one text; expected one")
+        row = list(row[0])
+    return row
+
+
 def _capped(count: Callable[[str], int], limit: int) -> Callable[[str], int]:
     def count_capped(text: str) -> int:
         return min(count(text), limit)
@@ -111,26 +137,10 @@ def _token_counter(tokenizer: object) -> Callable[[str], int]:
         )
     encode: Any = getattr(tokenizer, "encode", None)
     if callable(encode):
-
-        def count_encoded(text: str) -> int:
-            encoded = encode(text)
-            # A tokenizers.Encoding: ids may be padded to a fixed length, the
-            # attention mask marks the real tokens.
-            mask = getattr(encoded, "attention_mask", None)
-            if mask is not None:
-                return int(sum(mask))
-            ids = getattr(encoded, "ids", encoded)
-            return len(ids)
-
-        return count_encoded
-
+        return lambda text: _real_tokens(encode(text))
     if callable(tokenizer):
         call: Any = tokenizer
-
-        def count_called(text: str) -> int:
-            return len(call(text)["input_ids"])
-
-        return count_called
+        return lambda text: _real_tokens(call(text))
 
     raise TypeError(
         "tokenizer must be a tokenizers.Tokenizer or a transformers tokenizer "

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import numpy
 import pytest
 
 from batcher import TokenBatcher, hf_token_estimator
@@ -101,6 +102,30 @@ class TestCounting:
         estimate = hf_token_estimator(fake_tokenizer, max_length=4)
         assert estimate("one") == 3
         assert estimate("one two three four five") == 4
+
+    @pytest.mark.parametrize(
+        "tokenize",
+        [
+            # transformers' tokenizer(text, return_tensors="np"), padded to 8: a batch of one row
+            lambda ids: {"input_ids": numpy.array([ids + [0] * 3]), "attention_mask": numpy.array([[1] * 5 + [0] * 3])},
+            lambda ids: {"input_ids": numpy.array([ids])},
+            lambda ids: {"input_ids": [ids]},
+            lambda ids: numpy.array(ids),
+        ],
+        ids=["tensors-padded", "tensors", "nested-list", "array"],
+    )
+    def test_ids_as_arrays_or_one_row_are_counted_by_their_tokens(self, tokenize: Any) -> None:
+        # Counting the rows (1) or a mapping's keys (2) broke padded budgets silently.
+        def tokenizer(text: str) -> Any:
+            return tokenize([101, *(len(word) for word in text.split()), 102])
+
+        assert hf_token_estimator(tokenizer)("one two three") == 5
+        assert hf_token_estimator(SimpleNamespace(encode=tokenizer))("one two three") == 5
+
+    def test_ids_of_several_rows_are_refused(self) -> None:
+        estimate = hf_token_estimator(lambda text: {"input_ids": numpy.array([[101, 102], [101, 102]])})
+        with pytest.raises(TypeError, match="the tokenizer made 2 rows of ids of one text; expected one"):
+            estimate("one")
 
     def test_record_without_text_is_rejected(self) -> None:
         estimate = hf_token_estimator(FakeRawTokenizer())
