@@ -78,6 +78,11 @@ class Lifecycle:
         """
         checked = Settings.named(target, **settings)
         self._model = Model(process_fn, checked.process_timeout_s)
+        if self._model.streaming and checked.cost_model == "measured":
+            raise ValueError(
+                "cost_model='measured' fits the time of each call of process_fn, and a streaming one's time "
+                "is set by what it generates and how fast it is read; use 'padded' (with group_by_cost)"
+            )
         #: What a record's future is: with a streaming process function, one with a sink for its items.
         self._future_type = StreamFuture if self._model.streaming else BatchFuture
         self._pricing = pricing

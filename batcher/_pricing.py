@@ -4,12 +4,14 @@ a text that knows its own token count."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set, Sized
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
+from ._model import is_async
 from ._protocols import CostEstimatorFn
 from ._settings import check_int
 
@@ -66,6 +68,7 @@ class Pricing:
         "_method_of",
         "_methods",
         "_warn_default",
+        "_warned",
     )
 
     def __init__(
@@ -80,6 +83,8 @@ class Pricing:
         self._estimator_name, function = estimator
         if function is not None and not callable(function):
             raise TypeError(f"{self._estimator_name} must be callable or None, got {type(function).__name__}")
+        if function is not None and is_async(function):
+            raise TypeError(f"{self._estimator_name} must be a plain function returning an int, not an async one")
         self._estimator = function
         self._estimator_label = f"the cost from {self._estimator_name}"
         self._default_name, default_cost = default
@@ -87,6 +92,7 @@ class Pricing:
         self._methods = methods
         self._by_type = dict(by_type or {})
         self._warn_default = warn_default
+        self._warned: set[type] = set()  # the record types whose fallback to the default was logged
         # record type -> what gives its cost (None: the default), and its name for errors
         self._method_of: dict[type, tuple[Callable[[Any], Any] | None, str]] = {}
 
@@ -136,25 +142,57 @@ class Pricing:
     def _learn(self, kind: type) -> tuple[Callable[[Any], Any] | None, str]:
         # What prices records of this type, and its name for errors; once per type.
         entry: tuple[Callable[[Any], Any] | None, str]
-        method = next((m for m in self._methods if callable(getattr(kind, m, None))), None)
+        method = self._method_of_class(kind)
         fallback = next((fn for base, fn in self._by_type.items() if issubclass(kind, base)), None)
         if method is not None:
             entry = operator.methodcaller(method), f"the cost from {kind.__name__}.{method}()"
         elif fallback is not None:
             entry = fallback, f"the cost of a {kind.__name__}"
+        elif kind.__dictoffset__ or hasattr(kind, "__getattr__"):  # its records may carry a method of their own
+            methods = " or ".join(f"{m}()" for m in self._methods)
+            entry = self._own_or_default, f"the cost from {kind.__name__}'s {methods}"
         else:
             entry = None, self._default_name
-            if self._warn_default:
-                logger.warning(
-                    "%s records have no cost of their own (no %s, no %s method); each counts as %s=%d",
-                    kind.__name__,
-                    self._estimator_name,
-                    " or ".join(f"{m}()" for m in self._methods),
-                    self._default_name,
-                    self._default,
-                )
+            self._warn(kind)
         self._method_of[kind] = entry
         return entry
+
+    def _method_of_class(self, kind: type) -> str | None:
+        """The first of the cost methods that ``kind`` defines, if any.
+
+        :raises TypeError: if it is an ``async def`` (nothing is learnt: every submit is refused alike)
+        """
+        method = next((m for m in self._methods if callable(getattr(kind, m, None))), None)
+        if method is not None and is_async(getattr(kind, method)):
+            raise TypeError(f"{kind.__name__}.{method}() must be a plain method returning an int, not an async one")
+        return method
+
+    def _own_or_default(self, record: Any) -> Any:
+        # A record whose class has no cost method may still carry one (an instance
+        # attribute, a proxy's __getattr__): it is looked up on each record.
+        for name in self._methods:
+            method = getattr(record, name, None)
+            if callable(method):
+                cost = method()
+                if inspect.iscoroutine(cost):
+                    cost.close()  # never awaited: no warning of it
+                    raise TypeError(f"{type(record).__name__}.{name}() must be a plain method returning an int")
+                return cost
+        self._warn(type(record))
+        return self._default
+
+    def _warn(self, kind: type) -> None:
+        # Once per record type that falls back to the default, if asked to.
+        if self._warn_default and kind not in self._warned:
+            self._warned.add(kind)
+            logger.warning(
+                "%s records have no cost of their own (no %s, no %s method); each counts as %s=%d",
+                kind.__name__,
+                self._estimator_name,
+                " or ".join(f"{m}()" for m in self._methods),
+                self._default_name,
+                self._default,
+            )
 
 
 @dataclass(slots=True)
@@ -162,6 +200,10 @@ class Prompt:
     """A text prompt that estimates its own token count (about 4 characters a token)."""
 
     text: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"Prompt text must be a str, got {type(self.text).__name__}")
 
     def estimate_tokens(self) -> int:
         return text_tokens(self.text)

@@ -310,6 +310,13 @@ class TestBackpressure:
 
 
 class TestMisuse:
+    def test_measured_cost_is_refused_for_a_streaming_function(self) -> None:
+        async def generate(batch: list[str]) -> AsyncIterator[list[str]]:
+            yield batch
+
+        with pytest.raises(ValueError, match="cost_model='measured' fits the time of each call of process_fn"):
+            TokenBatcher(generate, cost_model="measured")
+
     async def test_a_stream_of_its_own_batcher_in_the_process_function_is_refused(self) -> None:
         batcher: DynamicBatcher[Any, Any]
         refused: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -235,6 +236,50 @@ class TestCostPrecedence:
     def test_prompt_estimate(self) -> None:
         assert Prompt("").estimate_tokens() == 1
         assert Prompt("abcdefgh").estimate_tokens() == 3
+        with pytest.raises(TypeError, match="Prompt text must be a str, got NoneType"):
+            Prompt(None)  # type: ignore[arg-type]
+
+    async def test_a_cost_method_of_the_record_itself_prices_it(self) -> None:
+        # Not of its class: an instance attribute, or a proxy's __getattr__.
+        class Proxy:
+            def __init__(self, prompt: Prompt) -> None:
+                self._prompt = prompt
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._prompt, name)
+
+        def call(record: Any) -> Any:
+            return lambda batcher: batcher.call(record)
+
+        own = SimpleNamespace(estimate_tokens=lambda: 101)
+        assert await self.costs_seen(TokenBatcher(echo), call(own)) == 101
+        assert await self.costs_seen(TokenBatcher(echo), call(Proxy(Prompt("x" * 40)))) == 11
+        assert await self.costs_seen(TokenBatcher(echo, default_token_estimate=3), call(SimpleNamespace())) == 3
+        assert await self.costs_seen(DynamicBatcher(echo), call(SimpleNamespace(estimate_cost=lambda: 7))) == 7
+
+    async def test_an_async_estimator_or_cost_method_is_refused_by_name(self) -> None:
+        async def estimate(record: Any) -> int:
+            return 1
+
+        with pytest.raises(TypeError, match="token_estimator must be a plain function returning an int, not an async"):
+            TokenBatcher(echo, token_estimator=estimate)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="cost_estimator must be a plain function returning an int, not an async"):
+            DynamicBatcher(echo, cost_estimator=estimate)  # type: ignore[arg-type]
+
+        @dataclass
+        class Slow:
+            async def estimate_tokens(self) -> int:
+                return 1
+
+        async def estimate_later() -> int:
+            return 1
+
+        async with TokenBatcher(echo) as batcher:
+            with pytest.raises(TypeError, match=r"Slow.estimate_tokens\(\) must be a plain method returning an int"):
+                await batcher.submit(Slow())
+            with pytest.raises(TypeError, match=r"SimpleNamespace.estimate_tokens\(\) must be a plain method"):
+                await batcher.submit(SimpleNamespace(estimate_tokens=estimate_later))
+            assert batcher.stats.total_submitted == 0
 
 
 async def test_bad_input_leaves_batcher_working() -> None:
