@@ -244,6 +244,19 @@ class GroupedAssembly(Generic[T]):
         """Move the records nearest in cost to ``near`` into ``batch``, a batch of
         another assembly that ``budget`` prices, while they fit."""
         self._grow_around(near, batch, budget)
+        if len(self._taken) > 2 * self._count + 64:
+            self._compact()  # a level that only fills may never take its oldest, which holds the rest back
+
+    def _compact(self) -> None:
+        """Drop the taken records from the arrival order at once, not as they reach its front."""
+        taken, arrivals, costs = self._taken, self._arrivals, self._arrival_costs
+        kept = [(item, cost) for item, cost in zip(arrivals, costs, strict=True) if item not in taken]
+        arrivals.clear()
+        costs.clear()
+        for item, cost in kept:
+            arrivals.append(item)
+            costs.append(cost)
+        taken.clear()
 
     def oldest(self) -> tuple[T, int] | None:
         """The oldest live record and its cost, left in place: taken and withdrawn

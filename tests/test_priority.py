@@ -5,6 +5,8 @@ end to end under both backends."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
@@ -143,6 +145,23 @@ class TestRule:
         assert names(queue.take()[0]) == ["a", "h"]  # "c" waits for the aged "b"; "h" is of another priority
         assert names(queue.take()[0]) == ["b"]
         assert names(queue.take()[0]) == ["c"]
+
+    def test_a_level_that_only_fills_batches_lets_go_of_what_it_gave(self) -> None:
+        # Strict priorities, grouped: the low level's oldest record never fits beside
+        # the high ones, so that level only fills; the records it gave must not be kept.
+        queue = assembly(target=100, size=8, grouped=True)
+        add(queue, Rec("never-fits", 95))
+        given: list[weakref.ref[Rec]] = []
+        for round_ in range(500):
+            lows = [Rec(f"low{round_}-{n}", 10) for n in range(4)]
+            given += [weakref.ref(rec) for rec in lows]
+            add(queue, Rec(f"high{round_}", 60, 1), *lows)
+            batch, _ = queue.take()
+            assert names(batch) == [f"high{round_}", *names(lows)]
+            del batch, lows
+        gc.collect()
+        assert sum(ref() is not None for ref in given) <= 2 * 4 + 64  # bounded, not one per record
+        assert names(queue.queued()) == ["never-fits"]
 
     def test_without_aging_a_low_priority_waits_for_every_higher_one(self) -> None:
         clock = Clock()
