@@ -9,11 +9,11 @@ import logging
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set, Sized
 from dataclasses import dataclass
-from typing import Any, SupportsIndex
+from typing import Any
 
 from ._model import is_async
 from ._protocols import CostEstimatorFn
-from ._settings import check_int
+from ._settings import as_int
 
 __all__ = ("Pricing", "Prompt", "check_cost", "text_tokens")
 
@@ -27,13 +27,7 @@ def check_cost(name: str, cost: object) -> int:
     :raises TypeError: if ``cost`` is not an integer
     :raises ValueError: if ``cost`` is negative, or past ``MAX_COST``
     """
-    if type(cost) is not int:
-        if isinstance(cost, bool) or not isinstance(cost, SupportsIndex):
-            raise TypeError(f"{name} must be an int, got {type(cost).__name__}")
-        try:
-            cost = operator.index(cost)
-        except TypeError:  # a type whose __index__ refuses this value (a numpy array of 1 or more dimensions)
-            raise TypeError(f"{name} must be an int, got {type(cost).__name__}") from None
+    cost = as_int(name, cost)
     if not 0 <= cost <= MAX_COST:
         raise ValueError(f"{name} must be >= 0, got {cost}" if cost < 0 else f"{name} must be at most 2**63 - 1")
     return cost
@@ -88,7 +82,7 @@ class Pricing:
         self._estimator = function
         self._estimator_label = f"the cost from {self._estimator_name}"
         self._default_name, default_cost = default
-        self._default = check_int(self._default_name, default_cost, 0)
+        self._default = check_cost(self._default_name, default_cost)  # a cost: numpy.int64 too
         self._methods = methods
         self._by_type = dict(by_type or {})
         self._warn_default = warn_default

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import numpy
 import pytest
 
 from batcher import DynamicBatcher, Prompt, TokenBatcher
@@ -73,6 +74,8 @@ class TestConstructor:
             TokenBatcher(echo, target_batch_tokens=0)
         with pytest.raises(ValueError, match="default_token_estimate must be >= 0"):
             TokenBatcher(echo, default_token_estimate=-3)
+        with pytest.raises(ValueError, match=r"default_cost must be at most 2\*\*63 - 1"):
+            DynamicBatcher(echo, default_cost=2**63)
         with pytest.raises(TypeError, match="token_estimator must be callable"):
             TokenBatcher(echo, token_estimator="len")  # type: ignore[arg-type]
 
@@ -255,6 +258,9 @@ class TestCostPrecedence:
         assert await self.costs_seen(TokenBatcher(echo), call(own)) == 101
         assert await self.costs_seen(TokenBatcher(echo), call(Proxy(Prompt("x" * 40)))) == 11
         assert await self.costs_seen(TokenBatcher(echo, default_token_estimate=3), call(SimpleNamespace())) == 3
+        # A default is a cost: an integer in all but type is taken, as for the others.
+        by_default = DynamicBatcher(echo, default_cost=numpy.int64(5))  # type: ignore[arg-type]
+        assert await self.costs_seen(by_default, call(SimpleNamespace())) == 5
         assert await self.costs_seen(DynamicBatcher(echo), call(SimpleNamespace(estimate_cost=lambda: 7))) == 7
 
     async def test_an_async_estimator_or_cost_method_is_refused_by_name(self) -> None:
