@@ -1,30 +1,27 @@
 """``cost_model="measured"``: what a batch costs on this hardware, learned from the
 batches that ran, and the rule that picks the next batch by it.
 
-The workers time every batch. :class:`CostFit` fits its time as a fixed cost plus
-a cost per record plus a cost per padded token (rows times the longest row) plus a
-cost the first time a worker runs a batch of that shape, over the last ``WINDOW``
-batches, by least squares with no negative term. When the aggregator closes a
-batch, it offers candidate batches (``_measured.py``) and :func:`choose` takes the
-one whose predicted time goes most to its records' own work. A small model on a
-GPU, where the fixed cost dominates, then gets few large batches; a model whose
-time grows with padding (a CPU, a large model) gets batches of similar length.
+The workers time every batch. :class:`CostFit` fits its time as a fixed cost, plus a
+cost per record, per padded token (rows times the longest row) and for a worker's first
+batch of a shape, over the last ``WINDOW`` batches, by least squares with no negative
+term. Closing a batch, the aggregator offers candidates (``_measured.py``) and
+:func:`choose` takes the one whose predicted time goes most to its records' own work:
+few large batches where the fixed cost dominates (a small model on a GPU), batches of
+similar length where padding does (a CPU, a large model).
 
-The new-shape term is there for GPUs: on an H200, PyTorch ran a batch shape that
-its thread had not run before in 48-85 ms against 4-29 ms warm
-(``benchmarks/bench_gpu.py``). Fitted as a fixed cost, those first runs made every
-batch look ten times dearer than it is; fitted apart, they leave the other terms
-right, and a candidate of a shape already run is preferred by what it saves. Once
-every batch in the window ran warm, the window cannot tell what a cold run costs, so
-the fit keeps the cost it last measured: on the H200, forgetting it (0 after 64 warm
-batches) made new shapes look free, and 7 ran in 5 passes, about 60 ms each. On a
-CPU the term comes out near zero and changes nothing. Where the fit is not clearly
-better informed, the grouped batch goes (see :func:`choose`): a policy that keeps
-its choices keeps its shapes, and so runs warm.
+The new-shape term is there for GPUs: on an H200, PyTorch ran a batch shape new to
+its thread in 48-85 ms against 4-29 ms warm (``benchmarks/bench_gpu.py``). Fitted
+as a fixed cost, those runs made every batch look ten times dearer; fitted apart,
+they leave the other terms right, and a shape already run is preferred by what it
+saves. Once every batch in the window ran warm, the fit keeps the cold cost it last
+measured: on the H200, forgetting it made new shapes look free (7 ran in 5 passes,
+about 60 ms each). On a CPU the term comes out near zero. Where the fit is not
+clearly better informed, the grouped batch goes (see :func:`choose`): a policy that
+keeps its choices keeps its shapes, and so runs warm.
 
-The least-squares sums follow the window as it slides, and a refit first tries the
-last fit's terms: mostly one small solve (35-55 µs, ``benchmarks/bench_choose.py``).
-Plain synchronous code, tested without an event loop.
+The least-squares sums follow the window as it slides, and a refit first tries the last
+fit's terms: mostly one small solve (35-55 µs, ``benchmarks/bench_choose.py``). Plain
+synchronous code, tested without an event loop.
 """
 
 from __future__ import annotations
@@ -40,12 +37,11 @@ WINDOW = 64
 #: How many batches run before the fit is trusted; until then the first candidate goes.
 WARMUP = 8
 
-#: How much more of its predicted time another candidate must give its records' own
-#: work than the first candidate (the grouped batch) to be taken instead of it.
+#: How much more of its predicted time another candidate must give its records' own work
+#: than the first candidate (the grouped batch) to be taken instead of it.
 MARGIN = 0.1
 
-#: How many batch shapes it remembers; past that it forgets them all (they then count
-#: as new until they run again, which only makes the choice more cautious).
+#: How many batch shapes it remembers; past that it forgets them all (then new until run again).
 SHAPES = 1 << 16
 
 #: A timed batch: ``(records, padded tokens, 1 if its worker ran that shape for the
@@ -60,8 +56,7 @@ _TERMS_KNOWN = [terms for terms in _TERMS if 3 not in terms]
 
 
 class CostFit:
-    """The batch times seen lately, the fit of them (``None`` during warm-up), and the
-    batch shapes each worker has run."""
+    """The batch times seen lately, their fit (``None`` during warm-up), and the shapes each worker ran."""
 
     __slots__ = ("_added", "_cold", "_samples", "_shapes", "_sums", "_terms", "coefficients")
 
@@ -88,12 +83,14 @@ class CostFit:
         sample = (records, padded, int(new), seconds)
         samples, sums = self._samples, self._sums
         self._added += 1
-        if self._added % WINDOW == 0:  # now and then from scratch, so rounding does not pile up
+        leaving = samples[0] if len(samples) == WINDOW else None
+        if self._added % WINDOW == 0 or (leaving is not None and sums.dwarfed_by(leaving)):
+            # From scratch now and then, so rounding does not pile up, and when one sample dwarfed the rest.
             samples.append(sample)
             self._sums = sums = _Sums(samples)
         else:
-            if len(samples) == WINDOW:
-                sums.add(samples[0], -1.0)
+            if leaving is not None:
+                sums.add(leaving, -1.0)
             samples.append(sample)
             sums.add(sample, 1.0)
         if len(samples) >= WARMUP:
@@ -122,8 +119,7 @@ class CostFit:
         return (records, padded) in self._shapes
 
     def predict(self, records: int, padded: int, new: bool = False) -> float:
-        """The predicted seconds of a batch, ``new`` if of a shape not run before (0.0
-        before the fit exists)."""
+        """The predicted seconds of a batch, ``new`` if of a shape not run (0.0 before a fit)."""
         if self.coefficients is None:
             return 0.0
         fixed, per_record, per_token, per_new = self.coefficients
@@ -164,6 +160,12 @@ class _Sums:
                 row[j] += x[i] * y[j]
         self.squares += sign * seconds * seconds
 
+    def dwarfed_by(self, sample: Sample) -> bool:
+        """Whether taking ``sample`` out would leave the others as its rounding error."""
+        _, padded, _, seconds = sample
+        tokens, squared = float(padded) * padded, seconds * seconds
+        return tokens > 1e6 * (self.gram[2][2] - tokens) or squared > 1e6 * (self.squares - squared)
+
     def new_shapes(self) -> float:
         """How many of the samples ran a shape new to their worker."""
         return self.gram[0][3]
@@ -171,14 +173,11 @@ class _Sums:
     def fit(self, hint: tuple[int, ...] | None = None) -> tuple[Coefficients, tuple[int, ...] | None]:
         """The fit with no negative coefficient, and the terms it uses.
 
-        It is the least-squares fit on some subset of the terms. ``hint``'s subset (the
-        last fit's, as the window slid by one batch) is tried first and kept if nothing
-        can do better: no coefficient negative, and no term left out that would lower
-        the error if it came in (the fit's optimality conditions; the problem is convex,
-        so they are enough). Then the fit on every term: if none of its coefficients is
-        negative, no subset can do better. Else each subset's, the best of them. The
-        hint spares most of the solves; where several fits are equally good, it keeps
-        the one it had.
+        The least-squares fit on some subset of the terms. ``hint``'s subset (the last
+        fit's) is tried first, kept if no coefficient is negative and no term left out
+        would lower the error (the optimality conditions of this convex problem); then
+        the fit on every term; else the best subset's. The hint spares most solves, and
+        of equally good fits keeps the one it had.
         """
         gram = [[self.gram[min(i, j)][max(i, j)] for j in range(4)] for i in range(4)]
         moments, squares = self.moments, self.squares
