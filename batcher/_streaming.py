@@ -100,7 +100,9 @@ class RecordStream(Generic[T]):
                 check_not_waiting_for_itself(self._future._counters)
                 return await receive.receive()
         except anyio.EndOfStream:
-            pass
+            # Closed now: a failed record's error holds this frame, and so the stream,
+            # which the cyclic GC may then find before it is closed.
+            receive.close()
         except anyio.ClosedResourceError:  # closed by its consumer
             raise StopAsyncIteration from None
         except BaseException:

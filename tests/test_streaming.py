@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import random
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -211,6 +212,27 @@ class TestFailures:
 
 
 class TestConsumersLeaving:
+    async def test_a_failed_stream_read_without_async_with_and_dropped_leaves_nothing_open(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The record's error holds the iterator's frame: a cycle, which the cyclic GC
+        # broke in any order, its receive stream unclosed (a ResourceWarning).
+        unraisable: list[Any] = []
+        monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+        async def model(records: list[str]) -> AsyncIterator[list[Any]]:
+            yield [f"{record}:0" for record in records]
+            yield [ValueError(record) for record in records]
+
+        async with streaming(model) as batcher:
+            items = batcher.stream("a")
+            with pytest.raises(ValueError, match="a"):
+                async for _ in items:
+                    pass
+            del items
+            gc.collect()
+        assert unraisable == []
+
     async def test_a_consumer_that_breaks_out_drops_its_items_and_the_rest_go_on(self) -> None:
         wanted: list[dict[str, bool]] = []
 
