@@ -1,13 +1,12 @@
 """Which queued records form the next batch.
 
-Plain synchronous code with no awaits, so the rules can be tested without an event
-loop. The aggregator adds records as they arrive, asks :func:`~batcher._decide.next_step`
-(given, among others, the assembly's ``full()``) what to do next, and calls ``take()``
-when it closes a batch.
+Plain synchronous code with no awaits, tested without an event loop. The aggregator
+adds records as they arrive, asks :func:`~batcher._decide.next_step` (given the
+assembly's ``full()``, among others) what to do next, and calls ``take()`` to close a batch.
 
-Every batch obeys the budget: its cost (by the cost model) never exceeds
-``target_cost``, except a batch of one record whose own cost is over the target,
-which runs alone. No batch holds more than ``max_batch_size`` records.
+Every batch obeys the budget: its cost (by the cost model) never exceeds ``target_cost``,
+except a batch of one record over the target, which runs alone; and it holds at most
+``max_batch_size`` records.
 """
 
 from __future__ import annotations
@@ -20,27 +19,16 @@ from typing import ClassVar, Generic, TypeVar
 from ._budget import Budget, new_budget
 from ._protocols import CostModel
 
-__all__ = ("Assembly", "FifoAssembly", "GroupedAssembly", "batch_cost", "make_assembly")
+__all__ = ("Assembly", "FifoAssembly", "GroupedAssembly", "make_assembly")
 
 T = TypeVar("T", bound=Hashable)
-
-
-def batch_cost(costs: list[int], cost_model: CostModel) -> int:
-    """Return what a batch of records with these costs costs under ``cost_model``."""
-    if not costs:
-        return 0
-    if cost_model == "sum":
-        return sum(costs)
-    return len(costs) * max(costs)  # "padded", and "measured", whose budget is padded
 
 
 class FifoAssembly(Generic[T]):
     """Batches in arrival order: the longest prefix of the queue that fits (once a
     batch's cost reaches the target, even a record of zero cost waits for the next).
-
-    A record that does not fit waits at the head of the queue for the next batch.
-    The open batch (the prefix) is kept up to date as records arrive, so
-    :meth:`full` is O(1) and :meth:`take` costs O(batch).
+    A record that does not fit waits at the head of the queue for the next batch. The
+    open batch is kept up to date as records arrive: :meth:`full` is O(1), :meth:`take` O(batch).
     """
 
     __slots__ = ("_budget", "_costs", "_full", "_items")
@@ -133,17 +121,15 @@ class GroupedAssembly(Generic[T]):
     batch takes the queued records whose costs are closest to its cost, while the
     budget allows; of equal costs, the oldest first.
 
-    Queued records sit in one FIFO per distinct cost, and the distinct costs in a
-    sorted list, so adding a record is O(1) (plus O(log k) for a cost not seen yet,
-    k distinct costs), and a batch costs O(batch + the costs it looks at): nothing
-    grows with the depth of the pool. A pool that fits one batch whole (a closed loop
-    the budget holds) is taken in arrival order in one pass: 15-17 µs for 64 records
-    against 97-114 grown cost by cost (``benchmarks/bench_choose.py``).
+    Queued records sit in one FIFO per distinct cost, the costs in a sorted list: adding
+    a record is O(1) (O(log k) for a new cost of k), and a batch O(batch + the costs it
+    looks at), whatever the pool's depth. A pool that fits one batch whole is taken in
+    arrival order in one pass: 15-17 µs for 64 records against 97-114 grown cost by cost
+    (``benchmarks/bench_choose.py``).
 
-    :meth:`full` reports whether ``window`` records are queued: grouping chooses
-    better from a deeper pool, so batches are closed early only when it is deep.
-    With ``live``, a record for which it returns false (withdrawn) is dropped when
-    a batch would take it, and never takes a slot.
+    :meth:`full`: whether ``window`` records are queued (grouping chooses better from a
+    deeper pool). With ``live``, a record for which it returns false (withdrawn) is
+    dropped when a batch would take it, and never takes a slot.
     """
 
     __slots__ = ("_arrival_costs", "_arrivals", "_buckets", "_budget", "_costs", "_count", "_live", "_taken", "_window")
@@ -249,13 +235,11 @@ class GroupedAssembly(Generic[T]):
 
     def _compact(self) -> None:
         """Drop the taken records from the arrival order at once, not as they reach its front."""
-        taken, arrivals, costs = self._taken, self._arrivals, self._arrival_costs
-        kept = [(item, cost) for item, cost in zip(arrivals, costs, strict=True) if item not in taken]
-        arrivals.clear()
-        costs.clear()
-        for item, cost in kept:
-            arrivals.append(item)
-            costs.append(cost)
+        taken = self._taken
+        kept = [
+            (item, cost) for item, cost in zip(self._arrivals, self._arrival_costs, strict=True) if item not in taken
+        ]
+        self._arrivals, self._arrival_costs = deque(item for item, _ in kept), deque(cost for _, cost in kept)
         taken.clear()
 
     def oldest(self) -> tuple[T, int] | None:

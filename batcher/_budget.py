@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from ._protocols import CostModel
 
-__all__ = ("Budget", "PaddedBudget", "new_budget")
+__all__ = ("Budget", "PaddedBudget", "batch_cost", "new_budget")
+
+
+def batch_cost(costs: list[int], cost_model: CostModel) -> int:
+    """Return what a batch of records with these costs costs under ``cost_model``."""
+    if not costs:
+        return 0
+    if cost_model == "sum":
+        return sum(costs)
+    return len(costs) * max(costs)  # "padded", and "measured", whose budget is padded
 
 
 class Budget:

@@ -12,7 +12,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 
-from ._assembly import batch_cost
+from ._budget import batch_cost
 from ._events import Outcome, batch_dispatched, batch_ended
 from ._exceptions import closed_error
 from ._future import Batch, BatchFuture, ModelCall

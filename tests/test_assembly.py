@@ -2,7 +2,8 @@
 
 import pytest
 
-from batcher._assembly import FifoAssembly, GroupedAssembly, batch_cost
+from batcher._assembly import FifoAssembly, GroupedAssembly
+from batcher._budget import batch_cost
 from batcher._protocols import CostModel
 
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher._assembly import FifoAssembly, GroupedAssembly, batch_cost, make_assembly
-from batcher._budget import PaddedBudget
+from batcher._assembly import FifoAssembly, GroupedAssembly, make_assembly
+from batcher._budget import PaddedBudget, batch_cost
 from batcher._cost_fit import CostFit
 from batcher._measured import MeasuredAssembly
 from batcher._protocols import CostModel

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batcher import DynamicBatcher, SyncBatcher, TokenBatcher
-from batcher._assembly import batch_cost, make_assembly
-from batcher._budget import new_budget
+from batcher._assembly import make_assembly
+from batcher._budget import batch_cost, new_budget
 from batcher._priority import PriorityAssembly
 
 from .helpers import Recorder, blocked_batcher

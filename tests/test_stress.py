@@ -30,7 +30,7 @@ from batcher import (
     QueueTimeoutError,
     RecordCancelledError,
 )
-from batcher._assembly import batch_cost
+from batcher._budget import batch_cost
 
 from .helpers import NOT_RUNNING
 
