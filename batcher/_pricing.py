@@ -9,11 +9,10 @@ import logging
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 from ._model import is_async
 from ._protocols import CostEstimatorFn
-from ._settings import as_int
 
 __all__ = ("Pricing", "Prompt", "check_cost", "text_tokens")
 
@@ -27,7 +26,13 @@ def check_cost(name: str, cost: object) -> int:
     :raises TypeError: if ``cost`` is not an integer
     :raises ValueError: if ``cost`` is negative, or past ``MAX_COST``
     """
-    cost = as_int(name, cost)
+    if type(cost) is not int:
+        if isinstance(cost, bool) or not isinstance(cost, SupportsIndex):
+            raise TypeError(f"{name} must be an int, got {type(cost).__name__}")
+        try:
+            cost = operator.index(cost)
+        except TypeError:  # a type whose __index__ refuses this value (a numpy array of 1 or more dimensions)
+            raise TypeError(f"{name} must be an int, got {type(cost).__name__}") from None
     if not 0 <= cost <= MAX_COST:
         raise ValueError(f"{name} must be >= 0, got {cost}" if cost < 0 else f"{name} must be at most 2**63 - 1")
     return cost

@@ -4,9 +4,8 @@ before anything changes."""
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
-from typing import Any, SupportsIndex, TypeVar
+from typing import Any, TypeVar
 
 from ._protocols import CostModel
 
@@ -15,25 +14,8 @@ __all__ = ("Settings", "check_callable", "check_int", "check_options", "check_se
 F = TypeVar("F")
 
 
-def as_int(name: str, value: object) -> int:
-    """Return ``value`` as a plain ``int``: an ``int``, or an integer in all but type
-    (anything with ``__index__``, such as ``numpy.int64``), but not a ``bool``.
-
-    :raises TypeError: if it is not an integer
-    """
-    if type(value) is int:
-        return value
-    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    try:
-        return operator.index(value)
-    except TypeError:  # a type whose __index__ refuses this value (a numpy array of 1 or more dimensions)
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-
-
 def check_int(name: str, value: object, minimum: int) -> int:
-    # A setting is stored as given: a plain int only (an integer in all but type is
-    # for costs, through as_int).
+    # A setting is stored as given: a plain int only (costs take integers in all but type).
     if type(value) is not int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
