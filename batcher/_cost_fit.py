@@ -19,9 +19,8 @@ about 60 ms each). On a CPU the term comes out near zero. Where the fit is not
 clearly better informed, the grouped batch goes (see :func:`choose`): a policy that
 keeps its choices keeps its shapes, and so runs warm.
 
-The least-squares sums follow the window as it slides, and a refit first tries the last
-fit's terms: mostly one small solve (35-55 µs, ``benchmarks/bench_choose.py``). Plain
-synchronous code, tested without an event loop.
+The sums follow the window as it slides; a refit first tries the last fit's terms:
+mostly one small solve (35-55 µs, ``benchmarks/bench_choose.py``). Plain code.
 """
 
 from __future__ import annotations
@@ -101,6 +100,11 @@ class CostFit:
             elif cold < len(samples) - 0.5:  # cold and warm runs: the fit tells them apart
                 self._cold = per_new
             self.coefficients = (fixed, per_record, per_token, per_new)
+
+    def forget(self, worker: int) -> None:
+        """A new worker (a cold thread) takes the index of ``worker``, which left."""
+        bit = 1 << worker
+        self._shapes = {shape: workers & ~bit for shape, workers in self._shapes.items() if workers & ~bit}
 
     @property
     def batches(self) -> int:
@@ -288,10 +292,9 @@ def choose(candidates: Sequence[tuple[int, int, int]], fit: CostFit) -> int:
     cost (``per_record + per_token * its tokens``); a batch's share of it is that sum
     over its predicted time, which counts the new-shape cost for a shape no worker has
     run. Where the fixed cost dominates, the largest batch has the largest share;
-    where padding does, a batch of similar lengths. (Records per
-    second would prefer a batch that mixes short records into a long one's padding,
-    and leave the long ones for later.) Ties go to the batch with more records, then
-    to the earlier candidate.
+    where padding does, a batch of similar lengths. (Records per second would prefer
+    mixing short records into a long one's padding, leaving the long ones for later.)
+    Ties go to the batch with more records, then to the earlier candidate.
 
     The first candidate (the grouped batch) goes during warm-up (no fit yet), while
     the fit is blind (every batch in its window was of a shape new to its worker, as
@@ -324,10 +327,8 @@ def first_is_chosen(first: tuple[int, int, int], records: int, real: int, fit: C
     waiting record fits one batch (a small model on a GPU), or where the first batch
     wastes little. Where no candidate's records do any work of their own (only a fixed
     cost was fitted, as for a model that sleeps), every share is 0 and the most records
-    go: the first, if no candidate can hold more. It saves the planning of the other
-    four, most of a take's time (161-184 µs against 319-363 in
-    ``benchmarks/bench_choose.py``'s closed loop of 64 on this 2-core machine, before a
-    pool that fits whole was taken in one pass).
+    go: the first, if no candidate can hold more. It spares planning the other four,
+    most of a take's time (``benchmarks/bench_choose.py``, BENCHMARKS.md).
     """
     if fit.coefficients is None or fit.blind:
         return True

@@ -42,7 +42,7 @@ class BatchDispatched:
     """A worker has taken a batch and is about to run it."""
 
     batch: int  #: the batch's number in the batcher's life, from 1
-    worker: int  #: which worker runs it, from 0
+    worker: int  #: which worker runs it, from 0 (one ``configure()`` starts takes the lowest index left)
     size: int  #: its records
     cost: int  #: its cost by the cost model (``padded``: ``size * max(costs)``)
     records_cost: int  #: the sum of its records' own costs (tokens, for a padded model)

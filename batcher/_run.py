@@ -7,6 +7,7 @@ the free-worker count and the fatal exception, if any."""
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from heapq import heappop, heappush
 from threading import get_ident
 from typing import Any, NoReturn
 
@@ -43,6 +44,7 @@ class Run(Intake):
 
     __slots__ = (
         "_free_workers",
+        "_left",
         "_spawned",
         "_workers",
         "batch_receive",
@@ -78,7 +80,8 @@ class Run(Intake):
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
         self._workers = settings.max_concurrent_batches  # how many will stay
-        self._spawned = settings.max_concurrent_batches  # how many were started (the next one's index)
+        self._spawned = settings.max_concurrent_batches  # how many indices are in use or left
+        self._left: list[int] = []  # the indices of workers that left, for new ones (a heap)
         #: Workers to leave when they next look for a batch (``configure()`` shrank the pool).
         self.retiring = 0
         #: Records of batches closed ahead and taken back as the first priority came (see note_priority).
@@ -238,9 +241,20 @@ class Run(Intake):
             self.counters.sole_worker_in_model = settings.max_concurrent_batches == 1
 
     def _next_index(self) -> int:
-        # The index of a worker started now, and one more started.
+        # The index of a worker started now: the lowest one a worker left, else a new
+        # one. Indices stay below the most workers that ran at once, and so do the
+        # cost fit's bit masks of the workers that ran each shape.
+        if self._left:
+            index = heappop(self._left)
+            if self.cost_fit is not None:
+                self.cost_fit.forget(index)
+            return index
         self._spawned += 1
         return self._spawned - 1
+
+    def worker_left(self, index: int) -> None:
+        """The worker of ``index`` has ended; a worker started later may take its index."""
+        heappush(self._left, index)
 
     def orphaned(self) -> bool:
         """Whether the event loop of this run ended without stopping it (``start()``

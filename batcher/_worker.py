@@ -65,6 +65,7 @@ class Worker:
                 await self._take_batches()
             finally:
                 self._thread.end()
+                self._run.worker_left(self._index)
 
     async def _take_batches(self) -> None:
         counters, run = self._counters, self._run

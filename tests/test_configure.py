@@ -3,14 +3,28 @@ constructor checks them; the next batch obeys them; bad values change nothing.""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import anyio
 import pytest
 
-from batcher import BatcherOverloadedError, DynamicBatcher, QueueTimeoutError, SyncBatcher, TokenBatcher
+from batcher import (
+    BatchDispatched,
+    BatcherOverloadedError,
+    DynamicBatcher,
+    QueueTimeoutError,
+    SyncBatcher,
+    TokenBatcher,
+)
+from batcher._run import Run
 
 from .helpers import Recorder, blocked_batcher
+
+
+def _note_worker(seen: set[int], event: object) -> None:
+    if isinstance(event, BatchDispatched):
+        seen.add(event.worker)
 
 
 class Gauge:
@@ -129,6 +143,28 @@ class TestConfigure:
             assert [await future for future in await batcher.submit_batch(range(10))] == [
                 ("done", n) for n in range(10)
             ]
+
+    async def test_a_worker_it_starts_takes_the_lowest_index_one_left(self) -> None:
+        # Indices stay below the most workers at once, and so do the measured fit's masks.
+        seen: set[int] = set()
+        gauge = Gauge()
+        observe = partial(_note_worker, seen)
+        batcher = DynamicBatcher(gauge, max_batch_size=1, cost_model="measured", observers=[observe])
+        async with batcher:
+            run = batcher._run
+            assert isinstance(run, Run)
+            assert run.cost_fit is not None
+            for _ in range(10):
+                batcher.configure(max_concurrent_batches=3)
+                futures = [await batcher.submit(n) for n in range(3)]
+                with anyio.fail_after(5):
+                    await gauge.expect(3).wait()
+                    gauge.release()
+                    assert [await future for future in futures] == [0, 1, 2]
+                batcher.configure(max_concurrent_batches=1)
+                await anyio.wait_all_tasks_blocked()  # the two idle workers have left
+            assert max(run.cost_fit._shapes.values()) < 1 << 3
+        assert seen == {0, 1, 2}
 
     async def test_process_timeout_queue_delay_and_queued_cost(self) -> None:
         async with blocked_batcher() as (batcher, model, _):

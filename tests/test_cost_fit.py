@@ -93,6 +93,18 @@ class TestFit:
         assert fit.known(4, 40)
         assert not fit.known(4, 41)
 
+    def test_a_worker_taking_the_index_of_one_that_left_meets_every_shape_new(self) -> None:
+        fit = CostFit()
+        fit.add(4, 40, 0.05, worker=0)
+        fit.add(4, 40, 0.05, worker=1)
+        fit.add(8, 80, 0.05, worker=1)
+        fit.forget(1)
+        assert fit.known(4, 40)  # worker 0 ran it
+        assert not fit.known(8, 80)  # only the worker that left did
+        fit.add(4, 40, 0.05, worker=1)
+        fit.add(4, 40, 0.001, worker=0)
+        assert [new for _, _, new, _ in fit._samples][3:] == [1, 0]
+
     def test_forgets_every_shape_past_its_limit(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr("batcher._cost_fit.SHAPES", 3)
         fit = CostFit()
