@@ -82,7 +82,9 @@ class ModelCall:
         self._reset = MODEL_CALL.set(self)
 
     def __exit__(self, *exc_info: object) -> None:
-        self.running = self.counters.sole_worker_in_model = False
+        self.running = False
+        if self.counters.running <= 1:  # no other call (configure() may shrink the pool to one under two)
+            self.counters.sole_worker_in_model = False
         MODEL_CALL.reset(self._reset)
 
 

@@ -103,21 +103,23 @@ def _real_tokens(encoded: Any) -> int:
     or the ids themselves. Padding, which the attention mask marks, is not counted."""
     if isinstance(encoded, Mapping):
         mask = encoded.get("attention_mask")
-        return sum(_row(mask)) if mask is not None else len(_row(encoded["input_ids"]))
+        return int(sum(_row(mask))) if mask is not None else len(_row(encoded["input_ids"]))
     mask = getattr(encoded, "attention_mask", None)
     if mask is not None:
-        return sum(_row(mask))
+        return int(sum(_row(mask)))  # a mask of floats too
     return len(_row(getattr(encoded, "ids", encoded)))
 
 
-def _row(values: Any) -> list[int]:
+def _row(values: Any, unwrap: bool = True) -> list[Any]:
     """One text's ids (or mask) as a flat list: an array or a tensor
-    (``return_tensors=``) is read with ``tolist()``, and a batch of one row unwrapped."""
+    (``return_tensors=``) is read with ``tolist()``, and a batch of one row (a list
+    or an array of them) unwrapped."""
     row: list[Any] = values if type(values) is list else values.tolist() if hasattr(values, "tolist") else list(values)
-    if row and isinstance(row[0], (list, tuple)):
+    first: Any = row[0] if row else None
+    if unwrap and (isinstance(first, (list, tuple)) or getattr(first, "ndim", 0) > 0):
         if len(row) != 1:
             raise TypeError(f"the tokenizer made {len(row)} rows of ids of one text; expected one")
-        row = list(row[0])
+        row = _row(row[0], unwrap=False)
     return row
 
 

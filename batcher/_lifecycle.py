@@ -8,9 +8,11 @@ run (``_run.py``).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 from collections.abc import Iterable
-from types import TracebackType
+from threading import get_ident
+from types import FrameType, TracebackType
 from typing import Any, ClassVar, Self
 
 import anyio
@@ -32,6 +34,11 @@ __all__ = ("LIVE_SETTINGS", "Lifecycle")
 ORPHANED = (
     "batcher was started (start()) under an event loop that ended without stop(), and its loops "
     "did not finish; make a new batcher, and stop() what you start() (or use 'async with batcher:')"
+)
+
+ELSEWHERE = (
+    "batcher is already running, under another thread's event loop (or was left started there, with no "
+    "stop(), when that loop ended); stop() it there, or make a new batcher"
 )
 
 #: The settings :meth:`Lifecycle.configure` may change while the batcher runs.
@@ -165,10 +172,11 @@ class Lifecycle:
 
     def _begin(self, owner: TaskGroup | None) -> Run:
         self._drop_orphan()
-        if isinstance(self._run, Run):
-            fatal = self._run.fatal
-            already = "batcher is already running; stop() it before starting it again"
-            raise RuntimeError(already if fatal is None else ENDED.format(fatal)) from fatal
+        run = self._run
+        if isinstance(run, Run):
+            elsewhere = run.thread != get_ident()
+            already = ELSEWHERE if elsewhere else "batcher is already running; stop() it before starting it again"
+            raise RuntimeError(already if run.fatal is None else ENDED.format(run.fatal)) from run.fatal
         counters, settings = self._counters, self._settings
         counters.new_event = event_factory()
         counters.parked = None  # an event of the last run's loop
@@ -209,17 +217,21 @@ class Lifecycle:
         if not run.stopped.is_set():
             raise RuntimeError(ORPHANED)
         self._run = STOPPED
-        message = f"{self!r} was not stopped before its event loop ended; stop() what you start(), or use 'async with'"
-        warnings.warn(message, ResourceWarning, stacklevel=4)
+        message = f"a {type(self).__name__} was left started (no stop()) when its event loop ended; use 'async with'"
+        warnings.warn(message, ResourceWarning, stacklevel=_outside())
 
     async def _close(self, *, abort: bool) -> None:
         self._drop_orphan()
         run = self._run
-        if isinstance(run, Run):
-            try:
-                await run.close(abort=abort, in_worker=self._in_own_worker())
-            finally:
-                self._forget(run)
+        if not isinstance(run, Run):
+            self._run = STOPPED  # serve() (or SyncBatcher.stop()) raises what ended the last run, if anything
+            return
+        try:
+            await run.close(abort=abort, in_worker=self._in_own_worker())
+        finally:
+            self._forget(run)
+            if run.stopped.is_set() and not isinstance(self._run, Run):
+                self._run = STOPPED  # what ended it, if anything, is raised: by close() or serve()
 
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(event)`` with every event from now on (see :mod:`batcher.metrics`
@@ -276,3 +288,13 @@ class Lifecycle:
         self._model.timeout_s = new.process_timeout_s
         if isinstance(self._run, Run):
             self._run.reconfigure(new)
+
+
+def _outside() -> int:
+    # The stacklevel of the first frame outside this package, for a warning its caller
+    # gives: the user's line, whichever way in (start(), stop(), 'async with', serve()).
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("batcher."):
+        frame, level = frame.f_back, level + 1
+    return level

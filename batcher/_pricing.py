@@ -9,6 +9,7 @@ import logging
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set, Sized
 from dataclasses import dataclass
+from types import MemberDescriptorType
 from typing import Any, SupportsIndex
 
 from ._model import is_async
@@ -28,6 +29,9 @@ def check_cost(name: str, cost: object) -> int:
     """
     if type(cost) is not int:
         if isinstance(cost, bool) or not isinstance(cost, SupportsIndex):
+            if inspect.iscoroutine(cost):
+                cost.close()  # never awaited: no warning of it
+                raise TypeError(f"{name} must be an int, got a coroutine (from an async function: use a plain one)")
             raise TypeError(f"{name} must be an int, got {type(cost).__name__}")
         try:
             cost = operator.index(cost)
@@ -147,7 +151,7 @@ class Pricing:
             entry = operator.methodcaller(method), f"the cost from {kind.__name__}.{method}()"
         elif fallback is not None:
             entry = fallback, f"the cost of a {kind.__name__}"
-        elif kind.__dictoffset__ or hasattr(kind, "__getattr__"):  # its records may carry a method of their own
+        elif self._may_carry_own(kind):
             methods = " or ".join(f"{m}()" for m in self._methods)
             entry = self._own_or_default, f"the cost from {kind.__name__}'s {methods}"
         else:
@@ -166,17 +170,25 @@ class Pricing:
             raise TypeError(f"{kind.__name__}.{method}() must be a plain method returning an int, not an async one")
         return method
 
+    def _may_carry_own(self, kind: type) -> bool:
+        """Whether records of ``kind``, whose class has none of the cost methods, may
+        carry one of their own: in their ``__dict__``, in a slot, or from ``__getattr__``
+        (not where the class gives the name to something else, a property say)."""
+        found = [inspect.getattr_static(kind, name, None) for name in self._methods]
+        if any(value is not None and not isinstance(value, MemberDescriptorType) for value in found):
+            return False
+        return bool(kind.__dictoffset__) or hasattr(kind, "__getattr__") or any(found)
+
     def _own_or_default(self, record: Any) -> Any:
-        # A record whose class has no cost method may still carry one (an instance
-        # attribute, a proxy's __getattr__): it is looked up on each record.
+        # Looked up on each record. A lookup that fails in any way finds nothing: a
+        # record's __getattr__ may raise KeyError (a dict with attribute access).
         for name in self._methods:
-            method = getattr(record, name, None)
+            try:
+                method = getattr(record, name, None)
+            except Exception:
+                method = None
             if callable(method):
-                cost = method()
-                if inspect.iscoroutine(cost):
-                    cost.close()  # never awaited: no warning of it
-                    raise TypeError(f"{type(record).__name__}.{name}() must be a plain method returning an int")
-                return cost
+                return check_cost(f"the cost from {type(record).__name__}.{name}()", method())
         self._warn(type(record))
         return self._default
 

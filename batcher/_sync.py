@@ -24,7 +24,10 @@ from ._token import TokenBatcher
 
 __all__ = ("SyncBatcher",)
 
-RUNNING_ELSEWHERE = "batcher is already running; give SyncBatcher a stopped batcher, it starts the batcher itself"
+RUNNING_ELSEWHERE = (
+    "batcher is already running (or was left started, with no stop(), when its event loop ended); "
+    "give SyncBatcher a stopped batcher, it starts the batcher itself"
+)
 NO_TOKENS = "estimated_tokens needs a TokenBatcher; use estimated_cost"
 
 

@@ -234,7 +234,8 @@ def _stray(exc: BaseException) -> RuntimeError:
     # and keep the original as the cause.
     error = RuntimeError(
         f"process_fn raised {type(exc).__name__} although the batcher was not cancelled "
-        "(did it await a task that someone else cancelled?)"
+        "(did it await a task that someone else cancelled, or did the event loop end with the batcher "
+        "started and not stopped?)"
     )
     error.__cause__ = exc
     return error

@@ -344,6 +344,39 @@ class TestAbnormalExit:
         assert all(future.exception().__cause__ is fatal for future in futures[3:])  # type: ignore[union-attr]
         assert not batcher.is_running
         assert_balanced(batcher)
+        # stop() raised it: the batcher lets go of it (and of the frames and records it holds).
+        assert batcher._run.fatal is None
+        with pytest.raises(RuntimeError, match=NOT_RUNNING) as refused:
+            await batcher.submit(9)
+        assert refused.value.__cause__ is None
+
+    async def test_after_serve_raised_it_stop_lets_go_of_the_fatal_exception(self) -> None:
+        fatal = Fatal("under serve()")
+
+        async def fn(batch: list[int]) -> list[int]:
+            raise fatal
+
+        batcher = DynamicBatcher(fn)
+        futures: list[BatchFuture[int]] = []
+
+        async def served() -> None:
+            async with anyio.create_task_group() as tg:
+                await tg.start(batcher.serve)
+                futures.append(await batcher.submit(1))
+
+        with anyio.fail_after(5):
+            with pytest.raises(BaseExceptionGroup) as group:
+                await served()
+            assert group.value.exceptions == (fatal,)
+            assert isinstance(futures[0].exception(), BatcherClosedError)
+            with pytest.raises(RuntimeError, match=NOT_RUNNING) as refused:
+                await batcher.submit(2)
+            assert refused.value.__cause__ is fatal  # until stop()
+            await batcher.stop()  # serve() raised it already: not again
+        assert batcher._run.fatal is None
+        with pytest.raises(RuntimeError, match=NOT_RUNNING) as refused:
+            await batcher.submit(3)
+        assert refused.value.__cause__ is None
 
     async def test_process_timeout_fails_the_batch_and_goes_on(self) -> None:
         calls = 0

@@ -194,6 +194,36 @@ class TestAwaitingItsOwnBatcher:
                 batcher.configure(max_concurrent_batches=1)  # the idle worker leaves
                 shrunk.set()
 
+    async def test_after_configure_shrinks_two_busy_workers_to_one_the_one_left_is_refused(self) -> None:
+        # The first call to return must not lift the refusal for the other, still inside.
+        batcher: DynamicBatcher[str, str]
+        both_in, release_first, first_out = anyio.Event(), anyio.Event(), anyio.Event()
+        inside = 0
+
+        async def fn(batch: list[str]) -> list[str]:
+            nonlocal inside
+            inside += 1
+            if inside == 2:
+                both_in.set()
+            if batch == ["first"]:
+                await release_first.wait()
+                return batch
+            await first_out.wait()
+            with pytest.raises(RuntimeError, match="process_fn awaited a result of its own batcher"):
+                await batcher.call("inner")
+            return batch
+
+        batcher = DynamicBatcher(fn, max_batch_size=1, max_concurrent_batches=2)
+        with anyio.fail_after(5):
+            async with batcher:
+                second, first = await batcher.submit("second"), await batcher.submit("first")
+                await both_in.wait()
+                batcher.configure(max_concurrent_batches=1)  # both busy: the first to finish leaves
+                release_first.set()
+                assert await first == "first"
+                first_out.set()
+                assert await second == "second"
+
     async def test_a_task_it_left_running_is_not_taken_for_it_once_its_call_returned(self) -> None:
         # Tasks copy the context they start from: one the process function started in
         # a task group of the caller's counts as the function only while its call runs.

@@ -111,16 +111,22 @@ class TestCounting:
             lambda ids: {"input_ids": numpy.array([ids])},
             lambda ids: {"input_ids": [ids]},
             lambda ids: numpy.array(ids),
+            lambda ids: {"input_ids": [numpy.array(ids)]},  # a list holding one row
+            # a mask of floats, as a model's wrapper may make it
+            lambda ids: SimpleNamespace(ids=[*ids, 0], attention_mask=[1.0] * len(ids) + [0.0]),
+            lambda ids: {"input_ids": [*ids, 0], "attention_mask": numpy.array([[1.0] * len(ids) + [0.0]])},
         ],
-        ids=["tensors-padded", "tensors", "nested-list", "array"],
+        ids=["tensors-padded", "tensors", "nested-list", "array", "list-of-array", "float-mask", "float-mask-array"],
     )
     def test_ids_as_arrays_or_one_row_are_counted_by_their_tokens(self, tokenize: Any) -> None:
         # Counting the rows (1) or a mapping's keys (2) broke padded budgets silently.
         def tokenizer(text: str) -> Any:
             return tokenize([101, *(len(word) for word in text.split()), 102])
 
-        assert hf_token_estimator(tokenizer)("one two three") == 5
-        assert hf_token_estimator(SimpleNamespace(encode=tokenizer))("one two three") == 5
+        for estimate in (hf_token_estimator(tokenizer), hf_token_estimator(SimpleNamespace(encode=tokenizer))):
+            count = estimate("one two three")
+            assert count == 5
+            assert type(count) is int  # a cost, as TokenBatcher checks it
 
     def test_ids_of_several_rows_are_refused(self) -> None:
         estimate = hf_token_estimator(lambda text: {"input_ids": numpy.array([[101, 102], [101, 102]])})

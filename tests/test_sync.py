@@ -170,6 +170,10 @@ class TestLifecycle:
         with pytest.raises(Fatal):
             batcher.stop()
         assert not batcher.is_running
+        assert batcher._batcher._run.fatal is None  # stop() raised it: let go
+        with pytest.raises(RuntimeError, match="SyncBatcher is not running") as refused:
+            batcher.call(3)
+        assert refused.value.__cause__ is None
 
     def test_a_sync_batcher_collected_while_running_warns(self, backend: str) -> None:
         inner = DynamicBatcher(double)
@@ -698,7 +702,11 @@ class TestErrors:
     def test_a_batcher_running_elsewhere(self, backend: str) -> None:
         inner = DynamicBatcher(double)
         idle = SyncBatcher(inner, backend=backend)
-        running_elsewhere = re.escape("batcher is already running; give SyncBatcher a stopped batcher")
+        running_elsewhere = (
+            re.escape("batcher is already running (or was left started")
+            + ".*"
+            + re.escape("give SyncBatcher a stopped batcher")
+        )
         with SyncBatcher(inner, backend=backend) as batcher:
             with pytest.raises(RuntimeError, match=running_elsewhere):
                 SyncBatcher(inner, backend=backend)

@@ -263,6 +263,46 @@ class TestCostPrecedence:
         assert await self.costs_seen(by_default, call(SimpleNamespace())) == 5
         assert await self.costs_seen(DynamicBatcher(echo), call(SimpleNamespace(estimate_cost=lambda: 7))) == 7
 
+    async def test_a_record_that_carries_no_cost_method_costs_the_default(self) -> None:
+        # Whatever its lookup does: a __getattr__ raising KeyError, a property that raises.
+        class AttrDict(dict[str, Any]):
+            __getattr__ = dict.__getitem__
+
+        class Named:
+            @property
+            def estimate_cost(self) -> Any:
+                raise ValueError("not a cost method")
+
+        class Slotted:  # a slot holds its own cost method
+            __slots__ = ("estimate_cost",)
+
+            def __init__(self) -> None:
+                self.estimate_cost = lambda: 5
+
+        def call(record: Any) -> Any:
+            return lambda batcher: batcher.call(record)
+
+        assert await self.costs_seen(DynamicBatcher(echo), call(AttrDict(text="hi"))) == 1
+        assert await self.costs_seen(TokenBatcher(echo, default_token_estimate=3), call(AttrDict(text="hi"))) == 3
+        assert await self.costs_seen(DynamicBatcher(echo), call(Named())) == 1
+        assert await self.costs_seen(DynamicBatcher(echo), call(Slotted())) == 5
+
+    async def test_a_coroutine_for_a_cost_is_refused_and_closed(self) -> None:
+        async def later() -> int:
+            return 1
+
+        class Returns:
+            def estimate_cost(self) -> Any:
+                return later()
+
+        async with DynamicBatcher(echo, cost_estimator=lambda record: later()) as batcher:  # type: ignore[arg-type,return-value]
+            with pytest.raises(TypeError, match="cost_estimator must be an int, got a coroutine"):
+                await batcher.submit("x")
+        async with DynamicBatcher(echo) as batcher:
+            with pytest.raises(TypeError, match=r"Returns.estimate_cost\(\) must be an int, got a coroutine"):
+                await batcher.submit(Returns())
+            assert batcher.stats.total_submitted == 0  # and no "never awaited" warning (filterwarnings: error)
+
     async def test_an_async_estimator_or_cost_method_is_refused_by_name(self) -> None:
         async def estimate(record: Any) -> int:
             return 1
@@ -283,7 +323,7 @@ class TestCostPrecedence:
         async with TokenBatcher(echo) as batcher:
             with pytest.raises(TypeError, match=r"Slow.estimate_tokens\(\) must be a plain method returning an int"):
                 await batcher.submit(Slow())
-            with pytest.raises(TypeError, match=r"SimpleNamespace.estimate_tokens\(\) must be a plain method"):
+            with pytest.raises(TypeError, match=r"SimpleNamespace.estimate_tokens\(\) must be an int, got a coroutine"):
                 await batcher.submit(SimpleNamespace(estimate_tokens=estimate_later))
             assert batcher.stats.total_submitted == 0
 
