@@ -27,6 +27,7 @@ __all__ = (
     "IN_LOOP",
     "IN_TRIO",
     "NOT_RUNNING",
+    "RUNNING_ELSEWHERE",
     "Loop",
     "check_backend",
     "check_caller",
@@ -41,6 +42,10 @@ IN_LOOP = (
     "in async code on that loop, await the batcher's own methods"
 )
 ALREADY_RUNNING = "SyncBatcher is already running; stop() it before starting it again"
+RUNNING_ELSEWHERE = (
+    "batcher is already running (or was left started, with no stop(), when its event loop ended); "
+    "give SyncBatcher a stopped batcher, it starts the batcher itself"
+)
 STOPPING = (
     "SyncBatcher is stopping (its process function called stop()); call stop() from the thread "
     "that started it, then start() starts it again"

@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, Self, overload
 from ._dynamic import DynamicBatcher
 from ._from_thread import call_from_thread, call_on_loop, submit_from_thread, withdraw_if_cancelled
 from ._future import check_not_waiting_for_itself
-from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_backend, check_caller
+from ._loop import IN_LOOP, NOT_RUNNING, RUNNING_ELSEWHERE, Loop, check_backend, check_caller
 from ._map import Progress
 from ._protocols import RecordT, ResultT
 from ._settings import check_options, check_seconds
@@ -24,10 +24,6 @@ from ._token import TokenBatcher
 
 __all__ = ("SyncBatcher",)
 
-RUNNING_ELSEWHERE = (
-    "batcher is already running (or was left started, with no stop(), when its event loop ended); "
-    "give SyncBatcher a stopped batcher, it starts the batcher itself"
-)
 NO_TOKENS = "estimated_tokens needs a TokenBatcher; use estimated_cost"
 
 
@@ -148,15 +144,17 @@ class SyncBatcher(Generic[RecordT, ResultT]):
             loop.run(self._batcher.stop)  # from the process function: begins the stop, returns at once
             loop.closing = True
             return
-        with self._lock:
+        with self._lock:  # another thread's stop() ends first
             loop = self._loop
             if loop is None:
                 return
             if loop.on_loop_thread():
                 raise RuntimeError(IN_LOOP)
             check_caller(self._backend)
-            self._loop = None
-            loop.close(self._batcher)
+            try:
+                loop.close(self._batcher)  # a process function's stop() meanwhile finds the loop, and returns
+            finally:
+                self._loop = None
 
     def close(self) -> None:
         """The same as :meth:`stop`."""
@@ -164,21 +162,22 @@ class SyncBatcher(Generic[RecordT, ResultT]):
 
     def __del__(self) -> None:
         if getattr(self, "_loop", None) is not None:
-            warnings.warn(
-                f"{self!r} was garbage-collected without being stopped; use 'with SyncBatcher(batcher):' or stop()",
-                ResourceWarning,
-                source=self,
-                stacklevel=1,
-            )
+            message = f"{self!r} was garbage-collected without being stopped; "
+            message += "use 'with SyncBatcher(batcher):' or stop()"
+            warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
 
     def configure(self, **settings: Any) -> None:
         """Change settings as :meth:`DynamicBatcher.configure` does, from any thread
-        but the loop's; before :meth:`start`, for the run to come.
+        but the loop's; before :meth:`start`, for the run to come. While another
+        thread starts or stops it, it waits for that to end.
 
         :raises TypeError: for a setting it cannot change, or of the wrong type
         :raises ValueError: for a value out of range
         """
         loop = self._loop
+        if (loop is None or loop.closing) and not self._batcher._in_own_worker():
+            with self._lock:  # a start() or stop() under way (not one that waits for this caller)
+                loop = self._loop
         if loop is None:
             self._batcher.configure(**settings)
             return

@@ -86,6 +86,33 @@ async def double(batch: list[int]) -> list[int]:
     return [x * 2 for x in batch]
 
 
+def until(condition: Any) -> None:
+    """Wait (bounded by ``WAIT``) for a state another thread reaches without an event to wait on."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "the other thread did not get there"
+        time.sleep(0.001)
+
+
+def _closing(batcher: SyncBatcher[Any, Any]) -> bool:
+    loop = batcher._loop
+    return loop is not None and loop.closing
+
+
+def in_thread(func: Any) -> Future[Any]:
+    """Run ``func()`` in a new thread; its outcome in a future."""
+    outcome: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(func())
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    threading.Thread(target=run).start()
+    return outcome
+
+
 class TestLifecycle:
     def test_with_starts_and_stops(self, backend: str) -> None:
         inner = DynamicBatcher(double)
@@ -149,6 +176,67 @@ class TestLifecycle:
         assert batcher.stats.total_completed == 1
         with batcher:  # stopped by the with block: it starts again
             assert batcher.call(9) == 9
+
+    def test_a_process_function_stopping_while_another_thread_stops_returns_at_once(self, backend: str) -> None:
+        # The stop under way waits for this very batch: a stop() that waited for it would hang both.
+        go, returned = threading.Event(), threading.Event()
+
+        def stopping(batch: list[int]) -> list[int]:
+            assert go.wait(WAIT)
+            batcher.stop()
+            returned.set()
+            return batch
+
+        batcher: SyncBatcher[int, int] = SyncBatcher(DynamicBatcher(stopping), backend=backend)
+        batcher.start()
+        future = batcher.submit(5)
+        stopper = threading.Thread(target=batcher.stop)
+        stopper.start()
+        until(lambda: _closing(batcher))  # the other thread's stop() waits for the batch
+        go.set()
+        stopper.join(WAIT)
+        assert not stopper.is_alive()
+        assert returned.is_set()
+        assert future.result(0) == 5
+        assert not batcher.is_running
+
+    def test_configure_while_another_thread_starts_or_stops_waits_and_applies(self, backend: str) -> None:
+        model = Gate(hold_from=0)
+        batcher = SyncBatcher(DynamicBatcher(model), backend=backend)
+        batcher.start()
+        batcher.submit("first")
+        assert model.entered.wait(WAIT)
+        stopper = threading.Thread(target=batcher.stop)
+        stopper.start()
+        until(lambda: _closing(batcher))
+        configured = in_thread(partial(batcher.configure, max_batch_size=8))
+        model.release()
+        stopper.join(WAIT)
+        assert configured.result(WAIT) is None  # for the run to come
+        assert batcher._batcher._settings.max_batch_size == 8
+
+        entering, enter = threading.Event(), threading.Event()
+
+        class SlowToEnter:
+            async def __aenter__(self) -> None:
+                entering.set()
+                await anyio.to_thread.run_sync(enter.wait, WAIT)
+
+            async def __aexit__(self, *exc_info: object) -> None:
+                pass
+
+            async def __call__(self, batch: list[int]) -> list[int]:
+                return batch
+
+        batcher = SyncBatcher(DynamicBatcher(SlowToEnter()), backend=backend)
+        starting = in_thread(batcher.start)
+        assert entering.wait(WAIT)
+        configured = in_thread(partial(batcher.configure, max_batch_size=4))
+        enter.set()
+        assert starting.result(WAIT) is None
+        assert configured.result(WAIT) is None
+        assert batcher._batcher._settings.max_batch_size == 4
+        batcher.stop()
 
     def test_a_fatal_process_function_exception_is_raised_by_stop(self, backend: str) -> None:
         class Fatal(BaseException):
