@@ -42,9 +42,10 @@ class MapResults(Generic[T]):
     At most ``window`` records of the map are in flight at a time (submitted and
     not yet yielded), so an unbounded input takes bounded memory. An exception
     raised by the input itself comes after the results of the records read
-    before it, as a generator's would. One task at a
-    time iterates it (a second one waiting at once gets :exc:`RuntimeError`, as
-    with an async generator).
+    before it, as a generator's would. A record refused at submit (a
+    :exc:`BatcherOverloadedError`, a bad cost, a stop) ends the map at once: its error
+    is raised and the rest withdrawn. One task at a time iterates it (a second one
+    waiting at once gets :exc:`RuntimeError`, as with an async generator).
     """
 
     def __init__(
@@ -133,12 +134,19 @@ class MapResults(Generic[T]):
             if record is _NONE:
                 return
             try:
-                future = self._batcher.submit_nowait(record, **self._options)
-            except anyio.WouldBlock:
-                if self._pending():
-                    self._held = record  # for the next turn: results are on their way
-                    return
-                future = await self._batcher.submit(record, **self._options)
+                try:
+                    future = self._batcher.submit_nowait(record, **self._options)
+                except anyio.WouldBlock:
+                    if self._pending():
+                        self._held = record  # for the next turn: results are on their way
+                        return
+                    future = await self._batcher.submit(record, **self._options)
+            except Exception:  # refused (shed, a bad cost, a stop): raised at once, as a failure is
+                self.close()
+                raise
+            except BaseException:
+                self._held = record  # cancelled while it waited for room: it is not lost
+                raise
             if self._ordered:
                 self._in_flight.append(future)
             else:

@@ -121,9 +121,10 @@ class Run(Intake):
                     await keeper.start(self.deadlines.keep)
                     async with anyio.create_task_group() as loops:
                         await loops.start(Aggregator(self, counters).run)
-                        for index in range(self.settings.max_concurrent_batches):
+                        for index in range(self._workers):
                             await loops.start(Worker(self, model, counters, index).run)
                         self.loops, self.model = loops, model
+                        self._resize()  # to what configure() may have set as they started
                         task_status.started()
                     keeper.cancel_scope.cancel()  # every record has been dispatched or has ended
         finally:
@@ -221,9 +222,15 @@ class Run(Intake):
         next decides (it is woken to), and the pool of workers grows or shrinks."""
         self.apply(settings)
         self._wake_aggregator()
-        loops, model = self.loops, self.model
+        self._resize()
+        if self.counters.running:  # a process function running now may no longer wait for its own records
+            self.counters.sole_worker_in_model = settings.max_concurrent_batches == 1
+
+    def _resize(self) -> None:
+        # Start or retire workers to make the pool max_concurrent_batches strong.
+        loops, model, settings = self.loops, self.model, self.settings
         if loops is None or model is None or self._input_ended:
-            return  # the loops are finishing: no new batch will need a new worker
+            return  # starting (serve() resizes once its workers run), or finishing: no new batch needs one
         while self._workers < settings.max_concurrent_batches:
             if self.retiring:
                 self.retiring -= 1  # a busy worker asked to leave stays after all
@@ -237,8 +244,6 @@ class Run(Intake):
                 self.batch_sent()
             else:
                 self.retiring += 1  # every worker is busy: the first to finish its batch leaves
-        if self.counters.running:  # a process function running now may no longer wait for its own records
-            self.counters.sole_worker_in_model = settings.max_concurrent_batches == 1
 
     def _next_index(self) -> int:
         # The index of a worker started now: the lowest one a worker left, else a new

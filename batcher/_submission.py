@@ -170,8 +170,8 @@ class Intake:
                 "whatever the load, so a retry fails too"
             )
         raise BatcherOverloadedError(
-            f"the batcher is overloaded: {counters.queued_cost} of max_queued_cost={limit} is queued, "
-            f"and {cost} more would not fit; try again later"
+            f"the batcher is overloaded: {counters.queued_cost + self._reserved} of max_queued_cost={limit} "
+            f"is queued or on its way, and {cost} more would not fit; try again later"
         )
 
     def queue_behind(self, future: BatchFuture[Any], delay: float | None = None) -> None:

@@ -12,6 +12,7 @@ import pytest
 from batcher import (
     BatchDispatched,
     BatcherOverloadedError,
+    BatchFuture,
     DynamicBatcher,
     QueueTimeoutError,
     SyncBatcher,
@@ -57,6 +58,29 @@ class Gauge:
     def release(self) -> None:
         self.gate.set()
         self.gate = anyio.Event()
+
+
+class StartingGauge(Gauge):
+    """A :class:`Gauge` entered as the batcher starts, which waits there until ``enter`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entering, self.enter = anyio.Event(), anyio.Event()
+
+    async def __aenter__(self) -> StartingGauge:
+        self.entering.set()
+        await self.enter.wait()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+
+async def release_all(gauge: Gauge, futures: list[BatchFuture[Any]]) -> None:
+    """Release the gauge's batches until every future has ended."""
+    while not all(future.done() for future in futures):
+        gauge.release()
+        await anyio.wait_all_tasks_blocked()
 
 
 class TestConfigure:
@@ -143,6 +167,34 @@ class TestConfigure:
             assert [await future for future in await batcher.submit_batch(range(10))] == [
                 ("done", n) for n in range(10)
             ]
+
+    @pytest.mark.parametrize(("before", "during"), [(3, 1), (1, 3)])
+    async def test_a_pool_resized_while_the_batcher_starts_has_the_new_size(self, before: int, during: int) -> None:
+        gauge = StartingGauge()
+        batcher = DynamicBatcher(gauge, max_batch_size=1, max_concurrent_batches=before)
+
+        async def admin() -> None:
+            await gauge.entering.wait()  # serve() waits for the model to enter: no worker runs yet
+            batcher.configure(max_concurrent_batches=during)
+            gauge.enter.set()
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(admin)
+                await tg.start(batcher.serve)
+                futures = [await batcher.submit(n) for n in range(4)]
+                await gauge.expect(during).wait()
+                await anyio.wait_all_tasks_blocked()
+                assert gauge.now == during  # and no more
+                await release_all(gauge, futures)
+                assert gauge.peak == during
+                batcher.configure(max_concurrent_batches=1)  # counted from the pool there is
+                gauge.peak = 0
+                futures += [await batcher.submit(n) for n in range(4, 7)]
+                await release_all(gauge, futures)
+                await batcher.stop()
+        assert [future.result() for future in futures] == list(range(7))
+        assert gauge.peak == 1
 
     async def test_a_worker_it_starts_takes_the_lowest_index_one_left(self) -> None:
         # Indices stay below the most workers at once, and so do the measured fit's masks.

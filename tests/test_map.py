@@ -10,9 +10,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from batcher import DynamicBatcher, TokenBatcher
+from batcher import BatcherOverloadedError, DynamicBatcher, TokenBatcher
 
-from .helpers import NOT_RUNNING, Recorder
+from .helpers import NOT_RUNNING, Recorder, blocked_batcher
 
 
 async def double(batch: list[int]) -> list[int]:
@@ -111,6 +111,37 @@ class TestFailures:
                 with pytest.raises(KeyError, match="the input broke"):
                     await consume(batcher)
         assert (got if ordered else sorted(got)) == [2 * n for n in range(300)]
+
+    @pytest.mark.parametrize("ordered", [True, False])
+    async def test_a_record_refused_at_submit_ends_the_map_at_once(self, ordered: bool) -> None:
+        # As a failure does: raised, and the rest withdrawn. Iterating on finds the map
+        # ended, not the records behind the refused one skipped.
+        async with blocked_batcher(max_queued_cost=3, max_batch_size=1) as (batcher, model, _):
+            results = batcher.map(range(6), ordered=ordered)
+            with pytest.raises(BatcherOverloadedError, match="max_queued_cost=3"):
+                await results.__anext__()  # 0, 1 and 2 queued, 3 refused
+            assert batcher.stats.queued == 0  # withdrawn
+            assert [result async for result in results] == []
+            model.release()
+        assert model.records == ["first"]
+        assert batcher.stats.total_shed == 1
+
+    async def test_a_wait_for_room_cancelled_loses_no_record(self) -> None:
+        async def cancel_once_blocked(scope: anyio.CancelScope) -> None:
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+
+        async with blocked_batcher(max_queue_size=1, max_batch_size=1) as (batcher, model, _):
+            fillers = [await batcher.submit(name) for name in ("taken", "in the stream")]  # it is full
+            results = batcher.map([7, 8])
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as scope:
+                    tg.start_soon(cancel_once_blocked, scope)
+                    await results.__anext__()  # waits for room for 7
+            assert scope.cancelled_caught
+            model.release()
+            assert [result async for result in results] == [("done", 7), ("done", 8)]
+            assert [await filler for filler in fillers] == [("done", "taken"), ("done", "in the stream")]
 
     async def test_on_a_stopped_batcher(self) -> None:
         batcher = DynamicBatcher(double)
