@@ -194,6 +194,12 @@ class Lifecycle:
     def _in_own_worker(self) -> bool:  # called by this batcher's process function?
         return in_model(self._counters)
 
+    def _awaited_by_run(self) -> bool:
+        """Whether the caller is what a start or stop under way may wait for: the run's
+        event loop thread (an observer, a callback) or its process function."""
+        run = self._run
+        return (isinstance(run, Run) and run.thread == get_ident()) or in_model(self._counters)
+
     def _forget(self, run: Run) -> None:
         # A run is over once its loops have ended and start()'s task group is exited.
         if self._run is run and run.owner is None and run.stopped.is_set():

@@ -47,8 +47,8 @@ RUNNING_ELSEWHERE = (
     "give SyncBatcher a stopped batcher, it starts the batcher itself"
 )
 STOPPING = (
-    "SyncBatcher is stopping (its process function called stop()); call stop() from the thread "
-    "that started it, then start() starts it again"
+    "SyncBatcher is stopping; once stop() has returned, start() starts it again (if its process "
+    "function began the stop, the thread that started it still calls stop())"
 )
 IN_TRIO = (
     "SyncBatcher(backend='trio') cannot be used from a thread that runs trio, which refuses to wait "

@@ -116,9 +116,11 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         batcher accepts records.
 
         :raises RuntimeError: if it is already running, or the batcher was started elsewhere
-        :raises Exception: what kept the batcher from starting (its process function
-            failed to enter, say)
+        :raises Exception: what kept the batcher from starting (entering its process function)
         """
+        loop = self._loop
+        if loop is not None and self._batcher._awaited_by_run():  # a stop under way would wait for the caller
+            raise RuntimeError(loop.refusal(self._batcher)) from self._batcher._run.fatal
         with self._lock:
             if self._loop is not None:
                 raise RuntimeError(self._loop.refusal(self._batcher)) from self._batcher._run.fatal
@@ -131,18 +133,17 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         stop the batcher and the loop. Does nothing if it is not running; a
         stopped ``SyncBatcher`` can be started again.
 
-        Called from inside the process function, it only begins the graceful
-        stop and returns at once; the thread that started the ``SyncBatcher``
-        still ends it with :meth:`stop` or ``with``.
+        From inside the process function it only begins the stop and returns at
+        once; the thread that started it still calls :meth:`stop` (or ``with`` does).
 
         :raises RuntimeError: if called from the loop's own thread
         :raises BaseException: what a process function raised outside
             :exc:`Exception` (such as :exc:`KeyboardInterrupt`), which ended the batcher
         """
         loop = self._loop
-        if loop is not None and self._batcher._in_own_worker():
+        if loop is not None and self._batcher._awaited_by_run():  # a stop under way would wait for the caller
             loop.run(self._batcher.stop)  # from the process function: begins the stop, returns at once
-            loop.closing = True
+            loop.closing = True  # (on the loop's thread, run() refuses: IN_LOOP)
             return
         with self._lock:  # another thread's stop() ends first
             loop = self._loop
@@ -175,7 +176,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :raises ValueError: for a value out of range
         """
         loop = self._loop
-        if (loop is None or loop.closing) and not self._batcher._in_own_worker():
+        if (loop is None or loop.closing) and not self._batcher._awaited_by_run():
             with self._lock:  # a start() or stop() under way (not one that waits for this caller)
                 loop = self._loop
         if loop is None:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import anyio
 import pytest
 
-from batcher import BatcherClosedError, DynamicBatcher, Prompt, SyncBatcher, TokenBatcher
+from batcher import BatchEnded, BatcherClosedError, DynamicBatcher, Prompt, SyncBatcher, TokenBatcher
 
 from .helpers import Seen
 
@@ -171,7 +171,7 @@ class TestLifecycle:
             assert batcher.call(7) == 7
             with pytest.raises(RuntimeError, match=NOT_RUNNING):
                 batcher.call(8)
-            with pytest.raises(RuntimeError, match=r"SyncBatcher is stopping \(its process function called stop\(\)\)"):
+            with pytest.raises(RuntimeError, match=r"SyncBatcher is stopping; once stop\(\) has returned"):
                 batcher.start()
         assert batcher.stats.total_completed == 1
         with batcher:  # stopped by the with block: it starts again
@@ -237,6 +237,35 @@ class TestLifecycle:
         assert configured.result(WAIT) is None
         assert batcher._batcher._settings.max_batch_size == 4
         batcher.stop()
+
+    def test_the_loop_thread_is_refused_not_blocked_during_another_threads_stop(self, backend: str) -> None:
+        # An observer (or a done-callback) runs on the loop, which the stop under way waits for.
+        outcomes: list[str] = []
+
+        def observe(event: object) -> None:
+            if isinstance(event, BatchEnded):
+                for attempt in (batcher.stop, batcher.start, partial(batcher.configure, max_batch_size=2)):
+                    try:
+                        attempt()
+                        outcomes.append("returned")
+                    except RuntimeError as exc:
+                        outcomes.append(str(exc))
+
+        model = Gate(hold_from=0)
+        batcher = SyncBatcher(DynamicBatcher(model, observers=[observe]), backend=backend)
+        batcher.start()
+        batcher.submit("x")
+        assert model.entered.wait(WAIT)
+        stopper = in_thread(batcher.stop)
+        until(lambda: _closing(batcher))
+        model.release()
+        assert stopper.result(WAIT) is None
+        stopping = "SyncBatcher is stopping; once stop() has returned, start() starts it again"
+        assert [outcome[: len(stopping)] for outcome in outcomes] == [
+            IN_LOOP_MESSAGE[: len(stopping)],
+            stopping,
+            IN_LOOP_MESSAGE[: len(stopping)],
+        ]
 
     def test_a_fatal_process_function_exception_is_raised_by_stop(self, backend: str) -> None:
         class Fatal(BaseException):
