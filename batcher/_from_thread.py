@@ -17,14 +17,40 @@ from anyio.abc import TaskStatus
 
 from ._future import BatchFuture, check_not_waiting_for_itself
 from ._loop import Loop, refused_as_not_running
+from ._settings import check_options, check_seconds
+from ._token import TokenBatcher
 
 if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
     from ._stats import Counters
 
-__all__ = ("call_from_thread", "call_on_loop", "submit_from_thread", "withdraw_if_cancelled")
+__all__ = ("call_from_thread", "call_on_loop", "submit_from_thread", "thread_options", "withdraw_if_cancelled")
 
 T = TypeVar("T")
+
+NO_TOKENS = "estimated_tokens needs a TokenBatcher; use estimated_cost"
+
+
+def thread_options(
+    batcher: DynamicBatcher[Any, Any],
+    estimated_cost: int | None,
+    estimated_tokens: int | None,
+    timeout: float | None,
+    priority: int,
+    max_queue_delay_s: float | None,
+) -> dict[str, Any]:
+    """Check, in the calling thread, what the loop cannot check for ``batcher``, and
+    build the batcher's arguments for a record from a ``SyncBatcher`` method."""
+    if timeout is not None:
+        check_seconds("timeout", timeout)
+    check_options(priority, max_queue_delay_s)
+    options: dict[str, Any] = {"estimated_cost": estimated_cost, "priority": priority}
+    options["max_queue_delay_s"] = max_queue_delay_s
+    if estimated_tokens is not None:
+        if not isinstance(batcher, TokenBatcher):
+            raise TypeError(NO_TOKENS)
+        options["estimated_tokens"] = estimated_tokens
+    return options
 
 
 async def call_on_loop(

@@ -12,19 +12,16 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Self, overload
 
 from ._dynamic import DynamicBatcher
-from ._from_thread import call_from_thread, call_on_loop, submit_from_thread, withdraw_if_cancelled
+from ._from_thread import call_from_thread, call_on_loop, submit_from_thread, thread_options, withdraw_if_cancelled
 from ._future import check_not_waiting_for_itself
 from ._loop import IN_LOOP, NOT_RUNNING, RUNNING_ELSEWHERE, Loop, check_backend, check_caller
 from ._map import Progress
 from ._protocols import RecordT, ResultT
-from ._settings import check_options, check_seconds
+from ._settings import check_options
 from ._stats import BatchStats
-from ._sync_map import SyncMapResults
-from ._token import TokenBatcher
+from ._sync_results import SyncResults
 
 __all__ = ("SyncBatcher",)
-
-NO_TOKENS = "estimated_tokens needs a TokenBatcher; use estimated_cost"
 
 
 class SyncBatcher(Generic[RecordT, ResultT]):
@@ -224,7 +221,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
             thread, or from the process function while ``max_concurrent_batches`` is 1
             (it would wait for itself)
         """
-        options = self._options(estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
+        options = thread_options(self._batcher, estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
         loop = self._running()
         if not loop.on_loop_thread():  # there, the refusal names the loop's thread
             check_not_waiting_for_itself(self._batcher._counters)
@@ -258,7 +255,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :raises ValueError: for a negative cost or timeout
         :raises RuntimeError: if it is not running, or when called from the loop's own thread
         """
-        options = self._options(estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
+        options = thread_options(self._batcher, estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
         loop = self._running()
         if timeout is None and (handed := submit_from_thread(loop, self._batcher, record, options)) is not None:
             return handed
@@ -276,7 +273,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         progress: bool | Progress | None = ...,
         priority: int = ...,
         max_queue_delay_s: float | None = ...,
-    ) -> SyncMapResults[ResultT]: ...
+    ) -> SyncResults[ResultT]: ...
     @overload
     def map(
         self,
@@ -287,7 +284,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         progress: bool | Progress | None = ...,
         priority: int = ...,
         max_queue_delay_s: float | None = ...,
-    ) -> SyncMapResults[ResultT | Exception]: ...
+    ) -> SyncResults[ResultT | Exception]: ...
     def map(
         self,
         records: Iterable[RecordT],
@@ -297,11 +294,11 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         progress: bool | Progress | None = None,
         priority: int = 0,
         max_queue_delay_s: float | None = None,
-    ) -> SyncMapResults[ResultT] | SyncMapResults[ResultT | Exception]:
+    ) -> SyncResults[ResultT] | SyncResults[ResultT | Exception]:
         """Run every record of ``records`` through the batcher, one result per
         record, as :meth:`DynamicBatcher.map` does, and iterate over the results
         here: ``with batcher.map(texts) as results: for vector in results: ...``
-        (see :class:`SyncMapResults`).
+        (see :class:`SyncResults`).
 
         The arguments mean what they mean there: results in input order unless
         ``ordered=False``; with ``return_exceptions=True`` a failed record's
@@ -324,27 +321,26 @@ class SyncBatcher(Generic[RecordT, ResultT]):
             priority=priority,
             max_queue_delay_s=max_queue_delay_s,
         )
-        return SyncMapResults(self._running(), start_map, self._batcher._counters)
+        return SyncResults(self._running(), start_map, self._batcher._counters)
 
-    def _options(
+    def stream(
         self,
-        estimated_cost: int | None,
-        estimated_tokens: int | None,
-        timeout: float | None,
-        priority: int,
-        max_queue_delay_s: float | None,
-    ) -> dict[str, Any]:
-        # Checks what the loop cannot check for the batcher, and builds the batcher's arguments.
-        if timeout is not None:
-            check_seconds("timeout", timeout)
-        check_options(priority, max_queue_delay_s)
-        options: dict[str, Any] = {
-            "estimated_cost": estimated_cost,
-            "priority": priority,
-            "max_queue_delay_s": max_queue_delay_s,
-        }
-        if estimated_tokens is not None:
-            if not isinstance(self._batcher, TokenBatcher):
-                raise TypeError(NO_TOKENS)
-            options["estimated_tokens"] = estimated_tokens
-        return options
+        record: RecordT,
+        *,
+        estimated_cost: int | None = None,
+        estimated_tokens: int | None = None,
+        priority: int = 0,
+        max_queue_delay_s: float | None = None,
+    ) -> SyncResults[Any]:
+        """Submit one record to a streaming batcher and iterate over its items here,
+        as they come: ``with batcher.stream(prompt) as tokens: for token in tokens: ...``
+        (see :meth:`DynamicBatcher.stream`). Leaving the ``with`` early withdraws the
+        record if no worker has taken it, and drops its later items.
+
+        :raises TypeError: if the process function does not stream, and as :meth:`call`
+        :raises ValueError, BatcherOverloadedError: as :meth:`call`
+        :raises RuntimeError: if it is not running, or when called from the loop's own thread
+        """
+        options = thread_options(self._batcher, estimated_cost, estimated_tokens, None, priority, max_queue_delay_s)
+        start = partial(self._batcher.stream, record, **options)
+        return SyncResults(self._running(), start, self._batcher._counters)

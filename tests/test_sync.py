@@ -19,7 +19,16 @@ from typing import Any, NamedTuple
 import anyio
 import pytest
 
-from batcher import BatchEnded, BatcherClosedError, DynamicBatcher, Prompt, SyncBatcher, TokenBatcher
+from batcher import (
+    END,
+    BatchEnded,
+    BatcherClosedError,
+    BatcherOverloadedError,
+    DynamicBatcher,
+    Prompt,
+    SyncBatcher,
+    TokenBatcher,
+)
 
 from .helpers import Seen
 
@@ -703,6 +712,65 @@ class TestMap:
             batcher.map([1])
         with batcher:
             assert batcher.call(0) == IN_LOOP_MESSAGE
+
+
+async def words(texts: list[str]) -> Any:
+    """A streaming process function: each text's words, one a step, then END."""
+    split = [text.split() for text in texts]
+    for step in range(max(map(len, split)) + 1):
+        await anyio.lowlevel.checkpoint()
+        items: list[Any] = []
+        for parts in split:
+            if step < len(parts) and parts[step] == "fail":
+                items.append(ValueError(f"no word at step {step}"))
+            else:
+                items.append(parts[step] if step < len(parts) else END)
+        yield items
+
+
+class TestStream:
+    def test_items_come_in_order_to_each_threads_own_stream(self, backend: str) -> None:
+        texts = [" ".join(f"w{n}.{i}" for i in range(n % 7 + 1)) for n in range(24)]
+        got: dict[int, list[str]] = {}
+
+        def consume(batcher: SyncBatcher[str, list[str]], n: int) -> None:
+            with batcher.stream(texts[n]) as items:
+                got[n] = list(items)
+
+        with SyncBatcher(TokenBatcher(words, max_batch_size=8), backend=backend) as batcher:
+            threads = [threading.Thread(target=consume, args=(batcher, n)) for n in range(24)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT)
+            assert batcher.call("the same through call") == ["the", "same", "through", "call"]
+        assert got == {n: texts[n].split() for n in range(24)}
+
+    def test_a_failed_record_raises_after_its_items_and_leaving_early_drops_the_rest(self, backend: str) -> None:
+        with SyncBatcher(DynamicBatcher(words), backend=backend) as batcher:
+            seen: list[str] = []
+            with pytest.raises(ValueError, match="no word at step 2"), batcher.stream("one two fail four") as items:
+                seen.extend(items)
+            assert seen == ["one", "two"]
+            with batcher.stream("a b c d e f") as items:
+                assert next(items) == "a"  # then leaves: the rest is dropped
+            assert list(batcher.stream("still works")) == ["still", "works"]
+            stats = batcher.stats
+        assert (stats.total_submitted, stats.total_failed) == (3, 1)
+        assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+    def test_misuse_is_refused_clearly(self, backend: str) -> None:
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            with pytest.raises(TypeError, match="stream\\(\\) needs a streaming process_fn"):
+                batcher.stream(1)
+            with pytest.raises(TypeError, match="estimated_tokens needs a TokenBatcher"):
+                batcher.stream(1, estimated_tokens=3)
+        with pytest.raises(RuntimeError, match=NOT_RUNNING):
+            batcher.stream(1)
+        with SyncBatcher(DynamicBatcher(words, max_queued_cost=2), backend=backend) as streaming:
+            with pytest.raises(BatcherOverloadedError, match="can never be queued"):
+                streaming.stream("too dear", estimated_cost=3)
+            assert streaming.stats.total_submitted == 0
 
 
 class TestWaitingForItself:

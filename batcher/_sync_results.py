@@ -1,5 +1,6 @@
-"""``SyncBatcher.map``: the results of :meth:`DynamicBatcher.map`, run by a task
-on the background loop and handed to the calling thread in chunks."""
+"""``SyncBatcher.map`` and ``SyncBatcher.stream``: the results of
+:meth:`DynamicBatcher.map`, or the items of :meth:`DynamicBatcher.stream`, read by a
+task on the background loop and handed to the calling thread in chunks."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from ._future import check_not_waiting_for_itself
 from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_caller, refused_as_not_running
 from ._map import MapResults
 from ._stats import Counters
+from ._streaming import RecordStream
 
-__all__ = ("SyncMapResults",)
+__all__ = ("SyncResults",)
 
 T = TypeVar("T")
 
@@ -30,17 +32,18 @@ T = TypeVar("T")
 CHUNK = 256
 
 
-class SyncMapResults(Generic[T]):
-    """The results of :meth:`SyncBatcher.map`: an iterator, and a context manager
-    whose exit withdraws every record of the map that no worker has taken yet::
+class SyncResults(Generic[T]):
+    """The results of :meth:`SyncBatcher.map`, or the items of :meth:`SyncBatcher.stream`:
+    an iterator, and a context manager whose exit withdraws every record of the map
+    (or the streamed record) that no worker has taken yet, and drops the rest::
 
         with batcher.map(records) as results:
             for result in results:
                 ...
 
-    A task on the batcher's loop runs the async map and hands its results over
-    in chunks: one round trip to the loop brings back every result that is ready,
-    up to 256. Leaving the ``with`` early (a ``break``, an exception), or
+    A task on the batcher's loop reads the async map (or stream) and hands what it
+    yields over in chunks: one round trip to the loop brings back everything that is
+    ready, up to 256. Leaving the ``with`` early (a ``break``, an exception), or
     :meth:`close`, withdraws the rest before it returns. Iterating without
     ``with`` works too: dropped after an early ``break``, the results object is
     closed as a generator would be; one kept without being closed leaves the map
@@ -53,7 +56,9 @@ class SyncMapResults(Generic[T]):
     from another thread ends the iteration of a thread waiting for the next result.
     """
 
-    def __init__(self, loop: Loop, start_map: Callable[[], MapResults[T]], counters: Counters) -> None:
+    def __init__(
+        self, loop: Loop, start_map: Callable[[], MapResults[T] | RecordStream[T]], counters: Counters
+    ) -> None:
         self._loop = loop
         self._counters = counters
         self._ready: deque[T] = deque()
@@ -151,13 +156,13 @@ class SyncMapResults(Generic[T]):
 
 
 async def pump(
-    start_map: Callable[[], MapResults[T]],
+    start_map: Callable[[], MapResults[T] | RecordStream[T]],
     send: MemoryObjectSendStream[T],
     maps: set[anyio.CancelScope],
     *,
     task_status: TaskStatus[anyio.CancelScope],
 ) -> bool:
-    """Run the map and send its results to the consumer, until its end, or until
+    """Run the map (or stream) and send its results to the consumer, until its end, or until
     its scope is cancelled (by the consumer's ``close()``, or by the stop of the
     ``SyncBatcher``), which withdraws the rest. Return whether it ran to its end."""
     with send, anyio.CancelScope() as scope, refused_as_not_running():
