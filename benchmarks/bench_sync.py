@@ -6,7 +6,10 @@ library's own cost per record).
   ``submit_batch`` of every record and awaiting each future;
 * ``SyncBatcher.map()``: the same records from a plain thread, against ``map()``;
 * ``SyncBatcher.call``: 16 threads each calling in a loop, against 16 tasks
-  calling ``call()`` (a tenth of the records: each call is a round trip),
+  calling ``call()`` (a tenth of the records: each call is a round trip);
+* ``SyncBatcher.stream``: 16 threads each streaming records of 100 items one after
+  another, against 16 tasks doing so with ``stream()`` (as many items as records
+  above; the figures are per item),
 
 on asyncio and trio (for ``SyncBatcher``, its ``backend=``).
 
@@ -24,7 +27,7 @@ import gc
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
 
@@ -120,10 +123,64 @@ def sync_map_path(records: int, backend: str) -> float:
         return time.perf_counter() - started
 
 
+ITEMS = 100  # a streamed record's items
+
+
+async def _generate(records: list[int]) -> AsyncIterator[list[int]]:
+    for step in range(ITEMS):
+        yield [step] * len(records)
+
+
+def _streaming() -> DynamicBatcher[int, list[int]]:
+    return DynamicBatcher(_generate, max_batch_size=64, stream_buffer=ITEMS)
+
+
+def sync_stream_path(items: int, backend: str) -> float:
+    """Seconds for ``items`` streamed to 16 threads through ``SyncBatcher.stream``
+    (records of ``ITEMS`` items, each thread reading one record after another)."""
+    share = items // ITEMS // THREADS
+    with SyncBatcher(_streaming(), backend=backend) as batcher:
+
+        def reader(first: int) -> None:
+            for record in range(first, first + share):
+                with batcher.stream(record) as stream:
+                    assert sum(1 for _ in stream) == ITEMS
+
+        threads = [threading.Thread(target=reader, args=(index * share,)) for index in range(THREADS)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
+
+
+def async_stream_path(items: int, backend: str) -> float:
+    """Seconds for ``items`` streamed to 16 tasks through ``stream()``."""
+    share = items // ITEMS // THREADS
+
+    async def run() -> float:
+        async with _streaming() as batcher:
+
+            async def reader(first: int) -> None:
+                for record in range(first, first + share):
+                    async with batcher.stream(record) as stream:
+                        assert len([item async for item in stream]) == ITEMS
+
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for index in range(THREADS):
+                    tg.start_soon(reader, index * share)
+            return time.perf_counter() - started
+
+    return anyio.run(run, backend=backend)
+
+
 PAIRS: dict[str, tuple[tuple[str, Measure], tuple[str, Measure]]] = {
     "map": (("map()", map_path), ("submit_batch + await", submit_batch_path)),
     "sync map": (("SyncBatcher.map()", sync_map_path), ("map()", map_path)),
     "sync call": (("SyncBatcher.call, 16 thr.", sync_call_path), ("call(), 16 tasks", async_call_path)),
+    "sync stream": (("SyncBatcher.stream, 16 thr.", sync_stream_path), ("stream(), 16 tasks", async_stream_path)),
 }
 
 
@@ -141,12 +198,12 @@ def measure(pair: str, records: int, backend: str, reps: int) -> tuple[float, fl
 
 
 def report(records: int, reps: int, backends: Sequence[str]) -> str:
-    lines = [f"{'door':<26}{'backend':<9}{'door µs/rec':>13}{'async µs/rec':>14}{'overhead':>10}"]
+    lines = [f"{'door':<28}{'backend':<9}{'door µs/rec':>13}{'async µs/rec':>14}{'overhead':>10}  (stream: µs/item)"]
     for pair, ((door_name, _), _) in PAIRS.items():
         count = records // 10 if pair == "sync call" else records
         for backend in backends:
             door, path = measure(pair, count, backend, reps)
-            lines.append(f"{door_name:<26}{backend:<9}{door:>13.2f}{path:>14.2f}{door - path:>+10.2f}")
+            lines.append(f"{door_name:<28}{backend:<9}{door:>13.2f}{path:>14.2f}{door - path:>+10.2f}")
     return "\n".join(lines)
 
 
