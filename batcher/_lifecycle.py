@@ -166,9 +166,11 @@ class Lifecycle:
         Cancelling its task fails every unfinished future with :exc:`BatcherClosedError`.
         """
         run = self._begin(owner=None)
-        await self._serve(run, task_status=task_status)
-        if run.fatal is not None:
-            raise run.fatal
+        try:
+            await self._serve(run, task_status=task_status)
+        finally:
+            if run.fatal is not None:  # even if the caller's task group was cancelled meanwhile: not lost
+                raise run.fatal
 
     def _begin(self, owner: TaskGroup | None) -> Run:
         self._drop_orphan()

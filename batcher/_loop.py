@@ -9,6 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError
 from contextlib import ExitStack, contextmanager, suppress
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
 
 __all__ = (
+    "ALREADY_RUNNING",
     "IN_LOOP",
     "IN_TRIO",
     "NOT_RUNNING",
@@ -129,6 +131,17 @@ class Loop:
         """Await ``func()`` on the loop and return its result."""
         with self.entry():
             return self.portal.call(func)
+
+    def configure(self, batcher: DynamicBatcher[Any, Any], settings: dict[str, Any]) -> bool:
+        """Configure ``batcher`` on the loop; ``False`` if a stop has just ended the loop."""
+        try:
+            with self.entry():
+                self.portal.call(partial(batcher.configure, **settings))
+        except RuntimeError as exc:
+            if not (self.closing and str(exc) == NOT_RUNNING):
+                raise
+            return False
+        return True
 
     def call(self, func: Callable[[], T]) -> T:
         """Call ``func()`` on the loop and return its result."""

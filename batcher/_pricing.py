@@ -165,7 +165,7 @@ class Pricing:
 
         :raises TypeError: if it is an ``async def`` (nothing is learnt: every submit is refused alike)
         """
-        method = next((m for m in self._methods if callable(getattr(kind, m, None))), None)
+        method = next((m for m in self._methods if _class_method(kind, m)), None)
         if method is not None and is_async(getattr(kind, method)):
             raise TypeError(f"{kind.__name__}.{method}() must be a plain method returning an int, not an async one")
         return method
@@ -204,6 +204,16 @@ class Pricing:
                 self._default_name,
                 self._default,
             )
+
+
+def _class_method(kind: type, name: str) -> bool:
+    # Whether the class itself (its MRO, not its metaclass's __getattr__) has a method of that name.
+    if inspect.getattr_static(kind, name, None) is None:
+        return False
+    try:
+        return callable(getattr(kind, name))
+    except Exception:  # a descriptor that fails on the class
+        return False
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, Self, overload
 from ._dynamic import DynamicBatcher
 from ._from_thread import call_from_thread, call_on_loop, submit_from_thread, thread_options, withdraw_if_cancelled
 from ._future import check_not_waiting_for_itself
-from ._loop import IN_LOOP, NOT_RUNNING, RUNNING_ELSEWHERE, Loop, check_backend, check_caller
+from ._loop import ALREADY_RUNNING, IN_LOOP, NOT_RUNNING, RUNNING_ELSEWHERE, Loop, check_backend, check_caller
 from ._map import Progress
 from ._protocols import RecordT, ResultT
 from ._settings import check_options
@@ -115,9 +115,9 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :raises RuntimeError: if it is already running, or the batcher was started elsewhere
         :raises Exception: what kept the batcher from starting (entering its process function)
         """
-        loop = self._loop
-        if loop is not None and self._batcher._awaited_by_run():  # a stop under way would wait for the caller
-            raise RuntimeError(loop.refusal(self._batcher)) from self._batcher._run.fatal
+        if self._batcher._awaited_by_run():  # the loop's thread or the process function: a start or stop waits for it
+            refusal = ALREADY_RUNNING if self._loop is None else self._loop.refusal(self._batcher)
+            raise RuntimeError(refusal) from self._batcher._run.fatal
         with self._lock:
             if self._loop is not None:
                 raise RuntimeError(self._loop.refusal(self._batcher)) from self._batcher._run.fatal
@@ -138,7 +138,11 @@ class SyncBatcher(Generic[RecordT, ResultT]):
             :exc:`Exception` (such as :exc:`KeyboardInterrupt`), which ended the batcher
         """
         loop = self._loop
-        if loop is not None and self._batcher._awaited_by_run():  # a stop under way would wait for the caller
+        if self._batcher._awaited_by_run():  # the loop's thread or the process function: a start or stop waits for it
+            if loop is None:  # on the loop's thread as it starts, or a call abandoned at a time limit after the stop
+                if self._batcher.is_running:
+                    raise RuntimeError(IN_LOOP)
+                return
             loop.run(self._batcher.stop)  # from the process function: begins the stop, returns at once
             loop.closing = True  # (on the loop's thread, run() refuses: IN_LOOP)
             return
@@ -173,14 +177,14 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :raises ValueError: for a value out of range
         """
         loop = self._loop
-        if (loop is None or loop.closing) and not self._batcher._awaited_by_run():
-            with self._lock:  # a start() or stop() under way (not one that waits for this caller)
-                loop = self._loop
-        if loop is None:
+        if loop is not None and loop.configure(self._batcher, settings):
+            return  # (while a stop waits for the batch the caller is part of, the loop is there: no wait)
+        if loop is None and self._batcher._awaited_by_run():  # the loop's thread, as start() waits for it
             self._batcher.configure(**settings)
             return
-        with loop.entry():
-            loop.portal.call(partial(self._batcher.configure, **settings))
+        with self._lock:  # no start or stop under way meanwhile
+            if self._loop is None or not self._loop.configure(self._batcher, settings):
+                self._batcher.configure(**settings)
 
     def _running(self) -> Loop:
         loop = self._loop

@@ -378,6 +378,26 @@ class TestAbnormalExit:
             await batcher.submit(3)
         assert refused.value.__cause__ is None
 
+    async def test_serve_raises_the_fatal_exception_though_a_caller_cancelled_its_task_group(self) -> None:
+        # A caller's BatcherClosedError cancels the group before serve() gets to raise it.
+        fatal = Fatal("under serve()")
+
+        async def fn(batch: list[int]) -> list[int]:
+            raise fatal
+
+        batcher = DynamicBatcher(fn)
+
+        async def served() -> None:
+            async with anyio.create_task_group() as tg:
+                await tg.start(batcher.serve)
+                tg.start_soon(batcher.call, 1)  # its BatcherClosedError is raised into the group
+
+        with anyio.fail_after(5), pytest.raises(BaseExceptionGroup) as group:
+            await served()
+        errors = group.value.exceptions
+        assert fatal in errors
+        assert any(isinstance(error, BatcherClosedError) for error in errors)
+
     async def test_process_timeout_fails_the_batch_and_goes_on(self) -> None:
         calls = 0
         never = anyio.Event()

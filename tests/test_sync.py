@@ -29,6 +29,7 @@ from batcher import (
     SyncBatcher,
     TokenBatcher,
 )
+from batcher._loop import Loop
 
 from .helpers import Seen
 
@@ -275,6 +276,66 @@ class TestLifecycle:
             stopping,
             IN_LOOP_MESSAGE[: len(stopping)],
         ]
+
+    @pytest.mark.parametrize("attempt", ["start", "stop", "configure"])
+    def test_the_loop_thread_is_refused_not_blocked_as_the_batcher_starts(self, backend: str, attempt: str) -> None:
+        # A model entered as the batcher starts runs on the loop, which start() waits for.
+        outcome: list[str] = []
+
+        class Entering:
+            async def __aenter__(self) -> None:
+                try:
+                    getattr(sync, attempt)(**({"max_batch_size": 3} if attempt == "configure" else {}))
+                    outcome.append("returned")
+                except RuntimeError as exc:
+                    outcome.append(str(exc))
+
+            async def __aexit__(self, *exc_info: object) -> None:
+                pass
+
+            async def __call__(self, batch: list[int]) -> list[int]:
+                return batch
+
+        sync = SyncBatcher(DynamicBatcher(Entering()), backend=backend)
+        starting = in_thread(sync.start)
+        assert starting.result(WAIT) is None
+        assert sync.call(1, timeout=WAIT) == 1
+        sync.stop()
+        expected = {
+            "start": "SyncBatcher is already running; stop() it before starting it again",
+            "stop": IN_LOOP_MESSAGE,
+            "configure": "returned",
+        }
+        assert outcome == [expected[attempt]]
+        assert attempt != "configure" or sync._batcher._settings.max_batch_size == 3
+
+    def test_configure_racing_a_stop_applies_to_the_stopped_batcher(
+        self, backend: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # It found the loop running, then the stop ended it before the call got there.
+        batcher = SyncBatcher(DynamicBatcher(double), backend=backend)
+        batcher.start()
+        configuring, stopped = threading.local(), threading.Event()
+        reached = threading.Event()
+        entry = Loop.entry
+
+        def late_entry(loop: Loop) -> Any:
+            if getattr(configuring, "now", False):
+                reached.set()
+                assert stopped.wait(WAIT)
+            return entry(loop)
+
+        def configure() -> None:
+            configuring.now = True
+            batcher.configure(max_batch_size=7)
+
+        monkeypatch.setattr(Loop, "entry", late_entry)
+        configured = in_thread(configure)
+        assert reached.wait(WAIT)
+        batcher.stop()
+        stopped.set()
+        assert configured.result(WAIT) is None
+        assert batcher._batcher._settings.max_batch_size == 7
 
     def test_a_fatal_process_function_exception_is_raised_by_stop(self, backend: str) -> None:
         class Fatal(BaseException):

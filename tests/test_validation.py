@@ -286,6 +286,19 @@ class TestCostPrecedence:
         assert await self.costs_seen(TokenBatcher(echo, default_token_estimate=3), call(AttrDict(text="hi"))) == 3
         assert await self.costs_seen(DynamicBatcher(echo), call(Named())) == 1
         assert await self.costs_seen(DynamicBatcher(echo), call(Slotted())) == 5
+        # Nor a metaclass's __getattr__, which the class answers to but its instances do not.
+        for answer in (KeyError, lambda name: lambda *args: 3):
+
+            class Meta(type):
+                def __getattr__(cls, name: str, answer: Any = answer) -> Any:
+                    if isinstance(answer, type):
+                        raise answer(name)
+                    return answer(name)
+
+            class Odd(metaclass=Meta):
+                pass
+
+            assert await self.costs_seen(DynamicBatcher(echo, default_cost=2), call(Odd())) == 2
 
     async def test_a_coroutine_for_a_cost_is_refused_and_closed(self) -> None:
         async def later() -> int:
