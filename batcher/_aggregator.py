@@ -240,15 +240,18 @@ class Aggregator:
             except anyio.WouldBlock:
                 await send.send(batch)  # every prefetch slot is taken: wait for a worker
         except BaseException:
+            self._run.end_input()  # cancelled: a callback the failures call may not queue records
             fail(batch, closed_error(self._run.fatal), self._counters)
             raise
 
     def _fail_all(self) -> None:
+        self._run.end_input()  # first: a callback the failures call may not queue records (they would stay queued)
         error = closed_error(self._run.fatal)
         while self._assembly:
             fail(self._assembly.take()[0], error, self._counters)
         fail_queued(self._run.submit_receive, error, self._counters)
         self._run.fail_overflow(error)
+        fail(self._run.taken_back, error, self._counters)  # batches closed ahead, taken back for a first priority
 
 
 def _assembly_for(settings: Settings, fit: CostFit | None) -> Assembly[BatchFuture[Any]]:

@@ -31,8 +31,14 @@ class Callbacks:
     def set(self) -> None:
         if self.event is not None:
             self.event.set()
+        raised: BaseException | None = None
         for function in self.functions:
-            call_back(function, self.future)
+            try:
+                call_back(function, self.future)
+            except BaseException as exc:  # past Exception (KeyboardInterrupt): the other callbacks run first
+                raised = raised or exc
+        if raised is not None:
+            raise raised
 
 
 def call_back(function: Callable[[BatchFuture[Any]], object], future: BatchFuture[Any]) -> None:

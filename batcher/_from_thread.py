@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import anyio
 from anyio.abc import TaskStatus
 
-from ._future import BatchFuture, check_not_waiting_for_itself
+from ._future import MODEL_CALL, BatchFuture, check_not_waiting_for_itself
 from ._loop import Loop, refused_as_not_running
 from ._settings import check_options, check_seconds
 from ._token import TokenBatcher
@@ -69,6 +69,9 @@ async def call_on_loop(
         with refused_as_not_running():
             future = await batcher.submit(record, **options)
         task_status.started(future)
+        # From the process function's thread this task has its context, but only relays the
+        # result: a wait for it that could never end is refused in that thread (result()).
+        MODEL_CALL.set(None)
         try:
             return await future
         except BaseException:
@@ -168,6 +171,13 @@ class _Result(Future[T]):
         if not self.done():
             check_not_waiting_for_itself(self._counters)
         return super().exception(timeout)
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        with suppress(RuntimeError):  # cancelled before, and told then
+            self.set_running_or_notify_cancel()  # as an executor does: concurrent.futures.wait() learns of it
+        return True
 
 
 def _through_loop(

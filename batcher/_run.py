@@ -23,7 +23,7 @@ from ._model import Model
 from ._settings import Settings
 from ._stats import Counters
 from ._submission import NOT_RUNNING, Intake
-from ._transitions import fail_queued
+from ._transitions import fail, fail_queued
 from ._worker import RETIRE, Worker
 
 __all__ = ("NOT_RUNNING", "STOPPED", "NotRunning", "Run")
@@ -129,12 +129,14 @@ class Run(Intake):
                     keeper.cancel_scope.cancel()  # every record has been dispatched or has ended
         finally:
             self.loops = self.model = None
+            self.end_input()  # (if cancelled, one of the loops did already)
             # A batch the aggregator closed as the workers were cancelled, and records
             # still queued behind the stream if the aggregator never took them.
-            fail_queued(self.batch_receive, closed_error(self.fatal), counters)
-            fail_queued(self.submit_receive, closed_error(self.fatal), counters)
-            self.fail_overflow(closed_error(self.fatal))
-            self._input_ended = True
+            error = closed_error(self.fatal)
+            fail_queued(self.batch_receive, error, counters)
+            fail_queued(self.submit_receive, error, counters)
+            self.fail_overflow(error)
+            fail(self.taken_back, error, counters)
             self.close_streams()
             self.stopped.set()
 

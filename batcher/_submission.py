@@ -194,6 +194,8 @@ class Intake:
         withdrawn; if the batcher stops abnormally, the future fails."""
         self.queue_behind(future, delay)
         make_event(future)
+        if self.counters.sole_worker_in_model and in_model(self.counters):
+            return  # the caller is the only worker: no room comes before it returns, so it does not wait
         room = self._own_room(future) if in_model(self.counters) else self._join_cohort(future)
         try:
             await room.wait()

@@ -13,7 +13,7 @@ from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 
 from ._budget import batch_cost
-from ._events import Outcome, batch_dispatched, batch_ended
+from ._events import Observer, Outcome, batch_dispatched, batch_ended
 from ._exceptions import closed_error
 from ._future import Batch, BatchFuture, ModelCall
 from ._model import Model, ModelThread
@@ -77,8 +77,8 @@ class Worker:
                 batch = None
                 if finished is not None:
                     batch = await self._handover(crowd)
-                    crowd = settle(*finished, counters) >= CROWD
-                    finished = None
+                    settling, finished = finished, None  # settled once, even if a done-callback raises
+                    crowd = settle(*settling, counters) >= CROWD
                 if batch is None:
                     batch = await self._next_batch()
                 if batch is None or batch is RETIRE:
@@ -90,6 +90,7 @@ class Worker:
                 counters.durations.append(busy)
             run.retiring -= 1  # configure() shrank the pool while every worker was busy
         except BaseException:
+            run.end_input()  # cancelled: a callback the failures call may not queue records
             fail_queued(self._batches, closed_error(run.fatal), counters)
             raise
         finally:
@@ -145,13 +146,13 @@ class Worker:
         counters = self._counters
         number, cost = self._count(batch, waits)
         observe = counters.observe  # those there are now see both of the batch's events
-        if observe is not None:
-            target = self._run.settings.target_batch_cost
-            batch_dispatched(observe, counters, number, self._index, batch, cost, target, waits)
         started = perf_counter() if observe is not None else 0.0
         results: list[Any] | None = None
         outcome: Outcome = "ok"
         try:
+            if observe is not None:  # (one raising past Exception ends the batcher, as the model would)
+                target = self._run.settings.target_batch_cost
+                batch_dispatched(observe, counters, number, self._index, batch, cost, target, waits)
             if self._model.streaming:
                 await self._stream(batch)  # ends each future as its stream ends
             else:
@@ -165,9 +166,18 @@ class Worker:
         finally:
             counters.running -= 1
             if observe is not None:
-                duration = perf_counter() - started
-                batch_ended(observe, counters, number, self._index, batch, cost, duration, outcome, results)
+                self._ended(observe, number, batch, cost, perf_counter() - started, outcome, results)
         return None if results is None else (batch, results)
+
+    def _ended(self, observe: Observer, number: int, batch: Batch, *event: Any) -> None:
+        # BatchEnded; if the observer raises past Exception, the batch's results are handed out first.
+        try:
+            batch_ended(observe, self._counters, number, self._index, batch, *event)
+        except BaseException:
+            results = event[-1]
+            if results is not None:
+                settle(batch, results, self._counters)
+            raise
 
     def _count(self, batch: Batch, waits: list[float]) -> tuple[int, int]:
         """Count a dispatched batch in; return its number and its cost."""
@@ -191,6 +201,7 @@ class Worker:
             self._end_run(batch, exc)
             return "closed"
         if anyio.current_effective_deadline() == -math.inf:  # the batcher is being cancelled
+            self._run.end_input()
             fail(batch, closed_error(self._run.fatal), self._counters)
             return None
         self._fail_batch(batch, _stray(exc))

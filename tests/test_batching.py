@@ -484,6 +484,22 @@ class TestQueueBehind:
                 assert await batcher.call("parent") == "PARENT"
                 assert await followed[0] == "FOLLOW-UP"
 
+    async def test_the_only_workers_process_function_does_not_wait_for_room(self) -> None:
+        # Room comes only as batches go, and none goes before it returns: its records
+        # wait behind the full queue instead (a wait would never end).
+        followed: list[BatchFuture[str]] = []
+
+        async def model(records: list[str]) -> list[str]:
+            if records == ["parent"]:
+                followed.extend([await batcher.submit(f"child {n}") for n in range(6)])
+            return [record.upper() for record in records]
+
+        batcher = DynamicBatcher(model, max_queue_size=2, max_batch_size=1, prefetch_batches=1)
+        with anyio.fail_after(5):
+            async with batcher:
+                assert await batcher.call("parent") == "PARENT"
+                assert [await future for future in followed] == [f"CHILD {n}" for n in range(6)]
+
     async def test_a_cancelled_caller_behind_the_stream_is_withdrawn(self) -> None:
         async with blocked_batcher(max_queue_size=1, max_batch_size=1, prefetch_batches=0) as (batcher, model, _):
             batcher.submit_nowait("queued")

@@ -11,12 +11,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import suppress
 from typing import Any, ClassVar
 
 import anyio
 import pytest
 
-from batcher import BatcherClosedError, BatchFuture, DynamicBatcher, RecordCancelledError
+from batcher import (
+    BatchDispatched,
+    BatchEnded,
+    BatcherClosedError,
+    BatchFuture,
+    DynamicBatcher,
+    RecordCancelledError,
+    RecordsDropped,
+)
 
 from .helpers import NOT_RUNNING, Recorder, blocked_batcher
 
@@ -47,6 +56,23 @@ def assert_closed(futures: list[BatchFuture[Any]]) -> None:
 def assert_balanced(batcher: DynamicBatcher[Any, Any]) -> None:
     stats = batcher.stats
     assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+
+async def _echo_slowly(batch: list[int]) -> list[int]:
+    await anyio.lowlevel.checkpoint()
+    return batch
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside nested exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+async def _call_quietly(batcher: DynamicBatcher[Any, Any], record: Any) -> None:
+    with suppress(BatcherClosedError):
+        await batcher.call(record)
 
 
 class TestCancelQueued:
@@ -398,6 +424,56 @@ class TestAbnormalExit:
         assert fatal in errors
         assert any(isinstance(error, BatcherClosedError) for error in errors)
 
+    async def test_a_done_callback_raising_past_exception_ends_every_future_once(self) -> None:
+        fatal = Fatal("from a done-callback")
+        called: list[int] = []
+
+        def callback(future: BatchFuture[int]) -> None:
+            called.append(future.result())
+            if future.result() == 1:
+                raise fatal
+
+        async def body() -> list[BatchFuture[int]]:
+            async with DynamicBatcher(_echo_slowly, max_batch_size=4) as batcher:
+                futures = [batcher.submit_nowait(n) for n in range(4)]
+                for future in futures:
+                    future.add_done_callback(callback)
+                for future in futures:
+                    await future
+            return futures  # pragma: no cover (the callback's exception ends the block)
+
+        with anyio.fail_after(5), pytest.raises((Fatal, BaseExceptionGroup)) as raised:
+            await body()
+        assert fatal in _leaves(raised.value)
+        assert sorted(called) == [0, 1, 2, 3]  # each once: the batch is not settled again
+
+    @pytest.mark.parametrize("on", [BatchDispatched, BatchEnded])
+    async def test_an_observer_raising_past_exception_ends_every_future_once(self, on: type) -> None:
+        fatal = Fatal("from an observer")
+
+        def observe(event: object) -> None:
+            if isinstance(event, on) and event.batch == 1:  # type: ignore[attr-defined]
+                raise fatal
+
+        batcher = DynamicBatcher(_echo_slowly, max_batch_size=2, observers=[observe])
+        futures: list[BatchFuture[int]] = []
+
+        async def body() -> None:
+            async with batcher:
+                futures.extend(batcher.submit_nowait(n) for n in range(6))
+                for future in futures:
+                    with suppress(BatcherClosedError):
+                        await future
+
+        with anyio.fail_after(5), pytest.raises((Fatal, BaseExceptionGroup)) as raised:
+            await body()
+        assert fatal in _leaves(raised.value)
+        assert all(future.done() for future in futures)
+        if on is BatchEnded:  # the first batch ran: its results were handed out first
+            assert [future.result() for future in futures[:2]] == [0, 1]
+        assert batcher.stats.batches_in_flight == 0
+        assert_balanced(batcher)
+
     async def test_process_timeout_fails_the_batch_and_goes_on(self) -> None:
         calls = 0
         never = anyio.Event()
@@ -505,6 +581,62 @@ class TestAbnormalExit:
 
 class TestServe:
     """Promise 2 under ``serve()``: the caller's task group owns the loops."""
+
+    @pytest.mark.parametrize("priority", [0, 1])
+    async def test_a_cancelled_serve_refuses_what_its_failures_callbacks_submit(self, priority: int) -> None:
+        # "Retry what failed": each failure's done-callback submits again. Accepted, such a
+        # record stayed queued for ever (a first priority also took back the batches closed
+        # ahead, which nobody failed), or was failed and retried without end.
+        model = Recorder(hold=True)
+        batcher = DynamicBatcher(model, max_batch_size=2, prefetch_batches=4)
+        refused: list[str] = []
+
+        def retry(future: BatchFuture[Any]) -> None:
+            try:
+                batcher.submit_nowait("again", priority=priority).add_done_callback(retry)
+            except RuntimeError as exc:
+                refused.append(str(exc))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                await tg.start(batcher.serve)
+                futures = [batcher.submit_nowait(n) for n in range(20)]
+                for future in futures:
+                    future.add_done_callback(retry)
+                await model.entered.wait()
+                await anyio.wait_all_tasks_blocked()  # batches closed ahead for the busy worker
+                tg.cancel_scope.cancel()
+        assert_closed(futures)
+        assert refused == [NOT_RUNNING] * 20
+        assert batcher.stats.queued == 0
+        assert_balanced(batcher)
+
+    async def test_a_cancelled_serve_refuses_what_an_observer_submits_as_it_drops_records(self) -> None:
+        # Records behind the full stream are dropped last: one submitted as the last left
+        # it found room in a stream nobody drained.
+        model = Recorder(hold=True)
+        refused: list[str] = []
+
+        def observe(event: object) -> None:
+            if isinstance(event, RecordsDropped) and event.reason == "closed":
+                try:
+                    batcher.submit_nowait("retry")
+                except RuntimeError as exc:
+                    refused.append(str(exc))
+
+        batcher = DynamicBatcher(model, max_queue_size=1, max_batch_size=1, prefetch_batches=0, observers=[observe])
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as callers:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(batcher.serve)
+                    for n in range(6):
+                        callers.start_soon(_call_quietly, batcher, n)
+                    await anyio.wait_all_tasks_blocked()  # one in the model, one queued, the rest behind
+                    tg.cancel_scope.cancel()
+        assert refused
+        assert set(refused) == {NOT_RUNNING}
+        assert batcher.stats.queued == 0
+        assert_balanced(batcher)
 
     async def test_cancelling_the_task_group_fails_pending_futures(self) -> None:
         model = Recorder(hold=True)

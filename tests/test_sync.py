@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import itertools
 import random
@@ -524,8 +525,13 @@ class TestWithdrawal:
             assert batcher.stats.total_cancelled == 1  # withdrawn before cancel() returned
             with pytest.raises(CancelledError):
                 future.result(0)
+            timed = batcher.submit("cancelled too", timeout=WAIT)  # a task on the loop keeps its deadline
+            assert timed.cancel()
+            # As an executor's: concurrent.futures.wait() and as_completed() learn of the cancellation.
+            assert concurrent.futures.wait([future, timed], timeout=WAIT).not_done == set()
+            assert set(concurrent.futures.as_completed([future, timed], timeout=WAIT)) == {future, timed}
         assert model.records == ["first"]
-        assert batcher.stats.total_cancelled == 1
+        assert batcher.stats.total_cancelled == 2
 
     def test_a_future_cancelled_in_another_futures_callback_withdraws_its_record(self, backend: str) -> None:
         """Such a callback runs on the loop's thread ("when one fails, cancel the rest")."""
@@ -862,6 +868,20 @@ class TestWaitingForItself:
             assert sync.call("after", timeout=WAIT) == "after"
         assert len(errors) == 1
         assert self.SELF_WAIT in str(errors[0])
+
+    def test_its_submit_behind_a_full_queue_does_not_wait_for_room(self, backend: str) -> None:
+        # Room comes only as batches go, and none goes before the only worker returns.
+        followed: list[Future[str]] = []
+
+        def process(batch: list[str]) -> list[str]:
+            if batch == ["parent"]:
+                followed.extend(sync.submit(f"child {n}") for n in range(6))
+            return [record.upper() for record in batch]
+
+        settings: dict[str, Any] = {"max_queue_size": 2, "max_batch_size": 1, "prefetch_batches": 1}
+        with SyncBatcher(DynamicBatcher(process, **settings), backend=backend) as sync:
+            assert sync.call("parent", timeout=WAIT) == "PARENT"
+            assert [future.result(WAIT) for future in followed] == [f"CHILD {n}" for n in range(6)]
 
     def test_with_two_workers_it_may_wait(self, backend: str) -> None:
         def process(batch: list[str]) -> list[str]:
