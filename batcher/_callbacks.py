@@ -10,8 +10,9 @@ import anyio
 
 if TYPE_CHECKING:
     from ._future import BatchFuture
+    from ._stats import Counters
 
-__all__ = ("Callbacks", "call_back")
+__all__ = ("Callbacks", "call_back", "raised_past_exception")
 
 logger = logging.getLogger("batcher")
 
@@ -31,14 +32,8 @@ class Callbacks:
     def set(self) -> None:
         if self.event is not None:
             self.event.set()
-        raised: BaseException | None = None
         for function in self.functions:
-            try:
-                call_back(function, self.future)
-            except BaseException as exc:  # past Exception (KeyboardInterrupt): the other callbacks run first
-                raised = raised or exc
-        if raised is not None:
-            raise raised
+            call_back(function, self.future)
 
 
 def call_back(function: Callable[[BatchFuture[Any]], object], future: BatchFuture[Any]) -> None:
@@ -46,3 +41,18 @@ def call_back(function: Callable[[BatchFuture[Any]], object], future: BatchFutur
         function(future)
     except Exception:
         logger.exception("a done callback of a BatchFuture raised")
+    except BaseException as exc:
+        raised_past_exception(future._counters, exc, "a done callback of a BatchFuture")
+
+
+def raised_past_exception(counters: Counters, exc: BaseException, where: str) -> None:
+    """User code the batcher called (a done-callback, an observer) raised ``exc``, a
+    ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``): it ends the batcher's run as the process function's would, without
+    breaking off the loops' own work where it was raised (every future still ends
+    once), and ``stop()`` raises it. With no run to end, it is raised here.
+    """
+    if counters.end_fatally is None:
+        raise exc
+    logger.error("%s raised %r; closing", where, exc)
+    counters.end_fatally(exc)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from ._callbacks import raised_past_exception
 from ._model import is_async
 
 if TYPE_CHECKING:
@@ -123,18 +124,20 @@ class Observers:
         observers.remove(observer)
         self._observers = tuple(observers)
 
-    def frozen(self) -> Callable[[Event], None]:
+    def frozen(self, counters: Counters) -> Callable[[Event], None]:
         """A call of the observers there are now, unchanged by later adds and removes
         (so a batch's end goes to those that saw it dispatched)."""
-        return partial(_tell, self._observers)
+        return partial(_tell, self._observers, counters)
 
 
-def _tell(observers: tuple[Observer, ...], event: Event) -> None:
+def _tell(observers: tuple[Observer, ...], counters: Counters, event: Event) -> None:
     for observer in observers:
         try:
             observer(event)
         except Exception:
             logger.exception("observer %r raised on %r; the batcher goes on", observer, event)
+        except BaseException as exc:
+            raised_past_exception(counters, exc, f"observer {observer!r} on {event!r}")
 
 
 def batch_dispatched(

@@ -6,6 +6,7 @@ a time limit on ``submit()``, or with an older AnyIO, a task on the loop
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from contextlib import suppress
@@ -24,7 +25,14 @@ if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
     from ._stats import Counters
 
-__all__ = ("call_from_thread", "call_on_loop", "submit_from_thread", "thread_options", "withdraw_if_cancelled")
+__all__ = (
+    "call_from_thread",
+    "call_on_loop",
+    "relayed",
+    "submit_from_thread",
+    "thread_options",
+    "withdraw_if_cancelled",
+)
 
 T = TypeVar("T")
 
@@ -161,6 +169,8 @@ class _Result(Future[T]):
     def __init__(self, counters: Counters) -> None:
         super().__init__()
         self._counters = counters
+        self._telling = threading.Lock()
+        self._told = False  # that it was cancelled, to concurrent.futures' waiters
 
     def result(self, timeout: float | None = None) -> T:
         if not self.done():
@@ -175,9 +185,37 @@ class _Result(Future[T]):
     def cancel(self) -> bool:
         if not super().cancel():
             return False
-        with suppress(RuntimeError):  # cancelled before, and told then
+        with self._telling:  # once, whichever thread cancels (again)
+            tell, self._told = not self._told, True
+        if tell:
             self.set_running_or_notify_cancel()  # as an executor does: concurrent.futures.wait() learns of it
         return True
+
+
+def relayed(loop: Loop, task: Future[T], queued: BatchFuture[Any], counters: Counters) -> Future[T]:
+    """The future ``submit()`` returns when a task on the loop waits for the record's
+    end: a :class:`_Result` that takes the task's outcome; cancelling it withdraws the
+    record (and cancels the task)."""
+    result: _Result[T] = _Result(counters)
+    task.add_done_callback(partial(_take_outcome, result))
+    result.add_done_callback(partial(withdraw_if_cancelled, loop, queued))
+    result.add_done_callback(partial(_cancel_with, task))
+    return result
+
+
+def _take_outcome(result: Future[T], task: Future[T]) -> None:
+    with suppress(InvalidStateError):  # cancelled meanwhile
+        if task.cancelled():
+            result.cancel()
+        elif (error := task.exception()) is not None:
+            result.set_exception(error)
+        else:
+            result.set_result(task.result())
+
+
+def _cancel_with(task: Future[Any], result: Future[Any]) -> None:
+    if result.cancelled():
+        task.cancel()
 
 
 def _through_loop(

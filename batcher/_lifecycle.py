@@ -263,7 +263,7 @@ class Lifecycle:
     def _watch(self) -> None:
         # With observers, every record is timed to dispatch; without, one at a time.
         counters, observers = self._counters, self._observers
-        counters.observe = observers.frozen() if observers else None
+        counters.observe = observers.frozen(counters) if observers else None
         counters.timed = None
 
     def configure(self, **settings: Any) -> None:

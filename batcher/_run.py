@@ -77,6 +77,7 @@ class Run(Intake):
         self.owner = owner
         #: The event loop the run belongs to (its native token).
         self.loop = current_token().native_token
+        counters.end_fatally = self.end_fatally  # for an observer's or a done-callback's KeyboardInterrupt
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
         self._workers = settings.max_concurrent_batches  # how many will stay
@@ -137,6 +138,8 @@ class Run(Intake):
             fail_queued(self.submit_receive, error, counters)
             self.fail_overflow(error)
             fail(self.taken_back, error, counters)
+            if counters.end_fatally == self.end_fatally:
+                counters.end_fatally = None  # the loops are over: a later one is raised where it is
             self.close_streams()
             self.stopped.set()
 
@@ -269,8 +272,9 @@ class Run(Intake):
         return self.thread == get_ident() and current_token().native_token is not self.loop
 
     def end_fatally(self, exc: BaseException) -> None:
-        """Keep ``exc`` for ``stop()``, refuse records from now on, and cancel the loops."""
-        self.fatal = exc
+        """Keep ``exc`` (the first such) for ``stop()``, refuse records from now on, and cancel the loops."""
+        if self.fatal is None:
+            self.fatal = exc
         self.end_input()
         self.scope.cancel()
 

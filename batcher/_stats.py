@@ -115,6 +115,7 @@ class Counters:
         "cost_fit",
         "dispatched",
         "durations",
+        "end_fatally",
         "expired",
         "failed",
         "idle",
@@ -168,6 +169,9 @@ class Counters:
         self.idle = 0.0
         #: The batcher's observers, or ``None`` while it has none (see ``_events.py``).
         self.observe: Callable[[Event], None] | None = None
+        #: While a run's loops run: what ends it for a ``BaseException`` an observer or
+        #: a done-callback raised (``_callbacks.raised_past_exception``).
+        self.end_fatally: Callable[[BaseException], None] | None = None
         #: Without observers, the one record being timed from submit to dispatch.
         self.timed: Any = None
         self.waits: deque[float] = deque(maxlen=WINDOW)  # queue waits of timed records, seconds

@@ -37,7 +37,8 @@ COHORT = 64
 
 NOT_RUNNING = "batcher is not running; use 'async with batcher:' or start()"
 ENDED = (
-    "the batcher was ended by {!r} from its process function; stop() it (stop() raises that again) to start it again"
+    "the batcher was ended by {!r} from its process function (or an observer or done-callback); "
+    "stop() it (stop() raises that again) to start it again"
 )
 OTHER_THREAD = (
     "batcher was called from a thread other than its event loop's; from other threads use SyncBatcher, "

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Self, overload
 
 from ._dynamic import DynamicBatcher
-from ._from_thread import call_from_thread, call_on_loop, submit_from_thread, thread_options, withdraw_if_cancelled
+from ._from_thread import call_from_thread, call_on_loop, relayed, submit_from_thread, thread_options
 from ._future import check_not_waiting_for_itself
 from ._loop import ALREADY_RUNNING, IN_LOOP, NOT_RUNNING, RUNNING_ELSEWHERE, Loop, check_backend, check_caller
 from ._map import Progress
@@ -263,9 +263,8 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         loop = self._running()
         if timeout is None and (handed := submit_from_thread(loop, self._batcher, record, options)) is not None:
             return handed
-        future, queued = loop.start(partial(call_on_loop, self._batcher, record, options, timeout))
-        future.add_done_callback(partial(withdraw_if_cancelled, loop, queued))
-        return future
+        task, queued = loop.start(partial(call_on_loop, self._batcher, record, options, timeout))
+        return relayed(loop, task, queued, self._batcher._counters)
 
     @overload
     def map(

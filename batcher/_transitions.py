@@ -8,7 +8,6 @@ through these; a caller withdraws its own record with :meth:`BatchFuture.cancel`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import suppress
 from time import monotonic
 from typing import Any
 
@@ -71,38 +70,23 @@ def settle(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: 
     in a slot fails that future alone. Return how many of them a caller waited
     on (had an event, perhaps shared with others)."""
     failed = waited = 0
-    try:
-        for future, result in zip(batch, results, strict=True):
-            # _finish() for a dispatched future, written out: this runs once per record,
-            # and the call cost 2-3 % of throughput (BENCHMARKS.md, "Against an earlier
-            # revision").
-            if isinstance(result, Exception):
-                failed += 1
-                future._state, future._value = ERROR, (result, result.__traceback__)
-            else:
-                future._state, future._value = RESULT, result
-            future._record = None
-            event = future._event
-            if event is not None:
-                event.set()
-                waited += 1
-    except BaseException:  # a done-callback raised past Exception (KeyboardInterrupt): the rest end first
-        _settle_rest(batch, results, counters)
-        raise
+    for future, result in zip(batch, results, strict=True):
+        # _finish() for a dispatched future, written out: this runs once per record,
+        # and the call cost 2-3 % of throughput (BENCHMARKS.md, "Against an earlier
+        # revision").
+        if isinstance(result, Exception):
+            failed += 1
+            future._state, future._value = ERROR, (result, result.__traceback__)
+        else:
+            future._state, future._value = RESULT, result
+        future._record = None
+        event = future._event
+        if event is not None:
+            event.set()
+            waited += 1
     counters.completed += len(batch)
     counters.failed += failed
     return waited
-
-
-def _settle_rest(batch: Sequence[BatchFuture[Any]], results: Sequence[Any], counters: Counters) -> None:
-    # settle() was interrupted: end the futures it had not reached, and count the batch.
-    for future, result in zip(batch, results, strict=True):
-        if future._state < RESULT:
-            error = isinstance(result, Exception)
-            with suppress(BaseException):  # the first such exception is the one raised
-                future._finish(ERROR if error else RESULT, (result, result.__traceback__) if error else result)
-    counters.completed += len(batch)
-    counters.failed += sum(isinstance(result, Exception) for result in results)
 
 
 def end(future: BatchFuture[Any], value: Any, counters: Counters) -> None:
@@ -117,25 +101,19 @@ def fail(batch: Sequence[BatchFuture[Any]], exc: BaseException, counters: Counte
     (the batcher is closing) are told to the observers as dropped, ``"closed"``."""
     ended = queued = queued_cost = 0
     error = (exc, exc.__traceback__)
-    raised: BaseException | None = None
     for future in batch:
         if future._state < RESULT:
             ended += 1
             if future._state == PENDING:
                 queued += 1
                 queued_cost += future._cost
-            try:
-                future._finish(ERROR, error)
-            except BaseException as callback_exc:  # a done-callback's KeyboardInterrupt: the rest end first
-                raised = raised or callback_exc
+            future._finish(ERROR, error)
     counters.completed += ended
     counters.failed += ended
     if queued:
         counters.closed += queued
         if counters.observe is not None:
             counters.observe(RecordsDropped("closed", queued, queued_cost))
-    if raised is not None:
-        raise raised
 
 
 def expire(future: BatchFuture[Any], counters: Counters) -> None:

@@ -13,7 +13,7 @@ from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 
 from ._budget import batch_cost
-from ._events import Observer, Outcome, batch_dispatched, batch_ended
+from ._events import Outcome, batch_dispatched, batch_ended
 from ._exceptions import closed_error
 from ._future import Batch, BatchFuture, ModelCall
 from ._model import Model, ModelThread
@@ -77,8 +77,8 @@ class Worker:
                 batch = None
                 if finished is not None:
                     batch = await self._handover(crowd)
-                    settling, finished = finished, None  # settled once, even if a done-callback raises
-                    crowd = settle(*settling, counters) >= CROWD
+                    crowd = settle(*finished, counters) >= CROWD
+                    finished = None
                 if batch is None:
                     batch = await self._next_batch()
                 if batch is None or batch is RETIRE:
@@ -146,13 +146,13 @@ class Worker:
         counters = self._counters
         number, cost = self._count(batch, waits)
         observe = counters.observe  # those there are now see both of the batch's events
+        if observe is not None:
+            target = self._run.settings.target_batch_cost
+            batch_dispatched(observe, counters, number, self._index, batch, cost, target, waits)
         started = perf_counter() if observe is not None else 0.0
         results: list[Any] | None = None
         outcome: Outcome = "ok"
         try:
-            if observe is not None:  # (one raising past Exception ends the batcher, as the model would)
-                target = self._run.settings.target_batch_cost
-                batch_dispatched(observe, counters, number, self._index, batch, cost, target, waits)
             if self._model.streaming:
                 await self._stream(batch)  # ends each future as its stream ends
             else:
@@ -166,18 +166,9 @@ class Worker:
         finally:
             counters.running -= 1
             if observe is not None:
-                self._ended(observe, number, batch, cost, perf_counter() - started, outcome, results)
+                duration = perf_counter() - started
+                batch_ended(observe, counters, number, self._index, batch, cost, duration, outcome, results)
         return None if results is None else (batch, results)
-
-    def _ended(self, observe: Observer, number: int, batch: Batch, *event: Any) -> None:
-        # BatchEnded; if the observer raises past Exception, the batch's results are handed out first.
-        try:
-            batch_ended(observe, self._counters, number, self._index, batch, *event)
-        except BaseException:
-            results = event[-1]
-            if results is not None:
-                settle(batch, results, self._counters)
-            raise
 
     def _count(self, batch: Batch, waits: list[float]) -> tuple[int, int]:
         """Count a dispatched batch in; return its number and its cost."""

@@ -533,6 +533,24 @@ class TestWithdrawal:
         assert model.records == ["first"]
         assert batcher.stats.total_cancelled == 2
 
+    def test_cancelling_a_future_again_is_quiet_as_an_executors_is(
+        self, backend: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with held_batcher(backend) as (batcher, _, _):
+            twice = batcher.submit("twice")
+            assert twice.cancel()
+            assert twice.cancel()
+            again = batcher.submit("in its own callback")
+            again.add_done_callback(lambda future: future.cancel())
+            assert again.cancel()
+            shared = [batcher.submit(n) for n in range(20)]
+            cancellers = [in_thread(lambda: [future.cancel() for future in shared]) for _ in range(4)]
+            for canceller in cancellers:
+                canceller.result(WAIT)
+            assert concurrent.futures.wait([twice, again, *shared], timeout=WAIT).not_done == set()
+        assert [record for record in caplog.records if record.name == "concurrent.futures"] == []
+        assert batcher.stats.total_cancelled == 22
+
     def test_a_future_cancelled_in_another_futures_callback_withdraws_its_record(self, backend: str) -> None:
         """Such a callback runs on the loop's thread ("when one fails, cancel the rest")."""
         with held_batcher(backend) as (batcher, model, first):
@@ -868,6 +886,30 @@ class TestWaitingForItself:
             assert sync.call("after", timeout=WAIT) == "after"
         assert len(errors) == 1
         assert self.SELF_WAIT in str(errors[0])
+
+    @pytest.mark.parametrize("way", ["behind a full queue", "with a time limit"])
+    def test_a_future_it_submitted_by_a_task_refuses_to_wait_too(self, backend: str, way: str) -> None:
+        # Those futures come from a task on the loop (the queue was full, or it keeps a deadline).
+        errors: list[str] = []
+
+        def process(batch: list[str]) -> list[str]:
+            if batch == ["parent"]:
+                futures = [
+                    sync.submit(f"child {n}", timeout=WAIT if way == "with a time limit" else None) for n in range(4)
+                ]
+                try:
+                    futures[-1].result(WAIT)
+                except RuntimeError as exc:
+                    errors.append(str(exc))
+            return batch
+
+        settings: dict[str, Any] = {"max_queue_size": 1, "max_batch_size": 1, "prefetch_batches": 0}
+        with SyncBatcher(DynamicBatcher(process, **settings), backend=backend) as sync:
+            started = time.monotonic()
+            assert sync.call("parent", timeout=WAIT) == "parent"
+            assert time.monotonic() - started < WAIT / 2  # refused at once, not after waiting
+        assert len(errors) == 1
+        assert self.SELF_WAIT in errors[0]
 
     def test_its_submit_behind_a_full_queue_does_not_wait_for_room(self, backend: str) -> None:
         # Room comes only as batches go, and none goes before the only worker returns.
