@@ -346,4 +346,4 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         """
         options = thread_options(self._batcher, estimated_cost, estimated_tokens, None, priority, max_queue_delay_s)
         start = partial(self._batcher.stream, record, **options)
-        return SyncResults(self._running(), start, self._batcher._counters)
+        return SyncResults(self._running(), start, self._batcher._counters, self._batcher._settings.stream_buffer)

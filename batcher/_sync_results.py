@@ -57,12 +57,16 @@ class SyncResults(Generic[T]):
     """
 
     def __init__(
-        self, loop: Loop, start_map: Callable[[], MapResults[T] | RecordStream[T]], counters: Counters
+        self,
+        loop: Loop,
+        start_map: Callable[[], MapResults[T] | RecordStream[T]],
+        counters: Counters,
+        buffer: int = CHUNK,
     ) -> None:
         self._loop = loop
         self._counters = counters
         self._ready: deque[T] = deque()
-        send, self._receive = anyio.create_memory_object_stream[T](CHUNK)
+        send, self._receive = anyio.create_memory_object_stream[T](buffer)  # finished, not yet fetched
         try:
             self._pump, self._scope = loop.start(partial(pump, start_map, send, loop.maps))
         except BaseException:
@@ -81,6 +85,8 @@ class SyncResults(Generic[T]):
                 check_caller(self._loop.backend)  # before _fetch(), which closes the map on an error
                 self._refuse_waiting_for_itself()
                 self._fetch()
+            if not self._open:  # closed by another thread meanwhile: what was not read is dropped
+                raise StopIteration
             return self._ready.popleft()
 
     def __enter__(self) -> Self:
@@ -140,6 +146,11 @@ class SyncResults(Generic[T]):
             if self._open:
                 raise
             raise StopIteration from None  # closed by another thread while this one waited
+        except RuntimeError as exc:
+            if str(exc) != NOT_RUNNING:
+                self.close()
+                raise
+            chunk = self._handed_over()  # a stop ended the loop: what the pump sent before still counts
         except BaseException:
             self.close()
             raise
@@ -150,6 +161,17 @@ class SyncResults(Generic[T]):
         if not self._pump.result():  # raises the map's own exception
             raise RuntimeError(NOT_RUNNING)
         raise StopIteration
+
+    def _handed_over(self) -> list[T]:
+        # Once the loop has ended (its tasks, the pump among them, are done): what is left in the stream.
+        chunk: list[T] = []
+        while True:
+            try:
+                chunk.append(self._receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                if not chunk:
+                    self._receive.close()
+                return chunk
 
 
 # ------------------------------------------------------------ on the loop

@@ -27,6 +27,7 @@ from batcher import (
     BatcherOverloadedError,
     DynamicBatcher,
     Prompt,
+    StreamLagError,
     SyncBatcher,
     TokenBatcher,
 )
@@ -843,6 +844,44 @@ class TestStream:
             stats = batcher.stats
         assert (stats.total_submitted, stats.total_failed) == (3, 1)
         assert stats.total_submitted == stats.total_completed + stats.total_cancelled
+
+    def test_a_graceful_stop_leaves_a_finished_stream_or_map_to_its_thread(self, backend: str) -> None:
+        # The stop ends the loop; what was handed over before is still read, then the end.
+        sync: SyncBatcher[str, list[str]] = SyncBatcher(DynamicBatcher(words), backend=backend)
+        sync.start()
+        stream = sync.stream("one two three four")
+        results = sync.map(["a b", "c"])
+        assert next(stream) == "one"
+        until(lambda: sync.stats.total_completed == 3)  # every item and result is made
+        sync.stop()
+        assert list(stream) == ["two", "three", "four"]
+        assert list(results) == [["a", "b"], ["c"]]
+
+    def test_a_thread_that_stops_reading_lags_as_a_task_would(self, backend: str) -> None:
+        # Its items wait in the record's buffer and a hand-over buffer of the same size, no more.
+        async def counting(records: list[str]) -> Any:
+            for step in range(200):
+                await anyio.lowlevel.checkpoint()
+                yield [step] * len(records)
+
+        settings: dict[str, Any] = {"max_batch_size": 1, "stream_buffer": 2, "stream_stall_s": 0.05}
+        with SyncBatcher(DynamicBatcher(counting, **settings), backend=backend) as sync:
+            slow = sync.stream("slow")
+            assert next(slow) == 0
+            until(lambda: sync.stats.total_failed == 1)  # it lagged; the model went on without it
+            read: list[int] = []
+            with pytest.raises(StreamLagError):
+                read.extend(slow)
+            assert len(read) < 20  # a few buffers' worth, not the 199 the model made
+            assert list(sync.stream("next")) == list(range(200))
+
+    def test_close_from_another_thread_drops_what_was_not_read(self, backend: str) -> None:
+        with SyncBatcher(DynamicBatcher(words), backend=backend) as sync:
+            stream = sync.stream("a b c d e f")
+            until(lambda: sync.stats.total_completed == 1)  # every item is ready
+            assert next(stream) == "a"  # the others came with it
+            in_thread(stream.close).result(WAIT)
+            assert list(stream) == []
 
     def test_misuse_is_refused_clearly(self, backend: str) -> None:
         with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
