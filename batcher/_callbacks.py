@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -50,9 +51,10 @@ def raised_past_exception(counters: Counters, exc: BaseException, where: str) ->
     ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
     ``SystemExit``): it ends the batcher's run as the process function's would, without
     breaking off the loops' own work where it was raised (every future still ends
-    once), and ``stop()`` raises it. With no run to end, it is raised here.
+    once), and ``stop()`` raises it. With no run to end, or off its loop's thread (a
+    callback added there to a future that had ended), it is raised where it was.
     """
-    if counters.end_fatally is None:
+    if counters.end_fatally is None or counters.thread != get_ident():  # no run, or not on its loop's thread
         raise exc
     logger.error("%s raised %r; closing", where, exc)
     counters.end_fatally(exc)

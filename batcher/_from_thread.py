@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import anyio
 from anyio.abc import TaskStatus
 
+from ._callbacks import raised_past_exception
 from ._future import MODEL_CALL, BatchFuture, check_not_waiting_for_itself
 from ._loop import Loop, refused_as_not_running
 from ._settings import check_options, check_seconds
@@ -203,14 +204,19 @@ def relayed(loop: Loop, task: Future[T], queued: BatchFuture[Any], counters: Cou
     return result
 
 
-def _take_outcome(result: Future[T], task: Future[T]) -> None:
-    with suppress(InvalidStateError):  # cancelled meanwhile
-        if task.cancelled():
-            result.cancel()
-        elif (error := task.exception()) is not None:
-            result.set_exception(error)
-        else:
-            result.set_result(task.result())
+def _take_outcome(result: _Result[T], task: Future[T]) -> None:
+    # On the loop, as the task ends. The result's own callbacks run here: one raising past
+    # Exception (concurrent.futures logs the others) ends the batcher, as on the way without a task.
+    try:
+        with suppress(InvalidStateError):  # cancelled meanwhile
+            if task.cancelled():
+                result.cancel()
+            elif (error := task.exception()) is not None:
+                result.set_exception(error)
+            else:
+                result.set_result(task.result())
+    except BaseException as exc:
+        raised_past_exception(result._counters, exc, "a done callback of a SyncBatcher future")
 
 
 def _cancel_with(task: Future[Any], result: Future[Any]) -> None:

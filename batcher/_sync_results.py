@@ -87,7 +87,10 @@ class SyncResults(Generic[T]):
                 self._fetch()
             if not self._open:  # closed by another thread meanwhile: what was not read is dropped
                 raise StopIteration
-            return self._ready.popleft()
+            try:
+                return self._ready.popleft()
+            except IndexError:  # (closed just now)
+                raise StopIteration from None
 
     def __enter__(self) -> Self:
         return self

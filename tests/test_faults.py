@@ -449,6 +449,25 @@ class TestAbnormalExit:
         assert_closed(futures[4:])
         assert_balanced(batcher)
 
+    async def test_a_callback_added_from_another_thread_raises_there_and_the_batcher_goes_on(self) -> None:
+        # Added to a future that has ended, it runs in that thread: off the loop, it cannot end the run.
+        fatal = Fatal("in a thread")
+
+        def callback(future: BatchFuture[int]) -> None:
+            raise fatal
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(_echo_slowly) as batcher:
+                future = await batcher.submit(1)
+                await future
+
+                def add() -> None:
+                    future.add_done_callback(callback)
+
+                with pytest.raises(Fatal):
+                    await anyio.to_thread.run_sync(add)
+                assert await batcher.call(2) == 2
+
     @pytest.mark.parametrize("on", [BatchDispatched, BatchEnded, RecordsDropped])
     async def test_an_observer_raising_past_exception_ends_the_batcher_as_the_model_would(self, on: type) -> None:
         fatal = Fatal("from an observer")

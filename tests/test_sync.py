@@ -339,6 +339,30 @@ class TestLifecycle:
         assert configured.result(WAIT) is None
         assert batcher._batcher._settings.max_batch_size == 7
 
+    @pytest.mark.parametrize("limit", [None, WAIT])
+    def test_a_future_callback_raising_past_exception_is_raised_by_stop(self, backend: str, limit: Any) -> None:
+        # With a time limit, a task on the loop keeps it and hands the outcome over.
+        class Fatal(BaseException):
+            pass
+
+        def callback(future: Future[int]) -> None:
+            raise Fatal
+
+        model = Gate(hold_from=0)
+        batcher = SyncBatcher(DynamicBatcher(model), backend=backend)
+        batcher.start()
+        future = batcher.submit(1, timeout=limit)
+        assert model.entered.wait(WAIT)
+        future.add_done_callback(callback)  # before it ends: it runs where the future ends
+        model.release()
+        assert future.result(WAIT) == ("done", 1)
+        until(lambda: "ended by Fatal" in repr(batcher))
+        with pytest.raises(Fatal):
+            batcher.stop()
+        assert not batcher.is_running
+        with batcher:  # and it starts again
+            assert batcher.call(3) == ("done", 3)
+
     def test_a_fatal_process_function_exception_is_raised_by_stop(self, backend: str) -> None:
         class Fatal(BaseException):
             pass
