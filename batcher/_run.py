@@ -108,6 +108,7 @@ class Run(Intake):
                 pass  # it holds exc, the one error of serve(), its one task: raised alone below
             finally:  # also when start() itself was cancelled, which the task group re-raises
                 self.owner = None
+                self._unhook()
                 self.close_streams()
                 self.stopped.set()
             raise
@@ -138,8 +139,7 @@ class Run(Intake):
             fail_queued(self.submit_receive, error, counters)
             self.fail_overflow(error)
             fail(self.taken_back, error, counters)
-            if counters.end_fatally == self.end_fatally:
-                counters.end_fatally = None  # the loops are over: a later one is raised where it is
+            self._unhook()
             self.close_streams()
             self.stopped.set()
 
@@ -270,6 +270,11 @@ class Run(Intake):
         """Whether the event loop of this run ended without stopping it (``start()``
         with no ``stop()``): the caller runs another loop on the run's thread."""
         return self.thread == get_ident() and current_token().native_token is not self.loop
+
+    def _unhook(self) -> None:
+        # The loops are over: an observer's or a callback's BaseException is raised where it is from now on.
+        if self.counters.end_fatally == self.end_fatally:
+            self.counters.end_fatally = None
 
     def end_fatally(self, exc: BaseException) -> None:
         """Keep ``exc`` (the first such) for ``stop()``, refuse records from now on, and cancel the loops."""
