@@ -53,8 +53,11 @@ def thread_options(
     if timeout is not None:
         check_seconds("timeout", timeout)
     check_options(priority, max_queue_delay_s)
-    options: dict[str, Any] = {"estimated_cost": estimated_cost, "priority": priority}
-    options["max_queue_delay_s"] = max_queue_delay_s
+    options: dict[str, Any] = {
+        "estimated_cost": estimated_cost,
+        "priority": priority,
+        "max_queue_delay_s": max_queue_delay_s,
+    }
     if estimated_tokens is not None:
         if not isinstance(batcher, TokenBatcher):
             raise TypeError(NO_TOKENS)

@@ -171,7 +171,7 @@ class SyncBatcher(Generic[RecordT, ResultT]):
     def configure(self, **settings: Any) -> None:
         """Change settings as :meth:`DynamicBatcher.configure` does, from any thread
         but the loop's; before :meth:`start`, for the run to come. While another
-        thread starts or stops it, it waits for that to end.
+        thread starts it, it waits for that; during a stop it applies at once.
 
         :raises TypeError: for a setting it cannot change, or of the wrong type
         :raises ValueError: for a value out of range
