@@ -83,13 +83,33 @@ class Loop:
     """One run of the background event loop: the portal into it, the task that
     serves the batcher, and the loop's thread."""
 
-    __slots__ = ("backend", "calls_soon", "closing", "handed", "maps", "portal", "serving", "stack", "thread", "token")
+    __slots__ = (
+        "_gate",
+        "_inside",
+        "backend",
+        "calls_soon",
+        "closing",
+        "ending",
+        "handed",
+        "maps",
+        "portal",
+        "serving",
+        "stack",
+        "thread",
+        "token",
+    )
 
     def __init__(self, batcher: DynamicBatcher[Any, Any], backend: str, options: Mapping[str, Any] | None) -> None:
         check_caller(backend)
         self.backend = backend
         #: Set once close() has begun: a call that fails from then on failed because of it.
         self.closing = False
+        #: Set as close() ends the loop itself: no call is let in any more, and those let in
+        #: before are waited for (one racing the portal's shutdown would leave AnyIO's
+        #: coroutine for it unawaited, on trio).
+        self.ending = False
+        self._gate = threading.Condition()
+        self._inside = 0
         #: The cancel scopes of the maps running on the loop (touched only there).
         self.maps: set[anyio.CancelScope] = set()
         #: The outcomes that calls from threads wait for (``call_from_thread``), until they end.
@@ -161,8 +181,12 @@ class Loop:
     def entry(self) -> Iterator[None]:
         # The way into the loop from a thread. A call that raced stop() and lost
         # (the portal, or the batcher's input, closed under it) says so plainly.
-        if self.on_loop_thread():
-            raise RuntimeError(IN_LOOP)
+        with self._gate:
+            if self.ending:  # (first: as the loop's thread ends, a new thread may be given its id)
+                raise RuntimeError(NOT_RUNNING)
+            if self.on_loop_thread():
+                raise RuntimeError(IN_LOOP)
+            self._inside += 1
         try:
             yield
         except RuntimeError:
@@ -170,6 +194,10 @@ class Loop:
                 raise RuntimeError(NOT_RUNNING) from None
             check_caller(self.backend)  # trio's own refusal, in words that name the fix
             raise
+        finally:
+            with self._gate:
+                self._inside -= 1
+                self._gate.notify_all()
 
     def close(self, batcher: DynamicBatcher[Any, Any]) -> None:
         """Stop the batcher gracefully, then the loop; re-raise what ended the batcher, if anything.
@@ -183,7 +211,11 @@ class Loop:
             self.portal.call(self.end_maps)
             fatal = self.serving.result()
         finally:
+            with self._gate:
+                self.ending = True
+                self._gate.wait_for(lambda: not self._inside)  # the calls let in end on the loop
             self.stack.close()
+            self.thread = 0  # it has ended, and a new thread may be given its id
             for outcome in list(self.handed):  # handed to the loop as it ended: never queued
                 with suppress(InvalidStateError):
                     outcome.set_exception(RuntimeError(NOT_RUNNING))

@@ -19,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._future import check_not_waiting_for_itself
 from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_caller, refused_as_not_running
 from ._map import MapResults
+from ._model import call_soon
 from ._stats import Counters
 from ._streaming import RecordStream
 
@@ -121,15 +122,18 @@ class SyncResults(Generic[T]):
     def __del__(self) -> None:
         # Dropped without close(), as a for loop left early drops it: close it, as a
         # generator is closed, so that the rest is withdrawn.
-        if getattr(self, "_open", False):
-            if self._loop.closing:  # the loop ends (or has ended) the map itself; its thread's id may be reused
-                self._open = False
-                self._receive.close()
-            elif self._loop.on_loop_thread():  # collected on the loop: it must not wait there
-                self._open = False
-                stop_now(self._scope, self._receive)
-            else:
-                self.close()
+        if not getattr(self, "_open", False):
+            return
+        if not (self._loop.closing or self._loop.on_loop_thread()):
+            self.close()
+            return
+        # Stopping, or collected on the loop (perhaps outside a task): not waited for, and
+        # done by the loop (a sender it wakes must be woken there), or here once it has ended.
+        self._open = False
+        try:
+            call_soon(self._loop.token, partial(stop_now, self._scope, self._receive))
+        except (anyio.RunFinishedError, RuntimeError):
+            self._receive.close()
 
     def _refuse_waiting_for_itself(self) -> None:
         # From the batcher's own process function, with one worker: the map cannot go on.
@@ -153,7 +157,8 @@ class SyncResults(Generic[T]):
             if str(exc) != NOT_RUNNING:
                 self.close()
                 raise
-            chunk = self._handed_over()  # a stop ended the loop: what the pump sent before still counts
+            wait((self._pump,))  # a stop ends the loop: once the pump has too, what it sent still counts
+            chunk = self._handed_over()
         except BaseException:
             self.close()
             raise
