@@ -4,8 +4,9 @@ model (withdrawn, expired, refused by load shedding, or failed by an abnormal st
 
 An observer is any callable taking an event; it runs in the task that caused the
 event (a worker, a submitter), so it must be quick and must not block. One that
-raises is logged and never breaks the batcher. A batch's two events are told to the
-observers there were when it was dispatched.
+raises an ``Exception`` is logged and never breaks the batcher; one that raises past
+it (``KeyboardInterrupt``) ends the batcher as the process function would. A batch's
+two events are told to the observers there were when it was dispatched.
 """
 
 from __future__ import annotations
