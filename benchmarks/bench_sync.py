@@ -27,7 +27,8 @@ import gc
 import statistics
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
 
 import anyio
 
@@ -75,6 +76,26 @@ def submit_batch_path(records: int, backend: str) -> float:
 THREADS = 16
 
 
+def _in_threads(work: Callable[[int], None], share: int) -> float:
+    """Seconds for ``THREADS`` threads, each running ``work(first)`` on its share of records."""
+    threads = [threading.Thread(target=work, args=(index * share,)) for index in range(THREADS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+async def _in_tasks(work: Callable[[int], Coroutine[Any, Any, None]], share: int) -> float:
+    """Seconds for ``THREADS`` tasks, each running ``work(first)`` on its share of records."""
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for index in range(THREADS):
+            tg.start_soon(work, index * share)
+    return time.perf_counter() - started
+
+
 def sync_call_path(records: int, backend: str) -> float:
     """Seconds for ``records`` through ``SyncBatcher.call`` from 16 threads."""
     share = records // THREADS
@@ -84,13 +105,7 @@ def sync_call_path(records: int, backend: str) -> float:
             for record in range(first, first + share):
                 assert batcher.call(record) == record
 
-        threads = [threading.Thread(target=caller, args=(index * share,)) for index in range(THREADS)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return time.perf_counter() - started
+        return _in_threads(caller, share)
 
 
 def async_call_path(records: int, backend: str) -> float:
@@ -104,11 +119,7 @@ def async_call_path(records: int, backend: str) -> float:
                 for record in range(first, first + share):
                     assert await batcher.call(record) == record
 
-            started = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for index in range(THREADS):
-                    tg.start_soon(caller, index * share)
-            return time.perf_counter() - started
+            return await _in_tasks(caller, share)
 
     return anyio.run(run, backend=backend)
 
@@ -146,13 +157,7 @@ def sync_stream_path(items: int, backend: str) -> float:
                 with batcher.stream(record) as stream:
                     assert sum(1 for _ in stream) == ITEMS
 
-        threads = [threading.Thread(target=reader, args=(index * share,)) for index in range(THREADS)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return time.perf_counter() - started
+        return _in_threads(reader, share)
 
 
 def async_stream_path(items: int, backend: str) -> float:
@@ -167,11 +172,7 @@ def async_stream_path(items: int, backend: str) -> float:
                     async with batcher.stream(record) as stream:
                         assert len([item async for item in stream]) == ITEMS
 
-            started = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for index in range(THREADS):
-                    tg.start_soon(reader, index * share)
-            return time.perf_counter() - started
+            return await _in_tasks(reader, share)
 
     return anyio.run(run, backend=backend)
 
