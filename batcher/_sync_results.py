@@ -172,14 +172,10 @@ class SyncResults(Generic[T]):
 
     def _handed_over(self) -> list[T]:
         # Once the loop has ended (its tasks, the pump among them, are done): what is left in the stream.
-        chunk: list[T] = []
-        while True:
-            try:
-                chunk.append(self._receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                if not chunk:
-                    self._receive.close()
-                return chunk
+        chunk = ready(self._receive, [])
+        if not chunk:
+            self._receive.close()
+        return chunk
 
 
 # ------------------------------------------------------------ on the loop
@@ -221,10 +217,15 @@ async def take(receive: MemoryObjectReceiveStream[T]) -> list[T]:
     except anyio.EndOfStream:
         receive.close()
         return []
+    return ready(receive, chunk)
+
+
+def ready(receive: MemoryObjectReceiveStream[T], chunk: list[T]) -> list[T]:
+    """``chunk`` with every result the stream holds now added, up to :data:`CHUNK`."""
     while len(chunk) < CHUNK:
         try:
             chunk.append(receive.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
             break
     return chunk
 
