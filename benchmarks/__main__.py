@@ -5,7 +5,7 @@
     python -m benchmarks --only A,C --reps 5
     python -m benchmarks --with-model    # A-E and F (real embedding model)
     python -m benchmarks --only S        # the scaling section alone (issue 11)
-    python -m benchmarks --gpu           # also G, batching on a CUDA device (skipped without one)
+    python -m benchmarks --gpu           # also G, batching on a CUDA device, brief (skipped without one)
     python -m benchmarks --with-ray      # also R, batches served by Ray actor replicas
 
 After A-E comes S, the scaling section (:mod:`benchmarks.scaling`): the cost per
@@ -210,7 +210,7 @@ def _run_model_workload(quick: bool) -> list[str]:
 
 
 def _run_gpu_workload(quick: bool) -> list[str]:
-    """Workload G (``benchmarks/bench_gpu.py``): it says why it skipped when there is no CUDA device."""
+    """Workload G (``benchmarks/bench_gpu.py``), brief: it says why it skipped when there is no CUDA device."""
     return _run_optional("G", "benchmarks.bench_gpu", "examples", quick)
 
 

@@ -14,7 +14,8 @@
    a sum budget (FIFO), with a padded budget in arrival order (``cost_model="padded"``),
    ``cost_model="padded"`` with ``group_by_cost=True``, and ``cost_model="measured"``,
    in an open and a closed loop, against an offline run of the corpus sorted by
-   length and cut into budget-full batches; with each policy's largest batch in
+   length and cut into budget-full batches (in the main thread, taking its turn in
+   each round); with each policy's largest batch in
    padded tokens (a sum budget lets it pass the budget). In the open loop also
    padded grouping and ``measured`` ``uncapped``: with a ``max_batch_size`` the
    budget reaches first (budget // shortest text) instead of the default 256, which
@@ -24,16 +25,18 @@
    with its sum budget: the policies at equal memory.
 
 The small model gets 4,096 texts, the large one 2,048 (its passes are long enough
-to be steady). Parts 1-3 should take 5-6 minutes of GPU time, by the pass times of
-runs 3-7 (BENCHMARKS.md); 30-70 s a model of that is each thread's first, cold run
-of each shape.
+to be steady). Parts 1-3 took 284 s on an H200 (run 9, BENCHMARKS.md); 30-70 s a
+model of that is each thread's first, cold run of each shape. ``--brief`` (what
+``python -m benchmarks --gpu`` runs) makes one warm and one timed pass of each
+policy and one round of modes: about 3 minutes, at the cost of the turns' medians.
 
 Without a CUDA device it prints why it skipped and exits 0. ``--device cpu`` runs
 the same code on the CPU with a tiny model (a check that it works, not a
 measurement)::
 
-    python -m benchmarks --gpu                     # with A-E, S (and F with --with-model)
-    python -m benchmarks.bench_gpu                 # G alone, 5-6 minutes of GPU time
+    python -m benchmarks --gpu                     # with A-E, S (and F with --with-model); G --brief
+    python -m benchmarks.bench_gpu                 # G alone, about 5 minutes of GPU time
+    python -m benchmarks.bench_gpu --brief         # about 3 minutes
     python -m benchmarks.bench_gpu --parts unbound --passes 5
     python -m benchmarks.bench_gpu --quick --device cpu
 """
@@ -62,8 +65,6 @@ from benchmarks import flyte_ref
 from benchmarks.scaling import longest_gap_ms
 
 PRODUCERS = 64
-#: Passes over the corpus before the timed ones, in the same batcher (a steady state).
-WARM_PASSES = 2
 SKIPPED = "G  skipped: no CUDA device (torch.cuda.is_available() is false); `--device cpu` checks the code on the CPU"
 
 
@@ -76,12 +77,18 @@ class Sizes:
     passes: int = 3
     #: Rounds of each execution mode's passes and the bare model's, taken in turns.
     mode_rounds: int = 2
+    #: Passes over the corpus before the timed ones, in the same batcher (a steady
+    #: state); the first meets every shape its thread will run.
+    warm_passes: int = 2
 
 
 # The large model's passes take long enough to be steady with half the texts; so sized,
-# parts 1-3 take 5-6 minutes (``--passes`` and ``--mode-rounds`` for more).
+# parts 1-3 took 284 s on an H200 (``--passes`` and ``--mode-rounds`` for more).
 FULL = Sizes(16_384, {"small (6 x 384)": (6, 384, 12, 4096), "large (24 x 1024)": (24, 1024, 16, 2048)}, 32)
 QUICK = Sizes(2_048, {"tiny (2 x 64)": (2, 64, 2, 256)}, 8)
+#: ``python -m benchmarks --gpu``'s sizing (``--brief``): issue 15's "about 3 minutes";
+#: one pass of each, so its figures carry the GPU's pass-to-pass noise (up to 1.5x).
+BRIEF = replace(FULL, passes=1, mode_rounds=1, warm_passes=1)
 
 
 class Encoder:
@@ -110,9 +117,13 @@ class Encoder:
         self.reset()
 
     def embed(self, batch: Sequence[int]) -> list[Any]:
-        """The batch's embeddings, waiting for the device (a blocking model)."""
+        """The batch's embeddings, waiting for the device (a blocking model); adds the
+        seconds it took to ``busy``."""
+        started = time.perf_counter()
         pooled, _ = self.launch(batch)
-        return list(pooled.float().cpu())
+        embeddings = list(pooled.float().cpu())
+        self.busy += time.perf_counter() - started
+        return embeddings
 
     def launch(self, batch: Sequence[int]) -> tuple[Any, Any]:
         """Queue the batch's work on the device; its pooled output and an event that is
@@ -180,6 +191,7 @@ class Encoder:
     def reset(self, record: bool = False) -> None:
         """Zero the counts; with ``record``, keep each batch from now on in ``seen``."""
         self.real = self.padded = self.batches = self.new_shapes = self.peak = 0
+        self.busy = 0.0
         self.seen: list[list[int]] = []
         self._record = record
 
@@ -378,6 +390,9 @@ class Tally:
     new_shapes: int = 0
     peak: int = 0
     gc_s: float = 0.0
+    #: Seconds of the passes, and of them in the model (``Encoder.embed``).
+    seconds: float = 0.0
+    busy: float = 0.0
     picks: Counter[int] = field(default_factory=Counter)
     #: ``cost_model="measured"``'s fit after the last pass.
     fitted: FittedCost | None = None
@@ -385,6 +400,8 @@ class Tally:
     def add(self, encoder: Encoder, seconds: float, gc_s: float) -> None:
         """Count the pass that just ran (``encoder``'s counts since its last reset)."""
         self.rates.append(len(encoder.lengths) / seconds)
+        self.seconds += seconds
+        self.busy += encoder.busy
         self.real += encoder.real
         self.padded += encoder.padded
         self.batches += encoder.batches
@@ -425,34 +442,45 @@ def _counted(tallies: dict[str, Tally], running: list[str], gc_s: list[float]) -
         gc.callbacks.remove(timing)
 
 
-def _interleaved(encoder: Encoder, systems: Sequence[str], sizes: Sizes, closed: bool) -> dict[str, Tally]:
-    """Every system's batcher open at once, each warmed by ``WARM_PASSES`` passes over
-    the corpus (its worker thread meets the shapes: a thread's first batch of a shape
-    costs far more), then ``sizes.passes`` rounds of one pass each, taking turns, so
-    that a slow stretch of the machine falls on all of them alike."""
-    tallies = {system: Tally() for system in systems}
-    gc_s, running = [0.0], [systems[0]]
+def _interleaved(
+    encoder: Encoder, systems: Sequence[str], sizes: Sizes, closed: bool, offline: bool = False
+) -> dict[str, Tally]:
+    """Every system's batcher open at once, each warmed by ``sizes.warm_passes`` passes
+    over the corpus (its worker thread meets the shapes: a thread's first batch of a
+    shape costs far more), then ``sizes.passes`` rounds of one pass each, taking turns,
+    so that a slow stretch of the machine falls on all of them alike. With ``offline``,
+    the offline sorted bound (``OFFLINE``, first) takes its turn in each round too."""
+    names = [OFFLINE] * offline + list(systems)
+    tallies = {name: Tally() for name in names}
+    gc_s, running = [0.0], [names[0]]
 
     async def run() -> None:
         async with AsyncExitStack() as stack:
             batchers = {s: await stack.enter_async_context(_opener(s, encoder, sizes.budget)()) for s in systems}
-            for _ in range(WARM_PASSES):
-                for batcher in batchers.values():
-                    await one_pass(batcher, encoder.lengths, closed)
+            passes = {s: partial(one_pass, batcher, encoder.lengths, closed) for s, batcher in batchers.items()}
+            if offline:
+                bound = partial(_sorted_pass, encoder, sorted_batches(encoder.lengths, sizes.budget))
+                passes = {OFFLINE: bound} | passes
+            for _ in range(sizes.warm_passes):
+                for one in passes.values():
+                    await one()
             with _counted(tallies, running, gc_s):
                 for _ in range(sizes.passes):
-                    for system, batcher in batchers.items():
-                        running[0] = system
+                    for name, one in passes.items():
+                        running[0] = name
                         encoder.reset()
                         gc_s[0], started = 0.0, time.perf_counter()
-                        await one_pass(batcher, encoder.lengths, closed)
-                        tallies[system].add(encoder, time.perf_counter() - started, gc_s[0])
+                        await one()
+                        tallies[name].add(encoder, time.perf_counter() - started, gc_s[0])
             for system, batcher in batchers.items():
                 if isinstance(batcher, TokenBatcher):  # flyte's has no fit
                     tallies[system].fitted = batcher.stats.fitted_cost
 
     anyio.run(run)
     return tallies
+
+
+OFFLINE = "offline sorted bound"
 
 
 def sorted_batches(lengths: list[int], budget: int) -> list[list[int]]:
@@ -466,29 +494,29 @@ def sorted_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
-def _offline(encoder: Encoder, budget: int, passes: int) -> tuple[float, int]:
-    """The corpus sorted by length, cut into budget-full padded batches, run back to back."""
-    batches = sorted_batches(encoder.lengths, budget)
-    _per_batch_ms(encoder.embed, batches)  # every shape met once
-    seconds = statistics.median(_per_batch_ms(encoder.embed, batches) for _ in range(passes)) * len(batches) / 1e3
-    return len(encoder.lengths) / seconds, len(batches)
+async def _sorted_pass(encoder: Encoder, batches: list[list[int]]) -> None:
+    """The offline bound's pass: ``batches`` back to back in the main thread (the loop
+    waits; nothing else runs during a turn)."""
+    for batch in batches:
+        encoder.embed(batch)
 
 
 def batching_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
-    """Item 3: the systems in both loops, against the offline sorted bound."""
-    bound, batches = _offline(encoder, sizes.budget, sizes.passes)
-    lines = [f"offline sorted bound             {bound:9.0f} texts/s                 batches {batches:5d}"]
+    """Item 3: the systems in both loops, each against the offline sorted bound
+    measured in the same rounds."""
     systems = ["batcher FIFO sum", "batcher FIFO padded", "batcher padded grouped", "batcher measured"]
     if flyte_ref.load().module is not None:
         systems.insert(0, "flyte FIFO sum")
     # Open loop only: there the default cap of 256 records closes batches of short
     # texts before the budget does (a closed loop of 64 never reaches it).
     uncapped = [system + UNCAPPED for system in ("batcher padded grouped", "batcher measured")]
+    lines = []
     for closed in (False, True):
         loop = "closed 64" if closed else "open     "
-        tallies = _interleaved(encoder, systems if closed else systems + uncapped, sizes, closed)
+        tallies = _interleaved(encoder, systems if closed else systems + uncapped, sizes, closed, offline=True)
+        bound = statistics.median(tallies[OFFLINE].rates)
         for system, tally in tallies.items():
-            lines += _tally_lines(f"{loop} {system:<31}", tally, sizes, bound)
+            lines += _tally_lines(f"{loop} {system:<31}", tally, sizes, None if system == OFFLINE else bound)
     return lines
 
 
@@ -510,15 +538,18 @@ def unbound_lines(encoder: Encoder, sizes: Sizes) -> list[str]:
 
 def _tally_lines(label: str, tally: Tally, sizes: Sizes, bound: float | None = None) -> list[str]:
     """One system's line: median throughput and range, real tokens, batches a pass,
-    new shapes, largest batch, against ``bound`` if given, GC time, measured's picks;
-    then, for ``cost_model="measured"``, a line with its fit."""
+    new shapes, largest batch, against ``bound`` if given, a batch's time in the model
+    and out of it (the pass's time the model was not running, a batch), GC time,
+    measured's picks; then, for ``cost_model="measured"``, a line with its fit."""
     rate = statistics.median(tally.rates)
     against = f"  x bound {rate / bound:5.2f}" if bound else ""
     picks = " ".join(f"{k}:{v}" for k, v in sorted(tally.picks.items()))
+    per_batch = 1e3 / max(1, tally.batches)
     line = (
         f"{label} {rate:9.0f} texts/s ({min(tally.rates):.0f}-{max(tally.rates):.0f})  "
         f"eff {tally.real / max(1, tally.padded):6.1%}  batches {tally.batches / sizes.passes:5.0f} "
         f"(new shapes {tally.new_shapes:3d}, largest {tally.peak:5d}){against}  "
+        f"model {tally.busy * per_batch:5.2f} + out {(tally.seconds - tally.busy) * per_batch:5.2f} ms/batch  "
         f"gc {tally.gc_s / sizes.passes * 1e3:5.1f} ms/pass" + (f"  picks {picks}" if picks else "")
     )
     return [line] + ([f"{'':<10}  {fit_text(tally.fitted)}"] if tally.fitted else [])
@@ -541,7 +572,7 @@ def _seconds(value: float) -> str:
 
 
 PARTS = ("threads", "modes", "batching", "unbound")
-#: The parts a plain run makes (5-6 minutes on an H100 or H200, by the pass times of runs 3-7).
+#: The parts a plain run makes (284 s on an H200, run 9).
 DEFAULT_PARTS = PARTS[:3]
 
 
@@ -553,6 +584,7 @@ def report(
     freeze: bool = True,
     passes: int | None = None,
     mode_rounds: int | None = None,
+    brief: bool = False,
 ) -> Iterator[str]:
     """Workload G, line by line as it is measured (one line saying why, without a CUDA
     device). With ``freeze``, everything built before the runs (torch, the model) is
@@ -565,30 +597,45 @@ def report(
             yield SKIPPED
             return
         device = "cuda"
-    sizes = QUICK if quick else FULL
-    sizes = replace(sizes, passes=passes or sizes.passes, mode_rounds=mode_rounds or sizes.mode_rounds)
+    sizes = _sizes(quick, brief, passes, mode_rounds)
     yield _header(torch, device, sizes, freeze)
     began = time.perf_counter()
     for model_name, (*shape, texts) in sizes.models.items():
-        if models and model_name.split()[0] not in models:
-            continue
-        lengths = corpus_lengths(texts)
-        encoder = Encoder((shape[0], shape[1], shape[2]), device, lengths)
-        encoder.embed(list(range(PRODUCERS)))
-        if freeze:
-            gc.collect()
-            gc.freeze()
-        yield f"== {model_name}: {texts} texts, tokens median {statistics.median(lengths):g} max {max(lengths)}"
-        functions = (thread_lines, mode_lines, batching_lines, unbound_lines)
-        for part in [part for name, part in zip(PARTS, functions, strict=True) if name in parts]:
+        if not models or model_name.split()[0] in models:
+            yield from _model_lines(model_name, (shape[0], shape[1], shape[2], texts), device, sizes, parts, freeze)
+            yield f"   (done at {time.perf_counter() - began:.0f} s)"
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _sizes(quick: bool, brief: bool, passes: int | None, mode_rounds: int | None) -> Sizes:
+    """``QUICK``, ``BRIEF`` or ``FULL`` (in that order), with ``passes`` and ``mode_rounds`` if given."""
+    sizes = QUICK if quick else BRIEF if brief else FULL
+    return replace(sizes, passes=passes or sizes.passes, mode_rounds=mode_rounds or sizes.mode_rounds)
+
+
+def _model_lines(
+    name: str, shape: tuple[int, int, int, int], device: str, sizes: Sizes, parts: Sequence[str], freeze: bool
+) -> Iterator[str]:
+    """One model's parts, each followed by the seconds it took."""
+    lengths = corpus_lengths(shape[3])
+    encoder = Encoder(shape[:3], device, lengths)
+    encoder.embed(list(range(PRODUCERS)))
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    yield f"== {name}: {shape[3]} texts, tokens median {statistics.median(lengths):g} max {max(lengths)}"
+    functions = (thread_lines, mode_lines, batching_lines, unbound_lines)
+    try:
+        for part in [part for part_name, part in zip(PARTS, functions, strict=True) if part_name in parts]:
+            started = time.perf_counter()
             for line in part(encoder, sizes):
                 yield f"   {line}"
-            yield f"   ({part.__name__} done at {time.perf_counter() - began:.0f} s)"
+            yield f"   ({part.__name__} took {time.perf_counter() - started:.0f} s)"
+    finally:
         del encoder
         gc.unfreeze()
         gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
 
 
 def _header(torch: Any, device: str, sizes: Sizes, freeze: bool) -> str:
@@ -596,7 +643,7 @@ def _header(torch: Any, device: str, sizes: Sizes, freeze: bool) -> str:
     return (
         f"G  BERT-style encoders, random weights, on {name}; torch {torch.__version__} "
         f"({torch.get_num_threads()} CPU threads); anyio {_version('anyio')}; budget {sizes.budget}; "
-        f"{sizes.passes} timed passes, {sizes.mode_rounds} rounds of modes; "
+        f"{sizes.warm_passes} warm and {sizes.passes} timed passes, {sizes.mode_rounds} rounds of modes; "
         f"gc.freeze() {'after loading each model' if freeze else 'not used'}"
     )
 
@@ -609,8 +656,9 @@ def _version(package: str) -> str:
 
 
 def run(quick: bool = False, device: str = "auto") -> str:
-    """Workload G; the report as text (a line saying why, without a CUDA device)."""
-    return "\n".join(report(quick, device))
+    """Workload G as ``python -m benchmarks --gpu`` runs it (``--brief``): the report as
+    text (a line saying why, without a CUDA device)."""
+    return "\n".join(report(quick, device, brief=True))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -624,8 +672,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-freeze", action="store_true", help="leave the model's objects to the cyclic GC")
     parser.add_argument("--passes", type=int, help=f"timed passes of each policy ({FULL.passes})")
     parser.add_argument("--mode-rounds", type=int, help=f"rounds of each mode and the bare model ({FULL.mode_rounds})")
+    parser.add_argument("--brief", action="store_true", help="one warm and one timed pass, one round: about 3 minutes")
     args = parser.parse_args(argv)
-    lines = report(args.quick, args.device, args.parts, args.models, not args.no_freeze, args.passes, args.mode_rounds)
+    lines = report(
+        args.quick, args.device, args.parts, args.models, not args.no_freeze, args.passes, args.mode_rounds, args.brief
+    )
     for line in lines:
         print(line, flush=True)
 
