@@ -16,7 +16,7 @@ from types import FrameType, TracebackType
 from typing import Any, ClassVar, Self
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from ._events import Observer, Observers
 from ._future import PARKED, BatchFuture, in_model
@@ -131,11 +131,12 @@ class Lifecycle:
         """Start the loops; they run until :meth:`stop`.
 
         Call :meth:`start` and :meth:`stop` from the same task, at the same level
-        of cancel scopes (as ``async with batcher:`` does for you).
+        of cancel scopes (as ``async with batcher:`` does for you). The batchers a
+        task starts may stop in any order.
 
         :raises RuntimeError: if the batcher is already running
         """
-        run = self._begin(owner=anyio.create_task_group())
+        run = self._begin(started=True)
         try:
             await run.start(self._serve)
         finally:
@@ -165,14 +166,14 @@ class Lifecycle:
 
         Cancelling its task fails every unfinished future with :exc:`BatcherClosedError`.
         """
-        run = self._begin(owner=None)
+        run = self._begin(started=False)
         try:
             await self._serve(run, task_status=task_status)
         finally:
             if run.fatal is not None:  # even if the caller's task group was cancelled meanwhile: not lost
                 raise run.fatal
 
-    def _begin(self, owner: TaskGroup | None) -> Run:
+    def _begin(self, *, started: bool) -> Run:
         self._drop_orphan()
         run = self._run
         if isinstance(run, Run):
@@ -185,7 +186,7 @@ class Lifecycle:
         in_arrival_order = not settings.group_by_cost and settings.cost_model != "measured"
         counters.park_group = PARKED if in_arrival_order else 1  # see _future.park
         counters.priority_seen = False
-        run = self._run = Run(self._settings, owner, self._counters)
+        run = self._run = Run(self._settings, self._counters, started=started)
         return run
 
     def __del__(self) -> None:
@@ -203,7 +204,7 @@ class Lifecycle:
         return (isinstance(run, Run) and run.thread == get_ident()) or in_model(self._counters)
 
     def _forget(self, run: Run) -> None:
-        # A run is over once its loops have ended and start()'s task group is exited.
+        # A run is over once its loops have ended and stop() has left start()'s task group.
         if self._run is run and run.owner is None and run.stopped.is_set():
             self._run = STOPPED if run.fatal is None else NotRunning(run.fatal)
 

@@ -6,7 +6,6 @@ the free-worker count and the fatal exception, if any."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from heapq import heappop, heappush
 from threading import get_ident
 from typing import Any, NoReturn
@@ -19,6 +18,7 @@ from ._aggregator import WAKE_UP, Aggregator
 from ._cost_fit import CostFit
 from ._exceptions import closed_error
 from ._future import PENDING, Batch, BatchFuture
+from ._host import Host, Serve
 from ._model import Model
 from ._settings import Settings
 from ._stats import Counters
@@ -61,10 +61,10 @@ class Run(Intake):
         "taken_back",
     )
 
-    def __init__(self, settings: Settings, owner: TaskGroup | None, counters: Counters) -> None:
+    def __init__(self, settings: Settings, counters: Counters, *, started: bool) -> None:
         super().__init__(settings, counters)
-        #: The task that called ``start()``, which alone can exit ``owner``.
-        self.owner_task = anyio.get_current_task().id if owner is not None else None
+        #: The task that called ``start()`` (if ``started``), which alone can stop it.
+        self.owner_task = anyio.get_current_task().id if started else None
         self.batch_send, self.batch_receive = anyio.create_memory_object_stream[Batch](settings.prefetch_batches)
         #: With ``cost_model="measured"``: the fit of batch times the workers feed and the
         #: aggregator's assembly reads.
@@ -73,8 +73,8 @@ class Run(Intake):
         self.stopped = anyio.Event()
         #: Encloses the loops; cancelled to end them at once.
         self.scope = anyio.CancelScope()
-        #: The task group ``start()`` opened to run the loops in (``None`` under ``serve()``).
-        self.owner = owner
+        #: Where ``start()`` runs the loops (``_host.py``) until ``stop()``; ``None`` under ``serve()``.
+        self.owner: Host | None = None
         #: The event loop the run belongs to (its native token).
         self.loop = current_token().native_token
         counters.end_fatally = self.end_fatally  # for an observer's or a done-callback's KeyboardInterrupt
@@ -93,24 +93,16 @@ class Run(Intake):
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self, serve: Callable[..., Coroutine[Any, Any, None]]) -> None:
-        """Enter the owner task group (``start()``'s) and start ``serve(self)`` in it."""
-        owner = self.owner
-        assert owner is not None
-        await owner.__aenter__()
+    async def start(self, serve: Serve) -> None:
+        """Run ``serve(self)`` in the task group the ``start()`` calls of this task share."""
+        self.owner = host = await Host.join()
         try:
-            await owner.start(serve, self)
-        except BaseException as exc:
-            owner.cancel_scope.cancel()
-            try:
-                await owner.__aexit__(type(exc), exc, exc.__traceback__)
-            except BaseExceptionGroup:
-                pass  # it holds exc, the one error of serve(), its one task: raised alone below
-            finally:  # also when start() itself was cancelled, which the task group re-raises
-                self.owner = None
-                self._unhook()
-                self.close_streams()
-                self.stopped.set()
+            await host.start(serve, self)
+        except BaseException:  # it could not start (and has left the host)
+            self.owner = None
+            self._unhook()
+            self.close_streams()
+            self.stopped.set()
             raise
 
     async def serve(self, model: Model, *, task_status: TaskStatus[None]) -> None:
@@ -148,9 +140,9 @@ class Run(Intake):
         and the loops have ended; with ``abort``, cancel them instead.
 
         From inside the process function (``in_worker``), only end the input: the
-        loops cannot end while the call waits for them. After ``start()``, exit
-        its task group, which only the task that called ``start()`` can do, and
-        re-raise the fatal exception, if any.
+        loops cannot end while the call waits for them. After ``start()``, leave
+        the task group they ran in (``_host.py``), which only the task that called
+        ``start()`` can do, and re-raise the fatal exception, if any.
         """
         self.check_thread()
         owner = self.owner
@@ -164,8 +156,16 @@ class Run(Intake):
         self.owner = None
         self.end_input()
         if abort:
-            owner.cancel_scope.cancel()
-        await owner.__aexit__(None, None, None)
+            self.scope.cancel()
+        try:
+            await self.stopped.wait()
+        except BaseException:  # cancelled: abort, as leaving a task group does
+            self.scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self.stopped.wait()
+            raise
+        finally:
+            await owner.leave()
         if self.fatal is not None:
             raise self.fatal
 

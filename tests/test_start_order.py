@@ -1,0 +1,150 @@
+"""Batchers one task started with ``start()`` stop in any order (``_host.py``): the
+shape of a web framework's startup and shutdown hooks, which start two batchers and
+stop them in the same order."""
+
+from __future__ import annotations
+
+import itertools
+
+import anyio
+import pytest
+
+from batcher import BatcherClosedError, DynamicBatcher
+
+from .helpers import Recorder
+
+
+async def double(batch: list[int]) -> list[int]:
+    return [x * 2 for x in batch]
+
+
+class Session:
+    """A model that is an async context manager; ``fail_on`` says which step raises."""
+
+    def __init__(self, fail_on: str = "") -> None:
+        self.fail_on = fail_on
+
+    async def __aenter__(self) -> Session:
+        if self.fail_on == "enter":
+            raise OSError("cannot enter")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.fail_on == "exit":
+            raise OSError("cannot exit")
+
+    async def __call__(self, batch: list[int]) -> list[int]:
+        return [x + 1 for x in batch]
+
+
+class TestStopOrder:
+    @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+    async def test_three_batchers_stop_in_any_order_and_the_others_keep_serving(self, order: tuple[int, ...]) -> None:
+        batchers = [DynamicBatcher(double) for _ in range(3)]
+        with anyio.fail_after(5):
+            for batcher in batchers:
+                await batcher.start()
+            for stopped, index in enumerate(order):
+                futures = [await batcher.submit(index) for batcher in batchers if batcher.is_running]
+                await batchers[index].stop()
+                assert [await future for future in futures] == [index * 2] * (3 - stopped)
+                assert not batchers[index].is_running
+                running = [batcher for batcher in batchers if batcher.is_running]
+                assert [await batcher.call(5) for batcher in running] == [10] * len(running)
+            await batchers[order[0]].start()  # the task starts anew once all have stopped
+            assert await batchers[order[0]].call(1) == 2
+            await batchers[order[0]].stop()
+
+    async def test_async_with_blocks_that_overlap_the_other_way(self) -> None:
+        first, second = DynamicBatcher(double), DynamicBatcher(double)
+        with anyio.fail_after(5):
+            await first.start()
+            async with second:
+                await first.stop()  # inside the block the second batcher opened
+                assert await second.call(2) == 4
+            assert not second.is_running
+
+    async def test_a_child_task_hosts_its_own(self) -> None:
+        outer, inner = DynamicBatcher(double), DynamicBatcher(double)
+        with anyio.fail_after(5):
+            await outer.start()
+
+            async def child() -> None:
+                async with inner:
+                    assert await inner.call(3) == 6
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(child)
+            assert await outer.call(4) == 8
+            await outer.stop()
+
+
+class TestOneBatcherAlone:
+    """What ends one batcher leaves the others the task started running."""
+
+    async def test_a_failed_start_leaves_the_running_one_running(self) -> None:
+        running, failing = DynamicBatcher(double), DynamicBatcher(Session(fail_on="enter"))
+        with anyio.fail_after(5):
+            await running.start()
+            with pytest.raises(OSError, match="cannot enter"):
+                await failing.start()
+            assert not failing.is_running
+            assert await running.call(1) == 2
+            await running.stop()
+            async with DynamicBatcher(double) as later:
+                assert await later.call(2) == 4
+
+    async def test_a_model_failing_to_exit_is_raised_by_its_stop_alone(self) -> None:
+        session = Session(fail_on="exit")
+        running, failing = DynamicBatcher(double), DynamicBatcher(session)
+        with anyio.fail_after(5):
+            await failing.start()
+            await running.start()
+            assert await failing.call(1) == 2
+            with pytest.raises(OSError, match="cannot exit"):
+                await failing.stop()
+            assert not failing.is_running
+            assert await running.call(1) == 2
+            await running.stop()
+            session.fail_on = ""
+            async with failing:  # the error is not kept: it starts again
+                assert await failing.call(2) == 3
+
+    async def test_leaving_a_block_with_an_error_aborts_that_batcher_only(self) -> None:
+        model = Recorder(hold=True)
+        held, other = DynamicBatcher(model, max_batch_size=1), DynamicBatcher(double)
+        with anyio.fail_after(5):
+            await other.start()
+            raised = False
+            try:
+                async with held:
+                    first = await held.submit("first", estimated_cost=1)
+                    queued = await held.submit("queued", estimated_cost=1)
+                    await model.entered.wait()
+                    raise LookupError
+            except LookupError:
+                raised = True
+            assert raised
+            with pytest.raises(BatcherClosedError):
+                await queued
+            assert first.done()
+            assert await other.call(3) == 6
+            await other.stop()
+
+    async def test_a_cancelled_stop_aborts_that_batcher_only(self) -> None:
+        model = Recorder(hold=True)
+        held, other = DynamicBatcher(model, max_batch_size=1), DynamicBatcher(double)
+        with anyio.fail_after(5):
+            await held.start()
+            await other.start()
+            await held.submit("first", estimated_cost=1)
+            queued = await held.submit("queued", estimated_cost=1)
+            await model.entered.wait()
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await held.stop()  # the model holds its batch: the stop waits, and is cancelled
+            assert not held.is_running
+            with pytest.raises(BatcherClosedError):
+                await queued
+            assert await other.call(3) == 6
+            await other.stop()
