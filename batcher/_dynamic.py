@@ -220,7 +220,7 @@ class DynamicBatcher(Lifecycle, Generic[RecordT, ResultT]):
         :raises QueueTimeoutError: if the record was still queued ``max_queue_delay_s``
             (or the batcher's) after the call
         :raises RuntimeError: as :meth:`submit`, and from inside the batcher's own
-            process function while ``max_concurrent_batches`` is 1 (a self-wait)
+            process function while every other worker waits for it too (a self-wait)
         """
         future = self._new_future(record, estimated_cost, "estimated_cost", priority, max_queue_delay_s)
         self._queue_for_call(future, max_queue_delay_s)

@@ -17,8 +17,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._callbacks import raised_past_exception
-from ._future import MODEL_CALL, BatchFuture, check_not_waiting_for_itself
+from ._future import BatchFuture
 from ._loop import Loop, refused_as_not_running
+from ._model_call import MODEL_CALL, SelfWait
 from ._settings import check_options, check_seconds
 from ._token import TokenBatcher
 
@@ -168,7 +169,8 @@ def submit_from_thread(
 class _Result(Future[T]):
     """The future ``SyncBatcher.submit()`` returns: its ``result()`` and
     ``exception()`` refuse to wait, rather than wait for ever, in the process
-    function of a batcher whose only worker must return before the record can run."""
+    function of a batcher whose every other worker waits for it too (or that has one
+    worker): no worker would be left to run the record (``ModelCall.begin_wait``)."""
 
     def __init__(self, counters: Counters) -> None:
         super().__init__()
@@ -177,14 +179,16 @@ class _Result(Future[T]):
         self._told = False  # that it was cancelled, to concurrent.futures' waiters
 
     def result(self, timeout: float | None = None) -> T:
-        if not self.done():
-            check_not_waiting_for_itself(self._counters)
-        return super().result(timeout)
+        if self.done():
+            return super().result()
+        with SelfWait(self._counters):
+            return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self.done():
-            check_not_waiting_for_itself(self._counters)
-        return super().exception(timeout)
+        if self.done():
+            return super().exception()
+        with SelfWait(self._counters):
+            return super().exception(timeout)
 
     def cancel(self) -> bool:
         if not super().cancel():

@@ -10,7 +10,6 @@ Callers that wait share events (:func:`park`, :func:`until_done`).
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Generator
-from contextvars import ContextVar
 from enum import IntEnum
 from threading import get_ident
 from typing import Any, Generic, TypeAlias, cast
@@ -21,17 +20,14 @@ from anyio.lowlevel import checkpoint_if_cancelled
 from ._callbacks import Callbacks, call_back
 from ._events import RecordsDropped
 from ._exceptions import RecordCancelledError
+from ._model_call import MODEL_CALL, model_wait
 from ._protocols import ResultT
 from ._stats import Counters
 
 __all__ = (
-    "MODEL_CALL",
     "Batch",
     "BatchFuture",
-    "ModelCall",
     "State",
-    "check_not_waiting_for_itself",
-    "in_model",
     "is_pending",
     "make_event",
     "park",
@@ -57,46 +53,6 @@ FOREIGN_THREAD = (
     "a batcher's future was awaited or cancelled from a thread other than its event loop's; "
     "await it on that loop (from other threads use SyncBatcher, whose futures are concurrent.futures ones)"
 )
-SELF_WAIT = (
-    "process_fn awaited a result of its own batcher, which would wait for itself: "
-    "with max_concurrent_batches=1 the batch it waits for cannot run"
-)
-
-
-class ModelCall:
-    """One call of the process function by a worker, while it runs (``with``): the
-    function, and the tasks and threads it starts (they copy its context), find it in
-    :data:`MODEL_CALL`. Once the call has returned, a task it left running (in a task
-    group of its own) is no longer taken for the process function."""
-
-    __slots__ = ("_reset", "counters", "running", "sole")
-
-    def __init__(self, counters: Counters, sole: bool) -> None:
-        self.counters = counters  # they identify the batcher to its futures
-        self.sole = sole  # the batcher's only worker: the function must not wait for its own records
-        self.running = False
-
-    def __enter__(self) -> None:
-        self.running = True
-        self.counters.sole_worker_in_model = self.sole
-        self._reset = MODEL_CALL.set(self)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.running = False
-        if self.counters.running <= 1:  # no other call (configure() may shrink the pool to one under two)
-            self.counters.sole_worker_in_model = False
-        MODEL_CALL.reset(self._reset)
-
-
-#: In the process function, while a worker calls it.
-MODEL_CALL: ContextVar[ModelCall | None] = ContextVar("batcher_model_call", default=None)
-
-
-def in_model(counters: Counters) -> bool:
-    """Whether the caller is a process function of the batcher whose counters these are,
-    in a call that has not returned yet."""
-    call = MODEL_CALL.get()
-    return call is not None and call.running and call.counters is counters
 
 
 class BatchFuture(Generic[ResultT]):
@@ -290,36 +246,28 @@ def until_done(future: BatchFuture[Any]) -> Coroutine[Any, Any, None] | None:
     own, a cancelled caller raises the cancellation, not the error of a batcher
     that closed under it.
 
-    :raises RuntimeError: if the batcher's only worker would wait for itself, or if
-        called from a thread other than the batcher's event loop's
+    :raises RuntimeError: if called from a thread other than the batcher's event
+        loop's; and, from the awaitable, if the batcher's process function would
+        wait for itself (:meth:`ModelCall.begin_wait`)
     """
     if future._state >= RESULT:
         return None
     counters = future._counters
-    if counters.sole_worker_in_model and in_model(counters):  # check_not_waiting_for_itself(), inlined
-        raise RuntimeError(SELF_WAIT)
     if get_ident() != counters.thread:
         raise RuntimeError(FOREIGN_THREAD)
     slot = future._event
     event = slot.event if isinstance(slot, Callbacks) else slot
-    if event is not None and not event.is_set():
+    if event is None or event.is_set():
+        # The first wait parks with others; a caller woken by another future's end parks
+        # again on an event of its own, so it is woken early at most once.
+        event = park(counters) if event is None else counters.new_event()
+        if isinstance(slot, Callbacks):
+            slot.event = event
+        else:
+            future._event = event
+    if MODEL_CALL.get() is None:
         return event.wait()
-    # The first wait parks with others; a caller woken by another future's end parks
-    # again on an event of its own, so it is woken early at most once.
-    fresh = park(counters) if event is None else counters.new_event()
-    if isinstance(slot, Callbacks):
-        slot.event = fresh
-    else:
-        future._event = fresh
-    return fresh.wait()
-
-
-def check_not_waiting_for_itself(counters: Counters) -> None:
-    """:raises RuntimeError: if the caller is the batcher's only worker's process
-    function (in its task, or its thread), which must not wait for a result of its
-    own batcher: the batch it waits for cannot run before it returns."""
-    if counters.sole_worker_in_model and in_model(counters):
-        raise RuntimeError(SELF_WAIT)
+    return model_wait(counters, event)  # in a process function: perhaps its own batcher's
 
 
 def is_pending(future: BatchFuture[Any]) -> bool:

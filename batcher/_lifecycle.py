@@ -19,8 +19,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._events import Observer, Observers
-from ._future import PARKED, BatchFuture, in_model
+from ._future import PARKED, BatchFuture
 from ._model import Model
+from ._model_call import in_model
 from ._pricing import Pricing
 from ._protocols import ProcessFn
 from ._run import STOPPED, NotRunning, Run

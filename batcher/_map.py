@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 import anyio
 
-from ._future import BatchFuture, check_not_waiting_for_itself
+from ._future import BatchFuture
+from ._model_call import SelfWait
 
 if TYPE_CHECKING:
     from ._dynamic import DynamicBatcher
@@ -185,9 +186,9 @@ class MapResults(Generic[T]):
         while not self._arrived:
             if not self._unyielded:
                 return None
-            check_not_waiting_for_itself(self._batcher._counters)
             self._wake = anyio.Event()
-            await self._wake.wait()
+            with SelfWait(self._batcher._counters):
+                await self._wake.wait()
         future = self._arrived.popleft()
         del self._unyielded[future]
         return future

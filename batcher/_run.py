@@ -78,6 +78,7 @@ class Run(Intake):
         #: The event loop the run belongs to (its native token).
         self.loop = current_token().native_token
         counters.end_fatally = self.end_fatally  # for an observer's or a done-callback's KeyboardInterrupt
+        counters.workers, counters.self_waiting = settings.max_concurrent_batches, 0
         # Workers waiting for a batch, less the batches already on their way to them.
         self._free_workers = 0
         self._workers = settings.max_concurrent_batches  # how many will stay
@@ -228,8 +229,6 @@ class Run(Intake):
         self.apply(settings)
         self._wake_aggregator()
         self._resize()
-        if self.counters.running:  # a process function running now may no longer wait for its own records
-            self.counters.sole_worker_in_model = settings.max_concurrent_batches == 1
 
     def _resize(self) -> None:
         # Start or retire workers to make the pool max_concurrent_batches strong.
@@ -249,6 +248,7 @@ class Run(Intake):
                 self.batch_sent()
             else:
                 self.retiring += 1  # every worker is busy: the first to finish its batch leaves
+        self.counters.workers = self._workers  # those that will take another batch (ModelCall.begin_wait)
 
     def _next_index(self) -> int:
         # The index of a worker started now: the lowest one a worker left, else a new

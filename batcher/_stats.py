@@ -103,7 +103,7 @@ class BatchStats:
 class Counters:
     """The live, mutable counters behind :class:`BatchStats`, shared by a batcher
     and its futures; also what those futures need to know of the running batcher:
-    how to make an event on its loop, and whether its only worker is busy."""
+    how to make an event on its loop, and how many workers wait for its own records."""
 
     __slots__ = (
         "batch_cost",
@@ -127,12 +127,13 @@ class Counters:
         "priority_seen",
         "queued_cost",
         "running",
+        "self_waiting",
         "shed",
-        "sole_worker_in_model",
         "submitted",
         "thread",
         "timed",
         "waits",
+        "workers",
     )
 
     def __init__(self) -> None:
@@ -144,9 +145,11 @@ class Counters:
         #: How many callers one parking event takes: 1 (none shared) unless batches
         #: follow arrival order.
         self.park_group = 1
-        #: Whether the batcher's only worker is inside the process function (which
-        #: then must not wait for its own results).
-        self.sole_worker_in_model = False
+        #: The run's workers that will take another batch (``max_concurrent_batches``
+        #: once a resize is done), and how many calls of the process function wait for
+        #: records of this batcher (``ModelCall.begin_wait``).
+        self.workers = 0
+        self.self_waiting = 0
         #: Whether a record of a priority other than 0 was submitted in this run: the
         #: aggregator then switches to priority order before it reads that record.
         self.priority_seen = False

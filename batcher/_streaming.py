@@ -22,8 +22,9 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import StreamLagError
-from ._future import BatchFuture, check_not_waiting_for_itself
+from ._future import BatchFuture
 from ._model import Model
+from ._model_call import SelfWait
 from ._stats import Counters
 from ._transitions import end, fail
 
@@ -97,8 +98,8 @@ class RecordStream(Generic[T]):
                 # turn of the event loop each; with none, it waits as receive() does.
                 return receive.receive_nowait()
             except anyio.WouldBlock:
-                check_not_waiting_for_itself(self._future._counters)
-                return await receive.receive()
+                with SelfWait(self._future._counters):
+                    return await receive.receive()
         except anyio.EndOfStream:
             # Closed now: a failed record's error holds this frame, and so the stream,
             # which the cyclic GC may then find before it is closed.

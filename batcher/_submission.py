@@ -25,7 +25,8 @@ from ._aggregator import INTAKE, Submission
 from ._deadlines import Deadlines
 from ._events import RecordsDropped
 from ._exceptions import BatcherOverloadedError
-from ._future import BatchFuture, in_model, make_event
+from ._future import BatchFuture, make_event
+from ._model_call import own_call
 from ._settings import Settings
 from ._stats import Counters
 from ._transitions import fail, time_queued
@@ -195,14 +196,21 @@ class Intake:
         withdrawn; if the batcher stops abnormally, the future fails."""
         self.queue_behind(future, delay)
         make_event(future)
-        if self.counters.sole_worker_in_model and in_model(self.counters):
-            return  # the caller is the only worker: no room comes before it returns, so it does not wait
-        room = self._own_room(future) if in_model(self.counters) else self._join_cohort(future)
+        call = own_call(self.counters)
+        if call is None:
+            room = self._join_cohort(future)
+        elif call.begin_wait(refuse=False):
+            room = self._own_room(future)
+        else:  # every other worker waits for this batcher too: no room comes before it returns
+            return
         try:
             await room.wait()
         except BaseException:
             future.cancel()  # it stays in the overflow until taken, so its cohort is woken
             raise
+        finally:
+            if call is not None:
+                call.end_wait()
 
     def _join_cohort(self, future: BatchFuture[Any]) -> anyio.Event:
         # One event per COHORT callers, not one each: a parked caller then costs

@@ -13,9 +13,9 @@ from typing import Any, Generic, Literal, Self, overload
 
 from ._dynamic import DynamicBatcher
 from ._from_thread import call_from_thread, call_on_loop, relayed, submit_from_thread, thread_options
-from ._future import check_not_waiting_for_itself
 from ._loop import ALREADY_RUNNING, IN_LOOP, NOT_RUNNING, RUNNING_ELSEWHERE, Loop, check_backend, check_caller
 from ._map import Progress
+from ._model_call import SelfWait
 from ._protocols import RecordT, ResultT
 from ._settings import check_options
 from ._stats import BatchStats
@@ -222,14 +222,15 @@ class SyncBatcher(Generic[RecordT, ResultT]):
         :raises TypeError: for a cost that is not an integer
         :raises ValueError: for a negative cost or timeout
         :raises RuntimeError: if it is not running, when called from the loop's own
-            thread, or from the process function while ``max_concurrent_batches`` is 1
-            (it would wait for itself)
+            thread, or from the process function while every other worker's call waits
+            for this batcher too (it would wait for itself)
         """
         options = thread_options(self._batcher, estimated_cost, estimated_tokens, timeout, priority, max_queue_delay_s)
         loop = self._running()
-        if not loop.on_loop_thread():  # there, the refusal names the loop's thread
-            check_not_waiting_for_itself(self._batcher._counters)
-        return call_from_thread(loop, self._batcher, record, options, timeout)
+        if loop.on_loop_thread():  # there, the refusal names the loop's thread
+            return call_from_thread(loop, self._batcher, record, options, timeout)
+        with SelfWait(self._batcher._counters):
+            return call_from_thread(loop, self._batcher, record, options, timeout)
 
     def submit(
         self,

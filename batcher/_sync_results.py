@@ -16,10 +16,10 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._future import check_not_waiting_for_itself
 from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_caller, refused_as_not_running
 from ._map import MapResults
 from ._model import call_soon
+from ._model_call import SelfWait
 from ._stats import Counters
 from ._streaming import RecordStream
 
@@ -84,8 +84,8 @@ class SyncResults(Generic[T]):
         with self._next_lock:  # threads that share the results take one result each
             if not self._ready:
                 check_caller(self._loop.backend)  # before _fetch(), which closes the map on an error
-                self._refuse_waiting_for_itself()
-                self._fetch()
+                with self._self_wait():
+                    self._fetch()
             if not self._open:  # closed by another thread meanwhile: what was not read is dropped
                 raise StopIteration
             try:
@@ -135,10 +135,11 @@ class SyncResults(Generic[T]):
         except (anyio.RunFinishedError, RuntimeError):
             self._receive.close()
 
-    def _refuse_waiting_for_itself(self) -> None:
-        # From the batcher's own process function, with one worker: the map cannot go on.
+    def _self_wait(self) -> SelfWait:
+        # From the batcher's own process function, a wait that would leave no worker
+        # free to run the records waited for: the map cannot go on.
         try:
-            check_not_waiting_for_itself(self._counters)
+            return SelfWait(self._counters)
         except RuntimeError:
             self.close()
             raise

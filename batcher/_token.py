@@ -256,7 +256,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
             record was processed
         :raises RuntimeError: if the batcher is not running, or is called from a
             thread other than its event loop's, or from inside its own inference
-            function while ``max_concurrent_batches`` is 1 (it would wait for itself)
+            function while every other worker waits for it too (a self-wait)
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
         future = self._new_future(record, cost, name, priority, max_queue_delay_s)

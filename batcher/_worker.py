@@ -15,8 +15,9 @@ from anyio.lowlevel import checkpoint
 from ._budget import batch_cost
 from ._events import Outcome, batch_dispatched, batch_ended
 from ._exceptions import closed_error
-from ._future import Batch, BatchFuture, ModelCall
+from ._future import Batch, BatchFuture
 from ._model import Model, ModelThread
+from ._model_call import ModelCall
 from ._stats import Counters
 from ._streaming import run_streaming
 from ._transitions import dispatch, fail, fail_queued, settle
@@ -200,9 +201,9 @@ class Worker:
 
     def _model_call(self) -> ModelCall:
         # The process function, and any task it starts, can tell it runs in this
-        # batcher's worker (see DynamicBatcher.stop), and while the only worker is in
-        # it, its own futures must not be awaited from there (see BatchFuture.__await__).
-        return ModelCall(self._counters, sole=self._run.settings.max_concurrent_batches == 1)
+        # batcher's worker (see DynamicBatcher.stop), and must not wait for its own
+        # records where that would leave no worker to run them (ModelCall.begin_wait).
+        return ModelCall(self._counters)
 
     async def _call_model(self, batch: Batch, cost: int) -> list[Any]:
         started = perf_counter()
