@@ -87,6 +87,9 @@ class RecordsDropped:
     reason: Literal["withdrawn", "expired", "shed", "closed"]
     records: int
     cost: int
+    queued: int  #: records queued once they left (as in the batch events)
+    queued_cost: int  #: their cost
+    batches_in_flight: int  #: batches in the process function
 
 
 Event: TypeAlias = BatchDispatched | BatchEnded | RecordsDropped
@@ -155,6 +158,17 @@ def batch_dispatched(
     records_cost = sum(future._cost for future in batch)
     shape = (number, worker, len(batch), cost, records_cost, cost / target, tuple(waits))
     observe(BatchDispatched(*shape, counters.queued, counters.queued_cost, counters.running))
+
+
+def records_dropped(
+    observe: Observer,
+    counters: Counters,
+    reason: Literal["withdrawn", "expired", "shed", "closed"],
+    records: int,
+    cost: int,
+) -> None:
+    """Tell the observers (there are some) that records left without reaching the model."""
+    observe(RecordsDropped(reason, records, cost, counters.queued, counters.queued_cost, counters.running))
 
 
 def batch_ended(

@@ -18,7 +18,7 @@ import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._callbacks import Callbacks, call_back
-from ._events import RecordsDropped
+from ._events import records_dropped
 from ._exceptions import RecordCancelledError
 from ._model_call import MODEL_CALL, model_wait
 from ._protocols import ResultT
@@ -110,7 +110,7 @@ class BatchFuture(Generic[ResultT]):
         counters.cancelled += 1
         self._finish(CANCELLED, None)
         if counters.observe is not None:
-            counters.observe(RecordsDropped("withdrawn", 1, self._cost))
+            records_dropped(counters.observe, counters, "withdrawn", 1, self._cost)
         return True
 
     def result(self) -> ResultT:

@@ -250,7 +250,9 @@ class Lifecycle:
         it raises is logged and ignored.
 
         :raises TypeError: if ``observer`` is not callable, or is an ``async def``
+        :raises RuntimeError: if the batcher runs under another thread's event loop
         """
+        self._run.check_thread()
         self._observers.add(observer)
         self._watch()
 
@@ -258,7 +260,9 @@ class Lifecycle:
         """Stop calling ``observer``.
 
         :raises ValueError: if it was not added
+        :raises RuntimeError: if the batcher runs under another thread's event loop
         """
+        self._run.check_thread()
         self._observers.remove(observer)
         self._watch()
 

@@ -225,12 +225,11 @@ def _fitted(fit: CostFit | None) -> FittedCost | None:
 
 
 def _percentiles(name: str, samples: deque[float]) -> dict[str, float | None]:
-    """p50, p90 and p99 of ``samples`` (nearest rank) as ``BatchStats`` fields."""
+    """p50, p90 and p99 of ``samples`` as ``BatchStats`` fields, by nearest rank: the
+    smallest sample that at least that share of the samples do not exceed."""
     ordered = sorted(samples)
     count = len(ordered)
-    return {
-        f"{name}_p{rank}_s": ordered[min(count - 1, (rank * count) // 100)] if count else None for rank in (50, 90, 99)
-    }
+    return {f"{name}_p{rank}_s": ordered[(rank * count + 99) // 100 - 1] if count else None for rank in (50, 90, 99)}
 
 
 def event_factory() -> Callable[[], anyio.Event]:

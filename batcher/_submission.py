@@ -23,7 +23,7 @@ from anyio.lowlevel import checkpoint
 
 from ._aggregator import INTAKE, Submission
 from ._deadlines import Deadlines
-from ._events import RecordsDropped
+from ._events import records_dropped
 from ._exceptions import BatcherOverloadedError
 from ._future import BatchFuture, make_event
 from ._model_call import own_call
@@ -165,7 +165,7 @@ class Intake:
             raise RuntimeError(self.refusal()) from self.fatal
         counters.shed += records
         if counters.observe is not None:
-            counters.observe(RecordsDropped("shed", records, cost))
+            records_dropped(counters.observe, counters, "shed", records, cost)
         if cost > limit:
             raise BatcherOverloadedError(
                 f"a call costing {cost} can never be queued under max_queued_cost={limit}: it is refused "

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._events import RecordsDropped
+from ._events import records_dropped
 from ._exceptions import queue_timeout
 from ._future import DISPATCHED, ERROR, PENDING, RESULT, BatchFuture
 from ._stats import Counters
@@ -113,7 +113,7 @@ def fail(batch: Sequence[BatchFuture[Any]], exc: BaseException, counters: Counte
     if queued:
         counters.closed += queued
         if counters.observe is not None:
-            counters.observe(RecordsDropped("closed", queued, queued_cost))
+            records_dropped(counters.observe, counters, "closed", queued, queued_cost)
 
 
 def expire(future: BatchFuture[Any], counters: Counters) -> None:
@@ -122,7 +122,7 @@ def expire(future: BatchFuture[Any], counters: Counters) -> None:
         counters.expired += 1
         future._finish(ERROR, (queue_timeout(), None))  # a new exception: no traceback yet
         if counters.observe is not None:
-            counters.observe(RecordsDropped("expired", 1, future._cost))
+            records_dropped(counters.observe, counters, "expired", 1, future._cost)
 
 
 def fail_queued(stream: MemoryObjectReceiveStream[Any], exc: BaseException, counters: Counters) -> None:

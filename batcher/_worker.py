@@ -84,11 +84,7 @@ class Worker:
                     batch = await self._next_batch()
                 if batch is None or batch is RETIRE:
                     return
-                busy_from = perf_counter()
                 finished = await self._process(batch)
-                busy = perf_counter() - busy_from
-                counters.busy += busy
-                counters.durations.append(busy)
             run.retiring -= 1  # configure() shrank the pool while every worker was busy
         except BaseException:
             run.end_input()  # cancelled: a callback the failures call may not queue records
@@ -150,7 +146,7 @@ class Worker:
         if observe is not None:
             target = self._run.settings.target_batch_cost
             batch_dispatched(observe, counters, number, self._index, batch, cost, target, waits)
-        started = perf_counter() if observe is not None else 0.0
+        started = perf_counter()
         results: list[Any] | None = None
         outcome: Outcome = "ok"
         try:
@@ -166,8 +162,10 @@ class Worker:
             outcome = failed
         finally:
             counters.running -= 1
+            duration = perf_counter() - started
+            counters.busy += duration  # a batch that ran (none of one whose records had all left)
+            counters.durations.append(duration)
             if observe is not None:
-                duration = perf_counter() - started
                 batch_ended(observe, counters, number, self._index, batch, cost, duration, outcome, results)
         return None if results is None else (batch, results)
 

@@ -9,7 +9,7 @@
 
 Both record the same instruments: the queue wait of every record and the duration,
 size, cost and fill ratio of every batch (histograms); the queue depth in records
-and in cost and the batches in flight (gauges, as of the last batch event); and
+and in cost and the batches in flight (gauges, as of the last event); and
 records and batches by outcome (counters). Records' outcomes are ``ok``,
 ``failed``, ``withdrawn``, ``expired``, ``shed`` and ``closed`` (still queued when
 the batcher stopped abnormally; ``stats.total_failed`` counts these with
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import importlib
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -129,7 +130,6 @@ class PrometheusObserver:
             self._count_records("failed", event.failed)
         else:
             self._count_records(event.reason, event.records)
-            return
         self._depth.set(event.queued)
         self._depth_cost.set(event.queued_cost)
         self._in_flight.set(event.batches_in_flight)
@@ -169,16 +169,32 @@ def _prometheus_metrics(client: ModuleType, registry: Any, namespace: str, label
             "queued_cost": "Cost (tokens) of the records queued.",
             "batches_in_flight": "Batches in the process function.",
         }
-        metrics: dict[str, Any] = {
-            name: client.Histogram(name, text, buckets=buckets, **common)
-            for name, (text, buckets) in histograms.items()
-        }
-        metrics |= {name: client.Gauge(name, text, **common) for name, text in gauges.items()}
         outcome = {**common, "labelnames": (*labels, "outcome")}
-        metrics["records"] = client.Counter("records", "Records by how they ended.", **outcome)
-        metrics["batches"] = client.Counter("batches", "Batches by how they ended.", **outcome)
-        made[key] = metrics
+        families = {
+            **{
+                name: partial(client.Histogram, name, text, buckets=buckets, **common)
+                for name, (text, buckets) in histograms.items()
+            },
+            **{name: partial(client.Gauge, name, text, **common) for name, text in gauges.items()},
+            "records": partial(client.Counter, "records", "Records by how they ended.", **outcome),
+            "batches": partial(client.Counter, "batches", "Batches by how they ended.", **outcome),
+        }
+        made[key] = _registered(registry, families)
     return made[key]
+
+
+def _registered(registry: Any, families: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Make each family (each registers itself); if one cannot be registered (its name
+    is taken in the registry), unregister those made before it, and raise."""
+    metrics: dict[str, Any] = {}
+    try:
+        for name, family in families.items():
+            metrics[name] = family()
+    except Exception:
+        for metric in metrics.values():
+            registry.unregister(metric)
+        raise
+    return metrics
 
 
 class OpenTelemetryObserver:
@@ -199,15 +215,22 @@ class OpenTelemetryObserver:
             raise TypeError(f"meter_provider must be an OpenTelemetry MeterProvider or None, got {provider!r}")
         self._attributes = _checked_labels("attributes", attributes)
         meter = provider.get_meter("batcher")
-        self._wait = meter.create_histogram(
-            "batcher.queue.wait", unit="s", description="Time a record waited from submit to dispatch."
+
+        def histogram(name: str, unit: str, description: str, buckets: tuple[float, ...]) -> Any:
+            # The buckets Prometheus gets (an SDK's view may still set others).
+            return meter.create_histogram(
+                name, unit=unit, description=description, explicit_bucket_boundaries_advisory=buckets
+            )
+
+        self._wait = histogram(
+            "batcher.queue.wait", "s", "Time a record waited from submit to dispatch.", SECONDS_BUCKETS
         )
-        self._duration = meter.create_histogram(
-            "batcher.batch.duration", unit="s", description="Time a batch spent in the process function."
+        self._duration = histogram(
+            "batcher.batch.duration", "s", "Time a batch spent in the process function.", SECONDS_BUCKETS
         )
-        self._size = meter.create_histogram("batcher.batch.size", unit="{record}", description="Records per batch.")
-        self._cost = meter.create_histogram("batcher.batch.cost", unit="{token}", description="Cost per batch.")
-        self._fill = meter.create_histogram("batcher.batch.fill_ratio", unit="1", description="Cost over target.")
+        self._size = histogram("batcher.batch.size", "{record}", "Records per batch.", SIZE_BUCKETS)
+        self._cost = histogram("batcher.batch.cost", "{token}", "Cost per batch.", COST_BUCKETS)
+        self._fill = histogram("batcher.batch.fill_ratio", "1", "Cost over target.", FILL_BUCKETS)
         self._depth = meter.create_gauge("batcher.queue.depth", unit="{record}", description="Records queued.")
         self._depth_cost = meter.create_gauge("batcher.queue.cost", unit="{token}", description="Cost queued.")
         self._in_flight = meter.create_gauge(
@@ -231,7 +254,6 @@ class OpenTelemetryObserver:
             self._count_records("failed", event.failed)
         else:
             self._count_records(event.reason, event.records)
-            return
         self._depth.set(event.queued, attributes)
         self._depth_cost.set(event.queued_cost, attributes)
         self._in_flight.set(event.batches_in_flight, attributes)

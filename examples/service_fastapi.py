@@ -2,10 +2,11 @@
 started in the app's lifespan and its metrics in Prometheus text format.
 
 ``POST /embed`` with ``{"text": "..."}`` answers ``{"embedding": [...]}``, or
-HTTP 503 when the batcher sheds the request (``max_queued_cost``) and HTTP 504 when
+HTTP 503 with ``Retry-After`` when the batcher sheds the request (``max_queued_cost``) and HTTP 504 when
 the request waited in the queue past its deadline (``max_queue_delay_s``) without
 reaching the model. A body that is not such a text, a text the model could not read
-(a lone surrogate) or one over ``MAX_TEXT_CHARS`` gets HTTP 422 before it is queued:
+(a lone surrogate) or one over ``MAX_TEXT_CHARS`` gets HTTP 422 before it is queued
+(with pydantic's error list, less the input it quotes):
 one bad record would otherwise fail the whole batch it joins, and a text that can
 never fit the queue would be answered 503 whenever its client retried.
 ``GET /metrics`` serves the batcher's metrics. Stopping the server lets every
@@ -31,7 +32,9 @@ from typing import Any
 
 import anyio
 import uvicorn
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
@@ -43,6 +46,9 @@ from batcher.metrics import PrometheusObserver
 #: request on that connection, which then fails with "connection reset by peer".
 KEEP_ALIVE_S = 75
 
+
+#: Seconds a shed client is told to wait before it tries again (503's ``Retry-After``).
+RETRY_AFTER_S = "1"
 
 #: The longest text served, in characters: about 8,000 tokens, a whole batch.
 MAX_TEXT_CHARS = 32_000
@@ -90,10 +96,11 @@ def minilm_embed() -> Callable[[list[str]], list[list[float]]]:
 
 
 def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: Any) -> FastAPI:
-    """The ASGI app; ``settings`` go to its ``TokenBatcher``."""
+    """The ASGI app; ``settings`` go to its ``TokenBatcher`` (``observers`` beside its own)."""
     registry = CollectorRegistry()
     options: dict[str, Any] = {"target_batch_tokens": 8_192, "max_batch_size": 128, "max_queued_cost": 200_000}
-    batcher = TokenBatcher(embed, observers=[PrometheusObserver(registry)], **(options | settings))
+    observers = [PrometheusObserver(registry), *settings.pop("observers", ())]
+    batcher = TokenBatcher(embed, observers=observers, **(options | settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +109,12 @@ def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: 
 
     app = FastAPI(lifespan=lifespan)
     app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Pydantic's errors without the input they quote, which may be a body of any size.
+        errors = [{key: error[key] for key in ("type", "loc", "msg") if key in error} for error in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.post("/embed")
     async def embed_text(request: EmbedRequest) -> dict[str, list[float]]:
@@ -112,7 +125,7 @@ def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: 
         try:
             return {"embedding": await batcher.call(text)}
         except BatcherOverloadedError:
-            raise HTTPException(503, "overloaded; try again later") from None
+            raise HTTPException(503, "overloaded; try again later", {"Retry-After": RETRY_AFTER_S}) from None
         except QueueTimeoutError:
             raise HTTPException(504, "the request waited too long for the model") from None
 

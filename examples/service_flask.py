@@ -62,7 +62,10 @@ def create_app(batcher: SyncBatcher[str, list[float]]) -> Flask:
 
     @app.post("/embed")
     def embed() -> Any:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # JSON nested too deep to parse: a bad body like any other
+            body = None
         text = body.get("text") if isinstance(body, dict) else None
         if not isinstance(text, str):
             return {"error": 'send JSON {"text": "..."}'}, 400
@@ -71,7 +74,7 @@ def create_app(batcher: SyncBatcher[str, list[float]]) -> Flask:
         try:
             return {"embedding": batcher.call(text, timeout=REQUEST_TIMEOUT_S)}
         except TimeoutError:
-            return {"error": "the model is busy; try again"}, 503
+            return {"error": "the model is busy; try again"}, 503, {"Retry-After": "1"}
 
     @app.get("/stats")
     def stats() -> Any:

@@ -1,6 +1,6 @@
 """The embedding service of ``service_fastapi.py`` on trio: Quart-Trio on
-Hypercorn's trio worker, with the same routes and answers (a bad body gets 422
-here, where FastAPI answers 400 for one that is not JSON).
+Hypercorn's trio worker, with the same routes and answers (a bad body, JSON or
+not, gets 422 with a short message).
 
 The batcher runs in the server's own nursery (``batcher.serve``), started before
 the server takes requests and stopped after it has finished them, so a stopped
@@ -27,16 +27,17 @@ from batcher import BatcherOverloadedError, QueueTimeoutError, TokenBatcher
 from batcher.metrics import PrometheusObserver
 
 try:
-    from .service_fastapi import KEEP_ALIVE_S, checked_text, simulated_embed
+    from .service_fastapi import KEEP_ALIVE_S, RETRY_AFTER_S, checked_text, simulated_embed
 except ImportError:  # run as a script
-    from service_fastapi import KEEP_ALIVE_S, checked_text, simulated_embed  # type: ignore[no-redef]
+    from service_fastapi import KEEP_ALIVE_S, RETRY_AFTER_S, checked_text, simulated_embed  # type: ignore[no-redef]
 
 
 def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: Any) -> QuartTrio:
-    """The ASGI app; ``settings`` go to its ``TokenBatcher``."""
+    """The ASGI app; ``settings`` go to its ``TokenBatcher`` (``observers`` beside its own)."""
     registry = CollectorRegistry()
     options: dict[str, Any] = {"target_batch_tokens": 8_192, "max_batch_size": 128, "max_queued_cost": 200_000}
-    batcher = TokenBatcher(embed, observers=[PrometheusObserver(registry)], **(options | settings))
+    observers = [PrometheusObserver(registry), *settings.pop("observers", ())]
+    batcher = TokenBatcher(embed, observers=observers, **(options | settings))
     app = QuartTrio(__name__)
     app.config["batcher"] = batcher
 
@@ -50,7 +51,10 @@ def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: 
 
     @app.post("/embed")
     async def embed_text() -> Any:
-        body = await request.get_json(force=True, silent=True)
+        try:
+            body = await request.get_json(force=True, silent=True)
+        except RecursionError:  # JSON nested too deep to parse: a bad body like any other
+            body = None
         text = body.get("text") if isinstance(body, dict) else None
         if not isinstance(text, str):
             return {"detail": 'send JSON {"text": "..."}'}, 422
@@ -61,7 +65,7 @@ def create_app(embed: Callable[[list[str]], Any] = simulated_embed, **settings: 
         try:
             return {"embedding": await batcher.call(text)}
         except BatcherOverloadedError:
-            return {"detail": "overloaded; try again later"}, 503
+            return {"detail": "overloaded; try again later"}, 503, {"Retry-After": RETRY_AFTER_S}
         except QueueTimeoutError:
             return {"detail": "the request waited too long for the model"}, 504
 

@@ -27,9 +27,11 @@ def test_concurrent_requests_are_answered_and_batched() -> None:
 
 
 def test_a_request_without_text_is_refused() -> None:
+    deep = "[" * 100_000 + "]" * 100_000  # past the JSON parser's recursion limit
     with serving() as service:
-        for body in ({"txt": "hi"}, ["hi"], {"text": 3}):
-            response = httpx.post(f"{service.url}/embed", json=body, timeout=10)
+        for body in (json.dumps({"txt": "hi"}), json.dumps(["hi"]), json.dumps({"text": 3}), deep):
+            headers = {"content-type": "application/json"}
+            response = httpx.post(f"{service.url}/embed", content=body, headers=headers, timeout=10)
             assert response.status_code == 400
             assert response.json() == {"error": 'send JSON {"text": "..."}'}
         assert service.batcher.stats.total_submitted == 0

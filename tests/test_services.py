@@ -156,6 +156,7 @@ class TestServices:
             shed = await embed_all(url, texts)
         codes = {response.status_code for response in shed}
         assert codes == {200, 503}, codes
+        assert {response.headers.get("retry-after") for response in shed if response.status_code == 503} == {"1"}
         # One at a time, 10 ms each: most of 50 requests wait past 20 ms before dispatch.
         with SERVERS[kind](max_queue_delay_s=0.02, max_batch_size=1) as (url, batcher, _), anyio.fail_after(60):
             late = await embed_all(url, texts[:50])
@@ -166,15 +167,15 @@ class TestServices:
 
     async def test_stopping_lets_every_accepted_request_finish(self, kind: str) -> None:
         texts = [f"in flight {n}" for n in range(100)]
-        with SERVERS[kind]() as (url, batcher, stop), anyio.fail_after(60):
-            # Set, on the server's loop, at the dispatch of the batch holding the last request.
-            accepted = threading.Event()
+        # Set, on the server's loop, at the dispatch of the batch holding the last request.
+        accepted, served = threading.Event(), list[TokenBatcher[str, Any]]()
 
-            def on_event(_: object) -> None:
-                if batcher.stats.total_submitted >= len(texts):
-                    accepted.set()
+        def on_event(_: object) -> None:
+            if served and served[0].stats.total_submitted >= len(texts):
+                accepted.set()
 
-            batcher.add_observer(on_event)
+        with SERVERS[kind](observers=[on_event]) as (url, batcher, stop), anyio.fail_after(60):
+            served.append(batcher)
             async with anyio.create_task_group() as tg:
                 results: list[list[httpx.Response]] = []
 
@@ -205,3 +206,17 @@ class TestServices:
         assert f"at most {service_fastapi.MAX_TEXT_CHARS} are served" in answers[5].text
         assert len(answers[5].content) < 1000  # the text is not echoed back
         assert ok.json()["embedding"] == hash_vector("fine")
+
+    async def test_a_large_or_deep_bad_body_gets_a_short_422(self, kind: str) -> None:
+        """Not the body echoed back (pydantic's errors quote their input), nor a 500
+        for JSON nested past the parser's recursion limit."""
+        big = "x" * 200_000
+        contents = [json.dumps({"text": [big]}), json.dumps({"txt": big}), "[" * 100_000 + "]" * 100_000]
+        with SERVERS[kind]() as (url, batcher, _), anyio.fail_after(60):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                headers = {"content-type": "application/json"}
+                answers = [await client.post("/embed", content=content, headers=headers) for content in contents]
+                assert batcher.stats.total_submitted == 0
+        assert [answer.status_code for answer in answers[:2]] == [422, 422]
+        assert answers[2].status_code in (400, 422)  # FastAPI: 400, "error parsing the body"
+        assert max(len(answer.content) for answer in answers) < 1000
