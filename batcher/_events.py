@@ -34,6 +34,7 @@ __all__ = (
     "RecordsDropped",
     "batch_dispatched",
     "batch_ended",
+    "records_dropped",
 )
 
 logger = logging.getLogger("batcher")
@@ -48,7 +49,9 @@ class BatchDispatched:
     size: int  #: its records
     cost: int  #: its cost by the cost model (``padded``: ``size * max(costs)``)
     records_cost: int  #: the sum of its records' own costs (tokens, for a padded model)
-    fill_ratio: float  #: ``cost / target_batch_cost`` (above 1 for one oversized record)
+    #: ``cost / target_batch_cost`` as it is at dispatch: above 1 for one oversized
+    #: record, or for a batch closed ahead before ``configure()`` lowered the target
+    fill_ratio: float
     queue_waits_s: tuple[float, ...]  #: each record's time from submit to dispatch, in seconds
     queued: int  #: records still queued, after this batch left the queue
     queued_cost: int  #: their cost
