@@ -17,6 +17,7 @@ scope (``Run.scope``), so stopping or aborting one leaves the others running.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
@@ -74,27 +75,32 @@ class Host:
 
 
 async def _hosted(serve: Serve, run: Any, *, task_status: TaskStatus[None]) -> None:
-    """``serve(run)``; an exception it raises once started (a model's ``__aexit__``
-    failing, say) ends that batcher alone, and its ``stop()`` raises it, instead of
-    cancelling every batcher in the host."""
-    status = _Status(task_status)
+    """``serve(run)``; what it raises once it has started, other than a cancellation
+    (a model's ``__aexit__`` failing, even with a ``KeyboardInterrupt``), ends that
+    batcher alone, and its ``stop()`` raises it, instead of cancelling every batcher
+    in the host and the task's own code."""
+    status = _Status(task_status, run)
     try:
         await serve(run, task_status=status)
-    except Exception as exc:
-        if not status.done:
-            raise  # start() raises it
+    except BaseException as exc:
+        if not status.done or isinstance(exc, anyio.get_cancelled_exc_class()):
+            raise  # start() raises it; or the host, or this run, is cancelled
         run.end_fatally(exc)
 
 
 class _Status(TaskStatus[None]):
-    """``task_status``, noting whether ``started()`` was called."""
+    """``task_status``, noting whether ``started()`` took: AnyIO and trio ignore it
+    (quietly) once the caller of ``start()`` is cancelled, and then what the task
+    raises must reach that caller, not the host."""
 
-    __slots__ = ("_status", "done")
+    __slots__ = ("_run", "_status", "done")
 
-    def __init__(self, status: TaskStatus[None]) -> None:
+    def __init__(self, status: TaskStatus[None], run: Any) -> None:
         self._status = status
+        self._run = run
         self.done = False
 
     def started(self, value: None = None) -> None:
         self._status.started(value)
-        self.done = True
+        # Cancelled here, unless by the run's own scope: so was the caller of start().
+        self.done = self._run.scope.cancel_called or anyio.current_effective_deadline() != -math.inf

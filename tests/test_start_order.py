@@ -148,3 +148,64 @@ class TestOneBatcherAlone:
                 await queued
             assert await other.call(3) == 6
             await other.stop()
+
+
+class Fatal(BaseException):
+    """Neither an Exception nor a cancellation, as KeyboardInterrupt and SystemExit."""
+
+
+class TestPastException:
+    async def test_a_model_exiting_with_a_base_exception_is_raised_by_its_stop_alone(self) -> None:
+        class Exiting(Session):
+            async def __aexit__(self, *exc_info: object) -> None:
+                raise Fatal("from __aexit__")
+
+        other, failing = DynamicBatcher(double), DynamicBatcher(Exiting())
+        with anyio.fail_after(5):
+            await other.start()
+            await failing.start()
+            assert await failing.call(1) == 2
+            with pytest.raises(Fatal, match="from __aexit__"):
+                await failing.stop()
+            assert await other.call(3) == 6  # neither the other batcher nor this task was cancelled
+            await other.stop()
+
+
+class TestCancelledStart:
+    async def test_a_start_cancelled_as_its_loops_start_never_returns_a_dead_batcher(self) -> None:
+        """A cancelled caller of start() is not moved into the task group by the
+        task's started() (AnyIO and trio ignore it), so what the run raises as it
+        unwinds goes to that caller: start() must raise, not return a batcher whose
+        run is already over. Swept over the checkpoints of a start."""
+
+        class Slow(Session):
+            async def __aenter__(self) -> Session:
+                await anyio.lowlevel.checkpoint()
+                return self
+
+            async def __aexit__(self, *exc_info: object) -> None:
+                raise OSError("cannot exit")
+
+        other = DynamicBatcher(double)
+        with anyio.fail_after(10):
+            await other.start()  # the task's task group lives outside the cancelled scope
+            for checkpoints in range(30):
+                batcher = DynamicBatcher(Slow())
+                async with anyio.create_task_group() as tg:
+                    with anyio.CancelScope() as scope:
+
+                        async def cancel(scope: anyio.CancelScope = scope, n: int = checkpoints) -> None:
+                            for _ in range(n):
+                                await anyio.lowlevel.checkpoint()
+                            scope.cancel()
+
+                        tg.start_soon(cancel)
+                        try:
+                            await batcher.start()
+                        except OSError:
+                            pass  # the run's own error, raised by the cancelled start()
+                if batcher.is_running:  # it did start: it serves, and stops with its model's error
+                    assert await batcher.call(1) == 2
+                    with pytest.raises(OSError, match="cannot exit"):
+                        await batcher.stop()
+            await other.stop()
