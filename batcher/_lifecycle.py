@@ -284,7 +284,9 @@ class Lifecycle:
 
         :raises TypeError: for a name that is not one of these, or a value of the
             wrong type; nothing changes
-        :raises ValueError: for a value out of range; nothing changes
+        :raises ValueError: for a value out of range, or a ``max_concurrent_batches``
+            that would leave no worker free while calls of the process function wait
+            for this batcher (see ``_model_call.py``); nothing changes
         """
         changes: dict[str, Any] = {}
         for name, value in settings.items():
@@ -298,6 +300,12 @@ class Lifecycle:
             changes[field] = value
         new = dataclasses.replace(self._settings, **changes)  # checked here, before anything changes
         self._run.check_thread()
+        if (waiting := self._counters.self_waiting) and new.max_concurrent_batches <= waiting:
+            raise ValueError(
+                f"max_concurrent_batches={new.max_concurrent_batches} would leave no worker to run the records "
+                f"that {waiting} calls of process_fn wait for (they await their own batcher): keep it above "
+                f"{waiting} until they return"
+            )
         self._settings = new
         self._model.timeout_s = new.process_timeout_s
         if isinstance(self._run, Run):

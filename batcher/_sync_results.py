@@ -19,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_caller, refused_as_not_running
 from ._map import MapResults
 from ._model import call_soon
-from ._model_call import SelfWait
+from ._model_call import MODEL_CALL, SelfWait
 from ._stats import Counters
 from ._streaming import RecordStream
 
@@ -192,6 +192,7 @@ async def pump(
     """Run the map (or stream) and send its results to the consumer, until its end, or until
     its scope is cancelled (by the consumer's ``close()``, or by the stop of the
     ``SyncBatcher``), which withdraws the rest. Return whether it ran to its end."""
+    MODEL_CALL.set(None)  # its waits are not the process function's, which waits only as it reads
     with send, anyio.CancelScope() as scope, refused_as_not_running():
         results = start_map()
         maps.add(scope)

@@ -5,6 +5,7 @@ with any number of workers, whichever way it waits."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -140,3 +141,59 @@ def test_sync_batcher_threads_of_every_worker_waiting(anyio_backend: str) -> Non
     assert len(refused) == 1
     assert SELF_WAIT in refused[0]
     assert sum(result.endswith(" alone") for result in results) == 1
+
+
+async def test_the_pool_cannot_shrink_under_the_calls_that_wait_for_it() -> None:
+    """A call that waits already cannot be refused: the pool may not shrink to it."""
+    batcher: DynamicBatcher[str, str]
+    waiting, release = anyio.Event(), anyio.Event()
+
+    async def fn(batch: list[str]) -> list[str]:
+        if batch == ["outer"]:
+            waiting.set()
+            return ["outer+" + await batcher.call("inner")]
+        if batch == ["inner"]:
+            await release.wait()
+        return batch
+
+    batcher = DynamicBatcher(fn, max_batch_size=1, max_concurrent_batches=2)
+    with anyio.fail_after(5):
+        async with batcher, anyio.create_task_group() as tg:
+            outer = await batcher.submit("outer")
+            await waiting.wait()
+            await anyio.wait_all_tasks_blocked()  # "inner" runs on the other worker
+            with pytest.raises(ValueError, match="max_concurrent_batches=1 would leave no worker"):
+                batcher.configure(max_concurrent_batches=1)
+            assert batcher._settings.max_concurrent_batches == 2  # nothing changed
+            release.set()
+            assert await outer == "outer+inner"
+            batcher.configure(max_concurrent_batches=1)  # nothing waits now
+            tg.cancel_scope.cancel()
+    assert batcher._counters.self_waiting == 0
+
+
+def test_a_sync_map_it_does_not_read_is_no_wait_of_its_call(anyio_backend: str) -> None:
+    """The task that runs a SyncBatcher.map on the loop is not the process function: only
+    the thread's reading counts, so another worker's call may still wait."""
+    opened = threading.Event()
+    answers: dict[str, str] = {}
+
+    def process(batch: list[str]) -> list[str]:
+        (record,) = batch
+        if record == "maps":
+            results = sync.map(["mapped"])  # not read
+            opened.set()
+            deadline = time.monotonic() + WAIT
+            while batcher._counters.self_waiting < 1 and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the other call waits (counted): then free this worker
+            results.close()
+        elif record == "calls":
+            assert opened.wait(WAIT)
+            answers["calls"] = sync.call("called", timeout=WAIT)
+        return batch
+
+    batcher = DynamicBatcher(process, max_batch_size=1, max_concurrent_batches=2)
+    with SyncBatcher(batcher, backend=anyio_backend) as sync:
+        futures = [sync.submit("maps"), sync.submit("calls")]
+        assert [future.result(WAIT) for future in futures] == ["maps", "calls"]
+    assert answers == {"calls": "called"}
