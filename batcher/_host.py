@@ -101,6 +101,9 @@ class _Status(TaskStatus[None]):
         self.done = False
 
     def started(self, value: None = None) -> None:
+        # Ignored, the task stays in the caller's scopes, cancelled before and after;
+        # taken, it leaves them for the host's (cancelled or not).
+        before = anyio.current_effective_deadline()
         self._status.started(value)
-        # Cancelled here, unless by the run's own scope: so was the caller of start().
-        self.done = self._run.scope.cancel_called or anyio.current_effective_deadline() != -math.inf
+        after = anyio.current_effective_deadline()
+        self.done = self._run.scope.cancel_called or max(before, after) != -math.inf

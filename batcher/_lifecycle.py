@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 from ._events import Observer, Observers
 from ._future import PARKED, BatchFuture
 from ._model import Model
-from ._model_call import in_model
+from ._model_call import in_model, resizing
 from ._pricing import Pricing
 from ._protocols import ProcessFn
 from ._run import STOPPED, NotRunning, Run
@@ -300,16 +300,11 @@ class Lifecycle:
             changes[field] = value
         new = dataclasses.replace(self._settings, **changes)  # checked here, before anything changes
         self._run.check_thread()
-        if (waiting := self._counters.self_waiting) and new.max_concurrent_batches <= waiting:
-            raise ValueError(
-                f"max_concurrent_batches={new.max_concurrent_batches} would leave no worker to run the records "
-                f"that {waiting} calls of process_fn wait for (they await their own batcher): keep it above "
-                f"{waiting} until they return"
-            )
-        self._settings = new
-        self._model.timeout_s = new.process_timeout_s
-        if isinstance(self._run, Run):
-            self._run.reconfigure(new)
+        with resizing(self._counters, new.max_concurrent_batches):
+            self._settings = new
+            self._model.timeout_s = new.process_timeout_s
+            if isinstance(self._run, Run):
+                self._run.reconfigure(new)
 
 
 def _outside() -> int:

@@ -13,7 +13,8 @@ free raises instead (with ``max_concurrent_batches=1``, every such wait).
 from __future__ import annotations
 
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -21,7 +22,17 @@ import anyio
 
 from ._stats import Counters
 
-__all__ = ("MODEL_CALL", "SELF_WAIT", "ModelCall", "SelfWait", "in_model", "model_wait", "own_call", "self_wait")
+__all__ = (
+    "MODEL_CALL",
+    "SELF_WAIT",
+    "ModelCall",
+    "SelfWait",
+    "in_model",
+    "model_wait",
+    "own_call",
+    "resizing",
+    "self_wait",
+)
 
 SELF_WAIT = (
     "process_fn awaited a result of its own batcher, which would wait for itself: every worker "
@@ -104,6 +115,24 @@ def in_model(counters: Counters) -> bool:
     """Whether the caller is a process function of the batcher whose counters these are,
     in a call that has not returned yet."""
     return own_call(counters) is not None
+
+
+@contextmanager
+def resizing(counters: Counters, workers: int) -> Iterator[None]:
+    """Around a change of the pool to ``workers`` (``configure()``), during which no
+    wait begins or ends: refuse a pool that would leave no worker to run what calls of
+    the process function already wait for (a wait under way cannot be refused).
+
+    :raises ValueError: as said
+    """
+    with _WAITS:
+        if (waiting := counters.self_waiting) and workers <= waiting:
+            raise ValueError(
+                f"max_concurrent_batches={workers} would leave no worker to run the records that {waiting} "
+                f"calls of process_fn wait for (they await their own batcher): keep it above {waiting} until "
+                "they return"
+            )
+        yield
 
 
 class SelfWait:

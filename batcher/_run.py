@@ -164,6 +164,8 @@ class Run(Intake):
             self.scope.cancel()
             with anyio.CancelScope(shield=True):
                 await self.stopped.wait()
+            if self.fatal is not None:
+                raise self.fatal from None  # not lost to the cancellation (its scope stays cancelled)
             raise
         finally:
             await owner.leave()

@@ -209,3 +209,44 @@ class TestCancelledStart:
                     with pytest.raises(OSError, match="cannot exit"):
                         await batcher.stop()
             await other.stop()
+
+    async def test_a_base_exception_from_exit_is_raised_by_a_cancelled_stop(self) -> None:
+        """The common shape: a time limit around ``async with batcher:``, whose stop is
+        then cancelled: the model's exit error is raised, not lost to the cancellation."""
+
+        class Exiting(Session):
+            async def __aexit__(self, *exc_info: object) -> None:
+                raise Fatal("from __aexit__")
+
+        batcher = DynamicBatcher(Exiting())
+
+        async def leave_late() -> None:
+            with anyio.move_on_after(0.05):
+                async with batcher:
+                    assert await batcher.call(1) == 2
+                    await anyio.sleep_forever()
+
+        with anyio.fail_after(5), pytest.raises(Fatal, match="from __aexit__"):
+            await leave_late()
+        assert not batcher.is_running
+
+    async def test_a_shielded_start_under_a_cancelled_task_group(self) -> None:
+        """started() takes there (the caller is shielded) although the task group the
+        loops move to is cancelled: the model's exit error is that batcher's alone."""
+
+        class Exiting(Session):
+            async def __aexit__(self, *exc_info: object) -> None:
+                raise OSError("cannot exit")
+
+        other, batcher = DynamicBatcher(double), DynamicBatcher(Exiting())
+        with anyio.fail_after(5):
+            with anyio.CancelScope() as outer:
+                await other.start()  # the task group is entered here, inside outer
+                outer.cancel()
+                with anyio.CancelScope(shield=True):
+                    await batcher.start()
+                    assert batcher.is_running
+                    with pytest.raises(OSError, match="cannot exit"):
+                        await batcher.stop()
+                await other.stop()  # cancelled with outer, which absorbs it
+            assert outer.cancelled_caught
