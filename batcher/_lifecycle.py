@@ -42,6 +42,11 @@ ELSEWHERE = (
     "stop(), when that loop ended); stop() it there, or make a new batcher"
 )
 
+OBSERVERS_ELSEWHERE = (
+    "observers of a running batcher are added and removed on its event loop's thread; pass observers=[...] "
+    "to the constructor, or call it there: anyio.from_thread.run_sync(batcher.add_observer, observer, token=...)"
+)
+
 #: The settings :meth:`Lifecycle.configure` may change while the batcher runs.
 LIVE_SETTINGS = (
     "target_batch_cost",
@@ -252,7 +257,7 @@ class Lifecycle:
         :raises TypeError: if ``observer`` is not callable, or is an ``async def``
         :raises RuntimeError: if the batcher runs under another thread's event loop
         """
-        self._run.check_thread()
+        self._check_observers_thread()
         self._observers.add(observer)
         self._watch()
 
@@ -262,9 +267,13 @@ class Lifecycle:
         :raises ValueError: if it was not added
         :raises RuntimeError: if the batcher runs under another thread's event loop
         """
-        self._run.check_thread()
+        self._check_observers_thread()
         self._observers.remove(observer)
         self._watch()
+
+    def _check_observers_thread(self) -> None:
+        if isinstance(self._run, Run) and self._run.thread != get_ident():
+            raise RuntimeError(OBSERVERS_ELSEWHERE)
 
     def _watch(self) -> None:
         # With observers, every record is timed to dispatch; without, one at a time.
