@@ -18,20 +18,29 @@ async def double(batch: list[int]) -> list[int]:
     return [x * 2 for x in batch]
 
 
-class Session:
-    """A model that is an async context manager; ``fail_on`` says which step raises."""
+class Fatal(BaseException):
+    """Neither an Exception nor a cancellation, as KeyboardInterrupt and SystemExit."""
 
-    def __init__(self, fail_on: str = "") -> None:
+
+class Session:
+    """A model that is an async context manager; ``fail_on`` says which step raises,
+    ``exit_error`` what its exit raises; ``slow``: its entry takes a checkpoint."""
+
+    def __init__(self, fail_on: str = "", exit_error: BaseException | None = None, slow: bool = False) -> None:
         self.fail_on = fail_on
+        self.exit_error = exit_error or OSError("cannot exit")
+        self.slow = slow
 
     async def __aenter__(self) -> Session:
+        if self.slow:
+            await anyio.lowlevel.checkpoint()
         if self.fail_on == "enter":
             raise OSError("cannot enter")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self.fail_on == "exit":
-            raise OSError("cannot exit")
+            raise self.exit_error
 
     async def __call__(self, batch: list[int]) -> list[int]:
         return [x + 1 for x in batch]
@@ -94,17 +103,18 @@ class TestOneBatcherAlone:
             async with DynamicBatcher(double) as later:
                 assert await later.call(2) == 4
 
-    async def test_a_model_failing_to_exit_is_raised_by_its_stop_alone(self) -> None:
-        session = Session(fail_on="exit")
+    @pytest.mark.parametrize("error", [OSError("cannot exit"), Fatal("from __aexit__")], ids=repr)
+    async def test_a_model_failing_to_exit_is_raised_by_its_stop_alone(self, error: BaseException) -> None:
+        session = Session(fail_on="exit", exit_error=error)
         running, failing = DynamicBatcher(double), DynamicBatcher(session)
         with anyio.fail_after(5):
-            await failing.start()
             await running.start()
+            await failing.start()
             assert await failing.call(1) == 2
-            with pytest.raises(OSError, match="cannot exit"):
+            with pytest.raises(type(error), match=str(error)):
                 await failing.stop()
             assert not failing.is_running
-            assert await running.call(1) == 2
+            assert await running.call(1) == 2  # neither the other batcher nor this task was cancelled
             await running.stop()
             session.fail_on = ""
             async with failing:  # the error is not kept: it starts again
@@ -150,27 +160,6 @@ class TestOneBatcherAlone:
             await other.stop()
 
 
-class Fatal(BaseException):
-    """Neither an Exception nor a cancellation, as KeyboardInterrupt and SystemExit."""
-
-
-class TestPastException:
-    async def test_a_model_exiting_with_a_base_exception_is_raised_by_its_stop_alone(self) -> None:
-        class Exiting(Session):
-            async def __aexit__(self, *exc_info: object) -> None:
-                raise Fatal("from __aexit__")
-
-        other, failing = DynamicBatcher(double), DynamicBatcher(Exiting())
-        with anyio.fail_after(5):
-            await other.start()
-            await failing.start()
-            assert await failing.call(1) == 2
-            with pytest.raises(Fatal, match="from __aexit__"):
-                await failing.stop()
-            assert await other.call(3) == 6  # neither the other batcher nor this task was cancelled
-            await other.stop()
-
-
 class TestCancelledStart:
     async def test_a_start_cancelled_as_its_loops_start_never_returns_a_dead_batcher(self) -> None:
         """A cancelled caller of start() is not moved into the task group by the
@@ -178,19 +167,11 @@ class TestCancelledStart:
         unwinds goes to that caller: start() must raise, not return a batcher whose
         run is already over. Swept over the checkpoints of a start."""
 
-        class Slow(Session):
-            async def __aenter__(self) -> Session:
-                await anyio.lowlevel.checkpoint()
-                return self
-
-            async def __aexit__(self, *exc_info: object) -> None:
-                raise OSError("cannot exit")
-
         other = DynamicBatcher(double)
         with anyio.fail_after(10):
             await other.start()  # the task's task group lives outside the cancelled scope
             for checkpoints in range(30):
-                batcher = DynamicBatcher(Slow())
+                batcher = DynamicBatcher(Session(fail_on="exit", slow=True))
                 async with anyio.create_task_group() as tg:
                     with anyio.CancelScope() as scope:
 
@@ -214,11 +195,7 @@ class TestCancelledStart:
         """The common shape: a time limit around ``async with batcher:``, whose stop is
         then cancelled: the model's exit error is raised, not lost to the cancellation."""
 
-        class Exiting(Session):
-            async def __aexit__(self, *exc_info: object) -> None:
-                raise Fatal("from __aexit__")
-
-        batcher = DynamicBatcher(Exiting())
+        batcher = DynamicBatcher(Session(fail_on="exit", exit_error=Fatal("from __aexit__")))
 
         async def leave_late() -> None:
             with anyio.move_on_after(0.05):
@@ -234,11 +211,7 @@ class TestCancelledStart:
         """started() takes there (the caller is shielded) although the task group the
         loops move to is cancelled: the model's exit error is that batcher's alone."""
 
-        class Exiting(Session):
-            async def __aexit__(self, *exc_info: object) -> None:
-                raise OSError("cannot exit")
-
-        other, batcher = DynamicBatcher(double), DynamicBatcher(Exiting())
+        other, batcher = DynamicBatcher(double), DynamicBatcher(Session(fail_on="exit"))
         with anyio.fail_after(5):
             with anyio.CancelScope() as outer:
                 await other.start()  # the task group is entered here, inside outer
