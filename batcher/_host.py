@@ -17,13 +17,14 @@ scope (``Run.scope``), so stopping or aborting one leaves the others running.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
+
+from ._exceptions import BatcherClosedError
 
 __all__ = ("Host",)
 
@@ -57,13 +58,32 @@ class Host:
         return host
 
     async def start(self, serve: Serve, run: Any) -> None:
-        """Run ``serve(run, task_status=...)`` in a task of its own here, once it has
-        started. If it fails (or is cancelled) before then, leave the host and raise."""
+        """Run ``serve(run, task_status=...)`` in a task of its own here; return once it
+        has started. If it ends first, leave the host and raise what it raised.
+
+        If the caller is cancelled first, stop the run (its input ends and its scope is
+        cancelled), wait until it has ended, leave the host and raise the run's own
+        error, if it had one, else the cancellation. The wait is the caller's, not
+        AnyIO's or trio's ``start()``: theirs waits for a task whose ``started()`` came
+        too late, which never ends if a model's session runs shielded."""
+        status = _Status()
+        self._group.start_soon(_hosted, serve, run, status)
         try:
-            await self._group.start(_hosted, serve, run)
+            await status.settled.wait()
         except BaseException:
+            run.end_input()
+            run.scope.cancel()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await status.ended.wait()
+                if (error := status.error or run.fatal) is not None:
+                    raise error from None  # not lost to the cancellation (its scope stays cancelled)
+                raise
+            finally:
+                await self.leave()  # (not in the shielded scope: the host was entered outside it)
+        if not status.running:
             await self.leave()
-            raise
+            raise status.error or BatcherClosedError(NOT_STARTED)
 
     async def leave(self) -> None:
         """A batcher started here has stopped: exit the host if it was the last one."""
@@ -74,36 +94,46 @@ class Host:
             await self._group.__aexit__(None, None, None)
 
 
-async def _hosted(serve: Serve, run: Any, *, task_status: TaskStatus[None]) -> None:
-    """``serve(run)``; what it raises once it has started, other than a cancellation
-    (a model's ``__aexit__`` failing, even with a ``KeyboardInterrupt``), ends that
-    batcher alone, and its ``stop()`` raises it, instead of cancelling every batcher
-    in the host and the task's own code."""
-    status = _Status(task_status, run)
+async def _hosted(serve: Serve, run: Any, status: _Status) -> None:
+    """``serve(run)``. Before it has started, what it raises goes to the caller of
+    ``start()`` (a cancellation ends this task: the caller, cancelled too or shielded,
+    sees it end). After, what it raises other than a cancellation (a model's
+    ``__aexit__`` failing, even with a ``KeyboardInterrupt``) ends that batcher alone,
+    and its ``stop()`` raises it, instead of cancelling every batcher in the host and
+    the task's own code."""
+    cancelled = anyio.get_cancelled_exc_class()
     try:
         await serve(run, task_status=status)
+    except cancelled:
+        if status.running:
+            raise  # the host is cancelled
     except BaseException as exc:
-        if not status.done or isinstance(exc, anyio.get_cancelled_exc_class()):
-            raise  # start() raises it; or the host, or this run, is cancelled
-        run.end_fatally(exc)
+        if status.running:
+            run.end_fatally(exc)
+        else:
+            status.error = exc
+    finally:
+        status.settled.set()
+        status.ended.set()
 
 
 class _Status(TaskStatus[None]):
-    """``task_status``, noting whether ``started()`` took: AnyIO and trio ignore it
-    (quietly) once the caller of ``start()`` is cancelled, and then what the task
-    raises must reach that caller, not the host."""
+    """What ``start()`` waits for: ``settled`` when the run has started (``running``)
+    or has ended first (with ``error``, if it raised one); ``ended`` when it has ended."""
 
-    __slots__ = ("_run", "_status", "done")
+    __slots__ = ("ended", "error", "running", "settled")
 
-    def __init__(self, status: TaskStatus[None], run: Any) -> None:
-        self._status = status
-        self._run = run
-        self.done = False
+    def __init__(self) -> None:
+        self.settled, self.ended = anyio.Event(), anyio.Event()
+        self.running = False
+        self.error: BaseException | None = None
 
     def started(self, value: None = None) -> None:
-        # Ignored, the task stays in the caller's scopes, cancelled before and after;
-        # taken, it leaves them for the host's (cancelled or not).
-        before = anyio.current_effective_deadline()
-        self._status.started(value)
-        after = anyio.current_effective_deadline()
-        self.done = self._run.scope.cancel_called or max(before, after) != -math.inf
+        self.running = True
+        self.settled.set()
+
+
+NOT_STARTED = (
+    "the batcher's loops were cancelled before they started: the task group that this "
+    "task's first start() entered, where they run, is cancelled"
+)

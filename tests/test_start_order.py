@@ -4,6 +4,7 @@ stop them in the same order."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import anyio
@@ -44,6 +45,30 @@ class Session:
 
     async def __call__(self, batch: list[int]) -> list[int]:
         return [x + 1 for x in batch]
+
+
+async def start_cancelled_after(batcher: DynamicBatcher[int, int], checkpoints: int) -> str:
+    """Start ``batcher`` with its caller cancelled after ``checkpoints`` checkpoints:
+    ``"returned"``, ``"exit error"`` (start() raised the model's exit error) or
+    ``"cancelled"``."""
+    outcome = "returned"
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as scope:
+
+            async def cancel() -> None:
+                for _ in range(checkpoints):
+                    await anyio.lowlevel.checkpoint()
+                scope.cancel()
+
+            tg.start_soon(cancel)
+            try:
+                await batcher.start()
+            except OSError:
+                outcome = "exit error"
+            except anyio.get_cancelled_exc_class():
+                outcome = "cancelled"
+                raise
+    return outcome
 
 
 class TestStopOrder:
@@ -172,19 +197,8 @@ class TestCancelledStart:
             await other.start()  # the task's task group lives outside the cancelled scope
             for checkpoints in range(30):
                 batcher = DynamicBatcher(Session(fail_on="exit", slow=True))
-                async with anyio.create_task_group() as tg:
-                    with anyio.CancelScope() as scope:
-
-                        async def cancel(scope: anyio.CancelScope = scope, n: int = checkpoints) -> None:
-                            for _ in range(n):
-                                await anyio.lowlevel.checkpoint()
-                            scope.cancel()
-
-                        tg.start_soon(cancel)
-                        try:
-                            await batcher.start()
-                        except OSError:
-                            pass  # the run's own error, raised by the cancelled start()
+                outcome = await start_cancelled_after(batcher, checkpoints)  # raising: the run's own error
+                assert batcher.is_running == (outcome == "returned")
                 if batcher.is_running:  # it did start: it serves, and stops with its model's error
                     assert await batcher.call(1) == 2
                     with pytest.raises(OSError, match="cannot exit"):
@@ -207,19 +221,65 @@ class TestCancelledStart:
             await leave_late()
         assert not batcher.is_running
 
-    async def test_a_shielded_start_under_a_cancelled_task_group(self) -> None:
-        """started() takes there (the caller is shielded) although the task group the
-        loops move to is cancelled: the model's exit error is that batcher's alone."""
+    @pytest.mark.parametrize(("exit_fails", "error"), [(True, OSError), (False, BatcherClosedError)])
+    async def test_a_shielded_start_under_a_cancelled_task_group(
+        self, exit_fails: bool, error: type[BaseException]
+    ) -> None:
+        """The loops would run in a cancelled task group: even to a shielded caller,
+        start() raises what the run raised as it unwound (the model's exit error, else
+        BatcherClosedError), and the batcher is not running; the other is unharmed."""
 
-        other, batcher = DynamicBatcher(double), DynamicBatcher(Session(fail_on="exit"))
+        other, batcher = DynamicBatcher(double), DynamicBatcher(Session(fail_on="exit" if exit_fails else ""))
         with anyio.fail_after(5):
             with anyio.CancelScope() as outer:
                 await other.start()  # the task group is entered here, inside outer
                 outer.cancel()
                 with anyio.CancelScope(shield=True):
-                    await batcher.start()
-                    assert batcher.is_running
-                    with pytest.raises(OSError, match="cannot exit"):
-                        await batcher.stop()
+                    with pytest.raises(error):
+                        await batcher.start()
+                    assert not batcher.is_running
                 await other.stop()  # cancelled with outer, which absorbs it
             assert outer.cancelled_caught
+
+
+class ShieldedSession(Session):
+    """A model whose whole session runs shielded: its entry opens a shielded cancel
+    scope that its exit closes, so cancelling start() cannot cancel its loops."""
+
+    async def __aenter__(self) -> ShieldedSession:
+        self._shield = anyio.CancelScope(shield=True)
+        self._shield.__enter__()
+        await anyio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._shield.__exit__(None, None, None)
+        self.exited = True
+        await super().__aexit__(*exc_info)
+
+
+class TestCancelledStartOfAShieldedSession:
+    @pytest.mark.parametrize("exit_fails", [True, False])
+    async def test_start_ends_whenever_its_caller_is_cancelled(self, exit_fails: bool) -> None:
+        """AnyIO's and trio's start() wait for a task whose started() came after their
+        caller was cancelled; this one never ended (its loops run shielded), and
+        start() hung. Now start() ends the run and raises, swept over the checkpoints
+        of a start; the model's exit error, when it has one, is not lost."""
+
+        other = DynamicBatcher(double)
+        with anyio.fail_after(10):
+            await other.start()
+            for checkpoints in range(12):
+                model = ShieldedSession(fail_on="exit" if exit_fails else "")
+                model.exited = False
+                batcher = DynamicBatcher(model)
+                outcome = await start_cancelled_after(batcher, checkpoints)
+                if outcome == "returned":
+                    assert await batcher.call(1) == 2
+                    with pytest.raises(OSError, match="cannot exit") if exit_fails else contextlib.nullcontext():
+                        await batcher.stop()
+                else:
+                    assert not batcher.is_running
+                    assert outcome == ("exit error" if exit_fails and model.exited else "cancelled")
+                assert await other.call(1) == 2
+            await other.stop()
