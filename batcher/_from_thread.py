@@ -18,7 +18,7 @@ from anyio.abc import TaskStatus
 
 from ._callbacks import raised_past_exception
 from ._future import BatchFuture
-from ._loop import Loop, refused_as_not_running
+from ._loop import Loop, exception_of, refused_as_not_running, result_of
 from ._model_call import MODEL_CALL, SelfWait
 from ._settings import check_options, check_seconds
 from ._token import TokenBatcher
@@ -218,7 +218,7 @@ def _take_outcome(result: _Result[T], task: Future[T]) -> None:
         with suppress(InvalidStateError):  # cancelled meanwhile
             if task.cancelled():
                 result.cancel()
-            elif (error := task.exception()) is not None:
+            elif (error := exception_of(task)) is not None:
                 result.set_exception(error)
             else:
                 result.set_result(task.result())
@@ -265,7 +265,7 @@ def _call_in_task(
     # A task on the loop submits (waiting for room) and awaits the record's future.
     future = loop.spawn(partial(call_on_loop, batcher, record, options, limit_s))
     try:
-        return future.result()
+        return result_of(future)
     except BaseException:
         future.cancel()  # the caller was interrupted: withdraw the record if it can be
         raise

@@ -13,6 +13,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+from anyio import RunFinishedError  # bound at import: AnyIO loads it lazily, which fails as Python shuts down
 from anyio.abc import TaskStatus
 from anyio.from_thread import start_blocking_portal
 from anyio.lowlevel import EventLoopToken, current_token
@@ -33,7 +34,9 @@ __all__ = (
     "Loop",
     "check_backend",
     "check_caller",
+    "exception_of",
     "refused_as_not_running",
+    "result_of",
 )
 
 T = TypeVar("T")
@@ -136,21 +139,30 @@ class Loop:
         return threading.get_ident() == self.thread
 
     def spawn(self, func: Callable[[], Awaitable[T]]) -> Future[T]:
-        """Run ``func()`` in a new task on the loop; return its future."""
+        """Run ``func()`` in a new task on the loop; return its future (read it with
+        :func:`result_of` or :func:`exception_of`)."""
         with self.entry():
-            return self.portal.start_task_soon(func)
+            return self.portal.start_task_soon(_carrying, func)
 
     def start(self, func: Callable[..., Awaitable[T]]) -> tuple[Future[T], Any]:
         """Run ``func(task_status=...)`` in a new task on the loop; once it has
-        called ``task_status.started(value)``, return its future and ``value``
-        (or raise what it raised before)."""
+        called ``task_status.started(value)``, return its future (as :meth:`spawn`
+        does) and ``value`` (or raise what it raised before)."""
         with self.entry():
-            return self.portal.start_task(func)
+            try:
+                return self.portal.start_task(partial(_carrying, func))
+            except _Carried as carried:
+                error = carried.error
+        raise error
 
     def run(self, func: Callable[[], Awaitable[T]]) -> T:
         """Await ``func()`` on the loop and return its result."""
         with self.entry():
-            return self.portal.call(func)
+            try:
+                return self.portal.call(partial(_carrying, func))
+            except _Carried as carried:
+                error = carried.error
+        raise error
 
     def configure(self, batcher: DynamicBatcher[Any, Any], settings: dict[str, Any]) -> bool:
         """Configure ``batcher`` on the loop; ``False`` if a stop has just ended the loop."""
@@ -174,7 +186,7 @@ class Loop:
         with self.entry():
             try:
                 call_soon(self.token, func)
-            except anyio.RunFinishedError:
+            except RunFinishedError:
                 raise RuntimeError(NOT_RUNNING) from None
 
     @contextmanager
@@ -264,6 +276,43 @@ class _Status:
     def started(self, value: None = None) -> None:
         self.started_ = True
         self._status.started(value)
+
+
+class _Carried(Exception):
+    """A ``BaseException`` other than a cancellation (``KeyboardInterrupt``,
+    ``SystemExit``) that the caller's own code raised in a task on the loop (a map's
+    input or progress callback, a cost estimator), on its way to the thread that waits
+    for the task. Raised there as itself, it would cancel every task of the portal,
+    the batcher's loops among them, and be lost."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+async def _carrying(func: Callable[..., Awaitable[T]], **kwargs: Any) -> T:
+    try:
+        return await func(**kwargs)
+    except (anyio.get_cancelled_exc_class(), Exception):
+        raise
+    except BaseException as exc:
+        raise _Carried(exc) from None
+
+
+def result_of(future: Future[T]) -> T:
+    """The result of a task on the loop (:meth:`Loop.spawn`, :meth:`Loop.start`), or
+    what it raised, as it raised it."""
+    try:
+        return future.result()
+    except _Carried as carried:
+        error = carried.error
+    raise error
+
+
+def exception_of(future: Future[Any]) -> BaseException | None:
+    """What a task on the loop raised, as it raised it (``None`` if it returned)."""
+    error = future.exception()
+    return error.error if isinstance(error, _Carried) else error
 
 
 @contextmanager

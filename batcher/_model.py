@@ -14,6 +14,7 @@ from queue import SimpleQueue
 from typing import Any, cast
 
 import anyio
+from anyio import RunFinishedError  # (see _loop.py)
 from anyio.lowlevel import EventLoopToken, current_token
 
 from ._protocols import ProcessFn
@@ -190,7 +191,7 @@ class ModelThread:
                 outcome.append((False, exc))
             try:
                 call_soon(token, done.set)
-            except anyio.RunFinishedError:
+            except RunFinishedError:
                 pass  # the event loop has ended: nobody waits for this result
 
         self._queue().put(job)

@@ -13,10 +13,11 @@ from types import TracebackType
 from typing import Generic, Self, TypeVar
 
 import anyio
+from anyio import RunFinishedError  # (see _loop.py)
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_caller, refused_as_not_running
+from ._loop import IN_LOOP, NOT_RUNNING, Loop, check_caller, refused_as_not_running, result_of
 from ._map import MapResults
 from ._model import call_soon
 from ._model_call import MODEL_CALL, SelfWait
@@ -132,7 +133,7 @@ class SyncResults(Generic[T]):
         self._open = False
         try:
             call_soon(self._loop.token, partial(stop_now, self._scope, self._receive))
-        except (anyio.RunFinishedError, RuntimeError):
+        except (RunFinishedError, RuntimeError):
             self._receive.close()
 
     def _self_wait(self) -> SelfWait:
@@ -167,7 +168,7 @@ class SyncResults(Generic[T]):
             self._ready.extend(chunk)
             return
         self._open = False
-        if not self._pump.result():  # raises the map's own exception
+        if not result_of(self._pump):  # raises the map's own exception
             raise RuntimeError(NOT_RUNNING)
         raise StopIteration
 

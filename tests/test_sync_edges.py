@@ -1,0 +1,84 @@
+"""SyncBatcher at its edges: a ``BaseException`` from the caller's own code run on the
+background loop, and results left open as Python exits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+
+from .test_sync import WAIT, held_batcher, in_thread
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Fatal(BaseException):
+    """Neither an Exception nor a cancellation, as KeyboardInterrupt and SystemExit."""
+
+
+def raise_fatal(*args: object) -> None:
+    raise Fatal("from the caller's code")
+
+
+def estimate(record: Any) -> int:
+    if record == "bad":
+        raise_fatal()
+    return 1
+
+
+def failing_input() -> Iterator[int]:
+    yield 1
+    raise_fatal()
+
+
+#: Ways the caller's code runs on the loop: a map's input, its progress callback, and a
+#: cost estimator called there (a map's, and a submit's with a time limit, which takes a task).
+TRIGGERS: dict[str, Callable[[Any], object]] = {
+    "map input": lambda batcher: list(batcher.map(failing_input())),
+    "map progress": lambda batcher: list(batcher.map([1, 2], progress=raise_fatal)),
+    "map estimator": lambda batcher: list(batcher.map(["bad"])),
+    "submit estimator": lambda batcher: batcher.submit("bad", timeout=WAIT),
+}
+
+
+class TestTheCallersBaseException:
+    @pytest.mark.parametrize("where", list(TRIGGERS))
+    def test_it_reaches_the_caller_and_the_batcher_serves_on(self, backend: str, where: str) -> None:
+        """Raised in a task on the portal, it cancelled every task there, the batcher's
+        loops among them: the caller got AnyIO's "portal is not running", another
+        thread's record failed, the exception was lost and stop() raised. As an async
+        map's consumer gets its input's exception, the calling thread gets it now."""
+        with held_batcher(backend, cost_estimator=estimate) as held:
+            outcome = in_thread(partial(TRIGGERS[where], held.batcher))
+            held.model.release()
+            with pytest.raises(Fatal, match="from the caller's code"):
+                outcome.result(WAIT)
+            assert held.first.result(WAIT) == ("done", "first")
+            assert held.batcher.call(2, timeout=WAIT) == ("done", 2)
+        assert not held.batcher.is_running  # and its stop raised nothing
+
+
+UNCLOSED_AT_EXIT = """
+from batcher import DynamicBatcher, SyncBatcher
+
+batcher = SyncBatcher(DynamicBatcher(lambda batch: batch), backend={backend!r})
+batcher.start()
+results = batcher.map(range(1000))  # never closed: collected as Python exits
+print(next(results))
+batcher.stop()
+"""
+
+
+def test_results_left_open_as_python_exits_are_collected_quietly(backend: str) -> None:
+    """Their ``__del__`` ran as Python shut down and looked up an AnyIO name that AnyIO
+    loads lazily (asyncio): "Exception ignored ... sys.meta_path is None"."""
+    script = UNCLOSED_AT_EXIT.format(backend=backend)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "0\n", "")
