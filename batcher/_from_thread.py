@@ -51,8 +51,8 @@ def thread_options(
 ) -> dict[str, Any]:
     """Check, in the calling thread, what the loop cannot check for ``batcher``, and
     build the batcher's arguments for a record from a ``SyncBatcher`` method."""
-    if timeout is not None:
-        check_seconds("timeout", timeout)
+    if timeout is not None and check_seconds("timeout", timeout) > threading.TIMEOUT_MAX:
+        raise ValueError(f"timeout must be at most threading.TIMEOUT_MAX ({threading.TIMEOUT_MAX:g} s), got {timeout}")
     check_options(priority, max_queue_delay_s)
     options: dict[str, Any] = {
         "estimated_cost": estimated_cost,

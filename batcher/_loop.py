@@ -44,7 +44,8 @@ T = TypeVar("T")
 NOT_RUNNING = "SyncBatcher is not running; use 'with SyncBatcher(batcher):' or start()"
 IN_LOOP = (
     "SyncBatcher was called from its own event loop's thread, where it would wait for itself; "
-    "in async code on that loop, await the batcher's own methods"
+    "in async code on that loop, await the batcher's own methods (a done-callback of a SyncBatcher "
+    "future runs there too: hand the call to another thread)"
 )
 ALREADY_RUNNING = "SyncBatcher is already running; stop() it before starting it again"
 RUNNING_ELSEWHERE = (

@@ -4,7 +4,7 @@ record, in input order or as results arrive, with backpressure and progress."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sized
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
@@ -60,9 +60,10 @@ class MapResults(Generic[T]):
         window: int,
         options: dict[str, Any] | None = None,
     ) -> None:
+        batcher._run.check_thread()  # under another thread's loop: refused now, not at the first result
         self._batcher = batcher
         self._options = options or {}  # priority and max_queue_delay_s, for every record
-        self._records: Iterator[Any] | None = iter(records)
+        self._records: Iterator[Any] | None = _iterate(records)
         self._held: Any = _NONE  # a record taken from the input, not yet submitted
         self._total = len(records) if isinstance(records, Sized) else None
         self._ordered = ordered
@@ -232,3 +233,14 @@ def _reporter(progress: bool | Progress | None, total: int | None) -> Callable[[
         bar[0].update(1)
 
     return show
+
+
+def _iterate(records: Iterable[Any]) -> Iterator[Any]:
+    try:
+        return iter(records)
+    except TypeError:
+        pass
+    message = f"records must be an iterable, got {type(records).__name__}"
+    if isinstance(records, AsyncIterable):
+        message += " (an async iterable: map() reads its input with next(); submit its records as they come instead)"
+    raise TypeError(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -227,6 +228,25 @@ class TestMisuse:
             async with batcher:
                 assert await batcher.call("outer") == "outer"
                 assert await batcher.call("after") == "after"
+
+    async def test_an_input_that_is_not_iterable_is_refused_naming_it(self) -> None:
+        async def source() -> AsyncIterator[int]:
+            yield 1
+
+        async with DynamicBatcher(double) as batcher:
+            with pytest.raises(TypeError, match=r"^records must be an iterable, got int$"):
+                batcher.map(5)  # type: ignore[call-overload]
+            with pytest.raises(TypeError, match=r"got async_generator \(an async iterable: map\(\) reads its input"):
+                batcher.map(source())  # type: ignore[call-overload]
+            assert await batcher.call(1) == 2
+        assert batcher.stats.total_submitted == 1
+
+    async def test_a_map_from_another_thread_is_refused_at_once(self) -> None:
+        """As every other entry point is, not at its first result."""
+        async with DynamicBatcher(double) as batcher:
+            with pytest.raises(RuntimeError, match="called from a thread other than its event loop's"):
+                await anyio.to_thread.run_sync(batcher.map, [1, 2])
+            assert await batcher.call(1) == 2
 
 
 class TestProgress:

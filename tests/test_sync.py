@@ -39,7 +39,8 @@ NOT_RUNNING_MESSAGE = "SyncBatcher is not running; use 'with SyncBatcher(batcher
 NOT_RUNNING = re.escape(NOT_RUNNING_MESSAGE)
 IN_LOOP_MESSAGE = (
     "SyncBatcher was called from its own event loop's thread, where it would wait for itself; "
-    "in async code on that loop, await the batcher's own methods"
+    "in async code on that loop, await the batcher's own methods (a done-callback of a SyncBatcher "
+    "future runs there too: hand the call to another thread)"
 )
 IN_LOOP = re.escape(IN_LOOP_MESSAGE)
 WAIT = 10  # seconds: the bound on every wait that should end at once

@@ -65,6 +65,15 @@ class TestTheCallersBaseException:
         assert not held.batcher.is_running  # and its stop raised nothing
 
 
+@pytest.mark.parametrize("method", ["call", "submit"])
+def test_a_timeout_past_what_threads_can_wait_is_refused_naming_it(backend: str, method: str) -> None:
+    """It was accepted, queued the record, then raised OverflowError from the wait."""
+    with held_batcher(backend) as held:
+        with pytest.raises(ValueError, match=r"^timeout must be at most threading.TIMEOUT_MAX \("):
+            getattr(held.batcher, method)(1, timeout=1e10)
+        assert held.batcher.stats.total_submitted == 1  # the held record alone
+
+
 UNCLOSED_AT_EXIT = """
 from batcher import DynamicBatcher, SyncBatcher
 
