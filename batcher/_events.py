@@ -105,9 +105,15 @@ class Observers:
     __slots__ = ("_observers",)
 
     def __init__(self, observers: Iterable[Observer] = ()) -> None:
+        """:raises TypeError: if ``observers`` is not an iterable of plain callables (naming it)"""
         self._observers: tuple[Observer, ...] = ()
+        if not isinstance(observers, Iterable) or isinstance(observers, (str, bytes)):
+            raise TypeError(f"observers must be a list of callables, got {type(observers).__name__}")
         for observer in observers:
-            self.add(observer)
+            try:
+                self.add(observer)
+            except TypeError as exc:
+                raise TypeError(f"observers: {exc}") from None
 
     def __bool__(self) -> bool:
         return bool(self._observers)

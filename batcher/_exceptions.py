@@ -11,6 +11,7 @@ __all__ = (
     "StreamLagError",
     "closed_error",
     "queue_timeout",
+    "raisable",
 )
 
 
@@ -61,3 +62,16 @@ def closed_error(cause: BaseException | None = None) -> BatcherClosedError:
 def queue_timeout() -> QueueTimeoutError:
     """The error that ends a future whose record outlived its queue deadline."""
     return QueueTimeoutError("the record was still queued at its deadline (max_queue_delay_s) and was not processed")
+
+
+def raisable(exc: BaseException) -> BaseException:
+    """``exc``, as a future or a map raises a record's exception; but a ``StopIteration``
+    or ``StopAsyncIteration`` in a record's slot becomes a ``RuntimeError`` that says so,
+    with ``exc`` as its cause: raised as itself from a coroutine, Python blames the
+    coroutine (PEP 479), and from an async iterator's ``__anext__`` it would quietly end
+    the iteration (a map or a stream would stop, as if done, without the error)."""
+    if not isinstance(exc, (StopIteration, StopAsyncIteration)):
+        return exc
+    error = RuntimeError(f"the record failed with {exc!r}, which cannot be raised as itself here (PEP 479)")
+    error.__cause__ = exc
+    return error

@@ -19,7 +19,7 @@ from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._callbacks import Callbacks, call_back
 from ._events import records_dropped
-from ._exceptions import RecordCancelledError
+from ._exceptions import RecordCancelledError, raisable
 from ._model_call import MODEL_CALL, model_wait
 from ._protocols import ResultT
 from ._stats import Counters
@@ -126,7 +126,7 @@ class BatchFuture(Generic[ResultT]):
             # As asyncio.Future does: raise with the traceback saved when the future
             # failed, so re-raising does not grow it or keep earlier callers' frames.
             exc, traceback = self._value
-            raise exc.with_traceback(traceback)
+            raise raisable(exc.with_traceback(traceback))
         if state == CANCELLED:
             raise RecordCancelledError("the record was withdrawn before dispatch")
         raise RuntimeError("result is not ready; await the future first")

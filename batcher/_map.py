@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 import anyio
 
+from ._exceptions import raisable
 from ._future import BatchFuture
 from ._model_call import SelfWait
 
@@ -125,7 +126,7 @@ class MapResults(Generic[T]):
             return cast(T, future.result())
         if not self._return_exceptions:
             self.close()
-            raise error
+            raise raisable(error)
         return cast(T, error)
 
     async def _top_up(self) -> None:

@@ -96,6 +96,9 @@ class Settings:
         check_int("max_queue_size", self.max_queue_size, 1)
         check_int("prefetch_batches", self.prefetch_batches, 0)
         check_int("max_concurrent_batches", self.max_concurrent_batches, 1)
+        for flag in ("eager_dispatch", "group_by_cost"):
+            if type(value := getattr(self, flag)) is not bool:  # "no" or None would be taken as true or false
+                raise TypeError(f"{flag} must be True or False, got {type(value).__name__}")
         if self.cost_model not in ("sum", "padded", "measured"):
             raise ValueError(f"cost_model must be 'sum', 'padded' or 'measured', got {self.cost_model!r}")
         check_timeout("process_timeout_s", self.process_timeout_s)

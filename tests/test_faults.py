@@ -793,3 +793,60 @@ class TestResultIterables:
         assert futures[1].exception() is error
         assert [f.result() for f in futures[2:]] == [2, 3]
         assert_balanced(batcher)
+
+
+async def read_into(got: list[Any], results: Any) -> None:
+    """Append each of ``results`` (a map's, or a stream's) to ``got``, in its ``async with``."""
+    async with results:
+        async for result in results:
+            got.append(result)
+
+
+class TestStopIterationInASlot:
+    """A record that fails with ``StopIteration`` or ``StopAsyncIteration`` cannot raise
+    it as itself: Python turns the first into "coroutine raised StopIteration" in an
+    await, and the second, out of a map's or a stream's ``__anext__``, ended the
+    iteration as if it were done (the failure unraised, a map's later records dropped).
+    Each raises a ``RuntimeError`` that names it, with it as the cause."""
+
+    STOPS: ClassVar = [StopIteration("slot"), StopAsyncIteration("slot")]
+
+    @pytest.mark.parametrize("stop", STOPS, ids=type)
+    async def test_awaiting_the_future_or_calling(self, stop: Exception) -> None:
+        async def model(batch: list[int]) -> list[Any]:
+            return [stop if record == 1 else record for record in batch]
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(model) as batcher:
+                failed, fine = await batcher.submit_batch([1, 2])
+                for way in (lambda: failed, lambda: batcher.call(1)):
+                    with pytest.raises(RuntimeError, match=r"^the record failed with Stop") as raised:
+                        await way()
+                    assert raised.value.__cause__ is stop
+                assert await fine == 2
+                assert failed.exception() is stop
+
+    @pytest.mark.parametrize("stop", STOPS, ids=type)
+    async def test_a_map_raises_it_and_withdraws_the_rest(self, stop: Exception) -> None:
+        async def model(batch: list[int]) -> list[Any]:
+            return [stop if record == 1 else record for record in batch]
+
+        got: list[int] = []
+        with anyio.fail_after(5):
+            async with DynamicBatcher(model, max_batch_size=1) as batcher:
+                with pytest.raises(RuntimeError, match=r"^the record failed with Stop") as raised:
+                    await read_into(got, batcher.map([0, 1, 2, 3]))
+        assert (got, raised.value.__cause__) == ([0], stop)
+
+    async def test_a_stream_raises_it(self) -> None:
+        stop = StopAsyncIteration("slot")
+
+        async def generate(batch: list[str]) -> Any:
+            yield [stop for _ in batch]
+
+        items: list[str] = []
+        with anyio.fail_after(5):
+            async with DynamicBatcher(generate) as batcher:
+                with pytest.raises(RuntimeError, match=r"^the record failed with Stop") as raised:
+                    await read_into(items, batcher.stream("x"))
+        assert (items, raised.value.__cause__, batcher.stats.total_failed) == ([], stop, 1)

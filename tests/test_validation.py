@@ -55,6 +55,11 @@ class TestConstructor:
                 TypeError,
                 "min_padding_efficiency must be a number or None, got str",
             ),
+            ({"group_by_cost": "no"}, TypeError, "group_by_cost must be True or False, got str"),
+            ({"eager_dispatch": None}, TypeError, "eager_dispatch must be True or False, got NoneType"),
+            ({"eager_dispatch": 0}, TypeError, "eager_dispatch must be True or False, got int"),
+            ({"observers": None}, TypeError, "observers must be a list of callables, got NoneType"),
+            ({"observers": [5]}, TypeError, "observers: an observer must be callable, got int"),
         ],
     )
     def test_bad_settings(self, kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
