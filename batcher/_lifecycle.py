@@ -44,7 +44,8 @@ ELSEWHERE = (
 
 OBSERVERS_ELSEWHERE = (
     "observers of a running batcher are added and removed on its event loop's thread; pass observers=[...] "
-    "to the constructor, or call it there: anyio.from_thread.run_sync(batcher.add_observer, observer, token=...)"
+    "to the constructor, or call it there: anyio.from_thread.run_sync(batcher.add_observer, observer, token=...) "
+    "(a SyncBatcher's own add_observer() works from any thread)"
 )
 
 #: The settings :meth:`Lifecycle.configure` may change while the batcher runs.

@@ -165,11 +165,12 @@ class Loop:
                 error = carried.error
         raise error
 
-    def configure(self, batcher: DynamicBatcher[Any, Any], settings: dict[str, Any]) -> bool:
-        """Configure ``batcher`` on the loop; ``False`` if a stop has just ended the loop."""
+    def apply(self, change: Callable[[], object]) -> bool:
+        """Call ``change()`` (a change to the batcher: ``configure``, an observer) on the
+        loop; ``False`` if a stop has just ended the loop."""
         try:
             with self.entry():
-                self.portal.call(partial(batcher.configure, **settings))
+                self.portal.call(change)
         except RuntimeError as exc:
             if not (self.closing and str(exc) == NOT_RUNNING):
                 raise

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from batcher import BatchEnded, DynamicBatcher, SyncBatcher
+
 from .test_sync import WAIT, held_batcher, in_thread
 
 
@@ -72,6 +74,56 @@ def test_a_timeout_past_what_threads_can_wait_is_refused_naming_it(backend: str,
         with pytest.raises(ValueError, match=r"^timeout must be at most threading.TIMEOUT_MAX \("):
             getattr(held.batcher, method)(1, timeout=1e10)
         assert held.batcher.stats.total_submitted == 1  # the held record alone
+
+
+class TestObservers:
+    """``SyncBatcher.add_observer``/``remove_observer``, from any thread (there were none:
+    a thread had the wrapped batcher's, which refuses threads other than its loop's)."""
+
+    def test_added_and_removed_from_threads_before_and_while_it_runs(self, backend: str) -> None:
+        before: list[str] = []
+        during: list[str] = []
+        batcher = SyncBatcher(DynamicBatcher(echo), backend=backend)
+        batcher.add_observer(lambda event: before.append(type(event).__name__))
+        with batcher:
+            assert in_thread(partial(batcher.call, 1, timeout=WAIT)).result(WAIT) == 1
+            observer = partial(record_ended, during)
+            in_thread(partial(batcher.add_observer, observer)).result(WAIT)
+            assert batcher.call(2, timeout=WAIT) == 2
+            batcher.remove_observer(observer)
+            assert batcher.call(3, timeout=WAIT) == 3
+        assert before == ["BatchDispatched", "BatchEnded"] * 3
+        assert during == ["BatchEnded"]
+
+    def test_an_observer_removes_itself_on_the_loop(self, backend: str) -> None:
+        seen: list[int] = []
+
+        def once(event: object) -> None:
+            if isinstance(event, BatchEnded):
+                seen.append(event.size)
+                batcher.remove_observer(once)
+
+        with SyncBatcher(DynamicBatcher(echo), backend=backend) as batcher:
+            batcher.add_observer(once)
+            assert [batcher.call(n, timeout=WAIT) for n in range(3)] == [0, 1, 2]
+        assert seen == [1]
+
+    def test_a_bad_observer_is_refused_and_changes_nothing(self, backend: str) -> None:
+        with SyncBatcher(DynamicBatcher(echo), backend=backend) as batcher:
+            with pytest.raises(TypeError, match="an observer must be callable, got int"):
+                batcher.add_observer(5)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="remove_observer\\(\\) got an observer that was not added"):
+                batcher.remove_observer(print)
+            assert batcher.call(1, timeout=WAIT) == 1
+
+
+def echo(batch: list[int]) -> list[int]:
+    return batch
+
+
+def record_ended(seen: list[str], event: object) -> None:
+    if isinstance(event, BatchEnded):
+        seen.append(type(event).__name__)
 
 
 UNCLOSED_AT_EXIT = """
