@@ -214,16 +214,23 @@ class Loop:
                 self._gate.notify_all()
 
     def close(self, batcher: DynamicBatcher[Any, Any]) -> None:
-        """Stop the batcher gracefully, then the loop; re-raise what ended the batcher, if anything.
+        """Stop the batcher gracefully, then the loop; re-raise what ended the batcher,
+        if anything. Interrupted (a Ctrl-C while it drains), abort: cancel the task
+        serving the batcher, which fails every record not yet processed with
+        BatcherClosedError (a call in a worker thread is left to finish there).
 
         :raises RuntimeError: if it cannot be stopped from this thread (see :func:`check_caller`); nothing changes
         """
         check_caller(self.backend)
         self.closing = True
         try:
-            self.portal.call(batcher.stop)
-            self.portal.call(self.end_maps)
-            fatal = self.serving.result()
+            try:
+                self.portal.call(batcher.stop)
+                self.portal.call(self.end_maps)
+            except BaseException:
+                self.serving.cancel()
+                raise
+            fatal = None if self.serving.cancelled() else self.serving.result()
         finally:
             with self._gate:
                 self.ending = True

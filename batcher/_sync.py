@@ -102,7 +102,7 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.stop()  # graceful even on an error: other threads' records are processed (a second Ctrl-C aborts)
 
     def start(self) -> None:
         """Start the background loop and run the batcher on it; returns once the
@@ -128,6 +128,9 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
 
         From inside the process function it only begins the stop and returns at
         once; the thread that started it still calls :meth:`stop` (or ``with`` does).
+
+        Interrupted (a ``KeyboardInterrupt`` while it waits: a second Ctrl-C), it aborts
+        instead: every record not yet processed fails with :exc:`BatcherClosedError`.
 
         :raises RuntimeError: if called from the loop's own thread
         :raises BaseException: what a process function raised outside

@@ -3,17 +3,19 @@ background loop, and results left open as Python exits."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
 import pytest
 
-from batcher import BatchEnded, DynamicBatcher, SyncBatcher
+from batcher import BatchEnded, BatcherClosedError, DynamicBatcher, SyncBatcher
 
-from .test_sync import WAIT, held_batcher, in_thread
+from .test_sync import WAIT, Gate, _closing, held_batcher, in_thread, until
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -74,6 +76,48 @@ def test_a_timeout_past_what_threads_can_wait_is_refused_naming_it(backend: str,
         with pytest.raises(ValueError, match=r"^timeout must be at most threading.TIMEOUT_MAX \("):
             getattr(held.batcher, method)(1, timeout=1e10)
         assert held.batcher.stats.total_submitted == 1  # the held record alone
+
+
+class Interrupted(BaseException):
+    """What the test's SIGINT handler raises, as Python's raises KeyboardInterrupt."""
+
+
+class TestAbort:
+    """A Ctrl-C in a ``with SyncBatcher`` block stops it gracefully: every record queued
+    is processed (a whole corpus, perhaps). A second Ctrl-C during that drain was taken,
+    and the third left the loop's thread running with the batcher on it. Now an
+    interrupted stop aborts."""
+
+    def test_an_interrupted_stop_aborts(self, backend: str) -> None:
+        model = Gate(hold_from=0)
+        batcher = SyncBatcher(DynamicBatcher(model), backend=backend)
+        batcher.start()
+        futures = [batcher.submit("first")]
+        assert model.entered.wait(WAIT)
+        futures += [batcher.submit(n) for n in range(3)]
+
+        def interrupt(*args: object) -> None:
+            raise Interrupted
+
+        def interrupt_the_stop() -> None:
+            until(lambda: _closing(batcher))  # the stop waits for the held batch
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+        try:
+            interrupter = in_thread(interrupt_the_stop)
+            with pytest.raises(Interrupted):
+                batcher.stop()
+            interrupter.result(WAIT)
+            for future in futures:
+                with pytest.raises(BatcherClosedError):
+                    future.result(WAIT)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            model.release()
+        assert not batcher.is_running
+        with batcher:
+            assert batcher.call(1, timeout=WAIT) == ("done", 1)
 
 
 class TestObservers:
