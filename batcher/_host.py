@@ -81,9 +81,9 @@ class Host:
                 raise
             finally:
                 await self.leave()  # (not in the shielded scope: the host was entered outside it)
-        if not status.running:
+        if not status.running:  # it ended first: its error, or what ended it (a process function's, say)
             await self.leave()
-            raise status.error or BatcherClosedError(NOT_STARTED)
+            raise status.error or run.fatal or BatcherClosedError(NOT_STARTED)
 
     async def leave(self) -> None:
         """A batcher started here has stopped: exit the host if it was the last one."""

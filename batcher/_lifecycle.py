@@ -146,8 +146,9 @@ class Lifecycle:
         run = self._begin(started=True)
         try:
             await run.start(self._serve)
-        finally:
-            self._forget(run)  # if it could not start
+        except BaseException as exc:  # it could not start
+            self._forget(run, raised=exc)
+            raise
 
     async def stop(self) -> None:
         """Stop accepting records, process every record already submitted, and
@@ -210,10 +211,11 @@ class Lifecycle:
         run = self._run
         return (isinstance(run, Run) and run.thread == get_ident()) or in_model(self._counters)
 
-    def _forget(self, run: Run) -> None:
-        # A run is over once its loops have ended and stop() has left start()'s task group.
+    def _forget(self, run: Run, raised: BaseException | None = None) -> None:
+        # A run is over once its loops have ended and stop() has left start()'s task group;
+        # what ended it is kept for stop() to raise, unless start() has ``raised`` it.
         if self._run is run and run.owner is None and run.stopped.is_set():
-            self._run = STOPPED if run.fatal is None else NotRunning(run.fatal)
+            self._run = STOPPED if run.fatal is None or run.fatal is raised else NotRunning(run.fatal)
 
     async def _serve(self, run: Run, *, task_status: TaskStatus[None]) -> None:
         try:

@@ -237,10 +237,8 @@ def _reporter(progress: bool | Progress | None, total: int | None) -> Callable[[
 
 
 def _iterate(records: Iterable[Any]) -> Iterator[Any]:
-    try:
-        return iter(records)
-    except TypeError:
-        pass
+    if isinstance(records, Iterable) or hasattr(type(records), "__getitem__"):
+        return iter(records)  # (a TypeError its own __iter__ raises is its own)
     message = f"records must be an iterable, got {type(records).__name__}"
     if isinstance(records, AsyncIterable):
         message += " (an async iterable: map() reads its input with next(); submit its records as they come instead)"

@@ -168,9 +168,13 @@ class Run(Intake):
                 raise self.fatal from None  # not lost to the cancellation (its scope stays cancelled)
             raise
         finally:
-            await owner.leave()
+            try:
+                await owner.leave()
+            except BaseException:  # (trio) another run's cancellation, left in the host
+                if self.fatal is None:
+                    raise
         if self.fatal is not None:
-            raise self.fatal
+            raise self.fatal  # not lost to that cancellation either (its scope stays cancelled)
 
     def close_streams(self) -> None:
         """Close every stream end the run made (each loop closes its own as well)."""

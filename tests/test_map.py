@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -240,6 +240,15 @@ class TestMisuse:
                 batcher.map(source())  # type: ignore[call-overload]
             assert await batcher.call(1) == 2
         assert batcher.stats.total_submitted == 1
+
+    async def test_an_input_whose_own_iter_raises_type_error_raises_it(self) -> None:
+        class Shards:
+            def __iter__(self) -> Iterator[int]:
+                raise TypeError("cannot read shard 3")
+
+        async with DynamicBatcher(double) as batcher:
+            with pytest.raises(TypeError, match=r"^cannot read shard 3$"):
+                batcher.map(Shards())
 
     async def test_a_map_from_another_thread_is_refused_at_once(self) -> None:
         """As every other entry point is, not at its first result."""

@@ -19,6 +19,10 @@ async def double(batch: list[int]) -> list[int]:
     return [x * 2 for x in batch]
 
 
+def echo(batch: list[int]) -> list[int]:  # a plain function: its worker ends its thread as it leaves
+    return batch
+
+
 class Fatal(BaseException):
     """Neither an Exception nor a cancellation, as KeyboardInterrupt and SystemExit."""
 
@@ -256,6 +260,65 @@ class ShieldedSession(Session):
         self._shield.__exit__(None, None, None)
         self.exited = True
         await super().__aexit__(*exc_info)
+
+
+class TestErrorsNotLost:
+    async def test_a_cancelled_stop_of_the_last_raises_its_exit_error(self) -> None:
+        """On trio, stopping the first of two batchers in a cancelled scope left its
+        cancellation in the task group they share; the stop of the last one, which exits
+        it, raised that Cancelled instead of its model's exit error."""
+        first, last = DynamicBatcher(echo), DynamicBatcher(Session(fail_on="exit"))
+        with anyio.fail_after(5), anyio.CancelScope() as scope:
+            await first.start()
+            await last.start()
+            scope.cancel()
+            with contextlib.suppress(anyio.get_cancelled_exc_class()):
+                await first.stop()
+            raised: BaseException | None = None
+            try:
+                await last.stop()
+            except BaseException as exc:  # (a Cancelled, so raised, would be absorbed by scope)
+                raised = exc
+        assert repr(raised) == "OSError('cannot exit')"
+        assert (first.is_running, last.is_running) == (False, False)
+
+    async def test_a_process_function_ending_the_run_as_it_starts_is_raised_by_start(self) -> None:
+        """A record submitted while start() is under way (the model's entry waits) whose
+        batch raises past Exception before every worker has started: start() raised
+        BatcherClosedError, and nothing raised the process function's exception."""
+
+        class Raising(Session):
+            def __init__(self) -> None:
+                super().__init__()
+                self.entering, self.go = anyio.Event(), anyio.Event()
+
+            async def __aenter__(self) -> Raising:
+                self.entering.set()
+                await self.go.wait()
+                return self
+
+            async def __call__(self, batch: list[int]) -> list[int]:
+                raise Fatal("from the process function")
+
+        model = Raising()
+        batcher = DynamicBatcher(model, max_concurrent_batches=64)
+        futures = []
+
+        async def submit() -> None:
+            await model.entering.wait()
+            futures.append(await batcher.submit(1))
+            model.go.set()
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(submit)
+                with pytest.raises(Fatal, match="from the process function"):
+                    await batcher.start()
+        assert isinstance(futures[0].exception(), BatcherClosedError)
+        assert not batcher.is_running
+        await batcher.stop()  # nothing left to raise: start() raised it
+        async with batcher:  # nor does the batcher hold it: it starts again
+            assert batcher.is_running
 
 
 class TestCancelledStartOfAShieldedSession:
