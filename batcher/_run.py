@@ -168,13 +168,19 @@ class Run(Intake):
                 raise self.fatal from None  # not lost to the cancellation (its scope stays cancelled)
             raise
         finally:
-            try:
-                await owner.leave()
-            except BaseException:  # (trio) another run's cancellation, left in the host
-                if self.fatal is None:
-                    raise
+            await self._leave(owner)
         if self.fatal is not None:
-            raise self.fatal  # not lost to that cancellation either (its scope stays cancelled)
+            raise self.fatal
+
+    async def _leave(self, owner: Host) -> None:
+        # Leave start()'s task group. What that raises (on trio, the cancellation of
+        # another run stopped before, left in the group) gives way to this run's fatal
+        # error, which close() raises next (its scope stays cancelled).
+        try:
+            await owner.leave()
+        except BaseException:
+            if self.fatal is None:
+                raise
 
     def close_streams(self) -> None:
         """Close every stream end the run made (each loop closes its own as well)."""
