@@ -305,8 +305,10 @@ class Lifecycle:
             field = self._synonyms.get(name, name)
             if field not in LIVE_SETTINGS:
                 raise TypeError(f"configure() cannot change {name!r}; it can change {', '.join(LIVE_SETTINGS)}")
-            if field in changes and name == field:
-                continue  # also given by its token name, which takes precedence (as in the constructor)
+            if any(self._synonyms.get(other) == name for other in settings):
+                # also given by its token name, which takes precedence (as in the constructor): checked, not used
+                dataclasses.replace(self._settings, **{field: value, "target_name": name})  # (the one synonym)
+                continue
             if field == "target_batch_cost":
                 changes["target_name"] = name
             changes[field] = value

@@ -15,7 +15,7 @@ from typing import Any, SupportsIndex
 from ._model import is_async
 from ._protocols import CostEstimatorFn
 
-__all__ = ("Pricing", "Prompt", "check_cost", "text_tokens")
+__all__ = ("Pricing", "Prompt", "check_cost", "check_estimator", "text_tokens")
 
 logger = logging.getLogger("batcher")
 
@@ -84,11 +84,7 @@ class Pricing:
         warn_default: bool = False,
     ) -> None:
         self._estimator_name, function = estimator
-        if function is not None and not callable(function):
-            raise TypeError(f"{self._estimator_name} must be callable or None, got {type(function).__name__}")
-        if function is not None and is_async(function):
-            raise TypeError(f"{self._estimator_name} must be a plain function returning an int, not an async one")
-        self._estimator = function
+        self._estimator = check_estimator(self._estimator_name, function)
         self._estimator_label = f"the cost from {self._estimator_name}"
         self._default_name, default_cost = default
         self._default = check_cost(self._default_name, default_cost)  # a cost: numpy.int64 too
@@ -204,6 +200,15 @@ class Pricing:
                 self._default_name,
                 self._default,
             )
+
+
+def check_estimator(name: str, function: CostEstimatorFn[Any] | None) -> CostEstimatorFn[Any] | None:
+    """``function``, a cost estimator (``record -> int``) or ``None``, checked."""
+    if function is not None and not callable(function):
+        raise TypeError(f"{name} must be callable or None, got {type(function).__name__}")
+    if function is not None and is_async(function):
+        raise TypeError(f"{name} must be a plain function returning an int, not an async one")
+    return function
 
 
 def _class_method(kind: type, name: str) -> bool:

@@ -11,10 +11,9 @@ from anyio.lowlevel import checkpoint_if_cancelled
 from ._dynamic import DynamicBatcher
 from ._events import Observer
 from ._future import ERROR, BatchFuture, until_done
-from ._pricing import Pricing, text_tokens
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
-from ._settings import check_callable
 from ._streaming import RecordStream
+from ._synonyms import check_target, either, token_parts
 
 __all__ = ("TokenBatcher",)
 
@@ -128,8 +127,10 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         observers: Iterable[Observer] = (),
     ) -> None:
         self._setup(  # the parts DynamicBatcher.__init__ builds, in token words
-            *_parts(inference_fn, process_fn, token_estimator, cost_estimator, default_token_estimate, default_cost),
-            either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost),
+            *token_parts(
+                inference_fn, process_fn, token_estimator, cost_estimator, default_token_estimate, default_cost
+            ),
+            either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost, check_target),
             observers,
             max_batch_size=max_batch_size,
             min_batch_size=min_batch_size,
@@ -296,55 +297,3 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         """
         name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
         return self._open_stream(self._new_future(record, cost, name, priority, max_queue_delay_s), max_queue_delay_s)
-
-
-def _inference_fn(
-    inference_fn: ProcessFn[RecordT, ResultT] | None, process_fn: ProcessFn[RecordT, ResultT] | None
-) -> ProcessFn[RecordT, ResultT]:
-    """The inference function by either of its names, checked."""
-    name, function = either("inference_fn", inference_fn, "process_fn", process_fn)
-    if function is None:
-        raise TypeError("TokenBatcher requires either inference_fn or process_fn")
-    return check_callable(name, function)
-
-
-def _parts(
-    inference_fn: ProcessFn[RecordT, ResultT] | None,
-    process_fn: ProcessFn[RecordT, ResultT] | None,
-    token_estimator: CostEstimatorFn[Any] | None,
-    cost_estimator: CostEstimatorFn[Any] | None,
-    default_token_estimate: int | None,
-    default_cost: int | None,
-) -> tuple[ProcessFn[RecordT, ResultT], Pricing]:
-    """The inference function and the pricing, from TokenBatcher's arguments."""
-    pricing = _token_pricing(token_estimator, cost_estimator, default_token_estimate, default_cost)
-    return _inference_fn(inference_fn, process_fn), pricing
-
-
-def _token_pricing(
-    token_estimator: CostEstimatorFn[Any] | None,
-    cost_estimator: CostEstimatorFn[Any] | None,
-    default_token_estimate: int | None,
-    default_cost: int | None,
-) -> Pricing:
-    """TokenBatcher's pricing: the estimator and default by whichever name was given,
-    then ``estimate_tokens()`` or ``estimate_cost()``; a ``str`` is priced by its text,
-    and a record that falls back to the default (1 unless given) is warned about
-    once per type, naming the setting by the name it was given (the token name if none)."""
-    name, default = either("default_token_estimate", default_token_estimate, "default_cost", default_cost)
-    return Pricing(
-        either("token_estimator", token_estimator, "cost_estimator", cost_estimator),
-        (name, 1 if default is None else default),
-        ("estimate_tokens", "estimate_cost"),
-        by_type={str: text_tokens},
-        warn_default=True,
-    )
-
-
-def either(name: str, value: T | None, fallback_name: str, fallback: U) -> tuple[str, T | U]:
-    """TokenBatcher's rule for a pair of synonyms: the token-named argument if it
-    was given, else the cost-named one, with the name that messages use (the
-    token name when neither was given)."""
-    if value is not None:
-        return name, value
-    return (name if fallback is None else fallback_name), fallback

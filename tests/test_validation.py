@@ -84,6 +84,32 @@ class TestConstructor:
         with pytest.raises(TypeError, match="token_estimator must be callable"):
             TokenBatcher(echo, token_estimator="len")  # type: ignore[arg-type]
 
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "match"),
+        [
+            ({"target_batch_tokens": 10, "target_batch_cost": -5}, ValueError, "^target_batch_cost must be >= 1"),
+            ({"default_token_estimate": 3, "default_cost": "x"}, TypeError, "^default_cost must be an int, got str"),
+            ({"token_estimator": len, "cost_estimator": 42}, TypeError, "^cost_estimator must be callable or None"),
+            ({"inference_fn": echo, "process_fn": 42}, TypeError, "^process_fn must be callable, got int"),
+        ],
+    )
+    def test_a_bad_value_its_token_name_shadows_is_refused(
+        self, kwargs: dict[str, Any], error: type[Exception], match: str
+    ) -> None:
+        """The token name takes precedence, but the value it shadows is checked: it was ignored."""
+        with pytest.raises(error, match=match):
+            TokenBatcher(**({"inference_fn": echo} | kwargs))
+
+    @pytest.mark.parametrize("order", ["tokens first", "cost first"])
+    def test_configure_refuses_a_bad_value_its_token_name_shadows(self, order: str) -> None:
+        batcher = TokenBatcher(echo, target_batch_tokens=10)
+        pair = {"target_batch_tokens": 5, "target_batch_cost": 0}
+        with pytest.raises(ValueError, match=r"^target_batch_cost must be >= 1, got 0"):
+            batcher.configure(**(pair if order == "tokens first" else dict(reversed(pair.items()))))
+        assert batcher._settings.target_batch_cost == 10  # nothing changed
+        batcher.configure(target_batch_cost=7, target_batch_tokens=6)
+        assert batcher._settings.target_batch_cost == 6
+
 
 class TestCosts:
     @pytest.mark.parametrize(
