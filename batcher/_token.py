@@ -11,6 +11,7 @@ from anyio.lowlevel import checkpoint_if_cancelled
 from ._dynamic import DynamicBatcher
 from ._events import Observer
 from ._future import ERROR, BatchFuture, until_done
+from ._pricing import check_cost
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
 from ._streaming import RecordStream
 from ._synonyms import check_target, either, token_parts
@@ -171,7 +172,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         :raises RuntimeError: if the batcher is not running, or is called from a
             thread other than its event loop's
         """
-        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
+        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost, check_cost)
         future = self._new_future(record, cost, name, priority, max_queue_delay_s)
         if not self._run.try_submit(future, max_queue_delay_s):
             await self._run.submit(future, max_queue_delay_s)
@@ -196,7 +197,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         :raises RuntimeError: if the batcher is not running, or is called from a
             thread other than its event loop's
         """
-        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
+        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost, check_cost)
         future = self._new_future(record, cost, name, priority, max_queue_delay_s)
         if not self._run.try_submit(future, max_queue_delay_s):
             raise anyio.WouldBlock
@@ -259,7 +260,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
             thread other than its event loop's, or from inside its own inference
             function while every other worker waits for it too (a self-wait)
         """
-        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
+        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost, check_cost)
         future = self._new_future(record, cost, name, priority, max_queue_delay_s)
         self._queue_for_call(future, max_queue_delay_s)
         try:  # as DynamicBatcher.call, written out: a parked caller keeps one coroutine
@@ -295,5 +296,5 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         :raises RuntimeError: if the batcher is not running, or is called from a
             thread other than its event loop's
         """
-        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
+        name, cost = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost, check_cost)
         return self._open_stream(self._new_future(record, cost, name, priority, max_queue_delay_s), max_queue_delay_s)

@@ -100,6 +100,13 @@ class TestConstructor:
         with pytest.raises(error, match=match):
             TokenBatcher(**({"inference_fn": echo} | kwargs))
 
+    async def test_a_call_refuses_a_bad_cost_its_token_count_shadows(self) -> None:
+        async with TokenBatcher(echo) as batcher:
+            with pytest.raises(ValueError, match=r"^estimated_cost must be >= 0, got -1"):
+                await batcher.call("x", estimated_tokens=3, estimated_cost=-1)
+            assert await batcher.call("y", estimated_tokens=3, estimated_cost=4) == "y"
+        assert batcher.stats.total_submitted == 1
+
     @pytest.mark.parametrize("order", ["tokens first", "cost first"])
     def test_configure_refuses_a_bad_value_its_token_name_shadows(self, order: str) -> None:
         batcher = TokenBatcher(echo, target_batch_tokens=10)
