@@ -221,7 +221,10 @@ def _reporter(progress: bool | Progress | None, total: int | None) -> Callable[[
     try:
         from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
-        raise ImportError("map(progress=True) needs tqdm: pip install 'batcher[progress]'") from None
+        raise ImportError(
+            "map(progress=True) needs tqdm: install batcher's 'progress' extra "
+            "(pip install -e '.[progress]' in its checkout)"
+        ) from None
     bar: list[Any] = []
 
     def show(done: int | None) -> None:

@@ -25,7 +25,9 @@ def _require_ray() -> ModuleType:
     try:
         return importlib.import_module("ray")
     except ImportError as exc:
-        raise ImportError("batcher.ray needs Ray; install it with pip install 'batcher[ray]'") from exc
+        raise ImportError(
+            "batcher.ray needs Ray; install batcher's 'ray' extra (pip install -e '.[ray]' in batcher's checkout)"
+        ) from exc
 
 
 ray = _require_ray()

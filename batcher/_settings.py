@@ -33,14 +33,17 @@ def check_seconds(name: str, value: object) -> float:
 
 def check_timeout(name: str, value: object) -> float | None:
     """A time limit in seconds: a number > 0, or ``None`` for none."""
-    if value is None:
-        return None
+    return None if value is None else check_positive(name, value, or_none=True)
+
+
+def check_positive(name: str, value: object, *, or_none: bool = False) -> float:
+    """Seconds: a finite number > 0 (``or_none``: the message says ``None`` is fine too)."""
     try:
         seconds = check_seconds(name, value)
     except ValueError:
         seconds = 0.0  # negative or not finite: refused below, in words that also rule out 0
     if seconds == 0:
-        raise ValueError(f"{name} must be a finite number > 0, or None, got {value}")
+        raise ValueError(f"{name} must be a finite number > 0{', or None' if or_none else ''}, got {value}")
     return seconds
 
 
@@ -110,8 +113,7 @@ class Settings:
         if self.priority_aging_s is not None:
             check_seconds("priority_aging_s", self.priority_aging_s)
         check_int("stream_buffer", self.stream_buffer, 1)
-        if check_timeout("stream_stall_s", self.stream_stall_s) is None:
-            raise TypeError("stream_stall_s must be a number, got NoneType")
+        check_positive("stream_stall_s", self.stream_stall_s)
 
     @classmethod
     def named(cls, target: tuple[str, int], **settings: Any) -> Settings:

@@ -51,7 +51,8 @@ def _require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"{module} is needed for this observer; install it with pip install 'batcher[{extra}]'"
+            f"{module} is needed for this observer; install batcher's '{extra}' extra "
+            f"(pip install -e '.[{extra}]' in batcher's checkout)"
         ) from exc
 
 

@@ -366,7 +366,7 @@ def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(name, package)
 
     monkeypatch.setattr(importlib, "import_module", without_clients)
-    with pytest.raises(ImportError, match=r"pip install 'batcher\[prometheus\]'"):
+    with pytest.raises(ImportError, match=r"batcher's 'prometheus' extra \(pip install -e '\.\[prometheus\]'"):
         PrometheusObserver()
-    with pytest.raises(ImportError, match=r"pip install 'batcher\[otel\]'"):
+    with pytest.raises(ImportError, match=r"batcher's 'otel' extra \(pip install -e '\.\[otel\]'"):
         OpenTelemetryObserver()

@@ -92,4 +92,4 @@ def test_batcher_ray_without_ray_names_the_extra() -> None:
     script = "import sys; sys.modules['ray'] = None; import batcher.ray"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert "pip install 'batcher[ray]'" in done.stderr
+    assert "pip install -e '.[ray]'" in done.stderr

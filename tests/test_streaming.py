@@ -375,8 +375,10 @@ class TestMisuse:
     async def test_stream_settings_are_checked(self) -> None:
         with pytest.raises(ValueError, match="stream_buffer must be >= 1, got 0"):
             DynamicBatcher(Generator(), stream_buffer=0)
-        with pytest.raises(ValueError, match="stream_stall_s must be a finite number > 0, or None, got 0"):
+        with pytest.raises(ValueError, match=r"^stream_stall_s must be a finite number > 0, got 0$"):
             TokenBatcher(Generator(), stream_stall_s=0)
+        with pytest.raises(TypeError, match=r"^stream_stall_s must be a number, got NoneType$"):
+            TokenBatcher(Generator(), stream_stall_s=None)  # type: ignore[arg-type]
 
     async def test_a_withdrawn_stream_raises_nothing_more(self) -> None:
         async with streaming(Generator()) as batcher:
