@@ -277,7 +277,7 @@ class TestProgress:
     async def test_without_tqdm_the_error_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, "tqdm.auto", None)
         batcher = DynamicBatcher(double)
-        with pytest.raises(ImportError, match=r"needs tqdm: install batcher's 'progress' extra \(pip install -e '\.\[progress\]'"):
+        with pytest.raises(ImportError, match=r"needs tqdm: install batcher's 'progress' extra \(pip install -e "):
             batcher.map([1], progress=True)
 
 
