@@ -307,7 +307,8 @@ class Lifecycle:
                 raise TypeError(f"configure() cannot change {name!r}; it can change {', '.join(LIVE_SETTINGS)}")
             if any(self._synonyms.get(other) == name for other in settings):
                 # also given by its token name, which takes precedence (as in the constructor): checked, not used
-                dataclasses.replace(self._settings, **{field: value, "target_name": name})  # (the one synonym)
+                if value is not None:  # (None: as not given)
+                    dataclasses.replace(self._settings, **{field: value, "target_name": name})  # (the one synonym)
                 continue
             if field == "target_batch_cost":
                 changes["target_name"] = name

@@ -228,7 +228,7 @@ class Loop:
                 self.portal.call(batcher.stop)
                 self.portal.call(self.end_maps)
             except BaseException:
-                self.serving.cancel()
+                self._abort()
                 raise
             fatal = None if self.serving.cancelled() else self.serving.result()
         finally:
@@ -242,6 +242,13 @@ class Loop:
                     outcome.set_exception(RuntimeError(NOT_RUNNING))
         if fatal is not None:
             raise fatal
+
+    def _abort(self) -> None:
+        # Cancel the task serving the batcher, and the maps: one whose consumer has
+        # stopped reading waits to hand over its next results, and the portal for it.
+        self.serving.cancel()
+        with suppress(RuntimeError):  # (the loop has ended)
+            call_soon(self.token, self.end_maps)
 
     def end_maps(self) -> None:
         # A map whose consumer stopped reading without closing it waits forever

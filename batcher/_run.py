@@ -178,8 +178,8 @@ class Run(Intake):
         # error, which close() raises next (its scope stays cancelled).
         try:
             await owner.leave()
-        except BaseException:
-            if self.fatal is None:
+        except BaseException as exc:
+            if self.fatal is None or not _cancellation(exc):
                 raise
 
     def close_streams(self) -> None:
@@ -320,3 +320,11 @@ class NotRunning:
 
 
 STOPPED = NotRunning()
+
+
+def _cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation, or a group of nothing else."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(cancelled)[1] is None
+    return isinstance(exc, cancelled)

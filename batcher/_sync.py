@@ -197,7 +197,9 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
         # Change the batcher on its loop while it runs, else here; on the loop's own
         # thread (``on_loop_too``) at once, else refused there (IN_LOOP).
         loop = self._loop
-        if loop is not None and on_loop_too and loop.on_loop_thread():
+        if loop is not None and loop.on_loop_thread():  # (an observer, say; never the lock a stop holds)
+            if not on_loop_too:
+                raise RuntimeError(IN_LOOP)
             change()
             return
         if loop is not None and loop.apply(change):

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from concurrent.futures import Future
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, Literal, overload
+from typing import Any, Generic, Literal, overload
 
+from ._dynamic import DynamicBatcher
 from ._from_thread import call_from_thread, call_on_loop, relayed, submit_from_thread, thread_options
 from ._loop import NOT_RUNNING, Loop
 from ._map import Progress
@@ -16,9 +17,6 @@ from ._model_call import SelfWait
 from ._protocols import RecordT, ResultT
 from ._settings import check_options
 from ._sync_results import SyncResults
-
-if TYPE_CHECKING:
-    from ._dynamic import DynamicBatcher
 
 __all__ = ("SyncCalls",)
 

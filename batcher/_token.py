@@ -228,6 +228,9 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         :raises RuntimeError: if the batcher is not running, or is called from a
             thread other than its event loop's
         """
+        if estimated_tokens is not None and estimated_cost is not None:  # shadowed: checked, not used
+            records = list(records)
+            self._pricing.check_all(estimated_cost, len(records), "estimated_cost")
         name, costs = either("estimated_tokens", estimated_tokens, "estimated_cost", estimated_cost)
         return await self._submit_all(records, costs, name, priority, max_queue_delay_s)
 

@@ -116,6 +116,18 @@ class TestConstructor:
         assert batcher._settings.target_batch_cost == 10  # nothing changed
         batcher.configure(target_batch_cost=7, target_batch_tokens=6)
         assert batcher._settings.target_batch_cost == 6
+        batcher.configure(target_batch_tokens=5, target_batch_cost=None)  # None: as not given, as in the constructor
+        assert batcher._settings.target_batch_cost == 5
+
+    async def test_submit_batch_refuses_bad_costs_its_token_counts_shadow(self) -> None:
+        async with TokenBatcher(echo) as batcher:
+            with pytest.raises(TypeError, match=r"^estimated_cost must be a sequence of ints or None, got str"):
+                await batcher.submit_batch(["x"], estimated_tokens=[1], estimated_cost="bad")  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match=r"^estimated_cost\[0\] must be >= 0, got -1"):
+                await batcher.submit_batch(iter(["x"]), estimated_tokens=[1], estimated_cost=[-1])
+            futures = await batcher.submit_batch(iter(["y"]), estimated_tokens=[1], estimated_cost=[2])
+            assert [await future for future in futures] == ["y"]
+        assert batcher.stats.total_submitted == 1
 
 
 class TestCosts:
