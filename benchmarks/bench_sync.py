@@ -7,6 +7,7 @@ library's own cost per record).
 * ``SyncBatcher.map()``: the same records from a plain thread, against ``map()``;
 * ``SyncBatcher.call``: 16 threads each calling in a loop, against 16 tasks
   calling ``call()`` (a tenth of the records: each call is a round trip);
+* ``SyncBatcher.submit``: the same with ``submit(record).result()``;
 * ``SyncBatcher.stream``: 16 threads each streaming records of 100 items one after
   another, against 16 tasks doing so with ``stream()`` (as many items as records
   above; the figures are per item),
@@ -18,6 +19,7 @@ per record, and the overhead is the difference to the async path::
 
     python -m benchmarks.bench_sync
     python -m benchmarks.bench_sync --quick     # 5,000 records, 1 repetition
+    python -m benchmarks.bench_sync --only "sync call" "sync submit"
 """
 
 from __future__ import annotations
@@ -108,6 +110,18 @@ def sync_call_path(records: int, backend: str) -> float:
         return _in_threads(caller, share)
 
 
+def sync_submit_path(records: int, backend: str) -> float:
+    """Seconds for ``records`` through ``SyncBatcher.submit(record).result()`` from 16 threads."""
+    share = records // THREADS
+    with SyncBatcher(DynamicBatcher(_echo), backend=backend) as batcher:
+
+        def caller(first: int) -> None:
+            for record in range(first, first + share):
+                assert batcher.submit(record).result() == record
+
+        return _in_threads(caller, share)
+
+
 def async_call_path(records: int, backend: str) -> float:
     """Seconds for ``records`` through ``call`` from 16 tasks."""
     share = records // THREADS
@@ -181,6 +195,7 @@ PAIRS: dict[str, tuple[tuple[str, Measure], tuple[str, Measure]]] = {
     "map": (("map()", map_path), ("submit_batch + await", submit_batch_path)),
     "sync map": (("SyncBatcher.map()", sync_map_path), ("map()", map_path)),
     "sync call": (("SyncBatcher.call, 16 thr.", sync_call_path), ("call(), 16 tasks", async_call_path)),
+    "sync submit": (("SyncBatcher.submit, 16 thr.", sync_submit_path), ("call(), 16 tasks", async_call_path)),
     "sync stream": (("SyncBatcher.stream, 16 thr.", sync_stream_path), ("stream(), 16 tasks", async_stream_path)),
 }
 
@@ -198,10 +213,12 @@ def measure(pair: str, records: int, backend: str, reps: int) -> tuple[float, fl
     return statistics.median(door_us), statistics.median(path_us)
 
 
-def report(records: int, reps: int, backends: Sequence[str]) -> str:
+def report(records: int, reps: int, backends: Sequence[str], pairs: Sequence[str] = tuple(PAIRS)) -> str:
     lines = [f"{'door':<28}{'backend':<9}{'door µs/rec':>13}{'async µs/rec':>14}{'overhead':>10}  (stream: µs/item)"]
     for pair, ((door_name, _), _) in PAIRS.items():
-        count = records // 10 if pair == "sync call" else records
+        if pair not in pairs:
+            continue
+        count = records // 10 if pair in ("sync call", "sync submit") else records
         for backend in backends:
             door, path = measure(pair, count, backend, reps)
             lines.append(f"{door_name:<28}{backend:<9}{door:>13.2f}{path:>14.2f}{door - path:>+10.2f}")
@@ -212,10 +229,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_sync", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5,000 records, 1 repetition: checks correctness")
     parser.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
+    parser.add_argument("--only", nargs="+", choices=tuple(PAIRS), default=tuple(PAIRS), help="which doors (all)")
     args = parser.parse_args(argv)
     records, reps = (5_000, 1) if args.quick else (100_000, args.reps)
     print(f"{records:,} records, median of {reps}, echo model")
-    print(report(records, reps, ("asyncio", "trio")))
+    print(report(records, reps, ("asyncio", "trio"), args.only))
 
 
 if __name__ == "__main__":
