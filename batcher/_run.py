@@ -76,7 +76,8 @@ class Run(Intake):
         #: Where ``start()`` runs the loops (``_host.py``) until ``stop()``; ``None`` under ``serve()``.
         self.owner: Host | None = None
         #: The event loop the run belongs to (its native token).
-        self.loop = current_token().native_token
+        counters.token = token = current_token()
+        self.loop = token.native_token
         counters.end_fatally = self.end_fatally  # for an observer's or a done-callback's KeyboardInterrupt
         counters.workers, counters.self_waiting = settings.max_concurrent_batches, 0
         # Workers waiting for a batch, less the batches already on their way to them.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.lowlevel import EventLoopToken
 
 if TYPE_CHECKING:
     from ._cost_fit import CostFit
@@ -132,6 +133,7 @@ class Counters:
         "submitted",
         "thread",
         "timed",
+        "token",
         "waits",
         "workers",
     )
@@ -156,6 +158,8 @@ class Counters:
         self.submitted = 0
         #: The thread of the event loop of the current (or last) run: futures are awaited there.
         self.thread = 0
+        #: That event loop, for what another thread hands it (a stream the cyclic GC collected there).
+        self.token: EventLoopToken | None = None
         self.dispatched = 0
         self.completed = 0
         self.failed = 0

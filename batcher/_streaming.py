@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Set
 from contextvars import ContextVar
+from functools import partial
 from threading import get_ident
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
 import anyio
+from anyio import RunFinishedError  # (see _loop.py)
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import StreamLagError
 from ._future import BatchFuture
-from ._model import Model
+from ._model import Model, call_soon
 from ._model_call import SelfWait
 from ._stats import Counters
 from ._transitions import end, fail
@@ -51,11 +53,14 @@ class StreamFuture(BatchFuture[T]):
     """The future of a record of a streaming batcher: its items go to its sink, a
     list (its result) until :func:`open_stream` gives it a stream instead."""
 
-    __slots__ = ("_sink",)
+    __slots__ = ("_sink", "_source")
 
     def __init__(self, record: Any, cost: int, counters: Counters, priority: int = 0) -> None:
         super().__init__(record, cost, counters, priority)
         self._sink: Sink = []
+        #: The consumer's end of the stream, held here too: a consumer that the cyclic
+        #: GC frees in another thread leaves it to the loop to close (RecordStream.__del__).
+        self._source: MemoryObjectReceiveStream[Any] | None = None
 
 
 class RecordStream(Generic[T]):
@@ -119,17 +124,36 @@ class RecordStream(Generic[T]):
         self._future.cancel()
 
     def __del__(self) -> None:
+        # An abandoned iterator: its consumer has gone. Close it on the loop (the cyclic
+        # GC may collect it in any thread): the worker waiting to hand it items wakes up,
+        # and a record still queued is withdrawn.
         receive = getattr(self, "_receive", None)
-        if receive is not None:
-            receive.close()  # an abandoned iterator: its consumer has gone
-            if get_ident() == self._future._counters.thread:  # collected on the loop: withdraw a queued record
-                self._future.cancel()
+        if receive is None:
+            return
+        counters = self._future._counters
+        if get_ident() == counters.thread:
+            _abandon(receive, self._future)
+            return
+        # Not here: the close wakes a worker waiting to send, whose event is the loop's.
+        # The future holds the stream open (``_source``) until the loop closes it.
+        try:
+            if counters.token is not None:  # (set as the run that made the stream began)
+                call_soon(counters.token, partial(_abandon, receive, self._future))
+                return
+        except (RunFinishedError, RuntimeError):
+            pass  # the loop has ended: nobody waits to be woken
+        receive.close()
+
+
+def _abandon(receive: MemoryObjectReceiveStream[Any], future: BatchFuture[Any]) -> None:
+    receive.close()
+    future.cancel()
 
 
 def open_stream(future: StreamFuture[Any], buffer: int) -> RecordStream[Any]:
     """Give ``future`` (queued just now) a stream of ``buffer`` items, closed when it ends."""
     send, receive = anyio.create_memory_object_stream[Any](buffer)
-    future._sink = send
+    future._sink, future._source = send, receive
     future.add_done_callback(_close_sink)
     return RecordStream(future, receive)
 

@@ -180,7 +180,7 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(event)`` with every event from now on, as
         :meth:`DynamicBatcher.add_observer` does, from any thread. It runs on the
-        batcher's loop thread (or on a worker's thread): quick, and not blocking.
+        batcher's loop thread: quick, and not blocking.
 
         :raises TypeError: if ``observer`` is not callable, or is an ``async def``
         """

@@ -12,7 +12,7 @@ from ._pricing import Pricing, check_cost, check_estimator, text_tokens
 from ._protocols import CostEstimatorFn, ProcessFn, RecordT, ResultT
 from ._settings import check_callable, check_int
 
-__all__ = ("check_target", "either", "token_parts")
+__all__ = ("check_target", "either", "parts")
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -35,7 +35,7 @@ def check_target(name: str, value: object) -> None:
     check_int(name, value, 1)
 
 
-def token_parts(
+def parts(
     inference_fn: ProcessFn[RecordT, ResultT] | None,
     process_fn: ProcessFn[RecordT, ResultT] | None,
     token_estimator: CostEstimatorFn[Any] | None,

@@ -14,7 +14,7 @@ from ._future import ERROR, BatchFuture, until_done
 from ._pricing import check_cost
 from ._protocols import CostEstimatorFn, CostModel, ProcessFn, RecordT, ResultT
 from ._streaming import RecordStream
-from ._synonyms import check_target, either, token_parts
+from ._synonyms import check_target, either, parts
 
 __all__ = ("TokenBatcher",)
 
@@ -128,9 +128,7 @@ class TokenBatcher(DynamicBatcher[RecordT, ResultT]):
         observers: Iterable[Observer] = (),
     ) -> None:
         self._setup(  # the parts DynamicBatcher.__init__ builds, in token words
-            *token_parts(
-                inference_fn, process_fn, token_estimator, cost_estimator, default_token_estimate, default_cost
-            ),
+            *parts(inference_fn, process_fn, token_estimator, cost_estimator, default_token_estimate, default_cost),
             either("target_batch_tokens", target_batch_tokens, "target_batch_cost", target_batch_cost, check_target),
             observers,
             max_batch_size=max_batch_size,

@@ -309,6 +309,50 @@ class TestConsumersLeaving:
                 assert [item async for item in first] == ["first:0"]
         assert model.batches == [["first"]]
 
+    async def test_a_stream_collected_in_another_thread_is_closed_on_the_loop(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The cyclic GC runs in whatever thread triggers it. There, closing the stream
+        set the loop's event from the wrong thread (trio: "must be called from async
+        context", unraisable), and the worker waited out ``stream_stall_s`` on its full
+        buffer, then failed the record with StreamLagError."""
+        unraisable: list[Any] = []
+        monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+        closed = anyio.Event()
+
+        async def model(records: list[str]) -> AsyncIterator[list[int]]:
+            try:
+                for step in range(50):
+                    yield [step for _ in records]
+            finally:
+                closed.set()
+
+        batcher: DynamicBatcher[str, int] = DynamicBatcher(model, stream_buffer=1, stream_stall_s=30)
+
+        async def read_one_and_drop() -> None:
+            holder: Any = Cycle()
+            holder.stream = batcher.stream("x")
+            assert await holder.stream.__anext__() == 0
+
+        with anyio.fail_after(10):
+            async with batcher:
+                gc.disable()
+                try:
+                    await read_one_and_drop()
+                    await anyio.wait_all_tasks_blocked()  # the worker waits on the full buffer
+                    await anyio.to_thread.run_sync(gc.collect)
+                finally:
+                    gc.enable()
+                await closed.wait()
+        assert (unraisable, batcher.stats.total_failed) == ([], 0)
+
+
+class Cycle:
+    """An object that holds itself: only the cyclic GC frees it."""
+
+    def __init__(self) -> None:
+        self.cycle = self
+
 
 class TestBackpressure:
     async def test_a_slow_consumer_within_the_stall_bound_gets_every_item(self) -> None:
