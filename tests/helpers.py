@@ -74,3 +74,17 @@ async def blocked_batcher(**settings: Any) -> AsyncIterator[Blocked]:
             await model.entered.wait()
             yield Blocked(batcher, model, first)
             model.release()
+
+
+class EntryHeld:
+    """A mixin for a model that is an async context manager: its entry, as the batcher
+    starts, sets ``entering`` and waits there until ``enter`` is set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entering, self.enter = anyio.Event(), anyio.Event()
+
+    async def __aenter__(self) -> Any:
+        self.entering.set()
+        await self.enter.wait()
+        return self

@@ -20,7 +20,7 @@ from batcher import (
 )
 from batcher._run import Run
 
-from .helpers import Recorder, blocked_batcher
+from .helpers import EntryHeld, Recorder, blocked_batcher
 
 
 def _note_worker(seen: set[int], event: object) -> None:
@@ -60,17 +60,8 @@ class Gauge:
         self.gate = anyio.Event()
 
 
-class StartingGauge(Gauge):
+class StartingGauge(EntryHeld, Gauge):
     """A :class:`Gauge` entered as the batcher starts, which waits there until ``enter`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entering, self.enter = anyio.Event(), anyio.Event()
-
-    async def __aenter__(self) -> StartingGauge:
-        self.entering.set()
-        await self.enter.wait()
-        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         pass

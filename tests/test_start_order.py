@@ -12,7 +12,7 @@ import pytest
 
 from batcher import BatcherClosedError, DynamicBatcher
 
-from .helpers import Recorder
+from .helpers import EntryHeld, Recorder
 
 
 async def double(batch: list[int]) -> list[int]:
@@ -287,16 +287,7 @@ class TestErrorsNotLost:
         batch raises past Exception before every worker has started: start() raised
         BatcherClosedError, and nothing raised the process function's exception."""
 
-        class Raising(Session):
-            def __init__(self) -> None:
-                super().__init__()
-                self.entering, self.go = anyio.Event(), anyio.Event()
-
-            async def __aenter__(self) -> Raising:
-                self.entering.set()
-                await self.go.wait()
-                return self
-
+        class Raising(EntryHeld, Session):
             async def __call__(self, batch: list[int]) -> list[int]:
                 raise Fatal("from the process function")
 
@@ -307,7 +298,7 @@ class TestErrorsNotLost:
         async def submit() -> None:
             await model.entering.wait()
             futures.append(await batcher.submit(1))
-            model.go.set()
+            model.enter.set()
 
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
