@@ -8,6 +8,7 @@ import pytest
 
 from examples import (
     embed_minilm,
+    metrics_scrape,
     quickstart_asyncio,
     quickstart_trio,
     service_flask,
@@ -45,6 +46,18 @@ def test_sync_threads(backend: str) -> None:
     stats = sync_threads.main(threads=16, calls_per_thread=10, backend=backend)
     assert stats.total_completed == 160
     assert stats.total_batches < 160  # the threads' calls were batched
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_metrics_scrape(backend: str) -> None:
+    stats, lines = metrics_scrape.main(clients=200, requests_per_client=3, backend=backend, everything=True)
+    samples = {name: float(value) for name, value in (line.rsplit(" ", 1) for line in lines)}
+    assert stats.total_shed > 0  # 200 first requests at once cost more than max_queued_cost
+    assert stats.total_completed + stats.total_shed == 600
+    assert samples['batcher_records_total{batcher="embed",outcome="ok"}'] == stats.total_completed
+    assert samples['batcher_records_total{batcher="embed",outcome="shed"}'] == stats.total_shed
+    assert samples['batcher_batches_total{batcher="embed",outcome="ok"}'] == stats.total_batches
+    assert samples['batcher_queue_depth{batcher="embed"}'] == 0
 
 
 def test_service_flask_self_test() -> None:
