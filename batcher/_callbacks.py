@@ -33,7 +33,8 @@ class Callbacks:
     def set(self) -> None:
         if self.event is not None:
             self.event.set()
-        for function in self.functions:
+        functions, self.functions = self.functions, []  # each called once; none kept alive
+        for function in functions:
             call_back(function, self.future)
 
 

@@ -161,6 +161,21 @@ class BatchFuture(Generic[ResultT]):
             event = self._event = Callbacks(self, event)
         event.functions.append(function)
 
+    def remove_done_callback(self, function: Callable[[BatchFuture[ResultT]], object]) -> int:
+        """Forget every ``function`` added by :meth:`add_done_callback` and not called
+        yet (as :meth:`asyncio.Future.remove_done_callback`, which ``asyncio.wait``
+        calls).
+
+        :return: how many were forgotten
+        """
+        event = self._event
+        if not isinstance(event, Callbacks):
+            return 0
+        kept = [other for other in event.functions if other != function]
+        removed = len(event.functions) - len(kept)
+        event.functions = kept
+        return removed
+
     async def wait(self) -> ResultT:
         """Wait for the future to end; the same as ``await future``."""
         return await self

@@ -287,6 +287,23 @@ class TestDoneCallbacks:
             "a done callback of a BatchFuture raised"
         ]
 
+    async def test_a_removed_callback_is_not_called(self) -> None:
+        calls: list[str] = []
+
+        def gone(future: BatchFuture[Any]) -> None:
+            calls.append("gone")
+
+        async with blocked_batcher() as (_, model, first):
+            first.add_done_callback(gone)
+            first.add_done_callback(lambda f: calls.append("kept"))
+            first.add_done_callback(gone)
+            assert first.remove_done_callback(gone) == 2  # every instance, as asyncio's
+            assert first.remove_done_callback(gone) == 0
+            model.release()
+            await first
+        assert calls == ["kept"]
+        assert first.remove_done_callback(gone) == 0  # ended: nothing left to remove
+
     async def test_cancel_calls_back(self) -> None:
         seen: list[bool] = []
         async with blocked_batcher() as (batcher, _, _first):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -262,6 +262,30 @@ def test_asyncio_gather_of_futures() -> None:
                 return await asyncio.gather(*futures)
 
     assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+
+
+def test_asyncio_wait_on_futures() -> None:
+    # asyncio.wait() adds a done-callback to each future and removes it as it returns.
+    async def main() -> tuple[int, int, int, list[int]]:
+        release = asyncio.Event()
+
+        async def held(batch: list[int]) -> list[int]:
+            if 9 in batch:
+                await release.wait()
+            return batch
+
+        with anyio.fail_after(5):
+            async with DynamicBatcher(held, max_batch_size=1) as batcher:
+                # (typeshed wants asyncio's own futures: a BatchFuture is not one, but duck-types it)
+                futures = cast("list[asyncio.Future[int]]", await batcher.submit_batch([1, 9]))
+                done, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+                waited_out = await asyncio.wait(pending, timeout=0.01)
+                release.set()
+                everything, _ = await asyncio.wait(futures)
+                arrived = [await future for future in asyncio.as_completed(futures)]
+        return len(done), len(waited_out[1]), len(everything), sorted(arrived)
+
+    assert asyncio.run(main()) == (1, 1, 2, [1, 9])
 
 
 class TestStopFromInsideTheModel:
