@@ -64,6 +64,10 @@ class BatchStats:
     record at a time is timed (the first submitted after the last timed one was
     dispatched: about one a batch), or every one while an observer is attached.
 
+    ``busy_time_s`` and ``idle_time_s`` sum over the workers their time in the
+    process function and their time waiting for a batch; a wait counts once it
+    has ended (with a batch, or with the stop).
+
     ``fitted_cost`` is, with ``cost_model="measured"``, the fit the batcher chooses
     batches by (:class:`FittedCost`); ``None`` until its first 8 batches ran, and
     with the other cost models. After a stop it is the last run's; a restart fits

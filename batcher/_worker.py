@@ -99,11 +99,11 @@ class Worker:
         self._run.wake_rooms()  # no hand-over comes while this worker waits
         idle_from = perf_counter()
         try:
-            batch = await self._batches.receive()
+            return await self._batches.receive()
         except anyio.EndOfStream:
             return None
-        self._counters.idle += perf_counter() - idle_from
-        return batch
+        finally:  # (the last wait too, until the batcher stops)
+            self._counters.idle += perf_counter() - idle_from
 
     async def _handover(self, crowd: bool) -> Batch | None:
         """Give the aggregator, just woken, a turn to hand over the batch that grew

@@ -163,6 +163,17 @@ class TestObservability:
         assert stats.utilization == stats.busy_time_s / (stats.busy_time_s + stats.idle_time_s)
         assert 0 < stats.utilization < 1
 
+    async def test_the_wait_before_the_stop_is_idle_time(self) -> None:
+        """The wait for a batch that never came (the batcher stopped) was not counted."""
+        with anyio.fail_after(5):
+            async with DynamicBatcher(double) as batcher:
+                await batcher.call(1)
+                await anyio.wait_all_tasks_blocked()  # the worker waits for its next batch from here
+                before, idle_from = batcher.stats, time.perf_counter()
+                await anyio.wait_all_tasks_blocked()
+                idle_for = time.perf_counter() - idle_from
+        assert batcher.stats.idle_time_s - before.idle_time_s >= idle_for > 0
+
     def test_utilization(self) -> None:
         assert BatchStats().utilization == 0.0
         assert BatchStats(busy_time_s=3.0, idle_time_s=1.0).utilization == 0.75
