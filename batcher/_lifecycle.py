@@ -25,7 +25,7 @@ from ._model_call import in_model, resizing
 from ._pricing import Pricing
 from ._protocols import ProcessFn
 from ._run import STOPPED, NotRunning, Run
-from ._settings import Settings
+from ._settings import Settings, check_seconds
 from ._stats import BatchStats, Counters, event_factory
 from ._streaming import StreamFuture
 from ._submission import ENDED
@@ -150,10 +150,16 @@ class Lifecycle:
             self._forget(run, raised=exc)
             raise
 
-    async def stop(self) -> None:
+    async def stop(self, *, abort_after_s: float | None = None) -> None:
         """Stop accepting records, process every record already submitted, and
         stop the loops. Does nothing if the batcher is not running. From inside the
         process function it only begins the graceful stop and returns at once.
+
+        :param abort_after_s: seconds to let the records already submitted finish; then
+            abort: the batches running are cancelled and every record not yet
+            processed fails with :exc:`BatcherClosedError` (``None``: no limit). Use
+            it rather than a timeout scope around ``stop()``, which would enclose
+            the task group ``start()`` entered (see ``_host.py``).
 
         :raises RuntimeError: if another task called :meth:`start` (only that task
             can stop it; :meth:`serve` may be stopped from any task), or if called
@@ -161,8 +167,11 @@ class Lifecycle:
         :raises BaseException: the exception, other than cancellation, that a
             process function raised outside :exc:`Exception` (such as
             :exc:`KeyboardInterrupt`), which ended the batcher
+        :raises TypeError, ValueError: for an ``abort_after_s`` that is not ``None`` or a
+            finite number >= 0; nothing changes
         """
-        await self._close(abort=False)
+        limit = None if abort_after_s is None else check_seconds("abort_after_s", abort_after_s)
+        await self._close(abort=False, abort_after_s=limit)
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the loops inside a task group the caller owns, until :meth:`stop`::
@@ -238,14 +247,14 @@ class Lifecycle:
         message = f"a {type(self).__name__} was left started (no stop()) when its event loop ended; use 'async with'"
         warnings.warn(message, ResourceWarning, stacklevel=_outside())
 
-    async def _close(self, *, abort: bool) -> None:
+    async def _close(self, *, abort: bool, abort_after_s: float | None = None) -> None:
         self._drop_orphan()
         run = self._run
         if not isinstance(run, Run):
             self._run = STOPPED  # serve() (or SyncBatcher.stop()) raises what ended the last run, if anything
             return
         try:
-            await run.close(abort=abort, in_worker=self._in_own_worker())
+            await run.close(abort=abort, in_worker=self._in_own_worker(), abort_after_s=abort_after_s)
         finally:
             self._forget(run)
             if run.stopped.is_set() and not isinstance(self._run, Run):

@@ -213,7 +213,7 @@ class Loop:
                 self._inside -= 1
                 self._gate.notify_all()
 
-    def close(self, batcher: DynamicBatcher[Any, Any]) -> None:
+    def close(self, batcher: DynamicBatcher[Any, Any], abort_after_s: float | None = None) -> None:
         """Stop the batcher gracefully, then the loop; re-raise what ended the batcher,
         if anything. Interrupted (a Ctrl-C while it drains), abort: cancel the task
         serving the batcher, which fails every record not yet processed with
@@ -225,7 +225,7 @@ class Loop:
         self.closing = True
         try:
             try:
-                self.portal.call(batcher.stop)
+                self.portal.call(partial(batcher.stop, abort_after_s=abort_after_s))
                 self.portal.call(self.end_maps)
             except BaseException:
                 self._abort()

@@ -137,9 +137,10 @@ class Run(Intake):
             self.close_streams()
             self.stopped.set()
 
-    async def close(self, *, abort: bool, in_worker: bool) -> None:
+    async def close(self, *, abort: bool, in_worker: bool, abort_after_s: float | None = None) -> None:
         """End the input, then wait until every record submitted has been processed
-        and the loops have ended; with ``abort``, cancel them instead.
+        and the loops have ended; with ``abort``, or once ``abort_after_s`` has passed,
+        cancel them instead.
 
         From inside the process function (``in_worker``), only end the input: the
         loops cannot end while the call waits for them. After ``start()``, leave
@@ -151,7 +152,7 @@ class Run(Intake):
         if in_worker or owner is None:
             self.end_input()
             if not in_worker:
-                await self.stopped.wait()
+                await self._drain(abort_after_s)
             return
         if anyio.get_current_task().id != self.owner_task:
             raise RuntimeError(OTHER_TASK)
@@ -160,7 +161,7 @@ class Run(Intake):
         if abort:
             self.scope.cancel()
         try:
-            await self.stopped.wait()
+            await self._drain(abort_after_s)
         except BaseException:  # cancelled: abort, as leaving a task group does
             self.scope.cancel()
             with anyio.CancelScope(shield=True):
@@ -172,6 +173,14 @@ class Run(Intake):
             await self._leave(owner)
         if self.fatal is not None:
             raise self.fatal
+
+    async def _drain(self, abort_after_s: float | None) -> None:
+        # Wait for the loops to end; past ``abort_after_s``, cancel them (an abort) and wait for that.
+        if abort_after_s is not None:
+            with anyio.move_on_after(abort_after_s):
+                await self.stopped.wait()
+            self.scope.cancel()  # (nothing left to cancel if they have ended)
+        await self.stopped.wait()
 
     async def _leave(self, owner: Host) -> None:
         # Leave start()'s task group. What that raises (on trio, the cancellation of

@@ -14,6 +14,7 @@ from ._dynamic import DynamicBatcher
 from ._events import Observer
 from ._loop import ALREADY_RUNNING, IN_LOOP, RUNNING_ELSEWHERE, Loop, check_backend, check_caller
 from ._protocols import RecordT, ResultT
+from ._settings import check_seconds
 from ._stats import BatchStats
 from ._sync_calls import SyncCalls
 
@@ -121,10 +122,11 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
                 raise RuntimeError(RUNNING_ELSEWHERE)
             self._loop = Loop(self._batcher, self._backend, self._backend_options)
 
-    def stop(self) -> None:
+    def stop(self, *, abort_after_s: float | None = None) -> None:
         """Stop accepting records, process every record already submitted, then
         stop the batcher and the loop. Does nothing if it is not running; a
-        stopped ``SyncBatcher`` can be started again.
+        stopped ``SyncBatcher`` can be started again. With ``abort_after_s``, abort once
+        that many seconds have passed, as :meth:`DynamicBatcher.stop` does.
 
         From inside the process function it only begins the stop and returns at
         once; the thread that started it still calls :meth:`stop` (or ``with`` does).
@@ -133,9 +135,12 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
         instead: every record not yet processed fails with :exc:`BatcherClosedError`.
 
         :raises RuntimeError: if called from the loop's own thread
+        :raises TypeError, ValueError: for an ``abort_after_s`` that is not ``None`` or a
+            finite number >= 0; nothing changes
         :raises BaseException: what a process function raised outside
             :exc:`Exception` (such as :exc:`KeyboardInterrupt`), which ended the batcher
         """
+        limit = None if abort_after_s is None else check_seconds("abort_after_s", abort_after_s)
         loop = self._loop
         if self._batcher._awaited_by_run():  # the loop's thread or the process function: a start or stop waits for it
             if loop is None:  # on the loop's thread as it starts, or a call abandoned at a time limit after the stop
@@ -153,7 +158,7 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
                 raise RuntimeError(IN_LOOP)
             check_caller(self._backend)
             try:
-                loop.close(self._batcher)  # a process function's stop() meanwhile finds the loop, and returns
+                loop.close(self._batcher, limit)  # a process function's stop() meanwhile finds the loop, and returns
             finally:
                 self._loop = None
 

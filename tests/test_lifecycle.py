@@ -6,19 +6,21 @@ import ast
 import asyncio
 import gc
 import itertools
+import math
 import subprocess
 import sys
 import time
 import warnings
+from functools import partial
 from typing import Any, cast
 
 import anyio
 import pytest
 import trio
 
-from batcher import BatchStats, CostModel, DynamicBatcher, TokenBatcher, _worker
+from batcher import BatcherClosedError, BatchStats, CostModel, DynamicBatcher, TokenBatcher, _worker
 
-from .helpers import blocked_batcher
+from .helpers import Recorder, blocked_batcher
 
 
 async def double(batch: list[int]) -> list[int]:
@@ -125,6 +127,54 @@ class TestStartStop:
                 await batcher.stop()
                 assert not batcher.is_running
         assert future.result() == 10
+
+
+class TestBoundedStop:
+    """stop(abort_after_s=...) drains for at most that long, then aborts; a timeout
+    scope around stop() would enclose the task group start() entered."""
+
+    async def test_past_the_limit_what_is_left_fails_and_stop_returns(self) -> None:
+        model = Recorder(hold=True)  # never released while the batcher runs
+        batcher = DynamicBatcher(model, max_batch_size=1)
+        with anyio.fail_after(5):
+            await batcher.start()
+            futures = await batcher.submit_batch(["held", "queued"])
+            await model.entered.wait()
+            await batcher.stop(abort_after_s=0.01)
+        assert not batcher.is_running
+        assert [type(future.exception()) for future in futures] == [BatcherClosedError] * 2
+        assert model.batches == [["held"]]
+
+    async def test_within_the_limit_it_is_a_graceful_stop(self) -> None:
+        batcher = DynamicBatcher(double, max_batch_size=1)
+        with anyio.fail_after(5):
+            await batcher.start()
+            futures = await batcher.submit_batch(range(5))
+            await batcher.stop(abort_after_s=60)  # returns as soon as they are done
+        assert [future.result() for future in futures] == [0, 2, 4, 6, 8]
+
+    async def test_under_serve_from_another_task(self) -> None:
+        model = Recorder(hold=True)
+        batcher = DynamicBatcher(model)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                await tg.start(batcher.serve)
+                future = await batcher.submit("held")
+                await model.entered.wait()
+                tg.start_soon(partial(batcher.stop, abort_after_s=0))
+        assert isinstance(future.exception(), BatcherClosedError)
+
+    @pytest.mark.parametrize(
+        ("value", "error"), [(-1, ValueError), (math.inf, ValueError), ("5", TypeError), (True, TypeError)]
+    )
+    async def test_a_bad_limit_is_refused_and_changes_nothing(self, value: Any, error: type[Exception]) -> None:
+        with anyio.fail_after(5):
+            async with DynamicBatcher(double) as batcher:
+                future = await batcher.submit(1)
+                with pytest.raises(error, match="abort_after_s"):
+                    await batcher.stop(abort_after_s=value)
+                assert batcher.is_running
+            assert future.result() == 2
 
 
 class TestObservability:

@@ -17,7 +17,7 @@ import pytest
 
 from batcher import BatchEnded, BatcherClosedError, DynamicBatcher, RecordsDropped, SyncBatcher
 
-from .test_sync import WAIT, Gate, _closing, held_batcher, in_thread, until
+from .test_sync import WAIT, Gate, _closing, double, held_batcher, in_thread, until
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -177,6 +177,30 @@ def stop_interrupted(batcher: SyncBatcher[Any, Any]) -> None:
         interrupter.result(WAIT)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class TestBoundedStop:
+    def test_past_the_limit_what_is_left_fails_and_stop_returns(self, backend: str) -> None:
+        model = Gate(hold_from=0)
+        batcher = SyncBatcher(DynamicBatcher(model, max_batch_size=1), backend=backend)
+        batcher.start()
+        try:
+            futures = [batcher.submit("held"), batcher.submit("queued")]
+            assert model.entered.wait(WAIT)
+            batcher.stop(abort_after_s=0.01)  # the held call is abandoned to its thread
+            assert not batcher.is_running
+            assert [type(future.exception(WAIT)) for future in futures] == [BatcherClosedError] * 2
+        finally:
+            model.release()
+            batcher.stop()
+        assert model.batches == [["held"]]
+
+    @pytest.mark.parametrize(("value", "error"), [(-1, ValueError), ("5", TypeError)])
+    def test_a_bad_limit_is_refused_and_changes_nothing(self, backend: str, value: Any, error: type[Exception]) -> None:
+        with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
+            with pytest.raises(error, match="abort_after_s"):
+                batcher.stop(abort_after_s=value)
+            assert batcher.call(1) == 2
 
 
 class TestObservers:
