@@ -164,16 +164,25 @@ class Actors:
                 await self.wait_ready([replica.handle], f"replica {replica.index}")
             except _NOT_READY as exc:
                 if not replica.owned or replica.replacements_in_a_row >= self.max_restarts:
-                    logger.error("replica %d given up: %s", replica.index, exc)
-                    pool.bury(replica)
-                    return
+                    return _give_up(pool, replica, exc)
                 self.kill([replica.handle])
-                pool.replace(replica, self.new())
+                try:
+                    handle = self.new()
+                except Exception as error:  # (a detached actor's name still taken, the cluster in trouble)
+                    return _give_up(pool, replica, error)  # not the batcher's end: the other replicas serve on
+                pool.replace(replica, handle)
                 logger.warning("replica %d replaced by a new actor", replica.index)
                 continue
+            except Exception as exc:  # what else Ray may raise: the replica cannot be told alive
+                return _give_up(pool, replica, exc)
             pool.back(replica)
             logger.info("replica %d back in rotation", replica.index)
             return
+
+
+def _give_up(pool: Pool, replica: Replica, why: BaseException) -> None:
+    logger.error("replica %d given up: %r", replica.index, why)
+    pool.bury(replica)
 
 
 def _wait_gone(handles: list[Any], deadline: float) -> None:

@@ -44,6 +44,10 @@ __all__ = ("NoLiveReplicaError", "RayReplicas", "ReplicaStats")
 logger = logging.getLogger("batcher")
 
 NOT_STARTED = "RayReplicas runs only as a running batcher's process function: start the batcher (async with batcher:)"
+GENERATOR = (
+    "method: the replicas' {!r} is a generator, which Ray runs as a stream of object refs; "
+    "RayReplicas needs a method that returns the batch's results (a list, one per record)"
+)
 IN_USE = "RayReplicas already serves a running batcher; stop that batcher first, or make another RayReplicas"
 NO_CLUSTER = (
     "RayReplicas needs a Ray cluster, and never starts one itself: call ray.init() (a local cluster) "
@@ -233,8 +237,11 @@ class RayReplicas:
 
     async def _check_method(self, handles: list[Any]) -> None:
         # A Ray actor class hides its methods until an actor exists: checked here.
-        if not hasattr(handles[0], self._method):
+        method = getattr(handles[0], self._method, None)
+        if method is None or getattr(method, "_is_generator", False):
             await self._actors.stop(handles)
+            if method is not None:
+                raise TypeError(GENERATOR.format(self._method))
             raise TypeError(f"method: the replicas' actors have no method {self._method!r}")
 
     async def __aexit__(
@@ -269,7 +276,7 @@ class RayReplicas:
         while True:
             replica = await pool.acquire(len(records), excluded)
             generation = replica.generation
-            if excluded is not None and not await self._actors.answers(replica.handle):
+            if excluded is not None and not await self._answers(pool, replica, len(records)):
                 # Dead before the retry came (replicas that died while idle): not the
                 # batch's doing, so it does not count as the batch's second loss.
                 pool.release(replica, len(records), answered=False)
@@ -277,6 +284,9 @@ class RayReplicas:
                 continue
             try:
                 results: list[Any] = await self._run_on(replica, records)
+            except MODEL_ERROR:  # (first: one about an actor the model called is also a RayActorError)
+                pool.release(replica, len(records), answered=True)
+                raise  # the model's own exception (also an instance of its class)
             except REPLICA_LOST as exc:
                 pool.release(replica, len(records), answered=False)
                 self._lost(pool, replica, generation, type(exc).__name__)
@@ -284,9 +294,6 @@ class RayReplicas:
                     raise  # lost twice, each time on a replica that was alive: the batch fails
                 excluded = (replica, generation)
                 continue
-            except MODEL_ERROR:
-                pool.release(replica, len(records), answered=True)
-                raise  # the model's own exception (also an instance of its class)
             except anyio.get_cancelled_exc_class():
                 raise  # the replica's place is released when the actor ends the batch (_drain)
             except BaseException:
@@ -295,8 +302,20 @@ class RayReplicas:
             pool.release(replica, len(records), answered=True)
             return results
 
+    async def _answers(self, pool: Pool, replica: Replica, records: int) -> bool:
+        # Whether the replica taken for a retry is alive; its place is given back if
+        # the batch is cancelled meanwhile (by process_timeout_s, an abort).
+        try:
+            return await self._actors.answers(replica.handle)
+        except BaseException:
+            pool.release(replica, records, answered=False)
+            raise
+
     async def _run_on(self, replica: Replica, records: list[Any]) -> Any:
         ref = getattr(replica.handle, self._method).remote(records)
+        if isinstance(ref, ray.ObjectRefGenerator):  # (start() refuses such a method where Ray tells)
+            ray.cancel(ref)
+            raise TypeError(GENERATOR.format(self._method))
         try:
             return await self._actors.get(ref)
         except anyio.get_cancelled_exc_class():

@@ -18,7 +18,8 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="needs the 'ray' extra")
 
-from batcher import BatchEnded, DynamicBatcher, Event, NoLiveReplicaError, SyncBatcher  # noqa: E402
+from batcher import BatchEnded, BatcherClosedError, DynamicBatcher, Event, NoLiveReplicaError, SyncBatcher  # noqa: E402
+from batcher._ray_actors import Actors  # noqa: E402
 from batcher.ray import RayReplicas  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("cluster")
@@ -79,6 +80,29 @@ class Upper:
         return self.peak
 
 
+class Streaming:
+    """A model whose batch method is a generator: Ray streams it as object refs."""
+
+    def __call__(self, records: list[str]) -> Iterator[str]:
+        yield from records
+
+
+class RaisesActorError:
+    """A model whose own exception is a RayActorError (as when an actor it calls died)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, records: list[str]) -> list[str]:
+        self.calls += 1
+        if "actor-error" in records:
+            raise ray.exceptions.RayActorError()
+        return records
+
+    def get_calls(self) -> int:
+        return self.calls
+
+
 class Broken:
     def __init__(self) -> None:
         raise OSError("cannot load the model")
@@ -129,7 +153,7 @@ class TestRouting:
                 await get(gate.wait_entered.remote(1))
                 second = await batcher.submit("b", estimated_cost=1)
                 await get(gate.wait_entered.remote(2))
-                assert [s.in_flight for s in replicas.stats] == [1, 1]
+                assert sum(s.in_flight for s in replicas.stats) == 1  # (the lost one gave its place back)
                 gate.open.remote()
                 (_, pid_a), (_, pid_b) = await first, await second
         assert pid_a != pid_b
@@ -170,6 +194,25 @@ class TestErrors:
                     await bad
                 assert (await good)[0] == "OK"
         assert sum(s.failures for s in replicas.stats) == 0
+
+    async def test_a_models_own_actor_error_is_not_taken_for_a_lost_replica(self) -> None:
+        """Ray raises it as a RayTaskError that is also a RayActorError: it was retried
+        on the other replica and both were counted as failed."""
+        replicas = RayReplicas(RaisesActorError, num_replicas=2)
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher() as batcher:
+                with pytest.raises(ray.exceptions.RayTaskError):
+                    await batcher.call("actor-error", estimated_cost=1)
+                calls = [await get(actor.get_calls.remote()) for actor in replicas.actors]
+        assert sorted(calls) == [0, 1]  # not retried
+        assert [(s.failures, s.replacements) for s in replicas.stats] == [(0, 0), (0, 0)]
+
+    async def test_a_generator_method_fails_start(self) -> None:
+        """Ray runs it as a stream of object refs, which came back as the results."""
+        batcher = RayReplicas(Streaming, num_replicas=1).dynamic_batcher()
+        with anyio.fail_after(60), pytest.raises(TypeError, match="generator"):
+            await batcher.start()
+        assert not batcher.is_running
 
     async def test_a_model_that_cannot_start_fails_start(self) -> None:
         batcher = RayReplicas(Broken, num_replicas=1).dynamic_batcher()
@@ -339,6 +382,53 @@ class TestFailover:
                 with pytest.raises(NoLiveReplicaError):
                     await batcher.call("c", estimated_cost=1)
         assert replicas.stats[0].state == "dead"
+
+    async def test_a_replacement_that_cannot_be_made_gives_the_replica_up(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Making the new actor raised (a detached actor's name still taken, the
+        cluster in trouble): it ended the whole batcher, with an exception group."""
+        replicas = RayReplicas(Upper, num_replicas=1)  # (max_restarts=3: it would be replaced)
+
+        def cannot_make(self: Actors) -> Any:
+            raise ValueError("the cluster refused the actor")
+
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher() as batcher:
+                await kill(replicas.actors[0])
+                monkeypatch.setattr(Actors, "new", cannot_make)
+                with pytest.raises(NoLiveReplicaError):
+                    await batcher.call("b", estimated_cost=1)
+                assert batcher.is_running
+        assert replicas.stats[0].state == "dead"
+        assert "replica 0 given up: ValueError('the cluster refused the actor')" in caplog.text
+
+    async def test_a_retry_cancelled_while_it_checks_its_replica_gives_its_place_back(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The retry takes a place on the next replica, then asks whether it is alive;
+        cancelled there (an abort, process_timeout_s), it kept the place for ever."""
+        gate = Gate.remote()  # type: ignore[attr-defined]
+        replicas = RayReplicas(Upper, gate, num_replicas=2)
+        asked = anyio.Event()
+
+        async def answers_never(self: Actors, handle: Any) -> bool:
+            asked.set()
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        with anyio.fail_after(60):
+            async with replicas.dynamic_batcher(max_batch_size=1) as batcher:
+                held = await batcher.submit("held", estimated_cost=1)
+                await get(gate.wait_entered.remote(1))
+                monkeypatch.setattr(Actors, "answers", answers_never)
+                ray.kill(replicas.actors[next(s.index for s in replicas.stats if s.in_flight)])
+                await asked.wait()  # the retry has the other replica's place, and asks
+                assert sum(s.in_flight for s in replicas.stats) == 1  # (the lost one gave its place back)
+                await batcher.stop(abort_after_s=0)
+        with pytest.raises(BatcherClosedError):
+            await held
+        assert [s.in_flight for s in replicas.stats] == [0, 0]
 
     async def test_a_cancelled_call_keeps_its_replica_busy_until_the_actor_ends_it(self) -> None:
         gate = Gate.remote()  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -206,6 +207,28 @@ class TestServices:
         assert f"at most {service_fastapi.MAX_TEXT_CHARS} are served" in answers[5].text
         assert len(answers[5].content) < 1000  # the text is not echoed back
         assert ok.json()["embedding"] == hash_vector("fine")
+
+    async def test_a_body_in_no_text_encoding_is_a_bad_request(self, kind: str) -> None:
+        """Bytes that are not UTF-8 got a 500 from the Quart-Trio service."""
+        with SERVERS[kind]() as (url, batcher, _), anyio.fail_after(60):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                headers = {"content-type": "application/json"}
+                bad = await client.post("/embed", content=b'{"text": "\xff\xfe\xfd"}', headers=headers)
+                utf16 = await client.post("/embed", content='{"text": "hi"}'.encode("utf-16"), headers=headers)
+                assert batcher.stats.total_submitted <= 1  # (the UTF-16 text, where it is read)
+        assert bad.status_code in (400, 422)  # FastAPI: 400, "error parsing the body"
+        assert utf16.status_code in (200, 400, 422)
+
+    async def test_a_stop_does_not_wait_for_idle_keep_alive_connections(self, kind: str) -> None:
+        """A pooled client keeps its connection open between requests: the Quart-Trio
+        service waited out its 30 s graceful_timeout for it."""
+        async with httpx.AsyncClient(timeout=30) as client:  # open after the server has stopped
+            with SERVERS[kind]() as (url, _, stop):
+                assert (await client.post(f"{url}/embed", json={"text": "hi"})).status_code == 200
+                stop()
+                stopping = time.monotonic()
+            stopped_in = time.monotonic() - stopping  # (the server's thread has been joined)
+        assert stopped_in < 10  # (20 s short of the graceful timeout: no timing is checked)
 
     async def test_a_large_or_deep_bad_body_gets_a_short_422(self, kind: str) -> None:
         """Not the body echoed back (pydantic's errors quote their input), nor a 500
