@@ -162,8 +162,9 @@ class Lifecycle:
             the task group ``start()`` entered (see ``_host.py``).
 
         :raises RuntimeError: if another task called :meth:`start` (only that task
-            can stop it; :meth:`serve` may be stopped from any task), or if called
-            from a thread other than the batcher's event loop's
+            can stop it, or any task once it has ended; :meth:`serve` may be stopped
+            from any task), or if called from a thread other than the batcher's
+            event loop's
         :raises BaseException: the exception, other than cancellation, that a
             process function raised outside :exc:`Exception` (such as
             :exc:`KeyboardInterrupt`), which ended the batcher

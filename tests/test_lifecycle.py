@@ -349,6 +349,33 @@ def test_asyncio_wait_on_futures() -> None:
     assert asyncio.run(main()) == (1, 1, 2, [1, 9])
 
 
+def test_a_batcher_whose_starting_task_ended_is_stopped_from_another() -> None:
+    """asyncio lets a task end inside the task group start() entered (asyncio.wait_for()
+    on Python 3.11 runs its argument in a task of its own; so does a test fixture's
+    setup, at times): every stop() was refused, "must be called by the task that
+    called start()", and the batcher could never be stopped."""
+
+    async def main() -> tuple[int, bool, list[int]]:
+        release = asyncio.Event()
+
+        async def held(batch: list[int]) -> list[int]:
+            await release.wait()
+            return [x * 2 for x in batch]
+
+        batcher = DynamicBatcher(held)
+        with anyio.fail_after(5):
+            await asyncio.create_task(batcher.start())  # that task has ended
+            futures = await batcher.submit_batch([1, 2, 3])
+            release.set()
+            await batcher.stop()  # drains
+            running = batcher.is_running
+            async with batcher:  # and it starts again, here
+                again = await batcher.call(5)
+        return again, running, [future.result() for future in futures]
+
+    assert asyncio.run(main()) == (10, False, [2, 4, 6])
+
+
 class TestStopFromInsideTheModel:
     """stop() called by the process function begins the graceful stop and returns."""
 
