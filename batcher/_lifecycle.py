@@ -157,9 +157,10 @@ class Lifecycle:
 
         :param abort_after_s: seconds to let the records already submitted finish; then
             abort: the batches running are cancelled and every record not yet
-            processed fails with :exc:`BatcherClosedError` (``None``: no limit). Use
-            it rather than a timeout scope around ``stop()``, which would enclose
-            the task group ``start()`` entered (see ``_host.py``).
+            processed fails with :exc:`BatcherClosedError` (``None``: no limit; from
+            inside the process function too, which returns at once). Use it rather
+            than a timeout scope around ``stop()``, which would enclose the task
+            group ``start()`` entered (see ``_host.py``).
 
         :raises RuntimeError: if another task called :meth:`start` (only that task
             can stop it, or any task once it has ended; :meth:`serve` may be stopped

@@ -152,17 +152,17 @@ class Run(Intake):
         owner = self.owner
         if in_worker or owner is None:
             self.end_input()
-            if not in_worker:
+            if in_worker:
+                self._abort_after(abort_after_s)
+            else:
                 await self._drain(abort_after_s)
             return
         if anyio.get_current_task().id != self.owner_task:
             if any(task.id == self.owner_task for task in anyio.get_running_tasks()):
                 raise RuntimeError(OTHER_TASK)
-            # The task that called start() has ended without stopping it (asyncio lets
-            # a task end inside a task group: asyncio.wait_for() on Python 3.11, a test
-            # fixture's setup task). No task can leave its task group now; the loops
-            # run on in it, so stop them from here and leave the group as it is.
-            owner = None
+            # The task that called start() has ended in its task group (asyncio allows it:
+            # wait_for() on 3.11, a fixture's setup task), which no task can leave now:
+            owner = None  # the loops run on there; stop them from here, leave it as it is
         self.owner = None
         self.end_input()
         if abort:
@@ -183,12 +183,14 @@ class Run(Intake):
             raise self.fatal
 
     async def _drain(self, abort_after_s: float | None) -> None:
-        # Wait for the loops to end; past ``abort_after_s``, cancel them (an abort) and wait for that.
-        if abort_after_s is not None:
-            with anyio.move_on_after(abort_after_s):
-                await self.stopped.wait()
-            self.scope.cancel()  # (nothing left to cancel if they have ended)
+        # Wait for the loops to end (cancelled past ``abort_after_s``: an abort).
+        self._abort_after(abort_after_s)
         await self.stopped.wait()
+
+    def _abort_after(self, seconds: float | None) -> None:
+        # The loops' scope cancels them at the deadline (nothing if they have ended by then).
+        if seconds is not None:
+            self.scope.deadline = min(self.scope.deadline, anyio.current_time() + seconds)
 
     async def _leave(self, owner: Host) -> None:
         # Leave start()'s task group. What that raises (on trio, the cancellation of

@@ -164,6 +164,25 @@ class TestBoundedStop:
                 tg.start_soon(partial(batcher.stop, abort_after_s=0))
         assert isinstance(future.exception(), BatcherClosedError)
 
+    async def test_from_inside_the_process_function_it_returns_and_the_abort_comes_later(self) -> None:
+        release = anyio.Event()
+        returned: list[bool] = []
+
+        async def stopping(batch: list[str]) -> list[str]:
+            if "stop" in batch:
+                await batcher.stop(abort_after_s=0.01)  # begins the stop, returns at once
+                returned.append(True)
+                await release.wait()  # never set: the abort ends this call
+            return batch
+
+        batcher = DynamicBatcher(stopping, max_batch_size=1)
+        with anyio.fail_after(5):
+            await batcher.start()
+            futures = await batcher.submit_batch(["stop", "queued"])
+            await batcher.stop()  # waits for the abort the process function asked for
+        assert returned == [True]
+        assert [type(future.exception()) for future in futures] == [BatcherClosedError] * 2
+
     @pytest.mark.parametrize(
         ("value", "error"), [(-1, ValueError), (math.inf, ValueError), ("5", TypeError), (True, TypeError)]
     )
