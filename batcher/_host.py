@@ -26,7 +26,7 @@ from anyio.abc import TaskStatus
 
 from ._exceptions import BatcherClosedError
 
-__all__ = ("Host",)
+__all__ = ("Host", "Status")
 
 #: The host of the batchers the current task started (a child task inherits it, and
 #: makes its own: a host belongs to the task that entered it).
@@ -66,7 +66,7 @@ class Host:
         error, if it had one, else the cancellation. The wait is the caller's, not
         AnyIO's or trio's ``start()``: theirs waits for a task whose ``started()`` came
         too late, which never ends if a model's session runs shielded."""
-        status = _Status()
+        status = Status()
         self._group.start_soon(_hosted, serve, run, status)
         try:
             await status.settled.wait()
@@ -94,7 +94,7 @@ class Host:
             await self._group.__aexit__(None, None, None)
 
 
-async def _hosted(serve: Serve, run: Any, status: _Status) -> None:
+async def _hosted(serve: Serve, run: Any, status: Status) -> None:
     """``serve(run)``. Before it has started, what it raises goes to the caller of
     ``start()`` (a cancellation ends this task: the caller, cancelled too or shielded,
     sees it end). After, what it raises other than a cancellation (a model's
@@ -117,20 +117,23 @@ async def _hosted(serve: Serve, run: Any, status: _Status) -> None:
         status.ended.set()
 
 
-class _Status(TaskStatus[None]):
+class Status(TaskStatus[None]):
     """What ``start()`` waits for: ``settled`` when the run has started (``running``)
-    or has ended first (with ``error``, if it raised one); ``ended`` when it has ended."""
+    or has ended first (with ``error``, if it raised one); ``ended`` when it has ended.
+    Under ``serve()``, it tells ``started()`` on to the caller's ``task_status``."""
 
-    __slots__ = ("ended", "error", "running", "settled")
+    __slots__ = ("_caller", "ended", "error", "running", "settled")
 
-    def __init__(self) -> None:
+    def __init__(self, caller: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.settled, self.ended = anyio.Event(), anyio.Event()
         self.running = False
         self.error: BaseException | None = None
+        self._caller = caller
 
     def started(self, value: None = None) -> None:
         self.running = True
         self.settled.set()
+        self._caller.started()
 
 
 NOT_STARTED = (

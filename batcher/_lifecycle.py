@@ -19,7 +19,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._events import Observer, Observers
+from ._exceptions import BatcherClosedError
 from ._future import PARKED, BatchFuture
+from ._host import Status
 from ._model import Model
 from ._model_call import in_model, resizing
 from ._pricing import Pricing
@@ -36,6 +38,8 @@ ORPHANED = (
     "batcher was started (start()) under an event loop that ended without stop(), and its loops "
     "did not finish; make a new batcher, and stop() what you start() (or use 'async with batcher:')"
 )
+
+STOPPED_FIRST = "the batcher was aborted (stop(abort_after_s=...)) before serve() had started it"
 
 ELSEWHERE = (
     "batcher is already running, under another thread's event loop (or was left started there, with no "
@@ -185,12 +189,14 @@ class Lifecycle:
 
         Cancelling its task fails every unfinished future with :exc:`BatcherClosedError`.
         """
-        run = self._begin(started=False)
+        run, status = self._begin(started=False), Status(task_status)
         try:
-            await self._serve(run, task_status=task_status)
+            await self._serve(run, task_status=status)
         finally:
             if run.fatal is not None:  # even if the caller's task group was cancelled meanwhile: not lost
                 raise run.fatal
+        if not status.running and task_status is not anyio.TASK_STATUS_IGNORED:  # (tg.start() waits)
+            raise BatcherClosedError(STOPPED_FIRST)
 
     def _begin(self, *, started: bool) -> Run:
         self._drop_orphan()

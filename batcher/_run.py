@@ -153,7 +153,7 @@ class Run(Intake):
         if in_worker or owner is None:
             self.end_input()
             if in_worker:
-                self._abort_after(abort_after_s)
+                self.abort_after(abort_after_s)
             else:
                 await self._drain(abort_after_s)
             return
@@ -184,11 +184,11 @@ class Run(Intake):
 
     async def _drain(self, abort_after_s: float | None) -> None:
         # Wait for the loops to end (cancelled past ``abort_after_s``: an abort).
-        self._abort_after(abort_after_s)
+        self.abort_after(abort_after_s)
         await self.stopped.wait()
 
-    def _abort_after(self, seconds: float | None) -> None:
-        # The loops' scope cancels them at the deadline (nothing if they have ended by then).
+    def abort_after(self, seconds: float | None) -> None:
+        """Have the loops' scope cancel them (an abort) ``seconds`` from now, or sooner."""
         if seconds is not None:
             self.scope.deadline = min(self.scope.deadline, anyio.current_time() + seconds)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from functools import partial
 from types import TracebackType
 from typing import Any, Self
@@ -14,6 +15,7 @@ from ._dynamic import DynamicBatcher
 from ._events import Observer
 from ._loop import ALREADY_RUNNING, IN_LOOP, RUNNING_ELSEWHERE, Loop, check_backend, check_caller
 from ._protocols import RecordT, ResultT
+from ._run import Run
 from ._settings import check_seconds
 from ._stats import BatchStats
 from ._sync_calls import SyncCalls
@@ -147,9 +149,12 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
                 if self._batcher.is_running:
                     raise RuntimeError(IN_LOOP)
                 return
-            loop.run(self._batcher.stop)  # from the process function: begins the stop, returns at once
+            loop.run(partial(self._batcher.stop, abort_after_s=limit))  # from the process function: returns at once
             loop.closing = True  # (on the loop's thread, run() refuses: IN_LOOP)
             return
+        if limit is not None and loop is not None:  # a stop under way in another thread is bounded too
+            with suppress(RuntimeError):  # (the loop has just ended)
+                loop.soon(partial(_abort_after, self._batcher, limit))
         with self._lock:  # another thread's stop() ends first
             loop = self._loop
             if loop is None:
@@ -215,3 +220,9 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
         with self._lock:  # no start or stop under way meanwhile
             if self._loop is None or not self._loop.apply(change):
                 change()
+
+
+def _abort_after(batcher: DynamicBatcher[Any, Any], seconds: float) -> None:
+    # On the loop: the stop under way (another thread's) aborts by then at the latest.
+    if isinstance(run := batcher._run, Run):
+        run.abort_after(seconds)

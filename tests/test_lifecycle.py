@@ -183,6 +183,39 @@ class TestBoundedStop:
         assert returned == [True]
         assert [type(future.exception()) for future in futures] == [BatcherClosedError] * 2
 
+    async def test_an_abort_before_serve_has_started_is_named(self) -> None:
+        """tg.start(batcher.serve) raised AnyIO's "child exited without calling
+        task_status.started()" when a stop aborted it while the model was entered."""
+
+        class Entering:
+            def __init__(self) -> None:
+                self.entering = anyio.Event()
+
+            async def __aenter__(self) -> Entering:
+                self.entering.set()
+                await anyio.sleep_forever()
+                return self
+
+            async def __aexit__(self, *exc_info: object) -> None:
+                pass
+
+            async def __call__(self, batch: list[int]) -> list[int]:
+                return batch
+
+        model = Entering()
+        batcher = DynamicBatcher(model)
+
+        async def abort_it() -> None:
+            await model.entering.wait()
+            await batcher.stop(abort_after_s=0)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(abort_it)
+                with pytest.raises(BatcherClosedError, match="before serve"):
+                    await tg.start(batcher.serve)
+        assert not batcher.is_running
+
     @pytest.mark.parametrize(
         ("value", "error"), [(-1, ValueError), (math.inf, ValueError), ("5", TypeError), (True, TypeError)]
     )

@@ -195,6 +195,44 @@ class TestBoundedStop:
             batcher.stop()
         assert model.batches == [["held"]]
 
+    def test_a_second_threads_limit_bounds_the_stop_under_way(self, backend: str) -> None:
+        """It waited for the other thread's graceful stop, however long that took."""
+        model = Gate(hold_from=0)
+        batcher = SyncBatcher(DynamicBatcher(model, max_batch_size=1), backend=backend)
+        batcher.start()
+        try:
+            futures = [batcher.submit("held"), batcher.submit("queued")]
+            assert model.entered.wait(WAIT)
+            graceful = in_thread(batcher.stop)  # waits for the held call
+            until(lambda: batcher._loop is not None and batcher._loop.closing)
+            batcher.stop(abort_after_s=0.01)
+            graceful.result(WAIT)
+            assert [type(future.exception(WAIT)) for future in futures] == [BatcherClosedError] * 2
+        finally:
+            model.release()
+            batcher.stop()
+
+    def test_from_inside_the_process_function_the_limit_holds(self, backend: str) -> None:
+        """SyncBatcher.stop(abort_after_s=0) there began a graceful stop: the limit was lost."""
+        release = threading.Event()
+        box: list[SyncBatcher[str, str]] = []
+
+        def stopping(batch: list[str]) -> list[str]:
+            if "stop" in batch:
+                box[0].stop(abort_after_s=0)  # returns at once
+                assert release.wait(WAIT)  # the abort leaves this call to its thread
+            return batch
+
+        batcher = SyncBatcher(DynamicBatcher(stopping, max_batch_size=1), backend=backend)
+        box.append(batcher)
+        batcher.start()
+        try:
+            futures = [batcher.submit("stop"), batcher.submit("queued")]
+            assert [type(future.exception(WAIT)) for future in futures] == [BatcherClosedError] * 2
+        finally:
+            release.set()
+            batcher.stop()
+
     @pytest.mark.parametrize(("value", "error"), [(-1, ValueError), ("5", TypeError)])
     def test_a_bad_limit_is_refused_and_changes_nothing(self, backend: str, value: Any, error: type[Exception]) -> None:
         with SyncBatcher(DynamicBatcher(double), backend=backend) as batcher:
