@@ -1,8 +1,8 @@
 """Which queued records form the next batch.
 
-Plain synchronous code with no awaits, tested without an event loop. The aggregator
-adds records as they arrive, asks :func:`~batcher._decide.next_step` (given the
-assembly's ``full()``, among others) what to do next, and calls ``take()`` to close a batch.
+Plain synchronous code, tested without an event loop. The aggregator adds records as
+they arrive, asks :func:`~batcher._decide.next_step` (given ``full()``, among others)
+what to do next, and calls ``take()`` to close a batch.
 
 Every batch obeys the budget: its cost (by the cost model) never exceeds ``target_cost``,
 except a batch of one record over the target, which runs alone; and it holds at most
@@ -81,17 +81,13 @@ class FifoAssembly(Generic[T]):
         self._reopen()
         return batch, cost
 
-    def oldest(self) -> tuple[T, int] | None:
-        """The oldest record and its cost, left in place."""
-        return (self._items[0], self._costs[0]) if self._items else None
-
-    def pop_oldest(self) -> tuple[T, int] | None:
-        """Remove and return the oldest record and its cost."""
-        if not self._items:
-            return None
-        oldest = self._items.popleft(), self._costs.popleft()
-        self._reopen()
-        return oldest
+    def pop_while(self, aged: Callable[[T], bool]) -> list[tuple[T, int]]:
+        """Remove and return the oldest records and their costs, oldest first, while ``aged(record)``."""
+        items, costs, popped = self._items, self._costs, []
+        while items and aged(items[0]):
+            popped.append((items.popleft(), costs.popleft()))
+        self._reopen()  # (once: a reopen scans up to a batch)
+        return popped
 
     def fill(self, budget: Budget, batch: list[T], near: int) -> None:
         """Move records from the front of the queue into ``batch``, a batch of
@@ -124,12 +120,10 @@ class GroupedAssembly(Generic[T]):
     Queued records sit in one FIFO per distinct cost, the costs in a sorted list: adding
     a record is O(1) (O(log k) for a new cost of k), and a batch O(batch + the costs it
     looks at), whatever the pool's depth. A pool that fits one batch whole is taken in
-    arrival order in one pass: 15-17 µs for 64 records against 97-114 grown cost by cost
-    (``benchmarks/bench_choose.py``).
-
-    :meth:`full`: whether ``window`` records are queued (grouping chooses better from a
-    deeper pool). With ``live``, a record for which it returns false (withdrawn) is
-    dropped when a batch would take it, and never takes a slot.
+    arrival order in one pass (64 records: 15-17 µs against 97-114 cost by cost,
+    ``bench_choose.py``). :meth:`full`: whether ``window`` records are queued (grouping
+    chooses better from a deeper pool). With ``live``, a record for which it returns
+    false (withdrawn) is dropped when a batch would take it, and never takes a slot.
     """
 
     __slots__ = ("_arrival_costs", "_arrivals", "_buckets", "_budget", "_costs", "_count", "_live", "_taken", "_window")
@@ -149,8 +143,7 @@ class GroupedAssembly(Generic[T]):
         self._buckets: dict[int, deque[T]] = {}  # cost -> its records, oldest first
         self._costs: list[int] = []  # the keys of _buckets, sorted
         self._count = 0
-        # Arrival order, taken ones skipped lazily; costs beside, not in tuples, to
-        # spare the cyclic GC an object per record.
+        # Arrival order, taken ones skipped lazily; costs beside, not in tuples (a GC object each).
         self._arrivals: deque[T] = deque()
         self._arrival_costs: deque[int] = deque()
         self._taken: set[T] = set()  # out of their bucket, still in _arrivals
@@ -258,6 +251,14 @@ class GroupedAssembly(Generic[T]):
             costs.popleft()
         return None
 
+    def pop_while(self, aged: Callable[[T], bool]) -> list[tuple[T, int]]:
+        """Remove and return the oldest live records and their costs, oldest first, while ``aged(record)``."""
+        popped: list[tuple[T, int]] = []
+        while (oldest := self.oldest()) is not None and aged(oldest[0]):
+            popped.append(oldest)
+            self.pop_oldest()
+        return popped
+
     def pop_oldest(self) -> tuple[T, int] | None:
         """Remove and return the oldest live record and its cost (the first of its cost's FIFO)."""
         oldest = self.oldest()
@@ -334,8 +335,7 @@ def make_assembly(
     live: Callable[[T], bool] | None = None,
     min_efficiency: float | None = None,
 ) -> Assembly[T]:
-    """Return the assembly rule for these settings (``live``: see :class:`GroupedAssembly`;
-    ``min_efficiency``: the padding-efficiency floor of each batch, see ``PaddedBudget``)."""
+    """The assembly for these settings (``live``: :class:`GroupedAssembly`; ``min_efficiency``: ``PaddedBudget``)."""
     if group_by_cost:
         return GroupedAssembly(
             target_cost=target_cost,

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 import anyio
+from anyio.lowlevel import checkpoint
 
 from ._exceptions import raisable
 from ._future import BatchFuture
@@ -131,8 +132,14 @@ class MapResults(Generic[T]):
 
     async def _top_up(self) -> None:
         """Submit records until ``window`` are in flight or the submission stream
-        is full; wait for room only when none of the map's records is in flight."""
+        is full; wait for room only when none of the map's records is in flight.
+        Every ``TURN`` records it lets the loop run (half a window of 100,000 records
+        held it 0.3-0.8 s)."""
+        submitted = 0
         while self._records is not None and self._pending() < self._window:
+            submitted += 1
+            if not submitted % TURN:
+                await checkpoint()
             record = self._take()
             if record is _NONE:
                 return
@@ -200,6 +207,9 @@ class MapResults(Generic[T]):
             self._arrived.append(future)
             self._wake.set()
 
+
+#: Records a map submits between two turns of the event loop.
+TURN = 1024
 
 ITERATED = "these map results are already being iterated by another task; iterate them in one task"
 

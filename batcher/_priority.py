@@ -19,8 +19,11 @@ Plain synchronous code with no awaits, like the other assemblies.
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable
+from itertools import chain
+from operator import itemgetter
 from time import monotonic
 from typing import Generic, TypeVar
 
@@ -45,6 +48,8 @@ class PriorityAssembly(Generic[T]):
     __slots__ = (
         "_aged",
         "_aged_counts",
+        "_aging_s",
+        "_arrivals",
         "_arrived",
         "_clock",
         "_cost_of",
@@ -54,7 +59,6 @@ class PriorityAssembly(Generic[T]):
         "_make_level",
         "_order",
         "_priority_of",
-        "aging_s",
         "window",
     )
 
@@ -69,8 +73,7 @@ class PriorityAssembly(Generic[T]):
         cost_of: Callable[[T], int],
         clock: Callable[[], float] = monotonic,
     ) -> None:
-        self._make_level, self._make_budget = make_level, make_budget
-        self.window, self.aging_s = window, aging_s
+        self._make_level, self._make_budget, self.window = make_level, make_budget, window
         self._priority_of, self._cost_of, self._clock = priority_of, cost_of, clock
         self._levels: dict[int, Assembly[T]] = {}
         self._order: list[int] = []  # the priorities queued, lowest first
@@ -79,7 +82,25 @@ class PriorityAssembly(Generic[T]):
         #: priority's younger records join no batch before its aged ones have.
         self._aged_counts: dict[int, int] = {}
         self._arrived: dict[T, float] = {}  # when each record queued arrived
+        #: With aging, each record queued since the oldest, in arrival order (those taken
+        #: are dropped as they reach the front): what ages next, without a look at every level.
+        self._arrivals: deque[tuple[float, T]] = deque()
+        self._aging_s: float | None = None
+        self.aging_s = aging_s
         self._count = 0  # records queued, over all levels
+
+    @property
+    def aging_s(self) -> float | None:
+        """After how long a queued record counts as aged (``None``: never)."""
+        return self._aging_s
+
+    @aging_s.setter
+    def aging_s(self, aging_s: float | None) -> None:
+        if aging_s is None:
+            self._arrivals.clear()
+        elif self._aging_s is None:  # from now on: the records queued, oldest first
+            self._arrivals = deque(sorted(((when, item) for item, when in self._arrived.items()), key=itemgetter(0)))
+        self._aging_s = aging_s
 
     def __len__(self) -> int:
         return self._count
@@ -92,7 +113,9 @@ class PriorityAssembly(Generic[T]):
             level = self._levels[priority] = self._make_level()
             insort(self._order, priority)
         level.add(item, cost)
-        self._arrived[item] = self._clock() if arrived is None else arrived
+        self._arrived[item] = when = self._clock() if arrived is None else arrived
+        if self._aging_s is not None:
+            self._arrivals.append((when, item))
         self._count += 1
         return self._count >= self.window
 
@@ -120,6 +143,7 @@ class PriorityAssembly(Generic[T]):
         self._count_aged(self._aged.queued(), 1)
         for priority, level in self._levels.items():
             self._levels[priority] = self._moved(level)
+        self._count = len(self._aged) + sum(len(level) for level in self._levels.values())
 
     def _moved(self, level: Assembly[T]) -> Assembly[T]:
         fresh = self._make_level()
@@ -132,10 +156,12 @@ class PriorityAssembly(Generic[T]):
         self._promote(self._clock())
         batch: list[T] = []
         budget = self._make_budget()
-        for priority in (None, *reversed(self._order)):
+        lengths: dict[int | None, int] = {}  # of the levels the batch takes from, before
+        for priority in chain((None,), reversed(self._order)):
             if priority in self._aged_counts:  # in arrival order, its younger records wait for its aged ones
                 continue
             level = self._aged if priority is None else self._levels[priority]
+            lengths[priority] = len(level)
             if not batch:
                 batch, _ = level.take()
                 for item in batch:
@@ -146,7 +172,7 @@ class PriorityAssembly(Generic[T]):
                 level.fill(budget, batch, self._cost_of(batch[0]))
             if budget.exhausted:
                 break
-        self._forget(batch)
+        self._forget(batch, lengths)
         return batch, budget.cost()
 
     def _count_aged(self, items: list[T], step: int) -> None:
@@ -163,28 +189,42 @@ class PriorityAssembly(Generic[T]):
                 del counts[priority]
 
     def _promote(self, now: float) -> None:
-        """Move the records queued ``aging_s`` or longer to the aged level, oldest first."""
-        if self.aging_s is None:
+        """Move the records queued ``aging_s`` or longer to the aged level, oldest first:
+        a look at the levels that have such records only, and one move of each level's."""
+        if self._aging_s is None:
             return
-        born_by, arrived = now - self.aging_s, self._arrived
+        born_by, arrived, arrivals, due = now - self._aging_s, self._arrived, self._arrivals, set()
+        while arrivals and arrivals[0][0] <= born_by:
+            item = arrivals.popleft()[1]
+            if item in arrived:  # (not taken)
+                due.add(self._priority_of(item))
         aged: list[tuple[float, int, T, int]] = []
-        for priority, level in self._levels.items():
-            while (oldest := level.oldest()) is not None and arrived[oldest[0]] <= born_by:
-                level.pop_oldest()
-                aged.append((arrived[oldest[0]], -priority, *oldest))
+        for priority in due.intersection(self._levels):
+            level = self._levels[priority]
+            length = len(level)
+            moved = level.pop_while(lambda item: arrived[item] <= born_by)
+            self._count += len(level) + len(moved) - length  # (withdrawn records dropped on the way)
+            aged.extend((arrived[item], -priority, item, cost) for item, cost in moved)
+            self._drop_if_empty(priority)
         aged.sort(key=lambda entry: entry[:2])  # of equal age, the higher priority first
         for *_, item, cost in aged:
             self._aged.add(item, cost)
         self._count_aged([item for *_, item, _ in aged], 1)
 
-    def _forget(self, batch: list[T]) -> None:
-        """Drop the batch's records, and the levels it emptied."""
+    def _forget(self, batch: list[T], lengths: dict[int | None, int]) -> None:
+        """Drop the batch's records, and the levels it emptied (of those it took from,
+        whose ``lengths`` before it are given)."""
         arrived = self._arrived
         for item in batch:
             del arrived[item]
-        for priority in [p for p in self._order if not len(self._levels[p])]:
-            del self._levels[priority]
-            self._order.remove(priority)
-        self._count = len(self._aged) + sum(len(level) for level in self._levels.values())
+        for priority, length in lengths.items():
+            self._count += len(self._aged if priority is None else self._levels[priority]) - length
+            if priority is not None:
+                self._drop_if_empty(priority)
         if len(arrived) > 2 * self._count + 64:  # withdrawn records the levels dropped
             self._arrived = {item: arrived[item] for item in self._queued()}
+
+    def _drop_if_empty(self, priority: int) -> None:
+        if not len(self._levels[priority]):
+            del self._levels[priority]
+            del self._order[bisect_left(self._order, priority)]

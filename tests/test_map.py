@@ -34,6 +34,24 @@ class TestOrdered:
         assert max(seen_in_flight) <= 100
         assert batcher.stats.total_completed == 10_000
 
+    @pytest.mark.parametrize("ordered", [True, False])
+    async def test_a_large_window_lets_the_loop_run_while_it_fills(self, ordered: bool) -> None:
+        """Half a window was submitted in one go: 100,000 records held the loop 0.3-0.8 s."""
+        batcher = DynamicBatcher(double, max_queue_size=10_000)
+        seen: list[int] = []
+
+        async def look() -> None:
+            await anyio.lowlevel.checkpoint()  # (its first turn)
+            seen.append(batcher.stats.total_submitted)
+
+        with anyio.fail_after(10):
+            async with batcher, anyio.create_task_group() as tg:
+                tg.start_soon(look)
+                async with batcher.map(range(20_000), ordered=ordered) as mapped:
+                    assert await mapped.__anext__() == 0  # its first top-up: 5,000 records
+        assert len(seen) == 1
+        assert 0 < seen[0] < 5_000  # the other task ran on the way
+
     async def test_a_lazy_unbounded_input_and_an_early_break_withdraw_the_rest(self) -> None:
         model = Recorder()
         batcher = DynamicBatcher(model, max_queue_size=50, max_batch_size=8)
