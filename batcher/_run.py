@@ -140,30 +140,19 @@ class Run(Intake):
     async def close(self, *, abort: bool, in_worker: bool, abort_after_s: float | None = None) -> None:
         """End the input, then wait until every record submitted has been processed
         and the loops have ended; with ``abort``, or once ``abort_after_s`` has passed,
-        cancel them instead.
-
-        From inside the process function (``in_worker``), only end the input: the
-        loops cannot end while the call waits for them. After ``start()``, leave
-        the task group they ran in (``_host.py``), which only the task that called
-        ``start()`` can do (if it has ended, another task stops the run and leaves
-        the group as it is), and re-raise the fatal exception, if any.
+        cancel them instead. From inside the process function (``in_worker``), only end
+        the input: the loops cannot end while the call waits for them. After ``start()``,
+        leave its task group (:meth:`_left_by_caller`); re-raise the fatal exception.
         """
         self.check_thread()
-        owner = self.owner
-        if in_worker or owner is None:
+        if in_worker or self.owner is None:  # (under serve(), any task may stop it)
             self.end_input()
             if in_worker:
                 self.abort_after(abort_after_s)
             else:
                 await self._drain(abort_after_s)
             return
-        if anyio.get_current_task().id != self.owner_task:
-            if any(task.id == self.owner_task for task in anyio.get_running_tasks()):
-                raise RuntimeError(OTHER_TASK)
-            # The task that called start() has ended in its task group (asyncio allows it:
-            # wait_for() on 3.11, a fixture's setup task), which no task can leave now:
-            owner = None  # the loops run on there; stop them from here, leave it as it is
-        self.owner = None
+        owner, self.owner = self._left_by_caller(self.owner), None
         self.end_input()
         if abort:
             self.scope.cancel()
@@ -181,6 +170,16 @@ class Run(Intake):
                 await self._leave(owner)
         if self.fatal is not None:
             raise self.fatal
+
+    def _left_by_caller(self, owner: Host) -> Host | None:
+        # start()'s task group, which only the task that called start() may leave; None
+        # if it has ended in it (asyncio allows it: wait_for() on 3.11, a fixture's setup
+        # task): the loops run on there, and this stop ends them, leaving it as it is.
+        if anyio.get_current_task().id == self.owner_task:
+            return owner
+        if any(task.id == self.owner_task for task in anyio.get_running_tasks()):
+            raise RuntimeError(OTHER_TASK)
+        return None
 
     async def _drain(self, abort_after_s: float | None) -> None:
         # Wait for the loops to end (cancelled past ``abort_after_s``: an abort).
