@@ -25,11 +25,9 @@ T = TypeVar("T", bound=Hashable)
 
 
 class FifoAssembly(Generic[T]):
-    """Batches in arrival order: the longest prefix of the queue that fits (once a
-    batch's cost reaches the target, even a record of zero cost waits for the next).
-    A record that does not fit waits at the head of the queue for the next batch. The
-    open batch is kept up to date as records arrive: :meth:`full` is O(1), :meth:`take` O(batch).
-    """
+    """Batches in arrival order: the longest prefix of the queue that fits (once its cost
+    reaches the target, even a record of zero cost waits); one that does not fit waits at
+    the head. The open batch is kept as records arrive: :meth:`full` O(1), :meth:`take` O(batch)."""
 
     __slots__ = ("_budget", "_costs", "_full", "_items")
 
@@ -44,8 +42,7 @@ class FifoAssembly(Generic[T]):
         cost_model: CostModel = "sum",
         min_efficiency: float | None = None,
     ) -> None:
-        self._items: deque[T] = deque()
-        self._costs: deque[int] = deque()
+        self._items, self._costs = deque[T](), deque[int]()
         self._budget = new_budget(target_cost, max_batch_size, cost_model, min_efficiency)
         self._full = False
 
@@ -81,6 +78,10 @@ class FifoAssembly(Generic[T]):
         self._reopen()
         return batch, cost
 
+    def oldest(self) -> tuple[T, int] | None:
+        """The oldest record and its cost, left in place."""
+        return (self._items[0], self._costs[0]) if self._items else None
+
     def pop_while(self, aged: Callable[[T], bool]) -> list[tuple[T, int]]:
         """Remove and return the oldest records and their costs, oldest first, while ``aged(record)``."""
         items, costs, popped = self._items, self._costs, []
@@ -98,8 +99,7 @@ class FifoAssembly(Generic[T]):
             costs.popleft()
         self._reopen()
 
-    def _reopen(self) -> None:
-        # The open batch again: the longest prefix of the queue that fits.
+    def _reopen(self) -> None:  # the open batch again: the longest prefix of the queue that fits
         budget = self._budget
         budget.reset()
         self._full = False

@@ -20,10 +20,9 @@ Plain synchronous code with no awaits, like the other assemblies.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable
+from heapq import heappop, heappush
 from itertools import chain
-from operator import itemgetter
 from time import monotonic
 from typing import Generic, TypeVar
 
@@ -49,7 +48,6 @@ class PriorityAssembly(Generic[T]):
         "_aged",
         "_aged_counts",
         "_aging_s",
-        "_arrivals",
         "_arrived",
         "_clock",
         "_cost_of",
@@ -57,6 +55,7 @@ class PriorityAssembly(Generic[T]):
         "_levels",
         "_make_budget",
         "_make_level",
+        "_oldest",
         "_order",
         "_priority_of",
         "window",
@@ -82,12 +81,13 @@ class PriorityAssembly(Generic[T]):
         #: priority's younger records join no batch before its aged ones have.
         self._aged_counts: dict[int, int] = {}
         self._arrived: dict[T, float] = {}  # when each record queued arrived
-        #: With aging, each record queued since the oldest, in arrival order (those taken
-        #: are dropped as they reach the front): what ages next, without a look at every level.
-        self._arrivals: deque[tuple[float, T]] = deque()
+        #: With aging, a heap of (arrival of a level's oldest record, its priority): what
+        #: ages next, without a look at every level. A level's entry is pushed as its oldest
+        #: record changes; older entries stay behind until popped (or a rebuild drops them).
+        self._oldest: list[tuple[float, int]] = []
+        self._count = 0  # records queued, over all levels
         self._aging_s: float | None = None
         self.aging_s = aging_s
-        self._count = 0  # records queued, over all levels
 
     @property
     def aging_s(self) -> float | None:
@@ -96,11 +96,23 @@ class PriorityAssembly(Generic[T]):
 
     @aging_s.setter
     def aging_s(self, aging_s: float | None) -> None:
-        if aging_s is None:
-            self._arrivals.clear()
-        elif self._aging_s is None:  # from now on: the records queued, oldest first
-            self._arrivals = deque(sorted(((when, item) for item, when in self._arrived.items()), key=itemgetter(0)))
         self._aging_s = aging_s
+        self._heap_levels()
+
+    def _heap_levels(self) -> None:
+        # The heap of the levels' oldest records anew (empty without aging), and the count
+        # (a grouped level drops withdrawn records at its front as it is asked its oldest).
+        self._oldest = []
+        if self._aging_s is not None:
+            for priority in list(self._levels):
+                self._note_oldest(priority)
+                self._drop_if_empty(priority)
+        self._count = len(self._aged) + sum(len(level) for level in self._levels.values())
+
+    def _note_oldest(self, priority: int) -> None:
+        # The level's oldest record has changed (or the level is new): its entry in the heap.
+        if (oldest := self._levels[priority].oldest()) is not None:
+            heappush(self._oldest, (self._arrived[oldest[0]], priority))
 
     def __len__(self) -> int:
         return self._count
@@ -113,9 +125,9 @@ class PriorityAssembly(Generic[T]):
             level = self._levels[priority] = self._make_level()
             insort(self._order, priority)
         level.add(item, cost)
-        self._arrived[item] = when = self._clock() if arrived is None else arrived
-        if self._aging_s is not None:
-            self._arrivals.append((when, item))
+        self._arrived[item] = self._clock() if arrived is None else arrived
+        if self._aging_s is not None and len(level) == 1:  # its oldest record
+            self._note_oldest(priority)
         self._count += 1
         return self._count >= self.window
 
@@ -143,7 +155,7 @@ class PriorityAssembly(Generic[T]):
         self._count_aged(self._aged.queued(), 1)
         for priority, level in self._levels.items():
             self._levels[priority] = self._moved(level)
-        self._count = len(self._aged) + sum(len(level) for level in self._levels.values())
+        self._heap_levels()  # (and the count)
 
     def _moved(self, level: Assembly[T]) -> Assembly[T]:
         fresh = self._make_level()
@@ -190,22 +202,22 @@ class PriorityAssembly(Generic[T]):
 
     def _promote(self, now: float) -> None:
         """Move the records queued ``aging_s`` or longer to the aged level, oldest first:
-        a look at the levels that have such records only, and one move of each level's."""
+        only from the levels the heap says have one, each level's in one move."""
         if self._aging_s is None:
             return
-        born_by, arrived, arrivals, due = now - self._aging_s, self._arrived, self._arrivals, set()
-        while arrivals and arrivals[0][0] <= born_by:
-            item = arrivals.popleft()[1]
-            if item in arrived:  # (not taken)
-                due.add(self._priority_of(item))
+        born_by, arrived, heap = now - self._aging_s, self._arrived, self._oldest
         aged: list[tuple[float, int, T, int]] = []
-        for priority in due.intersection(self._levels):
-            level = self._levels[priority]
+        while heap and heap[0][0] <= born_by:
+            priority = heappop(heap)[1]
+            level = self._levels.get(priority)
+            if level is None:
+                continue  # (an entry left behind by a level emptied since)
             length = len(level)
             moved = level.pop_while(lambda item: arrived[item] <= born_by)
             self._count += len(level) + len(moved) - length  # (withdrawn records dropped on the way)
             aged.extend((arrived[item], -priority, item, cost) for item, cost in moved)
-            self._drop_if_empty(priority)
+            if not self._drop_if_empty(priority):
+                self._note_oldest(priority)
         aged.sort(key=lambda entry: entry[:2])  # of equal age, the higher priority first
         for *_, item, cost in aged:
             self._aged.add(item, cost)
@@ -218,13 +230,20 @@ class PriorityAssembly(Generic[T]):
         for item in batch:
             del arrived[item]
         for priority, length in lengths.items():
+            if priority is not None and self._aging_s is not None:
+                self._note_oldest(priority)  # (first: it may drop withdrawn records)
             self._count += len(self._aged if priority is None else self._levels[priority]) - length
             if priority is not None:
                 self._drop_if_empty(priority)
         if len(arrived) > 2 * self._count + 64:  # withdrawn records the levels dropped
             self._arrived = {item: arrived[item] for item in self._queued()}
+        if len(self._oldest) > 2 * len(self._levels) + 64:  # entries left behind
+            self._heap_levels()
 
-    def _drop_if_empty(self, priority: int) -> None:
-        if not len(self._levels[priority]):
-            del self._levels[priority]
-            del self._order[bisect_left(self._order, priority)]
+    def _drop_if_empty(self, priority: int) -> bool:
+        # Forget an empty level; return whether it was.
+        if len(self._levels[priority]):
+            return False
+        del self._levels[priority]
+        del self._order[bisect_left(self._order, priority)]
+        return True

@@ -163,6 +163,27 @@ class TestRule:
         assert sum(ref() is not None for ref in given) <= 2 * 4 + 64  # bounded, not one per record
         assert names(queue.queued()) == ["never-fits"]
 
+    @pytest.mark.parametrize("drained", [True, False])
+    def test_aging_lets_go_of_the_records_taken(self, drained: bool) -> None:
+        """The arrival-order queue aging reads held every record taken until it had
+        aged: with aging_s=3600 and the batcher idle after a burst, every result."""
+        clock = Clock()
+        queue = assembly(target=1000, size=8, aging_s=3600.0, clock=clock)
+        if not drained:
+            add(queue, Rec("stays", 1, -1))  # a low priority the others pass
+        given: list[weakref.ref[Rec]] = []
+        for n in range(1000):
+            rec = Rec(f"r{n}", 1, n % 3)
+            given.append(weakref.ref(rec))
+            add(queue, rec)
+            clock.now += 0.001
+            del rec
+        for _ in range(125):
+            queue.take()
+        gc.collect()
+        assert sum(ref() is not None for ref in given) <= 64  # bounded, not one per record
+        assert len(queue) == (0 if drained else 1)
+
     def test_without_aging_a_low_priority_waits_for_every_higher_one(self) -> None:
         clock = Clock()
         queue = assembly(size=1, aging_s=None, clock=clock)
