@@ -27,7 +27,7 @@ from ._model_call import in_model, resizing
 from ._pricing import Pricing
 from ._protocols import ProcessFn
 from ._run import STOPPED, NotRunning, Run
-from ._settings import Settings, check_seconds
+from ._settings import Settings, check_optional_seconds
 from ._stats import BatchStats, Counters, event_factory
 from ._streaming import StreamFuture
 from ._submission import ENDED
@@ -176,7 +176,7 @@ class Lifecycle:
         :raises TypeError, ValueError: for an ``abort_after_s`` that is not ``None`` or a
             finite number >= 0; nothing changes
         """
-        limit = None if abort_after_s is None else check_seconds("abort_after_s", abort_after_s)
+        limit = check_optional_seconds("abort_after_s", abort_after_s)
         await self._close(abort=False, abort_after_s=limit)
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

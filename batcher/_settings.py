@@ -31,6 +31,11 @@ def check_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def check_optional_seconds(name: str, value: object) -> float | None:
+    """Seconds: a finite number >= 0, or ``None`` for no limit."""
+    return None if value is None else check_seconds(name, value)
+
+
 def check_timeout(name: str, value: object) -> float | None:
     """A time limit in seconds: a number > 0, or ``None`` for none."""
     return None if value is None else check_positive(name, value, or_none=True)

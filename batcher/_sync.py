@@ -16,7 +16,7 @@ from ._events import Observer
 from ._loop import ALREADY_RUNNING, IN_LOOP, RUNNING_ELSEWHERE, Loop, check_backend, check_caller
 from ._protocols import RecordT, ResultT
 from ._run import Run
-from ._settings import check_seconds
+from ._settings import check_optional_seconds
 from ._stats import BatchStats
 from ._sync_calls import SyncCalls
 
@@ -142,7 +142,7 @@ class SyncBatcher(SyncCalls[RecordT, ResultT]):
         :raises BaseException: what a process function raised outside
             :exc:`Exception` (such as :exc:`KeyboardInterrupt`), which ended the batcher
         """
-        limit = None if abort_after_s is None else check_seconds("abort_after_s", abort_after_s)
+        limit = check_optional_seconds("abort_after_s", abort_after_s)
         loop = self._loop
         if self._batcher._awaited_by_run():  # the loop's thread or the process function: a start or stop waits for it
             if loop is None:  # on the loop's thread as it starts, or a call abandoned at a time limit after the stop

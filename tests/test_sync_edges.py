@@ -10,6 +10,7 @@ import threading
 import typing
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -179,38 +180,38 @@ def stop_interrupted(batcher: SyncBatcher[Any, Any]) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextmanager
+def held_and_queued(backend: str) -> Iterator[tuple[SyncBatcher[str, Any], Gate, list[Future[Any]]]]:
+    """A running SyncBatcher whose model holds the record "held" while "queued" waits;
+    leaving the block releases the model and stops the batcher."""
+    model = Gate(hold_from=0)
+    batcher = SyncBatcher(DynamicBatcher(model, max_batch_size=1), backend=backend)
+    batcher.start()
+    try:
+        futures = [batcher.submit("held"), batcher.submit("queued")]
+        assert model.entered.wait(WAIT)
+        yield batcher, model, futures
+    finally:
+        model.release()
+        batcher.stop()
+
+
 class TestBoundedStop:
     def test_past_the_limit_what_is_left_fails_and_stop_returns(self, backend: str) -> None:
-        model = Gate(hold_from=0)
-        batcher = SyncBatcher(DynamicBatcher(model, max_batch_size=1), backend=backend)
-        batcher.start()
-        try:
-            futures = [batcher.submit("held"), batcher.submit("queued")]
-            assert model.entered.wait(WAIT)
+        with held_and_queued(backend) as (batcher, model, futures):
             batcher.stop(abort_after_s=0.01)  # the held call is abandoned to its thread
             assert not batcher.is_running
             assert [type(future.exception(WAIT)) for future in futures] == [BatcherClosedError] * 2
-        finally:
-            model.release()
-            batcher.stop()
         assert model.batches == [["held"]]
 
     def test_a_second_threads_limit_bounds_the_stop_under_way(self, backend: str) -> None:
         """It waited for the other thread's graceful stop, however long that took."""
-        model = Gate(hold_from=0)
-        batcher = SyncBatcher(DynamicBatcher(model, max_batch_size=1), backend=backend)
-        batcher.start()
-        try:
-            futures = [batcher.submit("held"), batcher.submit("queued")]
-            assert model.entered.wait(WAIT)
+        with held_and_queued(backend) as (batcher, _, futures):
             graceful = in_thread(batcher.stop)  # waits for the held call
             until(lambda: batcher._loop is not None and batcher._loop.closing)
             batcher.stop(abort_after_s=0.01)
             graceful.result(WAIT)
             assert [type(future.exception(WAIT)) for future in futures] == [BatcherClosedError] * 2
-        finally:
-            model.release()
-            batcher.stop()
 
     def test_from_inside_the_process_function_the_limit_holds(self, backend: str) -> None:
         """SyncBatcher.stop(abort_after_s=0) there began a graceful stop: the limit was lost."""
