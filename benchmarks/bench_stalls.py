@@ -25,21 +25,17 @@ loop, so what they show is the rule's own work::
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import anyio
 
-import batcher
-from benchmarks.compare import _load_revision
+from benchmarks.compare import tree_beside_args, trees_beside
 from benchmarks.scaling import longest_gap_ms
 
 AGED, DISTINCT, STALL, MAPPED = 20_000, 20_000, 10_000, 400_000
@@ -163,17 +159,10 @@ def run(trees: dict[str, ModuleType], records: tuple[int, int, int, int], reps: 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_stalls", description=__doc__.splitlines()[0])
-    parser.add_argument("--ref", help="a git revision to run beside this tree (e.g. HEAD~1)")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition: a check that it runs")
-    args = parser.parse_args(argv)
+    quick = "small sizes, one repetition: a check that it runs"
+    args = tree_beside_args("python -m benchmarks.bench_stalls", __doc__ or "", quick, argv)
     records = (500, 500, 300, 4_000) if args.quick else (AGED, DISTINCT, STALL, MAPPED)
-    with tempfile.TemporaryDirectory() as folder:
-        trees: dict[str, ModuleType] = {}
-        if args.ref:
-            trees[args.ref] = _load_revision(args.ref, Path(folder))
-        trees["tree"] = batcher
+    with trees_beside(args.ref) as trees:
         print("\n".join(run(trees, records, 1 if args.quick else args.reps)))
 
 

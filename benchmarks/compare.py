@@ -22,7 +22,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 from types import ModuleType
@@ -66,6 +67,25 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if set(args.backends.split(",")) - {"asyncio", "trio"}:
         parser.error("--backends takes asyncio and/or trio")
     return args
+
+
+def tree_beside_args(prog: str, doc: str, quick: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments of a benchmark that runs this tree beside a revision: ``--ref``,
+    ``--reps`` and ``--quick`` (``quick`` says what it does)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--ref", help="a git revision to run beside this tree (e.g. HEAD~1)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    return parser.parse_args(argv)
+
+
+@contextmanager
+def trees_beside(ref: str | None) -> Iterator[dict[str, ModuleType]]:
+    """``{ref: the batcher at ref, "tree": this one}`` (only this one without ``ref``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        trees = {ref: _load_revision(ref, Path(folder))} if ref else {}
+        trees["tree"] = batcher
+        yield trees
 
 
 def _load_revision(ref: str, folder: Path) -> ModuleType:

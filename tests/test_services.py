@@ -10,7 +10,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -37,11 +38,16 @@ def free_socket() -> socket.socket:
 
 
 @contextmanager
-def fastapi_server(**settings: Any) -> Iterator[tuple[str, TokenBatcher[str, Any], Callable[[], None]]]:
-    """Serve the FastAPI example; yield its URL, its batcher, and a function that
-    begins a graceful stop. The server is stopped and joined on the way out."""
+def fastapi_server(
+    loop: str = "asyncio", **settings: Any
+) -> Iterator[tuple[str, TokenBatcher[str, Any], Callable[[], None]]]:
+    """Serve the FastAPI example on uvicorn's ``loop`` ("asyncio" or "uvloop", which
+    uvicorn picks when it is installed); yield its URL, its batcher, and a function
+    that begins a graceful stop. The server is stopped and joined on the way out."""
     app = service_fastapi.create_app(**settings)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_keep_alive=service_fastapi.KEEP_ALIVE_S)
+    config = uvicorn.Config(
+        app, loop=loop, log_level="warning", lifespan="on", timeout_keep_alive=service_fastapi.KEEP_ALIVE_S
+    )
     server = uvicorn.Server(config)
     sock = free_socket()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -99,7 +105,12 @@ def trio_server(**settings: Any) -> Iterator[tuple[str, TokenBatcher[str, Any], 
     assert not thread.is_alive(), "the server did not stop"
 
 
-SERVERS = {"fastapi": fastapi_server, "trio": trio_server}
+Server = Callable[..., AbstractContextManager[tuple[str, TokenBatcher[str, Any], Callable[[], None]]]]
+SERVERS: dict[str, Server] = {
+    "fastapi": fastapi_server,
+    "fastapi-uvloop": partial(fastapi_server, "uvloop"),
+    "trio": trio_server,
+}
 
 
 async def embed_all(url: str, texts: list[str]) -> list[httpx.Response]:
