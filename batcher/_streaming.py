@@ -49,6 +49,13 @@ END: Final = _End()
 Sink = list[Any] | MemoryObjectSendStream[Any]
 
 
+FOREIGN_STREAM = (
+    "a batcher's stream was read or closed from a thread other than its event loop's; "
+    "read it on that loop (from other threads use SyncBatcher.stream)"
+)
+READ_TWICE = "this stream is already being read by another task; read each record's stream in one task"
+
+
 class StreamFuture(BatchFuture[T]):
     """The future of a record of a streaming batcher: its items go to its sink, a
     list (its result) until :func:`open_stream` gives it a stream instead."""
@@ -76,13 +83,18 @@ class RecordStream(Generic[T]):
     :exc:`StreamLagError`. Leaving the ``async with`` (a ``break``, an exception, a
     cancellation), or a cancellation of the iterating task, closes the stream: a
     record not dispatched yet is withdrawn, and later items are dropped.
+
+    One task at a time reads it, on the batcher's event loop: :exc:`RuntimeError`
+    for a second task, or from another thread (there, for :meth:`close` too).
     """
 
-    __slots__ = ("_future", "_receive")
+    __slots__ = ("_future", "_reading", "_receive", "_thread")
 
     def __init__(self, future: StreamFuture[Any], receive: MemoryObjectReceiveStream[T]) -> None:
         self._future = future
         self._receive = receive
+        self._thread = future._counters.thread  # the loop's
+        self._reading = False  # a task waits in __anext__
 
     async def __aenter__(self) -> Self:
         return self
@@ -97,14 +109,15 @@ class RecordStream(Generic[T]):
 
     async def __anext__(self) -> T:
         receive = self._receive
+        if self._reading or get_ident() != self._thread:
+            raise RuntimeError(READ_TWICE if self._reading else FOREIGN_STREAM)  # and changes nothing
         try:
             try:
                 # Items already buffered (stream_buffer at most) are taken without a
                 # turn of the event loop each; with none, it waits as receive() does.
                 return receive.receive_nowait()
             except anyio.WouldBlock:
-                with SelfWait(self._future._counters):
-                    return await receive.receive()
+                return await self._wait()
         except anyio.EndOfStream:
             # Closed now: a failed record's error holds this frame, and so the stream,
             # which the cyclic GC may then find before it is closed.
@@ -117,9 +130,22 @@ class RecordStream(Generic[T]):
         self._future.result()  # raises the record's exception, if it failed
         raise StopAsyncIteration
 
+    async def _wait(self) -> T:
+        self._reading = True
+        try:
+            with SelfWait(self._future._counters):
+                return await self._receive.receive()
+        finally:
+            self._reading = False
+
     def close(self) -> None:
         """Stop the stream: withdraw the record if no worker has taken it, and drop
-        its later items."""
+        its later items.
+
+        :raises RuntimeError: if called from a thread other than the batcher's event loop's
+        """
+        if get_ident() != self._thread:
+            raise RuntimeError(FOREIGN_STREAM)
         self._receive.close()
         self._future.cancel()
 

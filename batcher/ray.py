@@ -159,7 +159,8 @@ class RayReplicas:
         replaced. One that dies is waited for while Ray restarts it (give it
         ``max_restarts`` in its options) and given up if Ray cannot.
 
-        :raises TypeError: if ``actors`` is not a non-empty sequence of actor handles
+        :raises TypeError: if ``actors`` is not a non-empty sequence of actor handles,
+            or one of them has no such method or a generator one
         """
         if isinstance(actors, str | bytes) or not isinstance(actors, Sequence) or not actors:
             raise TypeError(f"actors must be a non-empty sequence of Ray actor handles, got {actors!r}")
@@ -169,6 +170,8 @@ class RayReplicas:
                 raise TypeError(f"actors must hold Ray actor handles, got {type(actor).__name__}")
             if not hasattr(actor, method):
                 raise TypeError(f"method: the actors have no method {method!r}")
+            if getattr(getattr(actor, method), "_is_generator", False):
+                raise TypeError(GENERATOR.format(method))
         replicas = cls.__new__(cls)
         given = Actors(None, (), {}, {}, given=list(actors), max_restarts=0, ready_timeout_s=0)
         replicas._init(given, len(actors), batches_per_replica, method, ready_timeout_s)
@@ -236,13 +239,15 @@ class RayReplicas:
         return self
 
     async def _check_method(self, handles: list[Any]) -> None:
-        # A Ray actor class hides its methods until an actor exists: checked here.
-        method = getattr(handles[0], self._method, None)
-        if method is None or getattr(method, "_is_generator", False):
-            await self._actors.stop(handles)
-            if method is not None:
-                raise TypeError(GENERATOR.format(self._method))
-            raise TypeError(f"method: the replicas' actors have no method {self._method!r}")
+        # A Ray actor class hides its methods until an actor exists: checked here (each
+        # actor: given ones may be of several classes).
+        for handle in handles:
+            method = getattr(handle, self._method, None)
+            if method is None or getattr(method, "_is_generator", False):
+                await self._actors.stop(handles)
+                if method is not None:
+                    raise TypeError(GENERATOR.format(self._method))
+                raise TypeError(f"method: the replicas' actors have no method {self._method!r}")
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

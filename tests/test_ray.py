@@ -214,6 +214,16 @@ class TestErrors:
             await batcher.start()
         assert not batcher.is_running
 
+    async def test_given_actors_one_of_them_with_a_generator_method_are_refused(self) -> None:
+        # Only the first was checked: the other replica took batches and failed each.
+        actors = [ray.remote(Upper).remote(), ray.remote(Streaming).remote()]
+        try:
+            with pytest.raises(TypeError, match=r"^method: the replicas' '__call__' is a generator"):
+                RayReplicas.from_actors(actors)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
     async def test_a_model_that_cannot_start_fails_start(self) -> None:
         batcher = RayReplicas(Broken, num_replicas=1).dynamic_batcher()
         with anyio.fail_after(60), pytest.raises(ray.exceptions.RayActorError, match="cannot load the model"):

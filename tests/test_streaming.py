@@ -424,6 +424,26 @@ class TestMisuse:
         with pytest.raises(TypeError, match=r"^stream_stall_s must be a number, got NoneType$"):
             TokenBatcher(Generator(), stream_stall_s=None)  # type: ignore[arg-type]
 
+    async def test_a_second_task_reading_a_stream_is_refused_and_the_first_reads_on(self) -> None:
+        # Two readers split the items between them, and one's cancellation ended the
+        # other's stream early as if it had finished.
+        hold = anyio.Event()
+        async with streaming(Generator(hold=hold)) as batcher, batcher.stream(("x", 3)) as items:
+            read: list[Any] = []
+
+            async def first() -> None:
+                read.extend([item async for item in items])
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(first)
+                    await anyio.wait_all_tasks_blocked()  # it waits for an item
+                    with pytest.raises(RuntimeError, match=r"^this stream is already being read by another task"):
+                        await items.__anext__()
+                    hold.set()
+            assert read == ["x:0", "x:1", "x:2"]
+        assert batcher.stats.total_completed == 1
+
     async def test_a_withdrawn_stream_raises_nothing_more(self) -> None:
         async with streaming(Generator()) as batcher:
             items = batcher.stream(("x", 3))

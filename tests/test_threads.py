@@ -4,10 +4,11 @@ error, and the batcher keeps working for its own loop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import trio
 
@@ -113,3 +114,34 @@ async def test_a_future_awaited_or_cancelled_from_another_thread_is_refused() ->
             assert (await first, await queued) == (("done", 1), ("done", 2))
             assert await batcher.call(3) == ("done", 3)
     assert batcher.stats.total_cancelled == 0
+
+
+async def steps(records: list[int]) -> AsyncIterator[list[int]]:
+    """A streaming model: three items a record."""
+    for step in range(3):
+        await anyio.lowlevel.checkpoint()
+        yield [record * 10 + step for record in records]
+
+
+async def test_a_stream_read_or_closed_from_another_thread_is_refused() -> None:
+    """Neither touches the stream: its own consumer, and the consumer of the record
+    batched with it, still get every item."""
+    streamed: DynamicBatcher[int, list[int]] = DynamicBatcher(steps, max_batch_size=2)
+    with anyio.fail_after(10):
+        async with streamed, streamed.stream(1) as stream, streamed.stream(2) as mate:
+
+            async def read_it() -> Any:
+                return [item async for item in stream]
+
+            for attempt in (in_asyncio(read_it), in_trio(read_it), stream.close):
+                assert await anyio.to_thread.run_sync(refusal, attempt) == FOREIGN_STREAM
+            assert [item async for item in stream] == [10, 11, 12]
+            assert [item async for item in mate] == [20, 21, 22]
+    assert streamed.stats.total_completed == 2
+    assert streamed.stats.total_cancelled == 0
+
+
+FOREIGN_STREAM = (
+    "a batcher's stream was read or closed from a thread other than its event loop's; "
+    "read it on that loop (from other threads use SyncBatcher.stream)"
+)
