@@ -16,8 +16,9 @@ tokenizer run blocks the event loop for some tens of microseconds for a 30-token
 and about a microsecond a character for long ones (all-MiniLM-L6-v2's: 8 ms for 16,384
 characters, 54 ms for 100,000); a cache hit costs about a tenth of a microsecond. With
 ``max_length``, a text over twice ``HEAD_CHARS_PER_TOKEN * max_length`` characters is
-first counted by its head alone, and only if that does not pass the cap by
-``HEAD_SLACK`` tokens is the whole text read: a long document costs what its head does.
+first counted by its head alone, cut at a space, and only if that does not pass the cap
+by ``HEAD_SLACK`` tokens is the whole text read: a long document costs what its head
+does (see ``_capped`` for the tokenizers this holds for).
 
 Two tokenizer shapes are accepted, recognised by their methods rather than by
 their types, so neither ``tokenizers`` nor ``transformers`` is imported here:
@@ -37,6 +38,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Mapping
+from numbers import Integral, Real
 from os import PathLike
 from typing import Any
 
@@ -151,9 +153,10 @@ def _real_tokens(encoded: Any) -> int:
 
 
 def _ids(values: Any) -> list[Any]:
-    """One text's ids, refusing what is not ids (a model's ``encode`` gives a vector of floats)."""
+    """One text's ids (or its tokens as strings), refusing floats: a model's ``encode``
+    gives a vector of them."""
     row = _row(values)
-    if row and not isinstance(row[0], int) and not hasattr(row[0], "__index__"):
+    if row and isinstance(row[0], Real) and not isinstance(row[0], Integral):
         raise TypeError(
             f"the tokenizer gave {len(row)} values of type {type(row[0]).__name__} for one text, not token ids; "
             "pass the model's tokenizer (for a SentenceTransformer, model.tokenizer), not the model"
@@ -176,15 +179,18 @@ def _row(values: Any, unwrap: bool = True) -> list[Any]:
 
 def _capped(count: Callable[[str], int], limit: int) -> Callable[[str], int]:
     """``count`` capped at ``limit``. A text far longer than ``limit`` tokens need is
-    first counted by its head, cut at a space: if that alone passes the cap (with
-    ``HEAD_SLACK`` tokens to spare for a tokenizer whose last word reads differently
-    cut), so does the text, and the rest is never tokenized."""
+    first counted by its head, cut at a space: if that alone passes the cap (by
+    ``HEAD_SLACK``), so does the text, and the rest is never tokenized. Only at a
+    space: a word cut short may count more tokens than the whole word (WordPiece
+    reads a word over 100 characters as one ``[UNK]``), and a head with none is not
+    used. This holds for tokenizers that split words at spaces (BERT's, GPT-2's byte
+    level, SentencePiece's ``▁``)."""
     head = HEAD_CHARS_PER_TOKEN * limit
 
     def count_capped(text: str) -> int:
         if len(text) > 2 * head:
             cut = text.rfind(" ", head // 2, head)
-            if count(text[: cut if cut > 0 else head]) >= limit + HEAD_SLACK:
+            if cut > 0 and count(text[:cut]) >= limit + HEAD_SLACK:
                 return limit
         return min(count(text), limit)
 

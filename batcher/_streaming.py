@@ -84,8 +84,10 @@ class RecordStream(Generic[T]):
     cancellation), or a cancellation of the iterating task, closes the stream: a
     record not dispatched yet is withdrawn, and later items are dropped.
 
-    One task at a time reads it, on the batcher's event loop: :exc:`RuntimeError`
-    for a second task, or from another thread (there, for :meth:`close` too).
+    One task at a time reads it, on the batcher's event loop: a second task that
+    would wait while one waits gets :exc:`RuntimeError`, and so does another thread
+    (for :meth:`close` too) until the record has ended; then only buffered items are
+    left, which any thread may read.
     """
 
     __slots__ = ("_future", "_reading", "_receive", "_thread")
@@ -102,14 +104,15 @@ class RecordStream(Generic[T]):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if not self._reading:  # (else another task reads it: this one was refused)
+            self.close()
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> T:
         receive = self._receive
-        if self._reading or get_ident() != self._thread:
+        if self._reading or (get_ident() != self._thread and not self._future.done()):
             raise RuntimeError(READ_TWICE if self._reading else FOREIGN_STREAM)  # and changes nothing
         try:
             try:
@@ -117,6 +120,8 @@ class RecordStream(Generic[T]):
                 # turn of the event loop each; with none, it waits as receive() does.
                 return receive.receive_nowait()
             except anyio.WouldBlock:
+                if get_ident() != self._thread:  # its record has ended: no item comes now
+                    raise anyio.EndOfStream from None
                 return await self._wait()
         except anyio.EndOfStream:
             # Closed now: a failed record's error holds this frame, and so the stream,
@@ -144,7 +149,7 @@ class RecordStream(Generic[T]):
 
         :raises RuntimeError: if called from a thread other than the batcher's event loop's
         """
-        if get_ident() != self._thread:
+        if get_ident() != self._thread and not self._future.done():
             raise RuntimeError(FOREIGN_STREAM)
         self._receive.close()
         self._future.cancel()

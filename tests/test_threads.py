@@ -116,25 +116,34 @@ async def test_a_future_awaited_or_cancelled_from_another_thread_is_refused() ->
     assert batcher.stats.total_cancelled == 0
 
 
-async def steps(records: list[int]) -> AsyncIterator[list[int]]:
-    """A streaming model: three items a record."""
-    for step in range(3):
-        await anyio.lowlevel.checkpoint()
-        yield [record * 10 + step for record in records]
+class Steps:
+    """A streaming model: three items a record, once :attr:`go` is set."""
+
+    def __init__(self) -> None:
+        self.go = anyio.Event()
+
+    async def __call__(self, records: list[int]) -> AsyncIterator[list[int]]:
+        await self.go.wait()
+        for step in range(3):
+            await anyio.lowlevel.checkpoint()
+            yield [record * 10 + step for record in records]
 
 
 async def test_a_stream_read_or_closed_from_another_thread_is_refused() -> None:
-    """Neither touches the stream: its own consumer, and the consumer of the record
-    batched with it, still get every item."""
-    streamed: DynamicBatcher[int, list[int]] = DynamicBatcher(steps, max_batch_size=2)
+    """Neither touches the stream while its record runs: its own consumer, and the
+    consumer of the record batched with it, still get every item."""
+    model = Steps()
+    streamed: DynamicBatcher[int, list[int]] = DynamicBatcher(model, max_batch_size=2)
     with anyio.fail_after(10):
         async with streamed, streamed.stream(1) as stream, streamed.stream(2) as mate:
 
             async def read_it() -> Any:
-                return [item async for item in stream]
+                with anyio.fail_after(5):  # (in the other thread's loop)
+                    return [item async for item in stream]
 
             for attempt in (in_asyncio(read_it), in_trio(read_it), stream.close):
                 assert await anyio.to_thread.run_sync(refusal, attempt) == FOREIGN_STREAM
+            model.go.set()
             assert [item async for item in stream] == [10, 11, 12]
             assert [item async for item in mate] == [20, 21, 22]
     assert streamed.stats.total_completed == 2
