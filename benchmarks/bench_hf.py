@@ -4,7 +4,8 @@ The estimator prices each record on the event loop, so the time of one count is 
 the loop serves nobody else. For each text length: the time of one count with
 ``max_length=256`` (all-MiniLM-L6-v2's tokenizer, no cache: every text new, as in a
 corpus), the median of ``--reps`` repetitions over the same texts, the trees taking
-turns; texts of English-like words (about 4.6 characters a token)::
+turns; texts of English-like words (about 4.6 characters a token). Then a count of a
+sentence of about 30 tokens, new and then cached, with the default cache::
 
     python -m benchmarks.bench_hf --ref a4592e3
     python -m benchmarks.bench_hf --quick      # a check that it runs (CI)
@@ -76,13 +77,33 @@ def run(trees: dict[str, ModuleType], lengths: Sequence[int], reps: int, texts: 
     return lines
 
 
+def short_texts(trees: dict[str, ModuleType], count: int) -> list[str]:
+    """One count of a short text (a sentence, about 30 tokens), new and then cached: µs."""
+    tokenizer = _tokenizer()
+    rng = random.Random(count)
+    texts = [" ".join(rng.choices(WORDS, k=28)) for _ in range(count)]
+    lines = [f"a sentence of about 30 tokens, {count} of them: µs a count"]
+    for name, tree in trees.items():
+        estimate = tree.hf_token_estimator(tokenizer)
+        started = time.perf_counter()
+        for text in texts:
+            estimate(text)
+        cold = time.perf_counter() - started
+        started = time.perf_counter()
+        for text in texts:
+            estimate(text)
+        cached = time.perf_counter() - started
+        lines.append(f"  {name:>9}  new {cold / count * 1e6:7.2f}   cached {cached / count * 1e6:7.3f}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = tree_beside_args("python -m benchmarks.bench_hf", __doc__ or "", "short texts, one repetition (CI)", argv)
     with trees_beside(args.ref) as trees:
         if args.quick:
-            print("\n".join(run(trees, (2_000, 16_384), 1, 2)))
+            print("\n".join(run(trees, (2_000, 16_384), 1, 2) + short_texts(trees, 100)))
         else:
-            print("\n".join(run(trees, LENGTHS, args.reps, 5)))
+            print("\n".join(run(trees, LENGTHS, args.reps, 5) + short_texts(trees, 5_000)))
 
 
 if __name__ == "__main__":

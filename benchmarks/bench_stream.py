@@ -1,7 +1,7 @@
 """The library's own cost per streamed item, side by side in one run, on a
 generator model that does no work (so what is measured is the batcher's routing).
 
-* ``stream()``: ``--streams`` consumers each iterate a record of ``--items`` items
+* ``stream()``: ``--streams`` consumers each iterate a record of ``ITEMS`` items
   (``stream_buffer`` large enough that no step waits);
 * ``call()``: the same records through ``call()`` of the same streaming batcher,
   each collecting its items in a list (no per-item hand-over to a consumer task);

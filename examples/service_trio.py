@@ -7,12 +7,13 @@ the server takes requests and stopped after it has finished them, so a stopped
 server lets every request it accepted finish. Needs the ``examples`` extra
 (Quart-Trio, Hypercorn, prometheus_client)::
 
-    python examples/service_trio.py          # serves on 127.0.0.1:8000
+    python examples/service_trio.py          # serves on 127.0.0.1:8000 until Ctrl-C
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -97,13 +98,25 @@ def shielded_sends(app: Any) -> Any:
 
 
 async def run(app: QuartTrio, bind: str, shutdown: trio.Event | None = None) -> None:
-    """Serve ``app`` on ``bind`` (``host:port``, or ``fd://N``) until ``shutdown`` is set."""
+    """Serve ``app`` on ``bind`` (``host:port``, or ``fd://N``) until ``shutdown`` is
+    set or, without one, until Ctrl-C or SIGTERM: then it stops taking connections
+    and answers every request it has accepted (a second Ctrl-C interrupts that)."""
     config = Config()
     config.bind = [bind]
     config.graceful_timeout = 30
     config.keep_alive_timeout = KEEP_ALIVE_S  # longer than pooled clients keep theirs
-    trigger = trio.Event() if shutdown is None else shutdown
-    await serve(shielded_sends(app), config, shutdown_trigger=trigger.wait)
+    trigger = until_signalled if shutdown is None else shutdown.wait
+    await serve(shielded_sends(app), config, shutdown_trigger=trigger)
+
+
+async def until_signalled() -> None:
+    """Return at the first Ctrl-C or SIGTERM; from then on, Python's own handling is back.
+
+    Without it, Ctrl-C raised KeyboardInterrupt in whichever task ran: as often in a
+    request (answered 500) as in the server, which then went on serving."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -254,3 +258,69 @@ class TestServices:
         assert [answer.status_code for answer in answers[:2]] == [422, 422]
         assert answers[2].status_code in (400, 422)  # FastAPI: 400, "error parsing the body"
         assert max(len(answer.content) for answer in answers) < 1000
+
+
+SCRIPTS = {"fastapi": "examples/service_fastapi.py", "trio": "examples/service_trio.py"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("kind", list(SCRIPTS))
+def test_ctrl_c_under_load_answers_what_was_accepted_and_exits(kind: str, tmp_path: Path) -> None:
+    """The command as a user runs it, stopped with Ctrl-C (SIGINT) while 40 client
+    threads keep requests in flight; each sends no new one once the signal is sent.
+    The trio service had no handler: the KeyboardInterrupt landed in a request (a 500)
+    and the server went on serving, or it exited with a traceback."""
+    with free_socket() as sock:
+        port = sock.getsockname()[1]  # (closed before the service binds it)
+    url = f"http://127.0.0.1:{port}"
+    statuses: list[int] = []
+    answered, signalled = threading.Event(), threading.Event()
+
+    def keep_asking(client_number: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for request in range(10_000):
+                if signalled.is_set():
+                    return
+                try:
+                    response = client.post("/embed", json={"text": f"{client_number} {request}"})
+                except httpx.TransportError:  # refused or closed once it stops
+                    return
+                statuses.append(response.status_code)
+                if len(statuses) >= 200:
+                    answered.set()
+
+    with (tmp_path / "output").open("w+") as output:
+        process = subprocess.Popen([sys.executable, SCRIPTS[kind], str(port)], cwd=REPO, stdout=output, stderr=output)
+        clients = [threading.Thread(target=keep_asking, args=(number,)) for number in range(40)]
+        try:
+            until_it_answers(url, process)
+            for client in clients:
+                client.start()
+            assert answered.wait(30), "the service answered fewer than 200 requests in 30 s"
+            signalled.set()
+            process.send_signal(signal.SIGINT)
+            process.wait(30)
+        finally:
+            signalled.set()
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
+            for client in clients:
+                if client.ident is not None:
+                    client.join(30)
+        output.seek(0)
+        printed = output.read()
+    assert process.returncode == 0, printed
+    assert "Traceback" not in printed
+    assert set(statuses) == {200}
+
+
+def until_it_answers(url: str, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(600):  # 30 s
+        try:
+            if httpx.get(f"{url}/metrics", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            assert process.poll() is None, "the service ended"
+            time.sleep(0.05)
+    raise AssertionError("the service did not answer in 30 s")
