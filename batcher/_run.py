@@ -227,7 +227,8 @@ class Run(Intake):
             pass  # the aggregator has records to pull, or input has ended: it is awake
 
     def batch_sent(self) -> None:
-        """The aggregator has sent a batch to the (possibly busy) workers."""
+        """The aggregator has sent a batch to the (possibly busy) workers (or a ready
+        worker leaves: the pool shrank)."""
         self._free_workers -= 1
 
     def batch_taken_back(self) -> None:
@@ -264,8 +265,8 @@ class Run(Intake):
     def _resize(self) -> None:
         # Start or retire workers to make the pool max_concurrent_batches strong.
         loops, model, settings = self.loops, self.model, self.settings
-        if loops is None or model is None or self._input_ended:
-            return  # starting (serve() resizes once its workers run), or finishing: no new batch needs one
+        if loops is None or model is None or self.scope.cancel_called:
+            return  # starting (serve() resizes once its workers run), or aborting
         while self._workers < settings.max_concurrent_batches:
             if self.retiring:
                 self.retiring -= 1  # a busy worker asked to leave stays after all
@@ -278,7 +279,7 @@ class Run(Intake):
                 self.batch_send.send_nowait(RETIRE)  # straight to an idle worker, which leaves
                 self.batch_sent()
             else:
-                self.retiring += 1  # every worker is busy: the first to finish its batch leaves
+                self.retiring += 1  # no worker waits for a batch: the first between two leaves
         self.counters.workers = self._workers  # those that will take another batch (ModelCall.begin_wait)
 
     def _next_index(self) -> int:

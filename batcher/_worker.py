@@ -81,11 +81,14 @@ class Worker:
                     crowd = settle(*finished, counters) >= CROWD
                     finished = None
                 if batch is None:
+                    if run.retiring:  # asked to leave between batches (by a done-callback, say): idle, so now
+                        run.batch_sent()  # its readiness is taken, as a RETIRE takes it
+                        break
                     batch = await self._next_batch()
                 if batch is None or batch is RETIRE:
                     return
                 finished = await self._process(batch)
-            run.retiring -= 1  # configure() shrank the pool while every worker was busy
+            run.retiring -= 1  # configure() shrank the pool while no worker waited for a batch
         except BaseException:
             run.end_input()  # cancelled: a callback the failures call may not queue records
             fail_queued(self._batches, closed_error(run.fatal), counters)
@@ -129,6 +132,8 @@ class Worker:
         if self._run.wake_rooms() >= CROWD:
             await checkpoint()
             await checkpoint()
+        if self._run.retiring:
+            return None  # configure() shrank the pool meanwhile: this worker, idle, leaves
         try:
             return self._batches.receive_nowait()
         except (anyio.WouldBlock, anyio.EndOfStream):
