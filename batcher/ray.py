@@ -239,15 +239,14 @@ class RayReplicas:
         return self
 
     async def _check_method(self, handles: list[Any]) -> None:
-        # A Ray actor class hides its methods until an actor exists: checked here (each
-        # actor: given ones may be of several classes).
-        for handle in handles:
-            method = getattr(handle, self._method, None)
-            if method is None or getattr(method, "_is_generator", False):
-                await self._actors.stop(handles)
-                if method is not None:
-                    raise TypeError(GENERATOR.format(self._method))
-                raise TypeError(f"method: the replicas' actors have no method {self._method!r}")
+        # A Ray actor class hides its methods until an actor exists: checked here (given
+        # actors, which may be of several classes, each as from_actors() takes them).
+        method = getattr(handles[0], self._method, None)
+        if method is None or getattr(method, "_is_generator", False):
+            await self._actors.stop(handles)
+            if method is not None:
+                raise TypeError(GENERATOR.format(self._method))
+            raise TypeError(f"method: the replicas' actors have no method {self._method!r}")
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
