@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,8 @@ def trio_server(**settings: Any) -> Iterator[tuple[str, TokenBatcher[str, Any], 
 
     def stop() -> None:
         if token and thread.is_alive():
-            token[0].run_sync_soon(shutdown[0].set)  # from any thread, even another trio run's
+            with suppress(trio.RunFinishedError):  # it was stopped already, and has just ended
+                token[0].run_sync_soon(shutdown[0].set)  # from any thread, even another trio run's
 
     try:
         assert started.wait(10), "the server did not start"
