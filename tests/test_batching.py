@@ -334,6 +334,7 @@ class TestResults:
         with pytest.raises(ValueError, match="bad 2"):
             futures[1].result()
         assert futures[2].result() == 3
+        assert (batcher.stats.total_completed, batcher.stats.total_failed) == (3, 1)  # failed: one of the three
 
     async def test_process_fn_returning_non_list(self) -> None:
         async def fn(batch: list[int]) -> Any:

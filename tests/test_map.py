@@ -34,6 +34,34 @@ class TestOrdered:
         assert max(seen_in_flight) <= 100
         assert batcher.stats.total_completed == 10_000
 
+    async def test_input_order_when_batches_finish_out_of_order(self) -> None:
+        gates = [anyio.Event() for _ in range(4)]
+        entered: list[int] = []
+
+        async def model(batch: list[int]) -> list[int]:
+            entered.extend(batch)
+            await gates[batch[0]].wait()
+            return batch
+
+        batcher = DynamicBatcher(model, max_batch_size=1, max_concurrent_batches=4)
+        results: list[int] = []
+        with anyio.fail_after(10):
+            async with batcher, batcher.map(range(4)) as mapped, anyio.create_task_group() as tg:
+
+                async def read() -> None:
+                    async for result in mapped:
+                        results.append(result)
+
+                tg.start_soon(read)
+                await anyio.wait_all_tasks_blocked()
+                assert sorted(entered) == [0, 1, 2, 3]  # all four run at once
+                # The last record's batch finishes first, then the first's, then the third's.
+                for record, expected in ((3, []), (0, [0]), (2, [0]), (1, [0, 1, 2, 3])):
+                    gates[record].set()
+                    await anyio.wait_all_tasks_blocked()
+                    assert results == expected
+        assert results == [0, 1, 2, 3]
+
     @pytest.mark.parametrize("ordered", [True, False])
     async def test_a_large_window_lets_the_loop_run_while_it_fills(self, ordered: bool) -> None:
         """Half a window was submitted in one go: 100,000 records held the loop 0.3-0.8 s."""

@@ -261,6 +261,46 @@ class TestConsumersLeaving:
         assert wanted[0] == {"leaver": True, "stayer": True}
         assert wanted[-1] == {"leaver": False, "stayer": True}
 
+    @pytest.mark.parametrize("leaving", ["leaves its async with", "is cancelled in async for"])
+    async def test_a_consumer_that_stops_mid_stream_is_let_go_at_once(self, leaving: str) -> None:
+        # stream_stall_s is a minute: a stream left open would hold the batch on its full buffer.
+        gate = anyio.Event()
+
+        async def generate(records: list[str]) -> AsyncIterator[list[str]]:
+            yield [f"{record}:0" for record in records]
+            await gate.wait()
+            for step in range(1, 20):
+                yield [f"{record}:{step}" for record in records]
+
+        batcher: DynamicBatcher[str, list[str]]
+        batcher = DynamicBatcher(generate, max_batch_size=2, stream_buffer=1, stream_stall_s=60)
+        read: list[str] = []
+        with anyio.fail_after(5):
+            async with batcher, anyio.create_task_group() as tg:
+                leaver, stayer = batcher.stream("a"), batcher.stream("b")
+
+                async def stay() -> None:
+                    read.extend([item async for item in stayer])
+
+                tg.start_soon(stay)
+                if leaving == "leaves its async with":
+                    async with leaver:
+                        async for _ in leaver:
+                            break
+                else:
+                    scope = anyio.CancelScope()
+
+                    async def consume() -> None:
+                        with scope:
+                            async for _ in leaver:  # no async with: the iterator closes it
+                                pass
+
+                    tg.start_soon(consume)
+                    await anyio.wait_all_tasks_blocked()  # it took "a:0" and waits for "a:1"
+                    scope.cancel()
+                gate.set()
+        assert read == [f"b:{step}" for step in range(20)]
+
     async def test_the_generator_is_closed_once_every_consumer_has_gone(self) -> None:
         model = Generator()
         async with streaming(model, max_batch_size=4) as batcher:

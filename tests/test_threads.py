@@ -49,6 +49,7 @@ class TestFromAnotherThread:
             async with batcher:
                 entry_points: list[Callable[[], Any]] = [
                     lambda: batcher.submit_nowait(1),
+                    lambda: batcher.configure(max_batch_size=2),
                     in_asyncio(lambda: batcher.submit(1)),
                     in_trio(lambda: batcher.submit(1)),
                     in_asyncio(lambda: batcher.submit(1, priority=3)),  # the first priority changes nothing
@@ -65,6 +66,7 @@ class TestFromAnotherThread:
                 assert started_elsewhere.startswith("batcher is already running, under another thread's event loop")
                 # Nothing reached the batcher, and it works for its own loop.
                 assert batcher.stats.total_submitted == 0
+                assert batcher._settings.max_batch_size == 256
                 assert await batcher.call(21) == 42
         assert batcher.stats.total_completed == 1
 

@@ -206,6 +206,12 @@ class TestCosts:
                 with pytest.raises(TypeError, match="estimated_cost must be a sequence of ints"):
                     await batcher.submit_batch(["a"], estimated_cost=5)  # type: ignore[arg-type]
                 assert batcher.stats.total_submitted == 0
+            # Priced in chunks of 1,024 (a turn of the loop after each): a bad cost in the
+            # second chunk queues none of the first.
+            async with DynamicBatcher(fn, cost_estimator=lambda record: -1 if record == 1_500 else 1) as batcher:
+                with pytest.raises(ValueError, match="the cost from cost_estimator must be >= 0"):
+                    await batcher.submit_batch(range(2_000))
+                assert batcher.stats.total_submitted == 0
         assert recorder_calls == []
 
     async def test_token_batcher_bad_tokens(self) -> None:
