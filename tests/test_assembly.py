@@ -46,6 +46,14 @@ class TestFifo:
             assembly.add(item, 1)
         assert drain(assembly) == [[0, 1, 2], [3, 4, 5], [6]]
 
+    def test_a_batch_at_exactly_the_target_is_full(self) -> None:
+        assembly: FifoAssembly[int] = FifoAssembly(target_cost=10, max_batch_size=100)
+        assembly.add(0, 6)
+        assert not assembly.full()
+        assembly.add(1, 4)
+        assert assembly.full()  # no record of positive cost could join: it goes at once
+        assert assembly.take() == ([0, 1], 10)
+
     def test_partial_batch_is_not_full(self) -> None:
         assembly: FifoAssembly[int] = FifoAssembly(target_cost=10, max_batch_size=5)
         assembly.add(0, 3)

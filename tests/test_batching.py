@@ -39,6 +39,7 @@ class TestBudget:
             await batcher.submit_batch(range(4), estimated_cost=[2, 2, 9, 3])
         assert model.batches[1:] == [[0, 1], [2, 3]]
         assert batcher.stats.total_batch_cost == 1 + 4 + 18
+        assert (batcher.stats.avg_batch_size, batcher.stats.avg_batch_cost) == (5 / 3, 23 / 3)
 
     async def test_group_by_cost_in_batcher(self) -> None:
         costs = [10, 100, 11, 99, 12, 101]

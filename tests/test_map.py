@@ -28,8 +28,8 @@ class TestOrdered:
         with anyio.fail_after(10):
             async with batcher, batcher.map(range(10_000)) as mapped:
                 async for result in mapped:
+                    seen_in_flight.append(batcher.stats.total_submitted - len(results))  # this one counted
                     results.append(result)
-                    seen_in_flight.append(batcher.stats.total_submitted - len(results))
         assert results == [x * 2 for x in range(10_000)]
         assert max(seen_in_flight) <= 100
         assert batcher.stats.total_completed == 10_000

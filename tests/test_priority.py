@@ -295,6 +295,15 @@ class TestBatcher:
         else:
             assert position - queued_at <= 25
 
+    async def test_aging_switched_on_while_records_wait_applies_to_them(self) -> None:
+        async with blocked_batcher(max_batch_size=1, priority_aging_s=None) as (batcher, model, _):
+            await batcher.submit("old")
+            for name in ("new", "newer"):
+                await batcher.submit(name, priority=1)
+            batcher.configure(priority_aging_s=0.001)
+            await anyio.sleep(0.01)  # (the time it takes them all to age: the behaviour under test)
+        assert model.records == ["first", "old", "new", "newer"]  # aged: oldest first
+
     async def test_priority_must_be_an_int(self) -> None:
         async with DynamicBatcher(Recorder()) as batcher:
             with pytest.raises(TypeError, match="priority must be an int, got str"):
