@@ -275,6 +275,14 @@ class TestPrometheus:
         assert samples(registry, "batcher_queue_depth", **label) == 0
         assert samples(registry, "batcher_batches_in_flight", **label) == 0
 
+    async def test_the_gauges_while_records_wait_and_a_batch_runs(self) -> None:
+        registry = CollectorRegistry()
+        async with blocked_batcher(observers=[PrometheusObserver(registry)]) as (batcher, _, _):
+            queued = [await batcher.submit(name, estimated_cost=cost) for name, cost in (("a", 2), ("b", 3), ("c", 4))]
+            queued[2].cancel()  # an event: the gauges take the state it reports
+            gauges = [samples(registry, name) for name in ("batcher_queue_depth", "batcher_queued_cost")]
+            assert [*gauges, samples(registry, "batcher_batches_in_flight")] == [2, 5, 1]
+
     async def test_without_labels(self) -> None:
         registry = CollectorRegistry()
         async with DynamicBatcher(Recorder(), observers=[PrometheusObserver(registry)]) as batcher:
@@ -344,6 +352,17 @@ class TestOpenTelemetry:
         batches = {point.attributes["outcome"]: point.value for point in points["batcher.batches"]}
         assert batches == {"ok": 1, "failed": 1}
         assert points["batcher.queue.depth"][0].value == 0
+        provider.shutdown()
+
+    async def test_the_gauges_while_records_wait_and_a_batch_runs(self) -> None:
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        async with blocked_batcher(observers=[OpenTelemetryObserver(provider)]) as (batcher, _, _):
+            queued = [await batcher.submit(name, estimated_cost=cost) for name, cost in (("a", 2), ("b", 3), ("c", 4))]
+            queued[2].cancel()  # an event: the gauges take the state it reports
+            points = otel_points(reader)
+            names = ("batcher.queue.depth", "batcher.queue.cost", "batcher.batches.in_flight")
+            assert [points[name][0].value for name in names] == [2, 5, 1]
         provider.shutdown()
 
     def test_bad_arguments_are_refused_naming_them(self) -> None:

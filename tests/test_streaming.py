@@ -301,6 +301,26 @@ class TestConsumersLeaving:
                 gate.set()
         assert read == [f"b:{step}" for step in range(20)]
 
+    async def test_wanted_says_a_consumer_gone_before_any_item(self) -> None:
+        gate, wanted = anyio.Event(), []
+
+        async def generate(records: list[str]) -> AsyncIterator[list[str]]:
+            batch = current_batch()
+            await gate.wait()
+            wanted.append([batch.wanted(index) for index in range(len(batch))])
+            yield [f"{record}:0" for record in records]
+
+        batcher: DynamicBatcher[str, list[str]] = DynamicBatcher(generate, max_batch_size=2)
+        with anyio.fail_after(5):
+            async with batcher:
+                leaver, stayer = batcher.stream("a"), batcher.stream("b")
+                await anyio.wait_all_tasks_blocked()  # both in the batch, which waits at the gate
+                leaver.close()
+                gate.set()
+                async with stayer:
+                    assert [item async for item in stayer] == ["b:0"]
+        assert wanted == [[False, True]]
+
     async def test_the_generator_is_closed_once_every_consumer_has_gone(self) -> None:
         model = Generator()
         async with streaming(model, max_batch_size=4) as batcher:
