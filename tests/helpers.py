@@ -1,11 +1,13 @@
-"""A process function that records what it saw and can hold a batch in flight, and a
-batcher whose model is blocked on its first batch."""
+"""A process function that records what it saw and can hold a batch in flight, a
+batcher whose model is blocked on its first batch, and a bound on a class's tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 
@@ -88,3 +90,31 @@ class EntryHeld:
         self.entering.set()
         await self.enter.wait()
         return self
+
+
+C = TypeVar("C", bound=Callable[..., Any])
+
+
+def bounded(seconds: float) -> Callable[[C], C]:
+    """A decorator of an async test, or of a class (each of its ``async def test_...``):
+    it runs within ``anyio.fail_after(seconds)``, so a test whose awaited event never
+    comes fails instead of hanging until pytest's timeout."""
+
+    def bound(target: C) -> C:
+        if not isinstance(target, type):
+            return _within(seconds, target)  # type: ignore[return-value]
+        for name, test in list(vars(target).items()):
+            if name.startswith("test") and inspect.iscoroutinefunction(test):
+                setattr(target, name, _within(seconds, test))
+        return target
+
+    return bound
+
+
+def _within(seconds: float, test: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(test)
+    async def within(*args: Any, **kwargs: Any) -> Any:
+        with anyio.fail_after(seconds):
+            return await test(*args, **kwargs)
+
+    return within

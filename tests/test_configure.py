@@ -22,7 +22,7 @@ from batcher import (
 )
 from batcher._run import Run
 
-from .helpers import EntryHeld, Recorder, blocked_batcher
+from .helpers import EntryHeld, Recorder, blocked_batcher, bounded
 
 
 def _note_worker(seen: set[int], event: object) -> None:
@@ -76,6 +76,7 @@ async def release_all(gauge: Gauge, futures: list[BatchFuture[Any]]) -> None:
         await anyio.wait_all_tasks_blocked()
 
 
+@bounded(60)
 class TestConfigure:
     async def test_a_new_budget_takes_effect_on_the_next_batch(self) -> None:
         async with blocked_batcher(max_batch_size=4, prefetch_batches=0) as (batcher, model, _):

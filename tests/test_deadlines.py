@@ -12,7 +12,7 @@ import pytest
 
 from batcher import DynamicBatcher, QueueTimeoutError, SyncBatcher, TokenBatcher
 
-from .helpers import Recorder, blocked_batcher
+from .helpers import Recorder, blocked_batcher, bounded
 
 
 def assert_accounted(batcher: DynamicBatcher[Any, Any]) -> None:
@@ -20,6 +20,7 @@ def assert_accounted(batcher: DynamicBatcher[Any, Any]) -> None:
     assert stats.total_submitted == stats.total_completed + stats.total_cancelled + stats.total_expired
 
 
+@bounded(60)
 class TestDeadlines:
     async def test_records_queued_past_the_deadline_fail_and_never_reach_the_model(self) -> None:
         async with blocked_batcher(max_queue_delay_s=0.05) as (batcher, model, first):
@@ -118,6 +119,7 @@ class TestDeadlines:
         assert_accounted(batcher)
 
 
+@bounded(60)
 async def test_records_that_left_the_queue_are_not_kept_until_their_deadlines() -> None:
     async with DynamicBatcher(Recorder(), max_queue_delay_s=3600) as batcher:
         for _ in range(20):

@@ -27,7 +27,7 @@ from batcher import (
 )
 from batcher.metrics import OpenTelemetryObserver, PrometheusObserver
 
-from .helpers import Recorder, blocked_batcher
+from .helpers import Recorder, blocked_batcher, bounded
 
 
 class Log:
@@ -85,6 +85,7 @@ async def run_known_batches(*observers: Any) -> DynamicBatcher[Any, Any]:
     return batcher
 
 
+@bounded(60)
 class TestEvents:
     async def test_known_batches_give_known_events(self) -> None:
         log = Log()
@@ -227,6 +228,7 @@ class TestEvents:
             assert not batcher._observers
 
 
+@bounded(60)
 class TestStats:
     async def test_state_and_percentiles(self) -> None:
         async with blocked_batcher(max_batch_size=1) as (batcher, held, _):
@@ -250,6 +252,7 @@ def samples(registry: CollectorRegistry, name: str, **labels: str) -> float | No
     return registry.get_sample_value(name, labels)
 
 
+@bounded(60)
 class TestPrometheus:
     async def test_known_batches_give_known_metrics(self) -> None:
         registry = CollectorRegistry()
@@ -335,6 +338,7 @@ def otel_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     }
 
 
+@bounded(60)
 class TestOpenTelemetry:
     async def test_known_batches_give_known_measurements(self) -> None:
         reader = InMemoryMetricReader()

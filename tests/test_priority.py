@@ -23,7 +23,7 @@ from batcher._assembly import make_assembly
 from batcher._budget import batch_cost, new_budget
 from batcher._priority import PriorityAssembly
 
-from .helpers import Recorder, blocked_batcher
+from .helpers import Recorder, blocked_batcher, bounded
 
 _ids = count()
 
@@ -203,6 +203,7 @@ class TestRule:
         assert names(queue.queued()) == ["a", "b"]
 
 
+@bounded(60)
 class TestBatcher:
     async def test_higher_priority_is_dispatched_first_fifo_within_one(self) -> None:
         async with blocked_batcher(max_batch_size=2) as (batcher, model, _):

@@ -11,7 +11,7 @@ import pytest
 from batcher import BatcherOverloadedError, DynamicBatcher, TokenBatcher
 from batcher._map import MapResults
 
-from .helpers import blocked_batcher
+from .helpers import blocked_batcher, bounded
 
 
 def assert_refused_nothing_queued(batcher: DynamicBatcher[Any, Any], submitted: int, shed: int) -> None:
@@ -20,6 +20,7 @@ def assert_refused_nothing_queued(batcher: DynamicBatcher[Any, Any], submitted: 
     assert stats.total_shed == shed
 
 
+@bounded(60)
 class TestShedding:
     async def test_every_entry_point_refuses_past_the_limit_at_once(self) -> None:
         # "first" (cost 1) is in the model, not queued; 10 of the 12 allowed are queued.

@@ -25,7 +25,7 @@ from batcher import (
     current_batch,
 )
 
-from .helpers import Recorder
+from .helpers import Recorder, bounded
 
 
 class Generator:
@@ -66,6 +66,7 @@ async def collect(batcher: DynamicBatcher[Any, Any], record: Any, **options: Any
         return [item async for item in items]
 
 
+@bounded(30)
 class TestItems:
     async def test_each_record_gets_its_own_items_in_order_and_ends_on_its_own(self) -> None:
         model = Generator(hold=anyio.Event())
@@ -116,6 +117,7 @@ class TestItems:
                 assert [token async for token in tokens] == ["t:0", "t:1"]
 
 
+@bounded(30)
 class TestFailures:
     async def test_an_exception_from_the_generator_fails_every_record_still_open(self) -> None:
         async def model(records: list[str]) -> AsyncIterator[list[Any]]:
@@ -212,6 +214,7 @@ class TestFailures:
                 assert [item async for item in queued] == ["queued:0"]
 
 
+@bounded(30)
 class TestConsumersLeaving:
     async def test_a_failed_stream_read_without_async_with_and_dropped_leaves_nothing_open(
         self, monkeypatch: pytest.MonkeyPatch
@@ -415,6 +418,7 @@ class Cycle:
         self.cycle = self
 
 
+@bounded(30)
 class TestBackpressure:
     async def test_a_slow_consumer_within_the_stall_bound_gets_every_item(self) -> None:
         async with streaming(Generator(), stream_buffer=2, stream_stall_s=5) as batcher:
@@ -436,6 +440,7 @@ class TestBackpressure:
                     await stuck.__anext__()
 
 
+@bounded(30)
 class TestMisuse:
     def test_measured_cost_is_refused_for_a_streaming_function(self) -> None:
         async def generate(batch: list[str]) -> AsyncIterator[list[str]]:

@@ -28,6 +28,8 @@ from batcher import (
     StreamLagError,
 )
 
+from .helpers import bounded
+
 CONSUMERS = 150
 
 
@@ -154,6 +156,7 @@ async def test_every_stream_ends_once_with_its_own_items(seed: int) -> None:
             assert record.id not in ledger.generated
 
 
+@bounded(60)
 async def test_a_withdrawn_stream_record_is_never_generated() -> None:
     ledger = Ledger()
     hold = anyio.Event()
