@@ -537,6 +537,8 @@ class TestAbnormalExit:
                     slow = await batcher.submit(0)
                     with pytest.raises(TimeoutError):
                         await slow
+                    # The next batches start a thread of their own: 50 ms was short for that under load.
+                    batcher.configure(process_timeout_s=5)
                     assert await batcher.call(1) == 1  # the abandoned thread still blocks
                     unblock.set()
                     assert await anyio.to_thread.run_sync(returned.wait, 5)
